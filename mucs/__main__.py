@@ -1,0 +1,157 @@
+"""Command line: python -m mucs {train,generate,attribute} ... (errors: one line, exit status 2)."""
+import argparse
+import json
+import os
+import sys
+
+from .errors import MucsError
+
+
+def _add_model_args(p, data=True):
+    from .defaults import DEFAULT_DATA, DEFAULT_MODEL
+    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model folder (default: the embedded Fashion-MNIST model)")
+    if data:
+        p.add_argument("--data", default=None, help="training set: .npz or image folder (default: the embedded set when --model is the default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present, else CPU)")
+
+
+def _resolve_data(a):
+    from .defaults import DEFAULT_DATA, DEFAULT_MODEL
+    if a.data:
+        return a.data
+    if os.path.abspath(a.model) == DEFAULT_MODEL:
+        return DEFAULT_DATA
+    raise MucsError("--data is required with a model other than the embedded default")
+
+
+def cmd_train(a):
+    from .data import load_dataset
+    from .progress import TextBar
+    from .train import TrainOptions, train
+    data = load_dataset(a.data)
+    if a.size and a.size != data.size:
+        raise MucsError(f"--size {a.size} does not match the dataset's {data.size}x{data.size} images")
+    opts = TrainOptions(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ema_decay=a.ema_decay,
+                        channels=tuple(int(c) for c in a.channels.split(",")), layers_per_block=a.layers_per_block,
+                        attention=not a.no_attention, prediction_type=a.prediction_type,
+                        beta_schedule=a.beta_schedule, num_train_timesteps=a.timesteps)
+    from .models import pick_device
+    bar = TextBar()
+    rec = train(data, a.out, opts, device=pick_device(a.device), progress=bar)
+    bar.close()
+    print(f"saved {a.out}: {rec['parameters']} parameters, {a.steps} steps, final loss {rec['final_loss']:.4f}, "
+          f"{rec['train_seconds']:.0f} s")
+
+
+def cmd_generate(a):
+    from .data import save_png
+    from .generate import generate
+    from .models import load_model
+    from .progress import TextBar
+    model = load_model(a.model, a.device)
+    label = model.check_label(a.label)
+    if not a.out.lower().endswith(".png"):
+        raise MucsError("--out must be a .png file")
+    bar = TextBar()
+    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar)[0]
+    bar.close()
+    save_png(img, a.out)
+    print(f"wrote {a.out} (label={label}, seed={a.seed}, steps={a.steps})")
+
+
+def cmd_attribute(a):
+    from .attribute import Attributor
+    from .data import load_dataset, load_query_image
+    from .defaults import cache_dir_for, settings_for
+    from .models import load_model
+    from .progress import TextBar
+    model = load_model(a.model, a.device)
+    label = model.check_label(a.label)
+    data = load_dataset(_resolve_data(a))
+    data.check_matches(model)
+    query = load_query_image(a.image, model.channels, model.size)
+    s = settings_for(a.model, noises=a.noises, top_k=a.top_k, seed=a.seed, max_steps=a.max_steps, lam=a.lam,
+                     tol=a.tol, noise_fraction=a.noise_fraction, batch_size=a.batch_size,
+                     bounded=False if a.unbounded else None, retain=False if a.no_retain else None,
+                     consistent_noise=False if a.fresh_noise else None, normalised=False if a.unnormalised else None)
+    if a.frozen is not None:
+        s = s.replace(frozen=tuple(p for p in a.frozen.split(",") if p))
+    s.validate()
+    bar = TextBar()
+    res = Attributor(model, data, s, cache_dir=a.cache_dir or cache_dir_for(a.model)).attribute(
+        query, label, progress=bar, source=os.path.abspath(a.image))
+    bar.close()
+    for note in res.query["conversions"]:
+        print(f"note: query {note}")
+    res.save(a.out)
+    print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
+    print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
+    print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
+    print(f"wrote {a.out}/scores.csv and {a.out}/result.json")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m mucs", description="MUCS training-data attribution for diffusion models")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train a diffusers UNet2DModel (class-conditional when the data has labels)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--channels", default="32,64,64", help="block_out_channels, comma separated")
+    p.add_argument("--layers-per-block", type=int, default=1)
+    p.add_argument("--no-attention", action="store_true")
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"])
+    p.add_argument("--beta-schedule", default="squaredcos_cap_v2")
+    p.add_argument("--timesteps", type=int, default=1000)
+    p.add_argument("--size", type=int, default=None, help="check that the data has this resolution")
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("generate", help="sample one image; the same seed gives the same image")
+    _add_model_args(p, data=False)
+    p.add_argument("--label", type=int, default=None)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("attribute", help="rank the training images by their MUCS skew for a query image")
+    _add_model_args(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--label", type=int, default=None)
+    p.add_argument("--noises", type=int, default=None, help="K, size of the consistent noise set")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--lam", type=float, default=None, help="λ, weight of the forget term")
+    p.add_argument("--tol", type=float, default=None, help="τ, stop once L_f ≥ (1−τ)·L_null")
+    p.add_argument("--max-steps", type=int, default=None, help="unlearning step cap")
+    p.add_argument("--noise-fraction", type=float, default=None, help="f, high-noise fraction of the Karras grid")
+    p.add_argument("--batch-size", type=int, default=None, help="B, retain/forget batch size")
+    p.add_argument("--frozen", default=None, help="comma-separated parameter-name substrings to freeze")
+    p.add_argument("--unbounded", action="store_true", help="ablation: plain gradient ascent (no L_null bound)")
+    p.add_argument("--no-retain", action="store_true", help="ablation: no retain term")
+    p.add_argument("--fresh-noise", action="store_true", help="ablation: fresh noise for the unlearned losses")
+    p.add_argument("--unnormalised", action="store_true", help="ablation: score = mean(L_u − L_o)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default="mucs_out")
+    p.set_defaults(fn=cmd_attribute)
+    return ap
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    try:
+        a.fn(a)
+    except MucsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

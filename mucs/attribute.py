@@ -1,0 +1,198 @@
+"""MUCS end to end: noise set → original losses (cached) → null loss (cached) → mirrored
+unlearning → unlearned losses → skew → top-k."""
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
+from .data import QueryImage, TrainingSet, to_uint8
+from .losses import loss_matrix, null_loss
+from .noise import NoiseSet, make_noise_set
+from .progress import Reporter
+from .settings import Settings
+from .unlearn import skew, top_k, unlearn
+
+
+@dataclass
+class Attribution:
+    """All scores, the top-k, and everything needed to explain and reproduce the run."""
+    scores: np.ndarray                 # (N,) skew per training item, by stable index
+    top: np.ndarray                    # (k,) indices, best first
+    loss_original: np.ndarray          # (N,) mean over noises of L_o
+    loss_unlearned: np.ndarray         # (N,) mean over noises of L_u
+    loss_null: float
+    steps: int
+    converged: bool
+    curve: list
+    stage_times: dict
+    settings: dict
+    query: dict                        # label, class name, conversions, source
+    query_image: Optional[np.ndarray] = None   # (H, W, C) uint8, what the model saw
+    labels: Optional[np.ndarray] = None
+    info: dict = field(default_factory=dict)   # model/data fingerprints, cache hits, lr, version
+
+    def result_json(self) -> dict:
+        return dict(settings=self.settings, query=self.query, loss_null=self.loss_null,
+                    unlearning_steps=self.steps, converged=self.converged, stage_times=self.stage_times,
+                    top_k=[int(i) for i in self.top], top_k_scores=[float(self.scores[i]) for i in self.top],
+                    curve=self.curve, **self.info)
+
+    def scores_csv(self) -> str:
+        order = top_k(self.scores, len(self.scores))
+        lines = ["index,score,label"]
+        for i in order:
+            lab = "" if self.labels is None else str(int(self.labels[i]))
+            lines.append(f"{int(i)},{self.scores[i]:.8g},{lab}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str) -> None:
+        """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
+        from PIL import Image
+        buf = io.BytesIO()
+        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
+        files = {"scores.csv": self.scores_csv().encode(),
+                 "result.json": json.dumps(self.result_json(), indent=1).encode(),
+                 "losses.npz": buf.getvalue()}
+        if self.query_image is not None:
+            png = io.BytesIO()
+            q = self.query_image
+            Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q).save(png, format="PNG")
+            files["query.png"] = png.getvalue()
+        atomic_write_dir(out_dir, files)
+
+    @classmethod
+    def load(cls, out_dir: str) -> "Attribution":
+        """Reopen a saved run (as written by `save`)."""
+        from PIL import Image
+        with open(os.path.join(out_dir, "result.json")) as f:
+            r = json.load(f)
+        with np.load(os.path.join(out_dir, "losses.npz")) as z:
+            scores, lo, lu = z["scores"], z["loss_original"], z["loss_unlearned"]
+        labels = None
+        with open(os.path.join(out_dir, "scores.csv")) as f:
+            rows = [line.strip().split(",") for line in f.readlines()[1:]]
+        if rows and rows[0][2] != "":
+            labels = np.zeros(len(rows), np.int64)
+            for i, _, lab in rows:
+                labels[int(i)] = int(lab)
+        q = None
+        qp = os.path.join(out_dir, "query.png")
+        if os.path.exists(qp):
+            q = np.asarray(Image.open(qp))
+            q = q[..., None] if q.ndim == 2 else q
+        keys = ("settings", "query", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k",
+                "top_k_scores", "curve")
+        return cls(scores=scores, top=np.array(r["top_k"], np.int64), loss_original=lo, loss_unlearned=lu,
+                   loss_null=r["loss_null"], steps=r["unlearning_steps"], converged=r["converged"], curve=r["curve"],
+                   stage_times=r["stage_times"], settings=r["settings"], query=r["query"], query_image=q,
+                   labels=labels, info={k: v for k, v in r.items() if k not in keys})
+
+
+class Attributor:
+    """Holds a model, its training set and the query-independent parts (noise set, L_o, L_null),
+    computed once and cached on disk, so that each query pays only for unlearning and L_u."""
+
+    def __init__(self, model, data: TrainingSet, settings: Optional[Settings] = None, cache_dir: Optional[str] = None):
+        data.check_matches(model)
+        self.model, self.data = model, data
+        self.settings = (settings or Settings()).validate()
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._noise, self._lo, self._null = {}, {}, {}
+
+    # --- query-independent parts -------------------------------------------------------------
+    def noise_set(self, s: Settings, seed_offset: int = 0) -> NoiseSet:
+        key = (s.noises, s.noise_fraction, s.rho, s.seed + seed_offset)
+        if key not in self._noise:
+            shape = (self.model.channels, self.model.size, self.model.size)
+            self._noise[key] = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
+                                              fraction=s.noise_fraction, rho=s.rho, seed=s.seed + seed_offset)
+        return self._noise[key]
+
+    def _cache_path(self, kind: str, key: str) -> str:
+        return os.path.join(self.cache_dir, f"{kind}-{key}.npz")
+
+    def original_losses(self, s: Settings, report=None) -> tuple:
+        """L_o for the noise set of `s`: from memory, else the disk cache, else computed and cached.
+        Returns (L_o, was_cached)."""
+        ns = self.noise_set(s)
+        key = cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
+                        noise=ns.params, prediction=self.model.prediction_type)
+        if key in self._lo:
+            return self._lo[key], True
+        path = self._cache_path("loss_original", key)
+        hit = load_arrays(path, key)
+        if hit is not None:
+            self._lo[key] = hit["loss"]
+            return hit["loss"], True
+        lo = loss_matrix(self.model.unet, self.model, self.data, ns, s.eval_batch_size, report, "original losses")
+        save_arrays(path, key, loss=lo)
+        self._lo[key] = lo
+        return lo, False
+
+    def null_loss(self, s: Settings, report=None) -> tuple:
+        """L_null (cached like L_o; it depends on the architecture, not the weights). Returns (value, was_cached)."""
+        key = cache_key(kind="loss_null", config=dict(self.model.unet.config), data=self.data.fingerprint(),
+                        scheduler=dict(self.model.scheduler.config), batches=s.null_batches,
+                        batch_size=s.null_batch_size, seed=s.seed)
+        if key in self._null:
+            return self._null[key], True
+        path = self._cache_path("loss_null", key)
+        hit = load_arrays(path, key)
+        if hit is not None:
+            value = float(hit["loss_null"])
+        else:
+            value = null_loss(self.model, self.data, s.null_batches, s.null_batch_size, s.seed, report)
+            save_arrays(path, key, loss_null=np.array(value))
+        self._null[key] = value
+        return value, hit is not None
+
+    def prepare(self, settings: Optional[Settings] = None, progress=None, cancel=None) -> None:
+        """Compute (or load) everything that does not depend on the query."""
+        s = settings or self.settings
+        report = Reporter(progress, cancel)
+        self.original_losses(s, report)
+        self.null_loss(s, report)
+
+    # --- one query ---------------------------------------------------------------------------
+    def attribute(self, query: QueryImage, label: Optional[int] = None, settings: Optional[Settings] = None,
+                  progress=None, cancel=None, source: str = "") -> Attribution:
+        """Run MUCS for one query image; `progress` gets ProgressEvents, `cancel` (an Event) stops it."""
+        s = (settings or self.settings).validate()
+        label = self.model.check_label(label)
+        report = Reporter(progress, cancel)
+        times = {}
+        t0 = time.perf_counter()
+        lo, lo_cached = self.original_losses(s, report)
+        times["original_losses"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lnull, null_cached = self.null_loss(s, report)
+        times["null_loss"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        u = unlearn(self.model, self.data, query.x, label, lnull, s, report)
+        times["unlearning"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # the fresh-noise ablation draws a second, independent noise set for the unlearned model
+        ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
+        lu = loss_matrix(u.unet, self.model, self.data, ns, s.eval_batch_size, report, "unlearned losses")
+        times["unlearned_losses"] = time.perf_counter() - t0
+        scores = skew(lu, lo, s.normalised)
+        top = top_k(scores, min(s.top_k, len(scores)))
+        times["total"] = sum(times.values())
+        report("done", 1.0)
+        return Attribution(
+            scores=scores, top=top, loss_original=lo.mean(1), loss_unlearned=lu.mean(1), loss_null=lnull,
+            steps=u.steps, converged=u.converged, curve=u.curve, stage_times=times, settings=s.to_dict(),
+            query=dict(label=label, class_name=self.data.class_name(label) if label is not None else None,
+                       conversions=list(query.conversions), source=source),
+            query_image=to_uint8(query.x), labels=self.data.labels,
+            info=dict(model=self.model.path, model_fingerprint=self.model.fingerprint(),
+                      data=self.data.source, data_fingerprint=self.data.fingerprint(), num_train=len(self.data),
+                      unlearning_lr=u.lr, cache_hits=dict(original_losses=lo_cached, null_loss=null_cached),
+                      device=str(self.model.device), torch_threads=torch.get_num_threads(), mucs_version=__version__))

@@ -1,0 +1,265 @@
+"""Training sets (image folder or .npz) and query images, scaled to [-1, 1] as in training.
+
+Every training item has a stable integer index (its row in the .npz, or its position in the
+folder listing sorted by class then file name); scores and results refer to it.
+"""
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import MucsError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_IMAGE_BYTES = 20 * 1024 * 1024   # uploads over this are refused
+MAX_IMAGE_PIXELS = 40_000_000        # decompression-bomb guard
+
+
+@dataclass
+class TrainingSet:
+    """Images as uint8 (N, H, W, C), optional int labels (N,), class names, and where they came from."""
+    images: np.ndarray
+    labels: Optional[np.ndarray] = None
+    class_names: Optional[list] = None
+    source: str = ""
+    files: Optional[list] = None
+    _fingerprint: Optional[str] = field(default=None, repr=False)
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        if self.labels is None:
+            return None
+        return len(self.class_names) if self.class_names else int(self.labels.max()) + 1
+
+    def fingerprint(self) -> str:
+        """sha256 of pixels and labels: a cache key that changes whenever the content does."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(str(self.images.shape).encode())
+            h.update(np.ascontiguousarray(self.images).tobytes())
+            if self.labels is not None:
+                h.update(np.ascontiguousarray(self.labels.astype(np.int64)).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def tensor(self, idx=None) -> torch.Tensor:
+        """Items (all or `idx`) as float (n, C, H, W) in [-1, 1]: the scaling used in training."""
+        x = self.images if idx is None else self.images[idx]
+        return to_model_range(x)
+
+    def label_tensor(self, idx=None) -> Optional[torch.Tensor]:
+        if self.labels is None:
+            return None
+        y = self.labels if idx is None else self.labels[idx]
+        return torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+    def class_name(self, label) -> str:
+        if label is None:
+            return ""
+        if self.class_names and 0 <= int(label) < len(self.class_names):
+            return str(self.class_names[int(label)])
+        return str(int(label))
+
+    def check_matches(self, model) -> None:
+        """Refuse a dataset whose size, channels or labels do not fit the model."""
+        if (self.size, self.channels) != (model.size, model.channels):
+            raise MucsError(f"dataset images are {self.size}x{self.size} with {self.channels} channel(s); "
+                            f"the model expects {model.size}x{model.size} with {model.channels}")
+        if model.num_classes is not None:
+            if self.labels is None:
+                raise MucsError("the model is class-conditional but the dataset has no labels")
+            if int(self.labels.max()) >= model.num_classes or int(self.labels.min()) < 0:
+                raise MucsError(f"dataset labels span {int(self.labels.min())}..{int(self.labels.max())}; "
+                                f"the model has classes 0..{model.num_classes - 1}")
+        elif self.labels is not None and len(np.unique(self.labels)) > 1:
+            raise MucsError("the dataset has class labels but the model is unconditional")
+
+
+def to_model_range(x_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, C) -> float (..., C, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(127.5).sub(1.0)
+    return t.movedim(-1, -3)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
+    x = ((x.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
+def load_dataset(path: str) -> TrainingSet:
+    """Load an .npz (`images` (N,H,W[,C]) uint8, optional `labels`, `class_names`) or an image
+    folder (one subfolder per class gives labels; a flat folder is unconditional)."""
+    if not os.path.exists(path):
+        raise MucsError(f"dataset not found: {path}")
+    data = _load_npz(path) if os.path.isfile(path) else _load_folder(path)
+    if len(data) == 0:
+        raise MucsError(f"dataset {path} is empty")
+    if data.images.shape[1] != data.images.shape[2]:
+        raise MucsError(f"dataset images must be square, got {data.images.shape[1]}x{data.images.shape[2]}")
+    return data
+
+
+def _load_npz(path: str) -> TrainingSet:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z:
+                raise MucsError(f"{path} has no 'images' array")
+            images = z["images"]
+            labels = z["labels"] if "labels" in z else None
+            names = [str(s) for s in z["class_names"]] if "class_names" in z else None
+    except MucsError:
+        raise
+    except Exception as e:
+        raise MucsError(f"cannot read dataset {path}: {e}") from e
+    if images.dtype != np.uint8:
+        raise MucsError(f"{path}: images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise MucsError(f"{path}: images must be (N,H,W) or (N,H,W,C) with C in (1, 3), got {images.shape}")
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.int64)
+        if labels.shape != (len(images),):
+            raise MucsError(f"{path}: labels must have shape ({len(images)},), got {labels.shape}")
+    return TrainingSet(images=images, labels=labels, class_names=names, source=os.path.abspath(path))
+
+
+def _load_folder(path: str) -> TrainingSet:
+    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if subdirs:
+        groups = [(i, os.path.join(path, d)) for i, d in enumerate(subdirs)]
+    else:
+        groups = [(None, path)]
+    images, labels, files = [], [], []
+    for label, folder in groups:
+        for name in sorted(os.listdir(folder)):
+            if not name.lower().endswith(IMAGE_EXTS):
+                continue
+            f = os.path.join(folder, name)
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(_normalise_mode(im)[0]))
+            except Exception as e:
+                raise MucsError(f"cannot read training image {f}: {e}") from e
+            labels.append(label)
+            files.append(os.path.relpath(f, path))
+    if not images:
+        return TrainingSet(images=np.zeros((0, 1, 1, 1), np.uint8), source=path)
+    shapes = {im.shape[:2] for im in images}
+    if len(shapes) > 1:
+        raise MucsError(f"training images in {path} have different sizes: {sorted(shapes)[:3]}")
+    # all grayscale stays 1 channel; any colour image makes the whole set RGB
+    rgb = any(im.ndim == 3 for im in images)
+    arr = np.stack([_as_channels(im, 3 if rgb else 1) for im in images])
+    return TrainingSet(images=arr, labels=np.array(labels, np.int64) if subdirs else None,
+                       class_names=subdirs or None, source=os.path.abspath(path), files=files)
+
+
+def _as_channels(a: np.ndarray, c: int) -> np.ndarray:
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[2] == c:
+        return a
+    if c == 3:
+        return np.repeat(a, 3, axis=2)
+    return np.asarray(Image.fromarray(a).convert("L"))[..., None]
+
+
+def _normalise_mode(im: Image.Image):
+    """8-bit L or RGB from any PIL mode; returns (image, notes). Alpha is composited on white,
+    16-bit and float images are rescaled to 8 bits."""
+    notes = []
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        notes.append(f"{im.mode} depth rescaled to 8 bits")
+        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).round().astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im).convert("RGB")
+        notes.append("alpha composited on white")
+    if im.mode not in ("L", "RGB"):
+        notes.append(f"mode {im.mode} converted to RGB")
+        im = im.convert("RGB")
+    return im, notes
+
+
+@dataclass
+class QueryImage:
+    """A query as the model sees it: (C, H, W) in [-1, 1], plus what was done to get there."""
+    x: torch.Tensor
+    conversions: list
+
+    @property
+    def uint8(self) -> np.ndarray:
+        return to_uint8(self.x)
+
+
+def load_query_image(src, channels: int, size: int) -> QueryImage:
+    """Read a query (path, bytes, PIL image or uint8 array) and convert it to the model's
+    channels and resolution; every change made is listed in `conversions`."""
+    try:
+        if isinstance(src, np.ndarray):
+            im = Image.fromarray(src.squeeze(-1) if src.ndim == 3 and src.shape[2] == 1 else src)
+        elif isinstance(src, Image.Image):
+            im = src
+        else:
+            if isinstance(src, (str, os.PathLike)):
+                if not os.path.isfile(src):
+                    raise MucsError(f"image not found: {src}")
+                if os.path.getsize(src) > MAX_IMAGE_BYTES:
+                    raise MucsError(f"image {src} is larger than {MAX_IMAGE_BYTES // 2**20} MB")
+                with open(src, "rb") as f:
+                    src = f.read()
+            if len(src) > MAX_IMAGE_BYTES:
+                raise MucsError(f"image is larger than {MAX_IMAGE_BYTES // 2**20} MB")
+            im = Image.open(io.BytesIO(src))
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise MucsError(f"image is {im.width}x{im.height}: more than {MAX_IMAGE_PIXELS} pixels")
+        im.load()
+    except MucsError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
+        raise MucsError(f"not a readable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from e
+    im, notes = _normalise_mode(im)
+    want = "L" if channels == 1 else "RGB"
+    if im.mode != want:
+        notes.append(f"{im.mode} converted to {want}")
+        im = im.convert(want)
+    if im.size != (size, size):
+        w, h = im.size
+        if w != h:  # centre-crop to a square first so that shapes are not distorted
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            notes.append(f"centre-cropped {w}x{h} to {s}x{s}")
+        if im.size != (size, size):
+            notes.append(f"resized {im.size[0]}x{im.size[1]} to {size}x{size}")
+            im = im.resize((size, size), Image.Resampling.LANCZOS)
+    arr = _as_channels(np.asarray(im), channels)
+    return QueryImage(x=to_model_range(arr), conversions=notes)
+
+
+def save_png(arr_uint8: np.ndarray, path: str) -> None:
+    """Save (H, W, C) uint8 as a lossless PNG, atomically."""
+    from .cache import atomic_write
+    im = Image.fromarray(arr_uint8[..., 0] if arr_uint8.shape[-1] == 1 else arr_uint8)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())

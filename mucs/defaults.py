@@ -1,0 +1,32 @@
+"""The embedded default (a Fashion-MNIST model and its training set in assets/) and the
+per-model recommended settings file."""
+import json
+import os
+
+from .settings import Settings
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+DEFAULT_MODEL = os.path.join(ASSETS, "fashion16")
+DEFAULT_DATA = os.path.join(ASSETS, "fashion_mnist_16px_1k.npz")
+RECOMMENDED = "mucs_settings.json"   # optional, in a model folder: overrides of the paper's defaults
+
+
+def settings_for(model_path: str, **overrides) -> Settings:
+    """The paper's defaults, updated by the model folder's recommended settings (if any), then by
+    explicit overrides (None means 'not given')."""
+    s = Settings()
+    path = os.path.join(model_path, RECOMMENDED)
+    if os.path.exists(path):
+        with open(path) as f:
+            s = s.replace(**json.load(f).get("settings", {}))
+    return s.replace(**overrides)
+
+
+def cache_dir_for(model_path: str) -> str:
+    """The embedded model keeps its cache (shipped L_o and L_null) next to it; others use ~/.cache/mucs."""
+    from .cache import default_cache_dir
+    if os.environ.get("MUCS_CACHE_DIR"):
+        return os.environ["MUCS_CACHE_DIR"]
+    if os.path.abspath(model_path) == DEFAULT_MODEL:
+        return os.path.join(DEFAULT_MODEL, "cache")
+    return default_cache_dir()

@@ -1,0 +1,56 @@
+"""Steps 1, 2 and 4: loss matrices over (training item, noise) and the null loss."""
+import numpy as np
+import torch
+
+from .models import alphas_cumprod, per_item_loss, training_noise
+from .noise import NoiseSet
+
+
+@torch.inference_mode()
+def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
+                stage: str = "losses") -> np.ndarray:
+    """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i and every noise k of the set.
+
+    Items are processed in chunks, each repeated K times, so one forward pass covers many
+    (item, noise) pairs; the noise tensors are exactly the noise set's, shared by all items.
+    """
+    dev = next(unet.parameters()).device
+    ac = alphas_cumprod(model).to(dev)
+    K, N = len(noise_set), len(data)
+    t_all, eps_all = noise_set.timesteps.to(dev), noise_set.eps.to(dev)
+    per_chunk = max(1, batch_size // K)
+    out = np.empty((N, K), np.float32)
+    for start in range(0, N, per_chunk):
+        idx = np.arange(start, min(N, start + per_chunk))
+        x0 = data.tensor(idx).to(dev).repeat_interleave(K, 0)
+        y = data.label_tensor(idx)
+        y = y.to(dev).repeat_interleave(K, 0) if (y is not None and model.num_classes) else None
+        t = t_all.repeat(len(idx))
+        eps = eps_all.repeat(len(idx), 1, 1, 1)
+        loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps)
+        out[idx] = loss.view(len(idx), K).float().cpu().numpy()
+        if report is not None:
+            report(stage, (idx[-1] + 1) / N)
+    return out
+
+
+@torch.inference_mode()
+def null_loss(model, data, batches: int = 200, batch_size: int = 100, seed: int = 0, report=None) -> float:
+    """L_null: mean training loss of a freshly initialised model of the same architecture, over
+    `batches` random training batches with training-time noise. The bound for the ascent."""
+    fresh = model.fresh_copy(seed)
+    dev = model.device
+    ac = alphas_cumprod(model).to(dev)
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    T = int(model.scheduler.config.num_train_timesteps)
+    shape = (model.channels, model.size, model.size)
+    total = 0.0
+    for b in range(batches):
+        idx = torch.randint(0, len(data), (batch_size,), generator=g).numpy()
+        t, eps = training_noise(batch_size, shape, T, g, dev)
+        y = data.label_tensor(idx)
+        y = y.to(dev) if (y is not None and model.num_classes) else None
+        total += float(per_item_loss(fresh, ac, model.prediction_type, data.tensor(idx).to(dev), y, t, eps).mean())
+        if report is not None:
+            report("null loss", (b + 1) / batches)
+    return total / batches

@@ -1,0 +1,63 @@
+"""Every MUCS setting in one place, with the defaults of the authors' reference code."""
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class Settings:
+    # Step 0 — consistent noise set
+    noises: int = 100            # K
+    noise_fraction: float = 0.7  # f: the high-noise fraction of the Karras grid that is used
+    rho: float = 7.0
+    seed: int = 0                # noise set, null-loss init, unlearning batches
+    # Step 2 — null loss
+    null_batches: int = 200
+    null_batch_size: int = 100
+    # Step 3 — mirrored, bounded unlearning
+    batch_size: int = 100        # B: retain and forget batch size
+    lr: float = None             # None: the model's training lr ÷ lr_factor
+    lr_factor: float = 10.0
+    weight_decay: float = 0.01
+    lam: float = 0.2             # λ, weight of the forget term
+    tol: float = 0.05            # τ: stop once L_f ≥ (1 − τ)·L_null
+    max_steps: int = 200         # step cap (the reference has none; `converged` says which stopped)
+    frozen: tuple = ("bias",)    # parameter-name substrings that are not updated
+    # Step 5 — scoring
+    top_k: int = 10
+    # Ablations studied in the paper
+    bounded: bool = True         # False: plain (unbounded) gradient ascent on L_f
+    retain: bool = True          # False: no retain term L_r
+    consistent_noise: bool = True  # False: fresh noise for the unlearned losses
+    normalised: bool = True      # False: score = mean_k (L_u − L_o)
+    # Engineering
+    eval_batch_size: int = 512   # (item, noise) pairs per forward pass when computing losses
+    default_lr: float = 1e-4     # training lr assumed when the model folder does not record one
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["frozen"] = list(self.frozen)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "frozen" in kw:
+            kw["frozen"] = tuple(kw["frozen"])
+        return cls(**kw)
+
+    def replace(self, **changes) -> "Settings":
+        d = self.to_dict()
+        d.update({k: v for k, v in changes.items() if v is not None})
+        return Settings.from_dict(d)
+
+    def validate(self) -> "Settings":
+        from .errors import MucsError
+        checks = [(self.noises >= 1, "noises must be ≥ 1"), (0 < self.noise_fraction <= 1, "noise fraction f must be in (0, 1]"),
+                  (self.batch_size >= 1, "batch size must be ≥ 1"), (self.lam >= 0, "λ must be ≥ 0"),
+                  (0 <= self.tol < 1, "tolerance τ must be in [0, 1)"), (self.max_steps >= 0, "step cap must be ≥ 0"),
+                  (self.top_k >= 1, "top-k must be ≥ 1"), (self.null_batches >= 1, "null batches must be ≥ 1"),
+                  (self.lr_factor > 0, "lr factor must be > 0")]
+        for ok, msg in checks:
+            if not ok:
+                raise MucsError(msg)
+        return self

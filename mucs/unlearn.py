@@ -1,0 +1,100 @@
+"""Step 3: mirrored, bounded unlearning — make a copy of the model forget the query with bounded
+gradient ascent while it keeps fitting the training data."""
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .models import alphas_cumprod, per_item_loss, training_noise
+from .settings import Settings
+
+
+@dataclass
+class UnlearnResult:
+    unet: torch.nn.Module
+    steps: int
+    converged: bool                            # True: stopped by the tolerance rule, False: hit the cap
+    curve: list = field(default_factory=list)  # one dict per evaluated batch: step, loss_f, loss_r
+    lr: float = 0.0
+
+
+def forget_loss(losses: torch.Tensor, loss_null: float, bounded: bool = True) -> torch.Tensor:
+    """L_f = mean_b min(ℓ_b, L_null): an item already as bad as an untrained model gives no gradient."""
+    return losses.clamp(max=loss_null).mean() if bounded else losses.mean()
+
+
+def should_stop(loss_f: float, loss_null: float, tol: float) -> bool:
+    """The stop rule, checked before every step: the query is forgotten to within τ of L_null."""
+    return loss_f >= (1 - tol) * loss_null
+
+
+def frozen_names(unet: torch.nn.Module, patterns) -> list:
+    return [n for n, _ in unet.named_parameters() if any(p in n for p in patterns)]
+
+
+def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Settings, report=None) -> UnlearnResult:
+    """Copy the model (kept in eval mode on purpose: no dropout), freeze the parameters matching
+    `s.frozen`, and step AdamW on L = L_r − λ·L_f until L_f ≥ (1 − τ)·L_null or the step cap."""
+    unet = copy.deepcopy(model.unet).eval()
+    frozen = set(frozen_names(unet, s.frozen))
+    params = []
+    for n, p in unet.named_parameters():
+        p.requires_grad_(n not in frozen)
+        if n not in frozen:
+            params.append(p)
+    lr = s.lr if s.lr is not None else (model.learning_rate or s.default_lr) / s.lr_factor
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay)
+    dev = model.device
+    ac = alphas_cumprod(model).to(dev)
+    T = int(model.scheduler.config.num_train_timesteps)
+    shape = tuple(query_x.shape)
+    g = torch.Generator().manual_seed(int(s.seed) + 2)
+    B = s.batch_size
+    xq = query_x.to(dev).unsqueeze(0).expand(B, *shape)
+    yq = torch.full((B,), int(query_y), dtype=torch.long, device=dev) if query_y is not None else None
+    curve, step, converged = [], 0, False
+    while True:
+        # forget batch: the query B times, fresh training-time noise
+        t_f, eps_f = training_noise(B, shape, T, g, dev)
+        loss_f = forget_loss(per_item_loss(unet, ac, model.prediction_type, xq, yq, t_f, eps_f), loss_null, s.bounded)
+        # retain batch: B random training items with their own labels, independent noise
+        if s.retain:
+            idx = torch.randint(0, len(data), (B,), generator=g).numpy()
+            t_r, eps_r = training_noise(B, shape, T, g, dev)
+            y = data.label_tensor(idx)
+            y = y.to(dev) if (y is not None and model.num_classes) else None
+            loss_r = per_item_loss(unet, ac, model.prediction_type, data.tensor(idx).to(dev), y, t_r, eps_r).mean()
+        else:
+            loss_r = torch.zeros((), device=dev)
+        lf, lr_ = float(loss_f), float(loss_r)
+        curve.append(dict(step=step, loss_f=lf, loss_r=lr_))
+        if report is not None:
+            report("unlearning", min(1.0, lf / ((1 - s.tol) * loss_null)) if loss_null > 0 else 1.0,
+                   step=step, loss_f=lf, loss_r=lr_, loss_null=loss_null)
+        if should_stop(lf, loss_null, s.tol):
+            converged = True
+            break
+        if step >= s.max_steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        (loss_r - s.lam * loss_f).backward()
+        opt.step()
+        step += 1
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    return UnlearnResult(unet=unet.eval(), steps=step, converged=converged, curve=curve, lr=lr)
+
+
+def skew(loss_unlearned: np.ndarray, loss_original: np.ndarray, normalised: bool = True) -> np.ndarray:
+    """Step 5: score_i = mean_k (L_u − L_o) / (L_u + L_o + 1e-3); un-normalised: mean_k (L_u − L_o)."""
+    diff = loss_unlearned.astype(np.float64) - loss_original.astype(np.float64)
+    if normalised:
+        diff = diff / (loss_unlearned.astype(np.float64) + loss_original.astype(np.float64) + 1e-3)
+    return diff.mean(1)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties broken by index, so it is deterministic)."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return order[:k]
