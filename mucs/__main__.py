@@ -140,6 +140,13 @@ def build_parser():
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="mucs_out")
     p.set_defaults(fn=cmd_attribute)
+
+    try:  # the counterfactual evaluation lives in its own module
+        from .evaluate import add_parser as add_evaluate_parser
+    except ImportError:
+        add_evaluate_parser = None
+    if add_evaluate_parser is not None:
+        add_evaluate_parser(sub)
     return ap
 
 

@@ -67,7 +67,7 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
             loss_r = per_item_loss(unet, ac, model.prediction_type, data.tensor(idx).to(dev), y, t_r, eps_r).mean()
         else:
             loss_r = torch.zeros((), device=dev)
-        lf, lr_ = float(loss_f), float(loss_r)
+        lf, lr_ = float(loss_f.detach()), float(loss_r.detach())
         curve.append(dict(step=step, loss_f=lf, loss_r=lr_))
         if report is not None:
             report("unlearning", min(1.0, lf / ((1 - s.tol) * loss_null)) if loss_null > 0 else 1.0,

@@ -1,0 +1,67 @@
+"""Nearest training neighbours with faiss: in pixel space, or in the diffusion model's own
+features (mid-block activations at a fixed noise level). No pretrained network needed."""
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .data import TrainingSet
+from .models import alphas_cumprod
+
+
+def pixel_features(x: torch.Tensor) -> np.ndarray:
+    """(n, C, H, W) in [-1, 1] -> (n, C*H*W) float32."""
+    return x.detach().cpu().reshape(len(x), -1).numpy().astype(np.float32)
+
+
+@torch.inference_mode()
+def model_features(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None, timestep: int = 100,
+                   seed: int = 0, batch_size: int = 256) -> np.ndarray:
+    """Mid-block activations (spatially averaged) of x noised to `timestep` with a fixed ε."""
+    unet, dev = model.unet, model.device
+    feats = []
+    hook = unet.mid_block.register_forward_hook(lambda m, i, o: feats.append(o.mean((2, 3)).float().cpu()))
+    try:
+        ac = alphas_cumprod(model)[timestep]
+        g = torch.Generator().manual_seed(seed)
+        eps = torch.randn(x.shape[1:], generator=g)
+        for s in range(0, len(x), batch_size):
+            xb = x[s:s + batch_size]
+            xt = ac.sqrt() * xb + (1 - ac).sqrt() * eps
+            yb = labels[s:s + batch_size].to(dev) if (labels is not None and model.num_classes) else None
+            t = torch.full((len(xb),), timestep, dtype=torch.long, device=dev)
+            unet(xt.to(dev), t, class_labels=yb)
+    finally:
+        hook.remove()
+    return torch.cat(feats).numpy().astype(np.float32)
+
+
+class NeighbourIndex:
+    """An exact L2 faiss index over training-item vectors (pixels or model features)."""
+
+    def __init__(self, vectors: np.ndarray):
+        import faiss
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index = faiss.IndexFlatL2(self.vectors.shape[1])
+        self.index.add(self.vectors)
+
+    @classmethod
+    def pixels(cls, data: TrainingSet) -> "NeighbourIndex":
+        return cls(pixel_features(data.tensor()))
+
+    @classmethod
+    def features(cls, model, data: TrainingSet, timestep: int = 100) -> "NeighbourIndex":
+        return cls(model_features(model, data.tensor(), data.label_tensor(), timestep))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple:
+        """(distances, indices), each (n_queries, k), nearest first (squared L2)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        d, i = self.index.search(q, min(k, self.index.ntotal))
+        return d, i
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """A score for every training item (higher = closer): −squared distance, for use as a baseline."""
+        d, i = self.search(query, self.index.ntotal)
+        s = np.empty(self.index.ntotal, np.float64)
+        s[i[0]] = -d[0]
+        return s

@@ -1,0 +1,60 @@
+"""Overlap of influential images across queries: |A ∩ B| / min(|A|, |B|), its pairwise matrix,
+what random top-k sets would give, and the images that recur most."""
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+
+def overlap(a: Sequence[int], b: Sequence[int]) -> float:
+    """|A ∩ B| / min(|A|, |B|) of two top-k sets (0 when either is empty)."""
+    a, b = set(int(i) for i in a), set(int(i) for i in b)
+    if not a or not b:
+        return 0.0
+    return len(a & b) / min(len(a), len(b))
+
+
+def overlap_matrix(sets: Sequence[Sequence[int]]) -> np.ndarray:
+    """(Q, Q) symmetric matrix of pairwise overlaps, 1 on the diagonal."""
+    q = len(sets)
+    m = np.eye(q)
+    for i in range(q):
+        for j in range(i + 1, q):
+            m[i, j] = m[j, i] = overlap(sets[i], sets[j])
+    return m
+
+
+def pairwise_overlaps(sets: Sequence[Sequence[int]]) -> np.ndarray:
+    """The overlaps of all unordered pairs (upper triangle of overlap_matrix)."""
+    m = overlap_matrix(sets)
+    return m[np.triu_indices(len(sets), 1)]
+
+
+def mean_pairwise_overlap(sets: Sequence[Sequence[int]]) -> float:
+    """The paper's summary: mean overlap over all pairs of queries (nan with fewer than two)."""
+    p = pairwise_overlaps(sets)
+    return float(p.mean()) if len(p) else float("nan")
+
+
+def random_overlaps(n_items: int, sizes: Sequence[int], pairs: int = 2000, seed: int = 0) -> np.ndarray:
+    """Overlaps of random top-k sets with the given sizes, drawn from n_items: the null distribution."""
+    rng = np.random.default_rng(seed)
+    sizes = list(sizes)
+    out = np.empty(pairs)
+    for p in range(pairs):
+        i, j = rng.choice(len(sizes), 2, replace=len(sizes) < 2)
+        out[p] = overlap(rng.choice(n_items, sizes[i], replace=False), rng.choice(n_items, sizes[j], replace=False))
+    return out
+
+
+def between_methods(sets_a: Sequence[Sequence[int]], sets_b: Sequence[Sequence[int]]) -> float:
+    """Mean overlap between two methods' top-k sets for the same queries (paired by position)."""
+    if len(sets_a) != len(sets_b):
+        raise ValueError("both methods must have one top-k set per query")
+    return float(np.mean([overlap(a, b) for a, b in zip(sets_a, sets_b)])) if sets_a else float("nan")
+
+
+def recurring(sets: Sequence[Sequence[int]], n: int = 10) -> list:
+    """The training indices that appear in the most top-k sets: [(index, count), ...], most first."""
+    c = Counter(int(i) for s in sets for i in set(s))
+    return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
