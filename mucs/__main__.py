@@ -34,7 +34,7 @@ def cmd_train(a):
     opts = TrainOptions(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ema_decay=a.ema_decay,
                         channels=tuple(int(c) for c in a.channels.split(",")), layers_per_block=a.layers_per_block,
                         attention=not a.no_attention, prediction_type=a.prediction_type,
-                        beta_schedule=a.beta_schedule, num_train_timesteps=a.timesteps)
+                        beta_schedule=a.beta_schedule, num_train_timesteps=a.timesteps, save_every=a.save_every)
     from .models import pick_device
     bar = TextBar()
     rec = train(data, a.out, opts, device=pick_device(a.device), progress=bar)
@@ -108,6 +108,7 @@ def build_parser():
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"])
     p.add_argument("--beta-schedule", default="squaredcos_cap_v2")
     p.add_argument("--timesteps", type=int, default=1000)
+    p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps")
     p.add_argument("--size", type=int, default=None, help="check that the data has this resolution")
     p.add_argument("--device", default=None)
     p.set_defaults(fn=cmd_train)

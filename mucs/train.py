@@ -33,6 +33,7 @@ class TrainOptions:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     log_every: int = 50
+    save_every: int = 0             # >0: also save the EMA weights every this many steps (resumable runs can stop early)
 
 
 def build_unet(opts: TrainOptions, size: int, channels: int, num_classes: Optional[int]):
@@ -96,13 +97,19 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
             losses.append(dict(step=step + 1, loss=float(np.mean(window))))
             window = []
             report("training", (step + 1) / opts.steps, step=step + 1, loss=losses[-1]["loss"])
-    record = dict(asdict(opts), channels=list(opts.channels), num_train=int(len(keep)), num_classes=num_classes,
-                  class_names=data.class_names, data=data.source, data_fingerprint=data.fingerprint(),
-                  excluded=int(len(data) - len(keep)), train_seconds=time.perf_counter() - t_start,
-                  final_loss=losses[-1]["loss"] if losses else None, loss_curve=losses,
-                  parameters=int(sum(p.numel() for p in unet.parameters())), device=str(device))
+        if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < opts.steps:
+            save_model(ema, sched, _record(opts, data, keep, losses, t_start, unet, device, step + 1), out_dir)
+    record = _record(opts, data, keep, losses, t_start, unet, device, opts.steps)
     save_model(ema.cpu(), sched, record, out_dir)
     return record
+
+
+def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict:
+    return dict(asdict(opts), channels=list(opts.channels), steps_done=steps_done, num_train=int(len(keep)),
+                num_classes=data.num_classes, class_names=data.class_names, data=data.source,
+                data_fingerprint=data.fingerprint(), excluded=int(len(data) - len(keep)),
+                train_seconds=time.perf_counter() - t_start, final_loss=losses[-1]["loss"] if losses else None,
+                loss_curve=losses, parameters=int(sum(p.numel() for p in unet.parameters())), device=str(device))
 
 
 def save_model(unet, scheduler, record: dict, out_dir: str) -> None:
