@@ -1,0 +1,185 @@
+"""A run store on disk: every attribution is one folder (written atomically with
+`Attribution.save` plus a `meta.json`), listed newest first, reopened after a restart and
+exported as CSV or JSON. Shipped example runs (read-only) are listed alongside."""
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Optional
+
+import numpy as np
+
+from .attribute import Attribution
+from .cache import atomic_write
+from .errors import MucsError
+
+META = "meta.json"
+EXAMPLE_PREFIX = "example:"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_EXAMPLES = os.path.join(REPO, "assets", "examples")
+
+
+def default_runs_dir() -> str:
+    """$MUCS_RUNS_DIR, else `runs/` in the repository (ignored by git)."""
+    return os.environ.get("MUCS_RUNS_DIR") or os.path.join(REPO, "runs")
+
+
+def _is_run(path: str) -> bool:
+    return all(os.path.isfile(os.path.join(path, f)) for f in ("result.json", "losses.npz", "scores.csv", META))
+
+
+class RunStore:
+    """Runs under `root` (writable) and `examples` (read-only, ids prefixed with 'example:')."""
+
+    def __init__(self, root: Optional[str] = None, examples: Optional[str] = DEFAULT_EXAMPLES):
+        self.root = os.path.abspath(root or default_runs_dir())
+        self.examples = os.path.abspath(examples) if examples else None
+        os.makedirs(self.root, exist_ok=True)
+        self._clean_stale()
+
+    def _clean_stale(self, older_than: float = 3600.0) -> None:
+        """Drop staging folders left by a crash (hidden, so never listed)."""
+        now = time.time()
+        for name in os.listdir(self.root):
+            p = os.path.join(self.root, name)
+            if name.startswith(".staging-") and os.path.isdir(p) and now - os.path.getmtime(p) > older_than:
+                shutil.rmtree(p, ignore_errors=True)
+
+    # --- paths ---------------------------------------------------------------------------------
+    def path(self, run_id: str) -> str:
+        run_id = str(run_id or "").strip()
+        if run_id.startswith(EXAMPLE_PREFIX):
+            base, name = self.examples, run_id[len(EXAMPLE_PREFIX):]
+        else:
+            base, name = self.root, run_id
+        if not name or base is None or name.startswith(".") or os.sep in name or "/" in name or name in ("..",):
+            raise MucsError(f"unknown run {run_id!r}")
+        p = os.path.join(base, name)
+        if not _is_run(p):
+            raise MucsError(f"unknown run {run_id!r}")
+        return p
+
+    @staticmethod
+    def is_example(run_id: str) -> bool:
+        return str(run_id).startswith(EXAMPLE_PREFIX)
+
+    # --- write -----------------------------------------------------------------------------------
+    def save(self, att: Attribution, meta: Optional[dict] = None) -> str:
+        """Store a finished attribution; returns its id. The run folder appears complete or not at all."""
+        now = datetime.now(timezone.utc)
+        run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        m = dict(meta or {})
+        m.update(id=run_id, created=now.isoformat(timespec="seconds"),
+                 label=att.query.get("label"), class_name=att.query.get("class_name"),
+                 steps=att.steps, converged=att.converged, top_k=len(att.top),
+                 seconds=round(float(att.stage_times.get("total", 0.0)), 2),
+                 num_train=len(att.scores))
+        m.setdefault("source", att.query.get("source", ""))
+        staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
+        try:
+            inner = os.path.join(staging, "run")
+            att.save(inner)
+            atomic_write(os.path.join(inner, META), json.dumps(m, indent=1, default=_json_default).encode())
+            os.rename(inner, os.path.join(self.root, run_id))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return run_id
+
+    def delete(self, run_id: str) -> None:
+        if self.is_example(run_id):
+            raise MucsError("example runs are read-only")
+        p = self.path(run_id)
+        trash = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
+        os.rename(p, os.path.join(trash, "x"))   # disappears at once, then is removed
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # --- read ------------------------------------------------------------------------------------
+    def meta(self, run_id: str) -> dict:
+        with open(os.path.join(self.path(run_id), META)) as f:
+            m = json.load(f)
+        m["id"] = run_id
+        m["example"] = self.is_example(run_id)
+        return m
+
+    def load(self, run_id: str) -> Attribution:
+        try:
+            return Attribution.load(self.path(run_id))
+        except MucsError:
+            raise
+        except Exception as e:
+            raise MucsError(f"run {run_id} cannot be read: {type(e).__name__}: {e}") from e
+
+    def list(self) -> list:
+        """Metadata of every readable run: user runs newest first, then the examples."""
+        out = []
+        for base, prefix in ((self.root, ""), (self.examples, EXAMPLE_PREFIX)):
+            if not base or not os.path.isdir(base):
+                continue
+            names = sorted((n for n in os.listdir(base) if not n.startswith(".")), reverse=not prefix)
+            for name in names:
+                if not _is_run(os.path.join(base, name)):
+                    continue
+                try:
+                    out.append(self.meta(prefix + name))
+                except (OSError, ValueError, MucsError):
+                    continue   # unreadable metadata: skip rather than break the listing
+        return out
+
+    def ids(self) -> list:
+        return [m["id"] for m in self.list()]
+
+    def table(self) -> list:
+        """Rows for a table view: id, created, source, class, steps, converged, top-k, seconds."""
+        rows = []
+        for m in self.list():
+            rows.append([m["id"], m.get("created", ""), m.get("kind", ""), m.get("source", ""),
+                         m.get("class_name") or "", m.get("steps"), bool(m.get("converged")), m.get("top_k"),
+                         m.get("seconds")])
+        return rows
+
+    # --- export ----------------------------------------------------------------------------------
+    def export(self, run_id: str, fmt: str, out_dir: Optional[str] = None, class_names=None) -> str:
+        """Write the run as CSV (every training item: rank, index, score, label, class, L_o, L_u)
+        or JSON (result + metadata) into `out_dir` (a new temporary folder by default); returns the path."""
+        fmt = (fmt or "").lower()
+        if fmt not in ("csv", "json"):
+            raise MucsError(f"export format must be csv or json, got {fmt!r}")
+        att = self.load(run_id)
+        meta = self.meta(run_id)
+        out_dir = out_dir or tempfile.mkdtemp(prefix="mucs-export-")
+        safe = run_id.replace(":", "-")
+        path = os.path.join(out_dir, f"mucs-{safe}.{fmt}")
+        if fmt == "json":
+            data = dict(meta=meta, result=att.result_json())
+            atomic_write(path, json.dumps(data, indent=1, default=_json_default).encode())
+        else:
+            atomic_write(path, scores_table_csv(att, class_names).encode())
+        return path
+
+
+def scores_table_csv(att: Attribution, class_names=None) -> str:
+    order = np.argsort(-att.scores, kind="stable")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "index", "score", "label", "class", "loss_original", "loss_unlearned"])
+    for rank, i in enumerate(order, 1):
+        lab = "" if att.labels is None else int(att.labels[i])
+        name = ""
+        if lab != "" and class_names and 0 <= lab < len(class_names):
+            name = class_names[lab]
+        w.writerow([rank, int(i), f"{att.scores[i]:.8g}", lab, name, f"{att.loss_original[i]:.8g}",
+                    f"{att.loss_unlearned[i]:.8g}"])
+    return buf.getvalue()
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
