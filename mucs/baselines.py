@@ -1,0 +1,146 @@
+"""Attribution methods with MUCS's interface: a score for every training item (higher = more
+influential), so every view, top-k and metric works on any of them.
+
+Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
+- ``mucs``: the method (ctx.settings);
+- ``mucs_plain_ga``: plain gradient ascent (no retain term, no L_null bound);
+- ``mucs_unnormalised``: score = mean_k (L_u − L_o);
+- ``mucs_fresh_noise``: fresh noise for the unlearned losses instead of the consistent set;
+- ``random``: uniform random scores (seeded by ctx.seed and the query id);
+- ``pixel_nn`` / ``feature_nn``: −squared L2 distance to the query in pixel space / in the model's
+  own mid-block features (faiss, no pretrained network);
+- ``a+b+...``: rank-averaged ensemble of any registered methods (e.g. ``mucs+pixel_nn``).
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+from .errors import MucsError
+from .settings import Settings
+
+# ablations of MUCS that the paper studies, as Settings changes
+ABLATIONS = {
+    "mucs": {},
+    "mucs_plain_ga": dict(bounded=False, retain=False),
+    "mucs_unnormalised": dict(normalised=False),
+    "mucs_fresh_noise": dict(consistent_noise=False),
+}
+
+
+@dataclass
+class Context:
+    """What the methods need, with lazily built, shared pieces (attributor, faiss indexes) and a
+    memo of scores per (method, query id) so that ensembles reuse their components' scores."""
+    model: object
+    data: object
+    settings: Settings = field(default_factory=Settings)
+    cache_dir: Optional[str] = None
+    seed: int = 0
+    memo: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)   # per query: unlearning steps and convergence of the last MUCS run
+    _attributor: object = None
+    _pixels: object = None
+    _features: object = None
+
+    def attributor(self):
+        if self._attributor is None:
+            from .attribute import Attributor
+            self._attributor = Attributor(self.model, self.data, self.settings, self.cache_dir)
+        return self._attributor
+
+    def pixel_index(self):
+        if self._pixels is None:
+            from .neighbours import NeighbourIndex
+            self._pixels = NeighbourIndex.pixels(self.data)
+        return self._pixels
+
+    def feature_index(self):
+        if self._features is None:
+            from .neighbours import NeighbourIndex
+            self._features = NeighbourIndex.features(self.model, self.data)
+        return self._features
+
+
+def _mucs_variant(changes: dict) -> Callable:
+    def fn(ctx: Context, query, label, query_id=0) -> np.ndarray:
+        s = ctx.settings.replace(**changes) if changes else ctx.settings
+        res = ctx.attributor().attribute(query, label, settings=s)
+        ctx.info[("mucs", int(query_id))] = dict(steps=res.steps, converged=res.converged)
+        return np.asarray(res.scores, np.float64)
+    return fn
+
+
+def random_scores(n: int, seed: int = 0, query_id: int = 0) -> np.ndarray:
+    """Uniform random scores for n items, reproducible from (seed, query id)."""
+    return np.random.default_rng([int(seed), int(query_id)]).random(n)
+
+
+def _random(ctx: Context, query, label, query_id=0) -> np.ndarray:
+    return random_scores(len(ctx.data), ctx.seed, query_id)
+
+
+def _pixel_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
+    from .neighbours import pixel_features
+    return ctx.pixel_index().scores(pixel_features(query.x[None]))
+
+
+def _feature_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
+    from .neighbours import model_features
+    y = torch.tensor([int(label)]) if (label is not None and ctx.model.num_classes) else None
+    return ctx.feature_index().scores(model_features(ctx.model, query.x[None], y))
+
+
+REGISTRY: Dict[str, Callable] = {name: _mucs_variant(ch) for name, ch in ABLATIONS.items()}
+REGISTRY.update(random=_random, pixel_nn=_pixel_nn, feature_nn=_feature_nn)
+
+
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """Normalised ranks in [0, 1] (1 = highest score), ties sharing their average rank."""
+    s = np.asarray(scores, np.float64)
+    n = len(s)
+    if n <= 1:
+        return np.ones(n)
+    uniq, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts) - 1          # 0-based rank of the last copy of each unique value
+    avg = ends - (counts - 1) / 2.0       # average 0-based rank of each tie group
+    return avg[inv] / (n - 1)
+
+
+def rank_average(score_lists) -> np.ndarray:
+    """Rank-averaged ensemble: the mean of the components' normalised ranks."""
+    score_lists = list(score_lists)
+    if not score_lists:
+        raise ValueError("an ensemble needs at least one component")
+    n = len(score_lists[0])
+    if any(len(s) != n for s in score_lists):
+        raise ValueError("ensemble components must score the same number of items")
+    return np.mean([ranks(s) for s in score_lists], axis=0)
+
+
+def components(name: str) -> list:
+    """The registered methods a name stands for ('a+b' -> ['a', 'b']); checks that they exist."""
+    parts = [p.strip() for p in name.split("+")]
+    for p in parts:
+        if p not in REGISTRY:
+            raise MucsError(f"unknown attribution method {p!r}; known: {', '.join(sorted(REGISTRY))} "
+                            f"(and ensembles 'a+b' of them)")
+    if len(parts) > 1 and len(set(parts)) != len(parts):
+        raise MucsError(f"ensemble {name!r} repeats a component")
+    return parts
+
+
+def method_names() -> list:
+    return sorted(REGISTRY)
+
+
+def scores(name: str, ctx: Context, query, label=None, query_id: int = 0) -> np.ndarray:
+    """Scores for every training item of `ctx.data` by method `name` (memoised per query id)."""
+    parts = components(name)
+    if len(parts) > 1:
+        return rank_average([scores(p, ctx, query, label, query_id) for p in parts])
+    key = (name, int(query_id))
+    if key not in ctx.memo:
+        ctx.memo[key] = np.asarray(REGISTRY[name](ctx, query, label, query_id), np.float64)
+    return ctx.memo[key]

@@ -1,0 +1,136 @@
+"""Similarity of an item before and after retraining, and the counterfactual summaries.
+
+Similarities (one value per item, computed between the image model A generated and the image
+the retrained model generates from the same seed and class):
+- ``ssim``: structural similarity (Gaussian window, σ = 1.5, implemented here in torch);
+- ``mse``: pixel mean squared error in [0, 1] units — a *distance* (lower = more similar);
+- ``feature_cosine``: cosine of model A's own mid-block features of the two images.
+
+Summaries (MUCS.md, "How attribution quality is judged"):
+- ``auc``: P(similarity after random removal > similarity after the method's removal), ties
+  counting 1/2; for a distance the inequality is reversed, so 0.5 = no better than random and
+  1 = the method always changes the item more than random removal does;
+- ``mean_relative_change``: 100·(mean(sim_method) / median(sim_random) − 1) %, the metric's own
+  value (negative for a similarity when the method changes items more; positive for a distance).
+"""
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+# metric name -> True when higher values mean "more similar"
+HIGHER_IS_SIMILAR = {"ssim": True, "mse": False, "feature_cosine": True}
+
+
+def _as_float01(images) -> torch.Tensor:
+    """uint8 (n, H, W, C) or (H, W, C) -> float (n, C, H, W) in [0, 1]."""
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise ValueError(f"expected (n, H, W, C) images, got shape {a.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(a)).double()
+    if a.dtype == np.uint8:
+        t = t / 255.0
+    return t.permute(0, 3, 1, 2)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(a, b, window: int = 7, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
+    """SSIM per image pair (n,), averaged over the valid window positions and channels.
+
+    `a`, `b`: uint8 (n, H, W, C) (scaled to [0, 1]) or float arrays already in [0, 1].
+    The window shrinks (odd size) when the images are smaller than it."""
+    x, y = _as_float01(a), _as_float01(b)
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
+    n, c, h, w = x.shape
+    size = min(window, h, w)
+    size = size if size % 2 == 1 else size - 1
+    k = _gaussian_window(size, sigma).expand(c, 1, size, size).contiguous()
+    f = lambda t: torch.nn.functional.conv2d(t, k, groups=c)  # noqa: E731  (valid positions only)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = f(x), f(y)
+    sxx = f(x * x) - mx * mx
+    syy = f(y * y) - my * my
+    sxy = f(x * y) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return m.flatten(1).mean(1).numpy()
+
+
+def mse(a, b) -> np.ndarray:
+    """Pixel mean squared error per image pair (n,), in [0, 1] units (a distance)."""
+    x, y = _as_float01(a), _as_float01(b)
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
+    return ((x - y) ** 2).flatten(1).mean(1).numpy()
+
+
+def cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, D) arrays."""
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    num = (u * v).sum(1)
+    den = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
+    return num / np.maximum(den, 1e-12)
+
+
+def feature_cosine(model, a, b, labels: Optional[Sequence[int]] = None, timestep: int = 100) -> np.ndarray:
+    """Cosine of `model`'s mid-block features (mucs.neighbours.model_features) of two image sets."""
+    from .data import to_model_range
+    from .neighbours import model_features
+    y = None if labels is None or model.num_classes is None else torch.as_tensor(list(labels), dtype=torch.long)
+    fa = model_features(model, to_model_range(np.asarray(a)), y, timestep)
+    fb = model_features(model, to_model_range(np.asarray(b)), y, timestep)
+    return cosine(fa, fb)
+
+
+def similarities(before, after, model=None, labels=None) -> dict:
+    """All available metrics between `before` and `after` uint8 image sets: {metric: (n,)}."""
+    out = {"ssim": ssim(before, after), "mse": mse(before, after)}
+    if model is not None:
+        out["feature_cosine"] = feature_cosine(model, before, after, labels)
+    return out
+
+
+def auc(sim_random, sim_method, higher_is_similar: bool = True) -> float:
+    """P(sim_random > sim_method) over all (random, method) pairs, ties counted 1/2.
+
+    For a distance (higher_is_similar=False) it is P(dist_random < dist_method): in both cases
+    0.5 means "no better than random removal", 1 means "always changes the item more"."""
+    r = np.asarray(sim_random, np.float64).ravel()
+    m = np.asarray(sim_method, np.float64).ravel()
+    if len(r) == 0 or len(m) == 0:
+        return float("nan")
+    if not higher_is_similar:
+        r, m = -r, -m
+    gt = (r[:, None] > m[None, :]).sum()
+    eq = (r[:, None] == m[None, :]).sum()
+    return float((gt + 0.5 * eq) / (len(r) * len(m)))
+
+
+def mean_relative_change(sim_random, sim_method) -> float:
+    """100·(mean(sim_method) / median(sim_random) − 1), in %."""
+    r = np.asarray(sim_random, np.float64).ravel()
+    m = np.asarray(sim_method, np.float64).ravel()
+    if len(r) == 0 or len(m) == 0:
+        return float("nan")
+    med = float(np.median(r))
+    if med == 0:
+        return float("nan")
+    return float(100.0 * (m.mean() / med - 1.0))
+
+
+def summarise(sim_random, sim_method, metric: str) -> dict:
+    """{auc, mean_relative_change, mean, median_random, n} for one method, group and metric."""
+    hi = HIGHER_IS_SIMILAR.get(metric, True)
+    m = np.asarray(sim_method, np.float64).ravel()
+    return dict(auc=auc(sim_random, sim_method, hi), mean_relative_change=mean_relative_change(sim_random, sim_method),
+                mean=float(m.mean()) if len(m) else float("nan"),
+                median_random=float(np.median(sim_random)) if len(np.ravel(sim_random)) else float("nan"),
+                n=int(len(m)), higher_is_similar=hi)
