@@ -355,6 +355,15 @@ def load_overrides(text):
     return d.get("settings", d)
 
 
+def launch(demo, ex, host="127.0.0.1", port=7860, auth=None, **kwargs):
+    """Queue and serve `demo` with the app's options (local fonts, upload size limit, history paths)."""
+    demo.queue(default_concurrency_limit=4)
+    allowed = [ex.store.root] + ([ex.store.examples] if ex.store.examples else [])
+    return demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=MAX_IMAGE_BYTES, theme=theme(),
+                       css=CSS, allowed_paths=allowed, footer_links=["api", "settings"], show_error=True,
+                       ssr_mode=False, mcp_server=False, share=False, **kwargs)
+
+
 def main(argv=None):
     a = parse_args(argv)
     try:
@@ -363,12 +372,8 @@ def main(argv=None):
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    demo = build(ex)
-    demo.queue(default_concurrency_limit=4)
     auth = tuple(a.auth.split(":", 1)) if a.auth else None
-    demo.launch(server_name=a.host, server_port=a.port, auth=auth, max_file_size=MAX_IMAGE_BYTES,
-                theme=theme(), css=CSS, allowed_paths=[ex.store.root] + ([ex.store.examples] if ex.store.examples else []),
-                footer_links=["api", "settings"], show_error=True, ssr_mode=False, mcp_server=False, share=False)
+    launch(build(ex), ex, a.host, a.port, auth)
     return 0
 
 
