@@ -92,7 +92,7 @@ class TrainingSet:
 
 def to_model_range(x_uint8: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, C) -> float (..., C, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(127.5).sub(1.0)
+    t = torch.from_numpy(np.array(x_uint8, dtype=np.uint8, copy=True)).float().div(127.5).sub(1.0)
     return t.movedim(-1, -3)
 
 

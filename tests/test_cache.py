@@ -1,0 +1,93 @@
+"""The original-loss cache: hit, miss on any key change, corrupt files rebuilt, atomic writes."""
+import os
+
+import numpy as np
+import pytest
+
+from mucs import Attributor, load_dataset, load_model
+from mucs import losses as losses_mod
+from mucs.cache import atomic_write, load_arrays, save_arrays
+from mucs.data import TrainingSet
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    """Count the calls of loss_matrix made by the Attributor."""
+    calls = []
+    real = losses_mod.loss_matrix
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr("mucs.attribute.loss_matrix", wrapped)
+    return calls
+
+
+def test_cache_hit_miss_and_invalidation(tiny_model_dir, tiny_npz, fast_settings, tmp_path, counted):
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    s = fast_settings
+    lo, cached = Attributor(m, d, s, cache_dir=str(tmp_path)).original_losses(s)
+    assert not cached and len(counted) == 1
+    # a new Attributor (a new process, in effect) reads it back from disk
+    lo2, cached = Attributor(m, d, s, cache_dir=str(tmp_path)).original_losses(s)
+    assert cached and len(counted) == 1 and np.array_equal(lo, lo2)
+    # any key change is a miss: noise-set parameters ...
+    for change in (dict(noises=8), dict(seed=1), dict(noise_fraction=0.5)):
+        _, cached = Attributor(m, d, s, cache_dir=str(tmp_path)).original_losses(s.replace(**change))
+        assert not cached, change
+    n = len(counted)
+    # ... the dataset content ...
+    d2 = TrainingSet(images=d.images.copy(), labels=d.labels.copy(), class_names=d.class_names)
+    d2.images[0, 0, 0, 0] ^= 1
+    _, cached = Attributor(m, d2, s, cache_dir=str(tmp_path)).original_losses(s)
+    assert not cached and len(counted) == n + 1
+    # ... and the model weights
+    m2 = load_model(tiny_model_dir)
+    with __import__("torch").no_grad():
+        next(m2.unet.parameters()).add_(1e-3)
+    _, cached = Attributor(m2, d, s, cache_dir=str(tmp_path)).original_losses(s)
+    assert not cached and len(counted) == n + 2
+
+
+def test_null_loss_is_cached(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    v1, c1 = Attributor(m, d, fast_settings, cache_dir=str(tmp_path)).null_loss(fast_settings)
+    v2, c2 = Attributor(m, d, fast_settings, cache_dir=str(tmp_path)).null_loss(fast_settings)
+    assert (c1, c2) == (False, True) and v1 == v2 and v1 > 0.5   # an untrained model is bad at denoising
+
+
+def test_corrupt_or_partial_cache_is_rebuilt(tiny_model_dir, tiny_npz, fast_settings, tmp_path, counted):
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    lo, _ = Attributor(m, d, fast_settings, cache_dir=str(tmp_path)).original_losses(fast_settings)
+    (path,) = [p for p in os.listdir(tmp_path) if p.startswith("loss_original")]
+    full = (tmp_path / path).read_bytes()
+    for bad in (full[: len(full) // 2], b"garbage", b""):
+        (tmp_path / path).write_bytes(bad)
+        lo2, cached = Attributor(m, d, fast_settings, cache_dir=str(tmp_path)).original_losses(fast_settings)
+        assert not cached and np.array_equal(lo, lo2)
+    assert (tmp_path / path).read_bytes() != b""
+
+
+def test_checksum_detects_changed_values(tmp_path):
+    p = str(tmp_path / "a.npz")
+    save_arrays(p, "k", loss=np.arange(6.0))
+    assert load_arrays(p, "k")["loss"].tolist() == list(range(6))
+    assert load_arrays(p, "other") is None
+    raw = bytearray(open(p, "rb").read())
+    i = raw.find(np.arange(6.0).tobytes())
+    raw[i + 9] ^= 0xFF                                      # flip a byte inside the stored values
+    open(p, "wb").write(bytes(raw))
+    assert load_arrays(p, "k") is None
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    p = str(tmp_path / "f.bin")
+    atomic_write(p, b"old")
+
+    def boom(*a):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write(p, b"new")
+    assert open(p, "rb").read() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]                # no temporary left behind

@@ -1,0 +1,127 @@
+"""The CLI contract: outputs, determinism, conversions, and bad input (one line, exit 2, nothing written)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mucs.__main__ import main
+
+FAST = ["--noises", "8", "--max-steps", "3", "--batch-size", "16", "--top-k", "4"]
+
+
+@pytest.fixture()
+def fast_env(monkeypatch, tmp_path):
+    # small null-loss estimate for speed, via the model-independent cache dir
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("mucs.settings.Settings.null_batches", 5)
+    monkeypatch.setattr("mucs.settings.Settings.null_batch_size", 16)
+
+
+def _query(tmp_path, tiny_npz, i=0, size=None, mode=None):
+    img = np.load(tiny_npz)["images"][i]
+    im = Image.fromarray(img)
+    if mode:
+        im = im.convert(mode)
+    if size:
+        im = im.resize(size, Image.Resampling.NEAREST)
+    p = tmp_path / f"q{i}.png"
+    im.save(p)
+    return str(p)
+
+
+def test_attribute_writes_scores_and_result(tiny_model_dir, tiny_npz, tmp_path, fast_env, capsys):
+    out = tmp_path / "out"
+    rc = main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
+               "--label", "0", "--out", str(out), "--seed", "0"] + FAST)
+    assert rc == 0
+    rows = list(csv.reader(open(out / "scores.csv")))
+    assert rows[0] == ["index", "score", "label"] and len(rows) == 33
+    scores = [float(r[1]) for r in rows[1:]]
+    assert scores == sorted(scores, reverse=True)
+    assert sorted(int(r[0]) for r in rows[1:]) == list(range(32))
+    labels = np.load(tiny_npz)["labels"]
+    assert all(int(r[2]) == labels[int(r[0])] for r in rows[1:])
+    res = json.load(open(out / "result.json"))
+    for key in ("settings", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k"):
+        assert key in res
+    assert res["settings"]["noises"] == 8 and res["unlearning_steps"] <= 3
+    assert res["top_k"] == [int(r[0]) for r in rows[1:5]]
+    assert set(res["stage_times"]) >= {"original_losses", "null_loss", "unlearning", "unlearned_losses"}
+    assert res["query"]["conversions"] == []
+    assert "top-k:" in capsys.readouterr().out
+
+
+def test_query_of_other_size_and_mode_is_converted(tiny_model_dir, tiny_npz, tmp_path, fast_env):
+    out = tmp_path / "out"
+    q = _query(tmp_path, tiny_npz, size=(24, 16), mode="RGBA")
+    assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "1",
+                 "--out", str(out)] + FAST) == 0
+    notes = json.load(open(out / "result.json"))["query"]["conversions"]
+    assert any("alpha" in n for n in notes) and any("L" in n for n in notes)
+    assert any("cropped" in n for n in notes) and any("resized" in n for n in notes)
+
+
+def test_generate_same_seed_same_image(tiny_model_dir, tmp_path):
+    a, b, c = (str(tmp_path / f"{n}.png") for n in "abc")
+    assert main(["generate", "--model", tiny_model_dir, "--label", "2", "--seed", "7", "--steps", "5", "--out", a]) == 0
+    assert main(["generate", "--model", tiny_model_dir, "--label", "2", "--seed", "7", "--steps", "5", "--out", b]) == 0
+    assert main(["generate", "--model", tiny_model_dir, "--label", "2", "--seed", "8", "--steps", "5", "--out", c]) == 0
+    ia, ib, ic = (np.asarray(Image.open(p)) for p in (a, b, c))
+    assert ia.shape == (8, 8) and np.array_equal(ia, ib) and not np.array_equal(ia, ic)
+
+
+def _bad(argv, tmp_path, capsys, expect):
+    before = set(os.listdir(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and expect in err, err
+    assert set(os.listdir(tmp_path)) == before     # nothing written
+
+
+def test_bad_inputs(tiny_model_dir, tiny_npz, tmp_path, capsys, fast_env):
+    q = _query(tmp_path, tiny_npz)
+    os.makedirs(tmp_path / "cache", exist_ok=True)
+    out = str(tmp_path / "out")
+    base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--out", out]
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    _bad(base + ["--image", str(corrupt), "--label", "0"], tmp_path, capsys, "not a readable image")
+    _bad(base + ["--image", str(text), "--label", "0"], tmp_path, capsys, "not a readable image")
+    _bad(base + ["--image", str(tmp_path / "missing.png"), "--label", "0"], tmp_path, capsys, "not found")
+    _bad(base + ["--image", q, "--label", "9"], tmp_path, capsys, "out of range")
+    _bad(base + ["--image", q], tmp_path, capsys, "label")
+    notmodel = tmp_path / "notmodel"
+    notmodel.mkdir()
+    _bad(["attribute", "--model", str(notmodel), "--data", tiny_npz, "--image", q, "--label", "0", "--out", out],
+         tmp_path, capsys, "not a diffusers model folder")
+    _bad(["generate", "--model", str(tmp_path / "nope"), "--seed", "1", "--out", str(tmp_path / "g.png")],
+         tmp_path, capsys, "model folder not found")
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 8, 8), np.uint8), labels=np.zeros(0, np.int64))
+    _bad(base[:3] + ["--data", str(empty), "--out", out, "--image", q, "--label", "0"], tmp_path, capsys, "empty")
+    big = tmp_path / "big.npz"
+    np.savez(big, images=np.zeros((4, 16, 16), np.uint8), labels=np.zeros(4, np.int64))
+    _bad(base[:3] + ["--data", str(big), "--out", out, "--image", q, "--label", "0"], tmp_path, capsys, "expects 8x8")
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.zeros(4, np.int64))
+    _bad(base[:3] + ["--data", str(rgb), "--out", out, "--image", q, "--label", "0"], tmp_path, capsys, "channel")
+    nolabels = tmp_path / "nolabels.npz"
+    np.savez(nolabels, images=np.zeros((4, 8, 8), np.uint8))
+    _bad(base[:3] + ["--data", str(nolabels), "--out", out, "--image", q, "--label", "0"], tmp_path, capsys, "no labels")
+    manylabels = tmp_path / "manylabels.npz"
+    np.savez(manylabels, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 2, 7]))
+    _bad(base[:3] + ["--data", str(manylabels), "--out", out, "--image", q, "--label", "0"], tmp_path, capsys, "labels span")
+
+
+def test_python_dash_m_entry_point(tiny_model_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mucs", "generate", "--model", tiny_model_dir, "--label", "99", "--seed", "1",
+                        "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "out of range" in r.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,113 @@
+"""Datasets (npz, class folders, flat folders), query conversion, model kinds and objectives."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mucs import Attributor, MucsError, QueryImage, Settings, load_dataset, load_model, load_query_image
+from mucs.data import MAX_IMAGE_BYTES
+from mucs.models import per_item_loss
+from mucs.train import TrainOptions, train
+
+from conftest import make_images
+
+
+def test_class_folder_dataset_gives_stable_indices_and_labels(tmp_path):
+    images, labels = make_images(n=6, classes=2)
+    for i, (im, y) in enumerate(zip(images, labels)):
+        d = tmp_path / ("cats" if y == 0 else "dogs")
+        d.mkdir(exist_ok=True)
+        Image.fromarray(im[..., 0]).save(d / f"{i:03d}.png")
+    (tmp_path / "cats" / "readme.txt").write_text("ignored")
+    ds = load_dataset(str(tmp_path))
+    assert len(ds) == 6 and ds.class_names == ["cats", "dogs"] and ds.channels == 1
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.files[:2] == ["cats/000.png", "cats/002.png"]
+    assert np.array_equal(ds.images[0], images[0]) and np.array_equal(ds.images[3], images[1])
+    assert load_dataset(str(tmp_path)).fingerprint() == ds.fingerprint()
+
+
+def test_flat_folder_is_unconditional_and_rgb_npz(tmp_path):
+    images, _ = make_images(n=3, channels=3)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+    ds = load_dataset(str(tmp_path))
+    assert ds.labels is None and ds.channels == 3 and ds.num_classes is None
+    np.savez(tmp_path / "x.npz", images=images)
+    assert load_dataset(str(tmp_path / "x.npz")).images.shape == (3, 8, 8, 3)
+    np.savez(tmp_path / "bad.npz", pixels=images)
+    with pytest.raises(MucsError, match="no 'images'"):
+        load_dataset(str(tmp_path / "bad.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(MucsError, match="cannot read dataset"):
+        load_dataset(str(tmp_path / "junk.npz"))
+
+
+def _png(im: Image.Image) -> bytes:
+    b = io.BytesIO()
+    im.save(b, format="PNG")
+    return b.getvalue()
+
+
+def test_query_conversion_alpha_16bit_size_and_limits():
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))           # fully transparent → white
+    q = load_query_image(_png(rgba), channels=1, size=8)
+    assert q.x.shape == (1, 8, 8) and torch.allclose(q.x, torch.ones_like(q.x))
+    assert any("alpha" in n for n in q.conversions)
+    a16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    q = load_query_image(_png(Image.fromarray(a16)), channels=3, size=4)
+    assert q.x.shape == (3, 4, 4) and any("8 bits" in n for n in q.conversions)
+    assert any("resized" in n for n in q.conversions)
+    exact = load_query_image(np.full((8, 8, 1), 255, np.uint8), channels=1, size=8)
+    assert exact.conversions == [] and float(exact.x.min()) == 1.0
+    with pytest.raises(MucsError, match="larger than"):
+        load_query_image(b"\x00" * (MAX_IMAGE_BYTES + 1), 1, 8)
+    with pytest.raises(MucsError, match="not a readable image"):
+        load_query_image(b"GIF89a\x00\x00garbage", 1, 8)
+    with pytest.raises(MucsError, match="pixels"):
+        load_query_image(_png(Image.new("L", (8000, 6000))), 1, 8)
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+def test_per_item_loss_targets(pred):
+    class Echo(torch.nn.Module):   # predicts its input: the loss then has a closed form
+        def forward(self, x, t, class_labels=None):
+            return type("O", (), {"sample": x})()
+    ac = torch.linspace(0.99, 0.01, 10)
+    x0, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = torch.tensor([2, 7])
+    a = ac[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    target = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[pred]
+    got = per_item_loss(Echo(), ac, pred, x0, None, t, eps)
+    assert torch.allclose(got, ((target - xt) ** 2).flatten(1).mean(1))
+
+
+@pytest.mark.parametrize("pred", ["v_prediction", "sample"])
+def test_unconditional_rgb_model_end_to_end(tmp_path, pred):
+    images, _ = make_images(n=12, channels=3)
+    np.savez(tmp_path / "rgb.npz", images=images)
+    ds = load_dataset(str(tmp_path / "rgb.npz"))
+    train(ds, str(tmp_path / "m"), TrainOptions(steps=5, batch_size=8, channels=(8, 16), attention=False,
+                                                 prediction_type=pred))
+    m = load_model(str(tmp_path / "m"))
+    assert m.num_classes is None and m.channels == 3 and m.prediction_type == pred
+    with pytest.raises(MucsError, match="unconditional"):
+        m.check_label(0)
+    s = Settings(noises=4, batch_size=8, null_batches=2, null_batch_size=8, max_steps=2, top_k=3)
+    r = Attributor(m, ds, s, cache_dir=str(tmp_path / "c")).attribute(QueryImage(ds.tensor([0])[0], []), None)
+    assert r.scores.shape == (12,) and np.isfinite(r.scores).all() and r.query["label"] is None
+
+
+def test_broken_model_folder(tmp_path, tiny_model_dir):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"broken")
+    with pytest.raises(MucsError, match="cannot load the model"):
+        load_model(str(bad))
+    with pytest.raises(MucsError, match="CUDA is not available"):
+        load_model(tiny_model_dir, device="cuda:0") if not torch.cuda.is_available() else (_ for _ in ()).throw(
+            MucsError("CUDA is not available"))
