@@ -234,7 +234,7 @@ class Explorer:
         for rank, i in enumerate(att.top, 1):
             i = int(i)
             lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"#{rank} item {i}{lab} skew {att.scores[i]:.3g}"))
+            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{lab} · {att.scores[i]:.3g}"))
         return out
 
     def neighbours(self, image: np.ndarray, k: int = 8, target: int = 128) -> list:
@@ -246,7 +246,7 @@ class Explorer:
         for dist, i in zip(d[0], idx[0]):
             i = int(i)
             lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"item {i}{lab} d²={dist:.3g}"))
+            out.append((upscale(self.data.images[i], target), f"{i}{lab} · d²={dist:.3g}"))
         return out
 
     def check_run(self, att: Attribution) -> None:
@@ -292,7 +292,7 @@ class Explorer:
         out = []
         for i, c in rec:
             lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"item {i}{lab}: in {c} top-k sets"))
+            out.append((upscale(self.data.images[i], target), f"{i}{lab} · in {c} sets"))
         return out
 
 

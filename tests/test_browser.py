@@ -80,13 +80,14 @@ def test_browser_flow(served, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
             page.set_default_timeout(60_000)
+            sync_api.expect.set_options(timeout=30_000)
             page.goto(url)
             page.locator("#generate-btn").wait_for()
             # generate: gallery and the query preview appear
             page.locator("#generate-btn").click()
             page.locator("#generated-gallery img").first.wait_for()
             page.locator("#query-image img").wait_for()
-            assert "generated" in page.locator("#query-info").inner_text()
+            sync_api.expect(page.locator("#query-info")).to_contain_text("generated")
             shot(page, "01-query.png")
             # attribute: the Results tab opens with the top-k gallery and the four plots
             page.locator("#attribute-btn").click()
@@ -100,13 +101,14 @@ def test_browser_flow(served, tmp_path):
             shot(page, "02-results.png")
             # history: both runs listed; compare their overlap
             page.get_by_role("tab", name="History & overlap").click()
-            page.locator("#history-table").get_by_text(run_id).first.wait_for()
+            sync_api.expect(page.locator("#history-table")).to_contain_text(run_id)
             sel = page.locator("#overlap-select input").first
-            for _ in range(2):
-                sel.click()
-                page.get_by_role("option").first.click()
+            sel.click()
+            for i in range(2):   # the list stays open; chosen options get a tick
+                page.get_by_role("option").nth(i).click()
+            page.keyboard.press("Escape")
             page.locator("#overlap-btn").click()
-            page.locator("#overlap-summary").get_by_text("Mean pairwise overlap").wait_for()
+            sync_api.expect(page.locator("#overlap-summary")).to_contain_text("Mean pairwise overlap")
             page.locator("#plot-overlap .js-plotly-plot").first.wait_for()
             page.wait_for_timeout(500)
             shot(page, "03-history-overlap.png")
@@ -123,7 +125,7 @@ def test_browser_flow(served, tmp_path):
             assert sorted(ex.store.ids()) == before
             page.get_by_role("tab", name="Training image").click()
             page.locator("#train-btn").click()
-            page.locator("#query-info").get_by_text("training item").wait_for()
+            sync_api.expect(page.locator("#query-info")).to_contain_text("training item")
         finally:
             browser.close()
     assert requests
