@@ -126,8 +126,9 @@ def preset(name: str, **changes) -> EvalConfig:
 class Evaluation:
     """One work folder: cached data subset, models, generated items, attributions and results."""
 
-    def __init__(self, cfg: EvalConfig, work: str, device: str = "cpu", log=None):
+    def __init__(self, cfg: EvalConfig, work: str, device: str = "cpu", log=None, cached_only: bool = False):
         self.cfg = cfg.validate()
+        self.cached_only = cached_only   # report what is cached; compute nothing (raises _Missing instead)
         self.work = os.path.abspath(work)
         self.device = device
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -203,6 +204,8 @@ class Evaluation:
         rec = self._read_json(rec_path, None)
         if rec is not None and rec.get("steps_done") == opts.steps and os.path.isdir(os.path.join(out, "unet")):
             return out
+        if self.cached_only:
+            raise _Missing(why)
         self.log(f"[{_now()}] training {why or 'model'}: {len(self.data()) - len(removed)} images "
                  f"({len(removed)} removed), {opts.steps} steps")
         t0 = time.perf_counter()
@@ -235,6 +238,8 @@ class Evaluation:
         hit = load_arrays(path, key)
         if hit is not None:
             return hit
+        if self.cached_only:
+            raise _Missing(model_path)
         model = self.load(model_path)
         t0 = time.perf_counter()
         out = {g: generate(model, it[g]["labels"], it[g]["seeds"], self.cfg.sample_steps) for g in GROUPS if it[g]["seeds"]}
@@ -268,6 +273,8 @@ class Evaluation:
             path = os.path.join(self.work, "attributions", method, f"target{i:03d}-{key[:16]}.npz")
             hit = load_arrays(path, key)
             if hit is None:
+                if self.cached_only:
+                    raise _Missing(method)
                 t0 = time.perf_counter()
                 ctx.info.pop(("mucs", i), None)
                 sc = baselines.scores(method, ctx, QueryImage(to_model_range(img), []), label, query_id=i)
@@ -315,31 +322,43 @@ class Evaluation:
             state["removed"][name] = int(len(removed))
 
         # random removal: the union of random top-k sets, like a method whose scores are random
+        state["random"] = []
         for r in range(self.cfg.random_repeats):
             sets = [np.argsort(-baselines.random_scores(N, r, i), kind="stable")[:k] for i in range(self.cfg.targets)]
+            try:
+                measure(f"random#{r}", np.unique(np.concatenate(sets)), f"random removal {r}")
+            except _Missing:
+                continue
             state["sets"][f"random#{r}"] = sets
-            measure(f"random#{r}", np.unique(np.concatenate(sets)), f"random removal {r}")
+            state["random"].append(f"random#{r}")
+        if len(state["random"]) < 2:
+            raise _Missing("random removal retrains")
         result = self._results(state, methods, N, k, complete=False)
         for m in methods:
-            scores = self.target_scores(m, model_a, before["targets"])
-            sets = self.top_sets(scores)
+            try:
+                scores = self.target_scores(m, model_a, before["targets"])
+                sets = self.top_sets(scores)
+                measure(m, np.unique(np.concatenate(sets)), f"without {m}'s top-k")
+            except _Missing:
+                continue
             state["sets"][m] = sets
-            measure(m, np.unique(np.concatenate(sets)), f"without {m}'s top-k")
-            result = self._results(state, methods, N, k, complete=m == methods[-1])
+            result = self._results(state, methods, N, k, complete=all(x in state["sims"] for x in methods))
             result["timing"]["this_run_seconds"] = time.perf_counter() - t_start
             self._write_json(os.path.join(self.work, "results.json"), result)
             if out_json:
                 self._write_json(out_json, result)
-        if not methods:
-            self._write_json(os.path.join(self.work, "results.json"), result)
+        result = self._results(state, methods, N, k, complete=all(x in state["sims"] for x in methods))
         result["timing"]["this_run_seconds"] = time.perf_counter() - t_start
+        self._write_json(os.path.join(self.work, "results.json"), result)
+        if out_json:
+            self._write_json(out_json, result)
         return result
 
     def _results(self, state, methods, N, k, complete) -> dict:
         from .metrics import summarise
         from .overlap import between_methods, mean_pairwise_overlap, random_overlaps, recurring
-        R = self.cfg.random_repeats
-        rnames = [f"random#{r}" for r in range(R)]
+        rnames = state["random"]
+        R = len(rnames)
         sims = state["sims"]
         res = {}
         groups = [g for g in GROUPS if g in sims[rnames[0]]]
@@ -367,7 +386,7 @@ class Evaluation:
         sizes = [k] * self.cfg.targets
         rand_exp = float(random_overlaps(N, sizes, pairs=2000, seed=0).mean()) if self.cfg.targets > 1 else float("nan")
         within = {m: dict(mean_pairwise=mean_pairwise_overlap(state["sets"][m]), random_expected=rand_exp,
-                          recurring=recurring(state["sets"][m], 10)) for m in done + ["random#0"]}
+                          recurring=recurring(state["sets"][m], 10)) for m in done + rnames[:1]}
         between = {a: {b: between_methods(state["sets"][a], state["sets"][b]) for b in done} for a in done}
         it = self.items()
         return dict(
@@ -378,7 +397,8 @@ class Evaluation:
             scale=dict(self.cfg.to_dict(), n_train_actual=N, k=k, data_fingerprint=self.data().fingerprint()),
             seeds=dict(train_seed=self.cfg.train_seed, target_seeds=it["targets"]["seeds"],
                        target_labels=it["targets"]["labels"], control_seeds=it["controls"]["seeds"],
-                       control_labels=it["controls"]["labels"], random_removal_seeds=list(range(R)),
+                       control_labels=it["controls"]["labels"],
+                       random_removal_seeds=[int(n.split("#")[1]) for n in rnames],
                        mucs_seed=self.cfg.mucs_seed),
             methods=res, overlap=dict(within=within, between=between),
             metrics_skipped=_skipped_metrics(),
@@ -386,6 +406,10 @@ class Evaluation:
 
 
 # ------------------------------------------------------------------------------------------------
+class _Missing(Exception):
+    """Raised in cached-only mode when something would have to be computed."""
+
+
 def _balanced_subset(labels, total: int, n: int, seed: int) -> np.ndarray:
     """n of `total` indices, as balanced over the classes as possible, chosen at random, sorted."""
     rng = np.random.default_rng(seed)
@@ -482,6 +506,8 @@ def add_parser(sub):
     p.add_argument("--max-steps", type=int, default=None, help="MUCS unlearning step cap")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--cached-only", action="store_true",
+                   help="compute nothing: report the methods whose retrains are already in the work folder")
     p.set_defaults(fn=cmd_evaluate)
 
 
@@ -497,8 +523,11 @@ def cmd_evaluate(a):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     work = a.work or os.path.join(root, "benchmarks", "work", f"counterfactual-{a.preset}")
     out = a.out or os.path.join(root, "benchmarks", "results", "counterfactual.json")
-    ev = Evaluation(cfg, work, device=str(pick_device(a.device)))
-    result = ev.run(methods, out_json=out)
+    ev = Evaluation(cfg, work, device=str(pick_device(a.device)), cached_only=a.cached_only)
+    try:
+        result = ev.run(methods, out_json=out)
+    except _Missing as e:
+        raise MucsError(f"--cached-only: nothing to report yet (missing: {e})") from e
     print(markdown_table(result))
     print(verdict(result))
     print(f"computed this run: {ev.computed}; wrote {out}")

@@ -155,3 +155,21 @@ def test_balanced_subset():
     idx = ev_mod._balanced_subset(labels, 40, 12, seed=0)
     assert len(idx) == 12 and len(set(idx)) == 12 and np.bincount(labels[idx]).tolist() == [3, 3, 3, 3]
     assert np.array_equal(idx, ev_mod._balanced_subset(labels, 40, 12, seed=0))
+
+
+def test_cached_only_reports_what_exists_and_computes_nothing(first_run, tmp_path, monkeypatch):
+    work = str(tmp_path / "copy")
+    shutil.copytree(first_run["work"], work)
+    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True)
+    shutil.rmtree(ev.model_dir(sorted(set(first_run["spy"].calls[-1]))))   # the last method's retrain
+    spy = TrainSpy(ev_mod.train)
+    monkeypatch.setattr(ev_mod, "train", spy)
+    out = str(tmp_path / "partial.json")
+    result = ev.run(METHODS, out_json=out)
+    assert spy.calls == [] and ev.computed == dict(retrains=0, generations=0, attributions=0)
+    assert not result["complete"] and result["missing"] == [METHODS[-1]]
+    with open(out) as f:
+        assert set(json.load(f)["methods"]) == {"random"} | set(METHODS[:-1])
+    empty = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "empty"), log=lambda m: None, cached_only=True)
+    with pytest.raises(ev_mod._Missing):
+        empty.run(METHODS)
