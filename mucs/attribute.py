@@ -19,6 +19,8 @@ from .progress import Reporter
 from .settings import Settings
 from .unlearn import skew, top_k, unlearn
 
+SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
+
 
 @dataclass
 class Attribution:
@@ -118,6 +120,15 @@ class Attributor:
     def _cache_path(self, kind: str, key: str) -> str:
         return os.path.join(self.cache_dir, f"{kind}-{key}.npz")
 
+    def _load_cached(self, kind: str, key: str):
+        """The cached arrays from the cache folder, else from the read-only `cache/` a model folder
+        may ship (the embedded model ships its L_o and L_null there); None on a miss."""
+        for folder in (self.cache_dir, os.path.join(self.model.path, SHIPPED_CACHE)):
+            hit = load_arrays(os.path.join(folder, f"{kind}-{key}.npz"), key)
+            if hit is not None:
+                return hit
+        return None
+
     def original_losses(self, s: Settings, report=None) -> tuple:
         """L_o for the noise set of `s`: from memory, else the disk cache, else computed and cached.
         Returns (L_o, was_cached)."""
@@ -126,13 +137,12 @@ class Attributor:
                         noise=ns.params, prediction=self.model.prediction_type)
         if key in self._lo:
             return self._lo[key], True
-        path = self._cache_path("loss_original", key)
-        hit = load_arrays(path, key)
+        hit = self._load_cached("loss_original", key)
         if hit is not None:
             self._lo[key] = hit["loss"]
             return hit["loss"], True
         lo = loss_matrix(self.model.unet, self.model, self.data, ns, s.eval_batch_size, report, "original losses")
-        save_arrays(path, key, loss=lo)
+        save_arrays(self._cache_path("loss_original", key), key, loss=lo)
         self._lo[key] = lo
         return lo, False
 
@@ -143,13 +153,12 @@ class Attributor:
                         batch_size=s.null_batch_size, seed=s.seed)
         if key in self._null:
             return self._null[key], True
-        path = self._cache_path("loss_null", key)
-        hit = load_arrays(path, key)
+        hit = self._load_cached("loss_null", key)
         if hit is not None:
             value = float(hit["loss_null"])
         else:
             value = null_loss(self.model, self.data, s.null_batches, s.null_batch_size, s.seed, report)
-            save_arrays(path, key, loss_null=np.array(value))
+            save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value))
         self._null[key] = value
         return value, hit is not None
 

@@ -23,10 +23,7 @@ def settings_for(model_path: str, **overrides) -> Settings:
 
 
 def cache_dir_for(model_path: str) -> str:
-    """The embedded model keeps its cache (shipped L_o and L_null) next to it; others use ~/.cache/mucs."""
+    """Where new cache files are written ($MUCS_CACHE_DIR or ~/.cache/mucs). Caches shipped in a
+    model folder's cache/ (as the embedded model does) are read from there, never written."""
     from .cache import default_cache_dir
-    if os.environ.get("MUCS_CACHE_DIR"):
-        return os.environ["MUCS_CACHE_DIR"]
-    if os.path.abspath(model_path) == DEFAULT_MODEL:
-        return os.path.join(DEFAULT_MODEL, "cache")
     return default_cache_dir()

@@ -91,3 +91,15 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write(p, b"new")
     assert open(p, "rb").read() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]                # no temporary left behind
+
+
+def test_a_model_folder_can_ship_a_read_only_cache(tiny_model_dir, tiny_npz, fast_settings, tmp_path, counted):
+    import shutil
+    m_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, m_dir)
+    m, d = load_model(str(m_dir)), load_dataset(tiny_npz)
+    Attributor(m, d, fast_settings, cache_dir=str(m_dir / "cache")).original_losses(fast_settings)
+    assert len(counted) == 1
+    user_cache = tmp_path / "user"
+    _, cached = Attributor(m, d, fast_settings, cache_dir=str(user_cache)).original_losses(fast_settings)
+    assert cached and len(counted) == 1 and not user_cache.exists()   # read from the model, nothing written
