@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -136,6 +138,19 @@ def test_cancel_leaves_nothing_half_written(env):
     assert runs_on_disk(ex) == before
 
 
+def test_closing_the_stream_cancels_and_saves_nothing(env):
+    """What gradio's cancels= does to a running generator: close it."""
+    ex, _, _, _ = env
+    before = runs_on_disk(ex)
+    q = ex.training_item(1)
+    st = ex.user_settings(dict(tol=0.0, max_steps=10_000))
+    gen = ex.attribute_stream(q, st, every=0.05)
+    next(gen)
+    gen.close()
+    assert runs_on_disk(ex) == before
+    assert not [t for t in threading.enumerate() if t.name == "mucs-attribute"]
+
+
 def test_attribute_open_export_direct(env, tmp_path):
     ex, _, fns, _ = env
     qs, gallery, q, img, info, cls = fns["generate"].fn(2, 5, 2, 10, request())
@@ -205,5 +220,18 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
             c.predict(handle_file(files["huge"]), api_name="/upload")
         assert runs_on_disk(ex) == before
         assert c.predict(5, api_name="/use_training")[1].startswith("Query: training")
+        # cancel a long attribution from the same session: it stops, nothing is saved
+        job = c.submit(1, 5, 16, 0.7, 0.2, 0.0, 10_000, 0, True, True, True, True, api_name="/attribute")
+        t0 = time.time()
+        while not list(job.outputs()) and time.time() - t0 < 30:   # wait for the first live update
+            time.sleep(0.1)
+        c.predict(api_name="/cancel")
+        with pytest.raises(Exception):
+            job.result(timeout=60)
+        t0 = time.time()
+        while [t for t in threading.enumerate() if t.name == "mucs-attribute"] and time.time() - t0 < 30:
+            time.sleep(0.1)
+        assert not [t for t in threading.enumerate() if t.name == "mucs-attribute"]
+        assert runs_on_disk(ex) == before
     finally:
         demo.close()
