@@ -288,7 +288,7 @@ def build(ex: Explorer) -> gr.Blocks:
                                [gen_state, gen_gallery] + query_outputs, api_name="generate",
                                concurrency_id=HEAVY, concurrency_limit=1)
         gen_gallery.select(on_pick_generated, [gen_state], query_outputs, api_name="pick_generated")
-        upload.upload(on_upload, [upload], query_outputs, api_name="upload")
+        upload.upload(on_upload, [upload], query_outputs, api_name="upload", show_progress="hidden")
         train_btn.click(on_training, [train_index], query_outputs, api_name="use_training")
         attr_ev = attr_btn.click(on_attribute, [query_state, query_class, top_k, noises, fraction, lam, tol, max_steps,
                                                 seed, bounded, retain, consistent, normalised],
