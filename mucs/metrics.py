@@ -126,11 +126,26 @@ def mean_relative_change(sim_random, sim_method) -> float:
     return float(100.0 * (m.mean() / med - 1.0))
 
 
+def auc_bootstrap_ci(sim_random, sim_method, higher_is_similar: bool = True, n_boot: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> tuple:
+    """Percentile bootstrap interval of the AUC, resampling the random and the method's items."""
+    r = np.asarray(sim_random, np.float64).ravel()
+    m = np.asarray(sim_method, np.float64).ravel()
+    if len(r) == 0 or len(m) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    vals = [auc(r[rng.integers(0, len(r), len(r))], m[rng.integers(0, len(m), len(m))], higher_is_similar)
+            for _ in range(n_boot)]
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
+
+
 def summarise(sim_random, sim_method, metric: str) -> dict:
-    """{auc, mean_relative_change, mean, median_random, n} for one method, group and metric."""
+    """{auc, auc_ci95, mean_relative_change, mean, median_random, n} for one method, group and metric."""
     hi = HIGHER_IS_SIMILAR.get(metric, True)
     m = np.asarray(sim_method, np.float64).ravel()
-    return dict(auc=auc(sim_random, sim_method, hi), mean_relative_change=mean_relative_change(sim_random, sim_method),
+    return dict(auc=auc(sim_random, sim_method, hi), auc_ci95=list(auc_bootstrap_ci(sim_random, sim_method, hi)),
+                mean_relative_change=mean_relative_change(sim_random, sim_method),
                 mean=float(m.mean()) if len(m) else float("nan"),
                 median_random=float(np.median(sim_random)) if len(np.ravel(sim_random)) else float("nan"),
                 n=int(len(m)), higher_is_similar=hi)

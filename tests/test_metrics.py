@@ -73,3 +73,11 @@ def test_feature_cosine_of_identical_images_is_one(tiny_model_dir):
     assert np.allclose(metrics.feature_cosine(model, a, a, [0, 1]), 1.0)
     sims = metrics.similarities(a, b, model, [0, 1])
     assert set(sims) == {"ssim", "mse", "feature_cosine"} and all(len(v) == 2 for v in sims.values())
+
+
+def test_auc_bootstrap_interval_brackets_the_auc():
+    rng = np.random.default_rng(0)
+    r, m = rng.normal(0, 1, 40), rng.normal(-1, 1, 10)
+    lo, hi = metrics.auc_bootstrap_ci(r, m)
+    assert lo <= metrics.auc(r, m) <= hi and 0 <= lo < hi <= 1
+    assert metrics.auc_bootstrap_ci([1, 2, 3], [0]) == (1.0, 1.0)
