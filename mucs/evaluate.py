@@ -105,12 +105,14 @@ PRESETS = {
     "tiny": dict(n_train=None, channels=(8, 16), train_steps=40, train_batch=16, lr=2e-3, ema_decay=0.99, warmup=5,
                  targets=2, controls=2, sample_steps=4, k_frac=0.1, random_repeats=2, noises=4, unlearn_batch=8,
                  max_steps=3, null_batches=2, null_batch_size=16),
-    # what one sitting on 2 CPU cores can run (~1 h)
+    # what one sitting can run: measured 60 min of one busy CPU core (17 retrains of ~2.5 min, 40 MUCS-type
+    # attributions of ~10-38 s); the published table (benchmarks/counterfactual.md)
     "small": dict(n_train=200, channels=(16, 32, 32), train_steps=800, train_batch=32, lr=1e-3, ema_decay=0.995,
-                  warmup=50, targets=10, controls=10, sample_steps=25, k_frac=0.02, random_repeats=4, noises=32,
+                  warmup=50, targets=10, controls=10, sample_steps=25, k_frac=0.02, random_repeats=8, noises=32,
                   unlearn_batch=32, max_steps=60, null_batches=20, null_batch_size=64),
-    # the scale: 1000 images, 20 targets + 20 controls, k = 2 % of N (estimated ~3 h on 2 free
-    # cores, ~5 h on one busy core: 13 retrains of ~11 min and 80 MUCS-type attributions of ~1.8 min)
+    # the scale: 1000 images, 20 targets + 20 controls, k = 2 % of N. Not run; estimated from the
+    # small run's unit costs: 13 retrains of ~9 min + 80 MUCS-type attributions of ~0.7-1.6 min ≈ 4 h on
+    # one busy core, ~2.5-3 h with 2 free cores (--threads 2)
     "full": dict(n_train=1000, channels=(16, 32, 32), train_steps=1500, train_batch=64, lr=1e-3, ema_decay=0.998,
                  warmup=100, targets=20, controls=20, sample_steps=25, k_frac=0.02, random_repeats=4, noises=25,
                  unlearn_batch=64, max_steps=50, null_batches=20, null_batch_size=100),
