@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
 gr = pytest.importorskip("gradio")
 import app  # noqa: E402
 from mucs.data import MAX_IMAGE_BYTES  # noqa: E402

@@ -21,6 +21,7 @@ CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
 gr = pytest.importorskip("gradio")
 
 import app  # noqa: E402
