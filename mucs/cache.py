@@ -20,6 +20,7 @@ def atomic_write(path: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.chmod(tmp, 0o644)   # mkstemp makes 0600 files; results and caches are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -36,6 +37,7 @@ def atomic_write_dir(path: str, files: dict) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    os.chmod(tmp, 0o755)
     try:
         for name, data in files.items():
             with open(os.path.join(tmp, name), "wb") as f:

@@ -117,6 +117,7 @@ def save_model(unet, scheduler, record: dict, out_dir: str) -> None:
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-model-")
+    os.chmod(tmp, 0o755)
     try:
         unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
