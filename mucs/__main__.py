@@ -65,12 +65,13 @@ def cmd_attribute(a):
     from .defaults import cache_dir_for, settings_for
     from .models import load_model
     from .progress import TextBar
+    from .settings import Settings
     model = load_model(a.model, a.device)
     label = model.check_label(a.label)
     data = load_dataset(_resolve_data(a))
     data.check_matches(model)
     query = load_query_image(a.image, model.channels, model.size)
-    s = settings_for(a.model, noises=a.noises, top_k=a.top_k, seed=a.seed, max_steps=a.max_steps, lam=a.lam,
+    s = (Settings() if a.paper_settings else settings_for(a.model)).replace(noises=a.noises, lr_factor=a.lr_factor, top_k=a.top_k, seed=a.seed, max_steps=a.max_steps, lam=a.lam,
                      tol=a.tol, noise_fraction=a.noise_fraction, batch_size=a.batch_size,
                      bounded=False if a.unbounded else None, retain=False if a.no_retain else None,
                      consistent_noise=False if a.fresh_noise else None, normalised=False if a.unnormalised else None)
@@ -133,6 +134,9 @@ def build_parser():
     p.add_argument("--max-steps", type=int, default=None, help="unlearning step cap")
     p.add_argument("--noise-fraction", type=float, default=None, help="f, high-noise fraction of the Karras grid")
     p.add_argument("--batch-size", type=int, default=None, help="B, retain/forget batch size")
+    p.add_argument("--lr-factor", type=float, default=None, help="unlearning lr = training lr ÷ this")
+    p.add_argument("--paper-settings", action="store_true",
+                   help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
     p.add_argument("--frozen", default=None, help="comma-separated parameter-name substrings to freeze")
     p.add_argument("--unbounded", action="store_true", help="ablation: plain gradient ascent (no L_null bound)")
     p.add_argument("--no-retain", action="store_true", help="ablation: no retain term")

@@ -37,7 +37,7 @@ def _query(tmp_path, tiny_npz, i=0, size=None, mode=None):
 def test_attribute_writes_scores_and_result(tiny_model_dir, tiny_npz, tmp_path, fast_env, capsys):
     out = tmp_path / "out"
     rc = main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
-               "--label", "0", "--out", str(out), "--seed", "0"] + FAST)
+               "--label", "0", "--out", str(out), "--seed", "0", "--lr-factor", "4"] + FAST)
     assert rc == 0
     rows = list(csv.reader(open(out / "scores.csv")))
     assert rows[0] == ["index", "score", "label"] and len(rows) == 33
@@ -49,7 +49,8 @@ def test_attribute_writes_scores_and_result(tiny_model_dir, tiny_npz, tmp_path, 
     res = json.load(open(out / "result.json"))
     for key in ("settings", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k"):
         assert key in res
-    assert res["settings"]["noises"] == 8 and res["unlearning_steps"] <= 3
+    assert res["settings"]["noises"] == 8 and res["unlearning_steps"] <= 3 and res["settings"]["lr_factor"] == 4
+    assert res["unlearning_lr"] == pytest.approx(2e-3 / 4)
     assert res["top_k"] == [int(r[0]) for r in rows[1:5]]
     assert set(res["stage_times"]) >= {"original_losses", "null_loss", "unlearning", "unlearned_losses"}
     assert res["query"]["conversions"] == []
