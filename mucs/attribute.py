@@ -14,6 +14,7 @@ from . import __version__
 from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
 from .data import QueryImage, TrainingSet, to_uint8
 from .losses import loss_matrix, null_loss
+from .models import public_config
 from .noise import NoiseSet, make_noise_set
 from .progress import Reporter
 from .settings import Settings
@@ -148,8 +149,8 @@ class Attributor:
 
     def null_loss(self, s: Settings, report=None) -> tuple:
         """L_null (cached like L_o; it depends on the architecture, not the weights). Returns (value, was_cached)."""
-        key = cache_key(kind="loss_null", config=dict(self.model.unet.config), data=self.data.fingerprint(),
-                        scheduler=dict(self.model.scheduler.config), batches=s.null_batches,
+        key = cache_key(kind="loss_null", config=public_config(self.model.unet.config), data=self.data.fingerprint(),
+                        scheduler=public_config(self.model.scheduler.config), batches=s.null_batches,
                         batch_size=s.null_batch_size, seed=s.seed)
         if key in self._null:
             return self._null[key], True

@@ -13,6 +13,12 @@ from .errors import MucsError
 TRAIN_CONFIG = "mucs_train.json"   # training options written by `mucs train` (the lr among them)
 
 
+def public_config(config) -> dict:
+    """A diffusers config without its private keys (`_name_or_path`, `_diffusers_version`, ...),
+    which change with where and by what the model was saved, not with what it computes."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
 def pick_device(name: Optional[str] = None) -> torch.device:
     """CUDA when present, else CPU; an explicit name ('cpu', 'cuda', 'cuda:1') overrides."""
     if name:
@@ -75,7 +81,7 @@ class DiffusionModel:
                 h.update(name.encode())
                 h.update(str(tuple(t.shape)).encode())
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            h.update(json.dumps(dict(self.scheduler.config), sort_keys=True, default=str).encode())
+            h.update(json.dumps(public_config(self.scheduler.config), sort_keys=True, default=str).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 

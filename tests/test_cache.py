@@ -103,3 +103,15 @@ def test_a_model_folder_can_ship_a_read_only_cache(tiny_model_dir, tiny_npz, fas
     user_cache = tmp_path / "user"
     _, cached = Attributor(m, d, fast_settings, cache_dir=str(user_cache)).original_losses(fast_settings)
     assert cached and len(counted) == 1 and not user_cache.exists()   # read from the model, nothing written
+
+
+def test_cache_keys_do_not_depend_on_where_the_model_lies(tiny_model_dir, tiny_npz, fast_settings, tmp_path, counted):
+    import shutil
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    a = Attributor(m, d, fast_settings, cache_dir=str(tmp_path / "c"))
+    a.original_losses(fast_settings)
+    a.null_loss(fast_settings)
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(tiny_model_dir, moved)
+    b = Attributor(load_model(str(moved)), d, fast_settings, cache_dir=str(tmp_path / "c"))
+    assert b.original_losses(fast_settings)[1] and b.null_loss(fast_settings)[1]
