@@ -71,10 +71,12 @@ def cmd_attribute(a):
     data = load_dataset(_resolve_data(a))
     data.check_matches(model)
     query = load_query_image(a.image, model.channels, model.size)
-    s = (Settings() if a.paper_settings else settings_for(a.model)).replace(noises=a.noises, lr_factor=a.lr_factor, top_k=a.top_k, seed=a.seed, max_steps=a.max_steps, lam=a.lam,
-                     tol=a.tol, noise_fraction=a.noise_fraction, batch_size=a.batch_size,
+    base = Settings() if a.paper_settings else settings_for(a.model)
+    s = base.replace(noises=a.noises, lr_factor=a.lr_factor, top_k=a.top_k, seed=a.seed, max_steps=a.max_steps,
+                     lam=a.lam, tol=a.tol, noise_fraction=a.noise_fraction, batch_size=a.batch_size,
                      bounded=False if a.unbounded else None, retain=False if a.no_retain else None,
-                     consistent_noise=False if a.fresh_noise else None, normalised=False if a.unnormalised else None)
+                     consistent_noise=False if a.fresh_noise else None,
+                     normalised=False if a.unnormalised else None)
     if a.frozen is not None:
         s = s.replace(frozen=tuple(p for p in a.frozen.split(",") if p))
     s.validate()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .data import TrainingSet
-from .models import TRAIN_CONFIG, alphas_cumprod, per_item_loss, training_noise
+from .models import TRAIN_CONFIG, per_item_loss, training_noise
 from .progress import Reporter
 
 
@@ -66,10 +66,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
         p.requires_grad_(False)
     sched = DDPMScheduler(num_train_timesteps=opts.num_train_timesteps, beta_schedule=opts.beta_schedule,
                           prediction_type=opts.prediction_type)
-
-    class _M:  # the two attributes per_item_loss' helpers read
-        scheduler = sched
-    ac = alphas_cumprod(_M).to(device)
+    ac = sched.alphas_cumprod.to(torch.float32).to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, opts.warmup_steps)))
     shape = (data.channels, data.size, data.size)
