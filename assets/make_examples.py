@@ -15,6 +15,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from mucs.cache import move_dir_into_place  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
 from mucs.errors import MucsError  # noqa: E402
 from mucs.explorer import Explorer  # noqa: E402
@@ -67,13 +68,7 @@ def main(argv=None):
             m["model"], m["data"] = os.path.basename(m.get("model", "")), os.path.basename(m.get("data", ""))
             with open(mp, "w") as f:
                 json.dump(m, f, indent=1)
-        old = None
-        if os.path.isdir(a.out):
-            old = tempfile.mkdtemp(dir=parent, prefix=".examples-old-")
-            os.rename(a.out, os.path.join(old, "x"))
-        os.rename(tmp, a.out)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        move_dir_into_place(tmp, a.out)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

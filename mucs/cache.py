@@ -42,16 +42,22 @@ def atomic_write_dir(path: str, files: dict) -> None:
         for name, data in files.items():
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
-        if os.path.isdir(path):   # replace an older result: move it aside first, then drop it
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
-            os.rename(path, os.path.join(old, "x"))
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
+        move_dir_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def move_dir_into_place(tmp: str, path: str) -> None:
+    """Rename the finished folder `tmp` to `path` (same filesystem). An older `path` is first moved
+    aside and dropped afterwards, so `path` is never missing nor half-written for long."""
+    if os.path.isdir(path):
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".old-")
+        os.rename(path, os.path.join(old, "x"))
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
 
 
 def cache_key(**parts) -> str:

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .cache import move_dir_into_place
 from .data import TrainingSet
 from .models import TRAIN_CONFIG, per_item_loss, training_noise
 from .progress import Reporter
@@ -120,9 +121,7 @@ def save_model(unet, scheduler, record: dict, out_dir: str) -> None:
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
         with open(os.path.join(tmp, TRAIN_CONFIG), "w") as f:
             json.dump(record, f, indent=1)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        move_dir_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
