@@ -15,9 +15,11 @@ generations and attributions are never recomputed.
 """
 import json
 import os
+import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import numpy as np
@@ -110,12 +112,12 @@ PRESETS = {
     "small": dict(n_train=200, channels=(16, 32, 32), train_steps=800, train_batch=32, lr=1e-3, ema_decay=0.995,
                   warmup=50, targets=10, controls=10, sample_steps=25, k_frac=0.02, random_repeats=8, noises=32,
                   unlearn_batch=32, max_steps=60, null_batches=20, null_batch_size=64),
-    # the issue's scale: 1000 images, 20 targets + 20 controls, k = 2 % of N. Not run; estimated from the
-    # small run's unit costs: 13 retrains of ~9 min + 80 MUCS-type attributions of ~0.7-1.6 min ≈ 4 h on
-    # one busy core, ~2.5-3 h with 2 free cores (--threads 2)
-    "full": dict(n_train=1000, channels=(16, 32, 32), train_steps=1500, train_batch=64, lr=1e-3, ema_decay=0.998,
-                 warmup=100, targets=20, controls=20, sample_steps=25, k_frac=0.02, random_repeats=4, noises=25,
-                 unlearn_batch=64, max_steps=50, null_batches=20, null_batch_size=100),
+    # the published table (README): 500 images, 20 targets + 20 controls, k = 1 % of N (5 per target, a union
+    # of ~100 = 20 % of the set, as in "small"). Budget: 13 retrains of ~5 min + 80 MUCS-type attributions
+    # on 1 thread each; two workers on the same work folder (start the command twice) share the work
+    "full": dict(n_train=500, channels=(16, 32, 32), train_steps=1500, train_batch=32, lr=1e-3, ema_decay=0.995,
+                 warmup=50, targets=20, controls=20, sample_steps=25, k_frac=0.01, random_repeats=4, noises=32,
+                 unlearn_batch=32, max_steps=60, null_batches=20, null_batch_size=64),
 }
 
 
@@ -136,9 +138,8 @@ class Evaluation:
         self.device = device
         self.log = log or (lambda msg: print(msg, flush=True))
         self.computed = dict(retrains=0, generations=0, attributions=0)
+        self.seconds = {}     # (stage, name) -> compute seconds recorded with the cached artefact
         os.makedirs(self.work, exist_ok=True)
-        self._timings_path = os.path.join(self.work, "timings.json")
-        self.timings = self._read_json(self._timings_path, {})
 
     # --- small helpers ----------------------------------------------------------------------
     @staticmethod
@@ -153,11 +154,6 @@ class Evaluation:
 
     def _write_json(self, path, obj):
         atomic_write(path, json.dumps(obj, indent=1, default=_json_default).encode())
-
-    def _time(self, name: str, seconds: float):
-        """Accumulate compute time per stage (only work actually done counts, so resumes add up)."""
-        self.timings[name] = self.timings.get(name, 0.0) + seconds
-        self._write_json(self._timings_path, self.timings)
 
     # --- data -------------------------------------------------------------------------------
     def data(self):
@@ -199,23 +195,33 @@ class Evaluation:
         return os.path.join(self.work, "models", self.model_key(removed)[:16])
 
     def retrain(self, removed, why: str = "") -> str:
-        """Train from scratch without `removed` (cached by the removed set + recipe); returns the folder."""
+        """Train from scratch without `removed` (cached by the removed set + recipe); returns the folder.
+        Raises _Busy while another worker is training the same model."""
         removed = np.array(sorted(int(i) for i in removed), np.int64)
         out = self.model_dir(removed)
-        opts = self.cfg.train_options()
+        steps = self.cfg.train_options().steps
         rec_path = os.path.join(out, "mucs_train.json")
-        rec = self._read_json(rec_path, None)
-        if rec is not None and rec.get("steps_done") == opts.steps and os.path.isdir(os.path.join(out, "unet")):
+
+        def cached():
+            rec = self._read_json(rec_path, None)
+            if rec is not None and rec.get("steps_done") == steps and os.path.isdir(os.path.join(out, "unet")):
+                self.seconds[("train", out)] = float(rec.get("train_seconds", 0.0))
+                return True
+            return False
+        if cached():
             return out
         if self.cached_only:
             raise _Missing(why)
-        self.log(f"[{_now()}] training {why or 'model'}: {len(self.data()) - len(removed)} images "
-                 f"({len(removed)} removed), {opts.steps} steps")
-        t0 = time.perf_counter()
-        train(self.data(), out, opts, device=self.device, exclude=removed)
-        self._time("train", time.perf_counter() - t0)
-        self.computed["retrains"] += 1
-        self._write_json(out + ".json", dict(removed=removed.tolist(), why=why, seconds=time.perf_counter() - t0))
+        with claim(out):
+            if cached():          # finished by another worker between the check and the claim
+                return out
+            self.log(f"[{_now()}] training {why or 'model'}: {len(self.data()) - len(removed)} images "
+                     f"({len(removed)} removed), {steps} steps")
+            t0 = time.perf_counter()
+            train(self.data(), out, self.cfg.train_options(), device=self.device, exclude=removed)
+            self.computed["retrains"] += 1
+            self._write_json(out + ".json", dict(removed=removed.tolist(), why=why, seconds=time.perf_counter() - t0))
+        cached()
         return out
 
     def load(self, path):
@@ -239,17 +245,18 @@ class Evaluation:
         key = cache_key(kind="generated", model=os.path.basename(model_path), items=it, steps=self.cfg.sample_steps)
         path = os.path.join(self.work, "generated", f"{os.path.basename(model_path)}.npz")
         hit = load_arrays(path, key)
-        if hit is not None:
-            return hit
-        if self.cached_only:
-            raise _Missing(model_path)
-        model = self.load(model_path)
-        t0 = time.perf_counter()
-        out = {g: generate(model, it[g]["labels"], it[g]["seeds"], self.cfg.sample_steps) for g in GROUPS if it[g]["seeds"]}
-        self._time("generate", time.perf_counter() - t0)
-        self.computed["generations"] += 1
-        save_arrays(path, key, **out)
-        return out
+        if hit is None:
+            if self.cached_only:
+                raise _Missing(model_path)
+            model = self.load(model_path)
+            t0 = time.perf_counter()
+            out = {g: generate(model, it[g]["labels"], it[g]["seeds"], self.cfg.sample_steps) for g in GROUPS if it[g]["seeds"]}
+            self.computed["generations"] += 1
+            # deterministic, so two workers writing the same file is harmless: no claim needed
+            save_arrays(path, key, seconds=np.array(time.perf_counter() - t0), **out)
+            hit = load_arrays(path, key) or dict(out, seconds=np.array(0.0))
+        self.seconds[("generate", model_path)] = float(hit.pop("seconds", 0.0))
+        return hit
 
     # --- attributions -----------------------------------------------------------------------
     def context(self, model_a) -> baselines.Context:
@@ -259,16 +266,16 @@ class Evaluation:
         return self._ctx
 
     def target_scores(self, method: str, model_a, targets_uint8) -> np.ndarray:
-        """(T, N) scores of every target by `method`; each component's scores cached per target."""
+        """(T, N) scores of every target by `method`; each component's scores cached per target.
+        Targets another worker is attributing are skipped, then _Busy is raised (come back later)."""
         parts = baselines.components(method)
         if len(parts) > 1:
             return np.stack([baselines.rank_average(c) for c in
                              zip(*[self.target_scores(p, model_a, targets_uint8) for p in parts])])
-        from .data import QueryImage, to_model_range
         ctx = self.context(model_a)
         it = self.items()["targets"]
         s = ctx.settings
-        rows = []
+        rows, busy = [], 0
         for i, (img, label, seed) in enumerate(zip(targets_uint8, it["labels"], it["seeds"])):
             key = cache_key(kind="scores", method=method, model=model_a.fingerprint(), data=self.data().fingerprint(),
                             settings=s.to_dict() if method.startswith("mucs") else None, ctx_seed=ctx.seed,
@@ -278,20 +285,31 @@ class Evaluation:
             if hit is None:
                 if self.cached_only:
                     raise _Missing(method)
-                t0 = time.perf_counter()
-                ctx.info.pop(("mucs", i), None)
-                sc = baselines.scores(method, ctx, QueryImage(to_model_range(img), []), label, query_id=i)
-                dt = time.perf_counter() - t0
-                self._time(f"attribute:{method}", dt)
-                self.computed["attributions"] += 1
-                info = ctx.info.get(("mucs", i), {})
-                save_arrays(path, key, scores=np.asarray(sc, np.float64), seconds=np.array(dt),
-                            **{k: np.array(v) for k, v in info.items()})
-                extra = "".join(f", {k}={v}" for k, v in info.items())
-                self.log(f"[{_now()}]   {method} target {i}: {dt:.1f} s{extra}")
-                hit = dict(scores=sc)
+                try:
+                    with claim(path):
+                        hit = load_arrays(path, key) or self._attribute(method, ctx, img, label, i, path, key)
+                except _Busy:
+                    busy += 1
+                    continue
+            self.seconds[(f"attribute:{method}", i)] = float(hit.get("seconds", 0.0))
             rows.append(np.asarray(hit["scores"], np.float64))
+        if busy:
+            raise _Busy(f"{method}: {busy} target(s) being attributed by another worker")
         return np.stack(rows)
+
+    def _attribute(self, method, ctx, img, label, i, path, key) -> dict:
+        from .data import QueryImage, to_model_range
+        t0 = time.perf_counter()
+        ctx.info.pop(("mucs", i), None)
+        sc = baselines.scores(method, ctx, QueryImage(to_model_range(img), []), label, query_id=i)
+        dt = time.perf_counter() - t0
+        self.computed["attributions"] += 1
+        info = ctx.info.get(("mucs", i), {})
+        save_arrays(path, key, scores=np.asarray(sc, np.float64), seconds=np.array(dt),
+                    **{k: np.array(v) for k, v in info.items()})
+        extra = "".join(f", {k}={v}" for k, v in info.items())
+        self.log(f"[{_now()}]   {method} target {i}: {dt:.1f} s{extra}")
+        return dict(scores=sc, seconds=dt)
 
     def k(self) -> int:
         return max(1, int(round(self.cfg.k_frac * len(self.data()))))
@@ -301,7 +319,14 @@ class Evaluation:
         return [top_k(s, self.k()) for s in scores]
 
     # --- the whole protocol -----------------------------------------------------------------
-    def run(self, methods=DEFAULT_METHODS, out_json: Optional[str] = None) -> dict:
+    def random_sets(self, r: int) -> list:
+        """Random removal r: a random top-k set per target, as if a method's scores were random."""
+        N, k = len(self.data()), self.k()
+        return [np.argsort(-baselines.random_scores(N, r, i), kind="stable")[:k] for i in range(self.cfg.targets)]
+
+    def run(self, methods=DEFAULT_METHODS, out_json: Optional[str] = None, poll: float = 10.0) -> dict:
+        """The whole protocol. Several workers may run it on one work folder at once: each claims the
+        retrains and attributions it computes, skips what another worker holds and comes back to it."""
         methods = [m for m in methods if m != "random"]   # random removal is always measured
         for m in methods:
             baselines.components(m)
@@ -310,58 +335,76 @@ class Evaluation:
         N, k = len(data), self.k()
         self.log(f"[{_now()}] counterfactual evaluation: N={N}, k={k}, {self.cfg.targets} targets, "
                  f"{self.cfg.controls} controls, methods: {', '.join(methods)}; work folder {self.work}")
-        path_a = self.retrain([], why="model A")
-        model_a = self.load(path_a)
-        before = self.generated(path_a)
-        it = self.items()
-        labels = {g: it[g]["labels"] for g in GROUPS}
-        state = dict(sims={}, sets={}, removed={})
+        rnames = [f"random#{r}" for r in range(self.cfg.random_repeats)]
+        state = dict(sims={}, sets={}, removed={}, random=[])
+        a = {}                                  # model A: path, model, samples
 
-        def measure(name, removed, why):
-            path = self.retrain(removed, why=why)
-            after = self.generated(path)
+        def model_a():
+            path = self.retrain([], why="model A")   # _Missing here (cached-only) ends the run
+            a.update(path=path, model=self.load(path))
+            a["before"] = self.generated(path)
+
+        def task(name):
+            if name in rnames:
+                sets = self.random_sets(int(name.split("#")[1]))
+            elif "model" not in a:
+                raise _Busy("model A")                # attributions need model A
+            else:
+                sets = self.top_sets(self.target_scores(name, a["model"], a["before"]["targets"]))
+            removed = np.unique(np.concatenate(sets))
+            path = self.retrain(removed, why=f"random removal {name.split('#')[1]}" if name in rnames
+                                else f"without {name}'s top-k")
+            state["sets"][name], state["removed"][name] = sets, int(len(removed))
+            state["paths"] = dict(state.get("paths", {}), **{name: path})
+
+        def measure():
             from .metrics import similarities
-            state["sims"][name] = {g: similarities(before[g], after[g], model_a, labels[g]) for g in before}
-            state["removed"][name] = int(len(removed))
+            labels = {g: self.items()[g]["labels"] for g in GROUPS}
+            for name, path in state.get("paths", {}).items():
+                if name not in state["sims"]:
+                    after = self.generated(path)
+                    state["sims"][name] = {g: similarities(a["before"][g], after[g], a["model"], labels[g])
+                                           for g in a["before"]}
+            state["random"] = [n for n in rnames if n in state["sims"]]
 
-        # random removal: the union of random top-k sets, like a method whose scores are random
-        state["random"] = []
-        for r in range(self.cfg.random_repeats):
-            sets = [np.argsort(-baselines.random_scores(N, r, i), kind="stable")[:k] for i in range(self.cfg.targets)]
-            try:
-                measure(f"random#{r}", np.unique(np.concatenate(sets)), f"random removal {r}")
-            except _Missing:
-                continue
-            state["sets"][f"random#{r}"] = sets
-            state["random"].append(f"random#{r}")
-        if len(state["random"]) < 2:
-            raise _Missing("random removal retrains")
-        result = self._results(state, methods, N, k, complete=False)
-        for m in methods:
-            try:
-                scores = self.target_scores(m, model_a, before["targets"])
-                sets = self.top_sets(scores)
-                measure(m, np.unique(np.concatenate(sets)), f"without {m}'s top-k")
-            except _Missing:
-                continue
-            state["sets"][m] = sets
+        def report():
+            if "model" not in a:
+                return None
+            measure()
+            if len(state["random"]) < 2:
+                return None
             result = self._results(state, methods, N, k, complete=all(x in state["sims"] for x in methods))
             result["timing"]["this_run_seconds"] = time.perf_counter() - t_start
             self._write_json(os.path.join(self.work, "results.json"), result)
             if out_json:
                 self._write_json(out_json, result)
-        result = self._results(state, methods, N, k, complete=all(x in state["sims"] for x in methods))
-        result["timing"]["this_run_seconds"] = time.perf_counter() - t_start
-        self._write_json(os.path.join(self.work, "results.json"), result)
-        if out_json:
-            self._write_json(out_json, result)
+            return result
+
+        pending = ["model A"] + rnames + methods
+        while pending:
+            progressed = False
+            for name in list(pending):
+                try:
+                    model_a() if name == "model A" else task(name)
+                except _Busy:
+                    continue
+                except _Missing:
+                    if name == "model A":
+                        raise
+                pending.remove(name)
+                progressed = True
+                report()
+            if pending and not progressed:
+                time.sleep(poll)             # everything left is being computed by another worker
+        result = report()
+        if result is None:
+            raise _Missing("random removal retrains")
         return result
 
     def _results(self, state, methods, N, k, complete) -> dict:
         from .metrics import summarise
         from .overlap import between_methods, mean_pairwise_overlap, random_overlaps, recurring
         rnames = state["random"]
-        R = len(rnames)
         sims = state["sims"]
         res = {}
         groups = [g for g in GROUPS if g in sims[rnames[0]]]
@@ -407,12 +450,71 @@ class Evaluation:
                        mucs_seed=self.cfg.mucs_seed),
             methods=res, overlap=dict(within=within, between=between),
             metrics_skipped=_skipped_metrics(),
-            timing=dict(compute_seconds=dict(self.timings), torch_threads=torch.get_num_threads(), device=str(self.device)))
+            timing=dict(compute_seconds=self.compute_seconds(), torch_threads=torch.get_num_threads(), device=str(self.device),
+                        note="compute seconds recorded with each cached retrain, generation and attribution used "
+                             "in this table, whichever worker and run computed it"))
+
+    def compute_seconds(self) -> dict:
+        """Seconds per stage (train, generate, attribute:<method>) summed over the artefacts used."""
+        out = {}
+        for (stage, _), sec in self.seconds.items():
+            out[stage] = out.get(stage, 0.0) + sec
+        out["total"] = sum(out.values())
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
 class _Missing(Exception):
     """Raised in cached-only mode when something would have to be computed."""
+
+
+class _Busy(Exception):
+    """Another worker holds the claim on what would be computed."""
+
+
+@contextmanager
+def claim(path: str):
+    """Hold `path + ".lock"` (created exclusively) while computing `path`, so that a second worker on
+    the same work folder skips it; raises _Busy when a live process holds it. A lock left by a dead
+    process on this machine is taken over."""
+    lock = path.rstrip("/") + ".lock"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if attempt == 0 and _stale(lock):
+                try:
+                    os.remove(lock)
+                except FileNotFoundError:
+                    pass
+                continue
+            raise _Busy(path)
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(pid=os.getpid(), host=socket.gethostname(), since=time.time()), f)
+    try:
+        yield
+    finally:
+        try:
+            os.remove(lock)
+        except FileNotFoundError:
+            pass
+
+
+def _stale(lock: str) -> bool:
+    """A lock whose process (on this host) is gone. Unreadable or foreign-host locks count as live."""
+    try:
+        with open(lock) as f:
+            info = json.load(f)
+        if info.get("host") != socket.gethostname():
+            return False
+        os.kill(int(info["pid"]), 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _balanced_subset(labels, total: int, n: int, seed: int) -> np.ndarray:
@@ -483,7 +585,6 @@ def verdict(result: dict) -> str:
     t = m["mucs"]["targets"]["ssim"]["auc"]
     c = m["mucs"].get("controls", {}).get("ssim", {}).get("auc", float("nan"))
     others = {k: v["targets"]["ssim"]["auc"] for k, v in m.items() if k != "mucs"}
-    beaten = [k for k, v in others.items() if t > v]
     not_beaten = [k for k, v in others.items() if not t > v]
     parts = [f"MUCS targets SSIM AUC = {t:.2f} ({'meets' if t >= 0.75 else 'misses'} the ≥ 0.75 target)",
              f"controls SSIM AUC = {c:.2f} ({'near' if abs(c - 0.5) <= 0.15 else 'not near'} 0.5)",

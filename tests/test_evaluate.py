@@ -173,3 +173,68 @@ def test_cached_only_reports_what_exists_and_computes_nothing(first_run, tmp_pat
     empty = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "empty"), log=lambda m: None, cached_only=True)
     with pytest.raises(ev_mod._Missing):
         empty.run(METHODS)
+
+
+def test_claim_is_exclusive_and_takes_over_locks_of_dead_processes(tmp_path):
+    import socket
+    import subprocess
+    target = str(tmp_path / "models" / "abc")
+    with ev_mod.claim(target):
+        assert os.path.exists(target + ".lock")
+        with pytest.raises(ev_mod._Busy):
+            with ev_mod.claim(target):
+                pass
+    assert not os.path.exists(target + ".lock")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid, host, free in ((dead.pid, socket.gethostname(), True), (os.getpid(), socket.gethostname(), False),
+                            (dead.pid, "another-machine", False)):
+        with open(target + ".lock", "w") as f:
+            json.dump(dict(pid=pid, host=host), f)
+        if free:
+            with ev_mod.claim(target):
+                pass
+            assert not os.path.exists(target + ".lock")
+        else:
+            with pytest.raises(ev_mod._Busy):
+                with ev_mod.claim(target):
+                    pass
+    os.remove(target + ".lock")
+
+
+def test_two_workers_on_one_work_folder_compute_everything_once(first_run, tiny_npz, tmp_path):
+    """`python -m mucs evaluate` started twice on one folder: no retrain or attribution is done twice,
+    both finish, and the table equals a single worker's."""
+    import ast
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "mucs", "evaluate", "--preset", "tiny", "--data", tiny_npz, "--threads", "1",
+           "--work", str(tmp_path / "w"), "--methods", ",".join(METHODS)]
+    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / f"o{i}.json")], cwd=root, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    computed = [ast.literal_eval(o.split("computed this run: ")[1].split("; wrote")[0]) for o in outs]
+    cfg = first_run["cfg"]
+    assert sum(c["retrains"] for c in computed) == 1 + cfg.random_repeats + len(METHODS)
+    assert sum(c["attributions"] for c in computed) == cfg.targets * 2        # mucs and pixel_nn, once each
+    locks = [f for _, _, files in os.walk(tmp_path / "w") for f in files if f.endswith(".lock")]
+    assert locks == []
+    expected = _flat(json.loads(json.dumps(first_run["result"]["methods"])))
+    for i in range(2):
+        with open(tmp_path / f"o{i}.json") as f:
+            got = _flat(json.load(f)["methods"])
+        # feature cosines differ in the 9th digit between thread counts (their relative changes in the 7th)
+        assert got.keys() == expected.keys() and got == pytest.approx(expected, rel=1e-6, abs=1e-5)
+
+
+def _flat(d, prefix=""):
+    """{"a": {"b": [1, 2]}} -> {"a/b/0": 1, "a/b/1": 2}: nested results compared number by number."""
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+    if items is None:
+        return {prefix: d}
+    out = {}
+    for k, v in items:
+        out.update(_flat(v, f"{prefix}/{k}"))
+    return out
