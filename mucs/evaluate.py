@@ -577,6 +577,26 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def ci_table(result: dict) -> str:
+    """Target-SSIM AUC with its 95 % bootstrap interval, mean target SSIM and control SSIM AUC."""
+    lines = ["| method | target SSIM AUC | 95 % interval | mean SSIM (targets) | control SSIM AUC |", "|---|---|---|---|---|"]
+    for m, r in result["methods"].items():
+        t, c = r["targets"]["ssim"], r.get("controls", {}).get("ssim", {})
+        ci = (f"single repeats {min(t['auc_per_repeat']):.2f}–{max(t['auc_per_repeat']):.2f}" if m == "random"
+              else f"{t['auc_ci95'][0]:.2f}–{t['auc_ci95'][1]:.2f}")
+        lines.append(f"| `{m}` | {t['auc']:.2f} | {ci} | {t['mean']:.3f} | {c.get('auc', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def overlap_table(result: dict) -> str:
+    """Overlap of the methods' top-k sets, target by target, averaged (1 = identical)."""
+    between = result["overlap"]["between"]
+    names = list(between)
+    lines = ["| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| `{a}` | " + " | ".join(f"{between[a][b]:.2f}" for b in names) + " |" for a in names]
+    return "\n".join(lines)
+
+
 def verdict(result: dict) -> str:
     """The issue's target: MUCS AUC ≥ 0.75 on SSIM for targets, controls near 0.5, beats every baseline."""
     m = result["methods"]
@@ -637,7 +657,7 @@ def cmd_evaluate(a):
         result = ev.run(methods, out_json=out)
     except _Missing as e:
         raise MucsError(f"--cached-only: nothing to report yet (missing: {e})") from e
-    print(markdown_table(result))
+    print(markdown_table(result), ci_table(result), overlap_table(result), sep="\n\n")
     print(verdict(result))
     print(f"computed this run: {ev.computed}; wrote {out}")
     sys.stdout.flush()

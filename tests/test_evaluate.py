@@ -74,6 +74,8 @@ def test_results_layout_and_table(first_run):
     table = ev_mod.markdown_table(result)
     assert all(f"`{m}`" in table for m in METHODS) and "targets SSIM" in table
     assert "MUCS targets SSIM AUC" in ev_mod.verdict(result)
+    assert all(f"| `{m}` |" in ev_mod.ci_table(result) for m in ["random"] + METHODS)
+    assert ev_mod.overlap_table(result).count("1.00") == len(METHODS)       # each method against itself
     assert saved["seeds"]["target_seeds"] == [1000, 1001]
 
 
