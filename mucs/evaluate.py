@@ -394,6 +394,7 @@ class Evaluation:
                 pending.remove(name)
                 progressed = True
                 report()
+                break                        # back to the first pending task: earlier methods finish first
             if pending and not progressed:
                 time.sleep(poll)             # everything left is being computed by another worker
         result = report()
