@@ -443,7 +443,7 @@ class Evaluation:
                         "(for mse, a distance: P(mse_random < mse_method)); 0.5 = no better than random. "
                         "mean_relative_change = 100*(mean(sim_method)/median(sim_random) - 1) %.",
             complete=bool(complete), missing=[m for m in methods if m not in sims],
-            scale=dict(self.cfg.to_dict(), n_train_actual=N, k=k, data_fingerprint=self.data().fingerprint()),
+            scale=dict(self.cfg.to_dict(), data=_shown_path(self.cfg.data), n_train_actual=N, k=k, data_fingerprint=self.data().fingerprint()),
             seeds=dict(train_seed=self.cfg.train_seed, target_seeds=it["targets"]["seeds"],
                        target_labels=it["targets"]["labels"], control_seeds=it["controls"]["seeds"],
                        control_labels=it["controls"]["labels"],
@@ -549,6 +549,13 @@ def _json_default(o):
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(type(o).__name__)
+
+
+def _shown_path(path: str) -> str:
+    """A path inside the repository relative to its root (results files are committed), else as given."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
 
 
 def _now() -> str:
