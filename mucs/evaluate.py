@@ -65,6 +65,7 @@ class EvalConfig:
     noises: int = 32
     unlearn_batch: int = 32
     max_steps: int = 60
+    lr_factor: float = 10.0     # unlearning lr = training lr ÷ this (the paper's 10)
     null_batches: int = 20
     null_batch_size: int = 64
     mucs_seed: int = 0
@@ -75,7 +76,7 @@ class EvalConfig:
                             warmup_steps=self.warmup, log_every=max(1, min(50, self.train_steps)))
 
     def mucs_settings(self) -> Settings:
-        return Settings(noises=self.noises, batch_size=self.unlearn_batch, max_steps=self.max_steps,
+        return Settings(noises=self.noises, batch_size=self.unlearn_batch, max_steps=self.max_steps, lr_factor=self.lr_factor,
                         null_batches=self.null_batches, null_batch_size=self.null_batch_size, seed=self.mucs_seed,
                         eval_batch_size=512).validate()
 
@@ -641,6 +642,7 @@ def add_parser(sub):
     p.add_argument("--random-repeats", type=int, default=None)
     p.add_argument("--noises", type=int, default=None, help="MUCS K")
     p.add_argument("--max-steps", type=int, default=None, help="MUCS unlearning step cap")
+    p.add_argument("--lr-factor", type=float, default=None, help="MUCS unlearning lr = training lr ÷ this")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--cached-only", action="store_true",
@@ -655,7 +657,7 @@ def cmd_evaluate(a):
         torch.set_num_threads(a.threads)
     cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  targets=a.targets, controls=a.controls, k_frac=a.k_frac, random_repeats=a.random_repeats,
-                 noises=a.noises, max_steps=a.max_steps)
+                 noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     work = a.work or os.path.join(root, "benchmarks", "work", f"counterfactual-{a.preset}")
