@@ -240,3 +240,9 @@ def _flat(d, prefix=""):
     for k, v in items:
         out.update(_flat(v, f"{prefix}/{k}"))
     return out
+
+
+def test_preset_changes_reach_the_mucs_settings():
+    s = ev_mod.preset("full", lr_factor=5, noises=16, max_steps=100).mucs_settings()
+    assert (s.lr_factor, s.noises, s.max_steps) == (5, 16, 100)
+    assert ev_mod.preset("full").mucs_settings().lr_factor == 10        # the paper's factor unless asked
