@@ -254,8 +254,8 @@ class Evaluation:
             out = {g: generate(model, it[g]["labels"], it[g]["seeds"], self.cfg.sample_steps) for g in GROUPS if it[g]["seeds"]}
             self.computed["generations"] += 1
             # deterministic, so two workers writing the same file is harmless: no claim needed
-            save_arrays(path, key, seconds=np.array(time.perf_counter() - t0), **out)
-            hit = load_arrays(path, key) or dict(out, seconds=np.array(0.0))
+            hit = dict(out, seconds=np.array(time.perf_counter() - t0))
+            save_arrays(path, key, **hit)
         self.seconds[("generate", model_path)] = float(hit.pop("seconds", 0.0))
         return hit
 
@@ -322,8 +322,8 @@ class Evaluation:
     # --- the whole protocol -----------------------------------------------------------------
     def random_sets(self, r: int) -> list:
         """Random removal r: a random top-k set per target, as if a method's scores were random."""
-        N, k = len(self.data()), self.k()
-        return [np.argsort(-baselines.random_scores(N, r, i), kind="stable")[:k] for i in range(self.cfg.targets)]
+        N = len(self.data())
+        return self.top_sets(np.stack([baselines.random_scores(N, r, i) for i in range(self.cfg.targets)]))
 
     def run(self, methods=DEFAULT_METHODS, out_json: Optional[str] = None, poll: float = 10.0) -> dict:
         """The whole protocol. Several workers may run it on one work folder at once: each claims the
@@ -337,7 +337,7 @@ class Evaluation:
         self.log(f"[{_now()}] counterfactual evaluation: N={N}, k={k}, {self.cfg.targets} targets, "
                  f"{self.cfg.controls} controls, methods: {', '.join(methods)}; work folder {self.work}")
         rnames = [f"random#{r}" for r in range(self.cfg.random_repeats)]
-        state = dict(sims={}, sets={}, removed={}, random=[])
+        state = dict(sims={}, sets={}, removed={}, paths={}, random=[])
         a = {}                                  # model A: path, model, samples
 
         def model_a():
@@ -355,13 +355,12 @@ class Evaluation:
             removed = np.unique(np.concatenate(sets))
             path = self.retrain(removed, why=f"random removal {name.split('#')[1]}" if name in rnames
                                 else f"without {name}'s top-k")
-            state["sets"][name], state["removed"][name] = sets, int(len(removed))
-            state["paths"] = dict(state.get("paths", {}), **{name: path})
+            state["sets"][name], state["removed"][name], state["paths"][name] = sets, int(len(removed)), path
 
         def measure():
             from .metrics import similarities
             labels = {g: self.items()[g]["labels"] for g in GROUPS}
-            for name, path in state.get("paths", {}).items():
+            for name, path in state["paths"].items():
                 if name not in state["sims"]:
                     after = self.generated(path)
                     state["sims"][name] = {g: similarities(a["before"][g], after[g], a["model"], labels[g])
