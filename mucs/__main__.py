@@ -76,7 +76,8 @@ def cmd_attribute(a):
                      lam=a.lam, tol=a.tol, noise_fraction=a.noise_fraction, batch_size=a.batch_size,
                      bounded=False if a.unbounded else None, retain=False if a.no_retain else None,
                      consistent_noise=False if a.fresh_noise else None,
-                     normalised=False if a.unnormalised else None)
+                     normalised=False if a.unnormalised else None, sigma_min=a.sigma_min, sigma_max=a.sigma_max,
+                     train_noise=a.train_noise, loss_weighting=a.loss_weighting)
     if a.frozen is not None:
         s = s.replace(frozen=tuple(p for p in a.frozen.split(",") if p))
     s.validate()
@@ -136,6 +137,13 @@ def build_parser():
     p.add_argument("--max-steps", type=int, default=None, help="unlearning step cap")
     p.add_argument("--noise-fraction", type=float, default=None, help="f, high-noise fraction of the Karras grid")
     p.add_argument("--batch-size", type=int, default=None, help="B, retain/forget batch size")
+    p.add_argument("--sigma-min", type=float, default=None, help="lowest σ of the noise grid (default 0.002, EDM's sampler)")
+    p.add_argument("--sigma-max", type=float, default=None, help="highest σ of the noise grid (default 80, EDM's sampler)")
+    p.add_argument("--train-noise", default=None, choices=["uniform", "uniform_range", "lognormal"],
+                   help="training-time noise of unlearning and L_null: uniform over all steps (default), "
+                        "uniform over the steps in [σ_min, σ_max], or log-normal in σ as the reference's EDM")
+    p.add_argument("--loss-weighting", default=None, choices=["none", "edm"],
+                   help="none: the model's own objective (default); edm: EDM's weighted x0 error")
     p.add_argument("--lr-factor", type=float, default=None, help="unlearning lr = training lr ÷ this")
     p.add_argument("--paper-settings", action="store_true",
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")

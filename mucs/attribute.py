@@ -13,7 +13,8 @@ import torch
 from . import __version__
 from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
 from .data import QueryImage, TrainingSet, to_uint8
-from .losses import loss_matrix, null_loss
+from .errors import MucsError
+from .losses import loss_matrix, null_loss, train_noise_for
 from .models import public_config
 from .noise import NoiseSet, make_noise_set
 from .progress import Reporter
@@ -111,11 +112,15 @@ class Attributor:
 
     # --- query-independent parts -------------------------------------------------------------
     def noise_set(self, s: Settings, seed_offset: int = 0) -> NoiseSet:
-        key = (s.noises, s.noise_fraction, s.rho, s.seed + seed_offset)
+        key = (s.noises, s.noise_fraction, s.rho, s.seed + seed_offset, s.sigma_min, s.sigma_max)
         if key not in self._noise:
             shape = (self.model.channels, self.model.size, self.model.size)
-            self._noise[key] = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
-                                              fraction=s.noise_fraction, rho=s.rho, seed=s.seed + seed_offset)
+            try:
+                self._noise[key] = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
+                                                  fraction=s.noise_fraction, rho=s.rho, seed=s.seed + seed_offset,
+                                                  sigma_min=s.sigma_min, sigma_max=s.sigma_max)
+            except ValueError as e:
+                raise MucsError(str(e)) from e
         return self._noise[key]
 
     def _cache_path(self, kind: str, key: str) -> str:
@@ -135,14 +140,16 @@ class Attributor:
         Returns (L_o, was_cached)."""
         ns = self.noise_set(s)
         key = cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
-                        noise=ns.params, prediction=self.model.prediction_type)
+                        noise=ns.params, prediction=self.model.prediction_type,
+                        **self._weighting_key(s))
         if key in self._lo:
             return self._lo[key], True
         hit = self._load_cached("loss_original", key)
         if hit is not None:
             self._lo[key] = hit["loss"]
             return hit["loss"], True
-        lo = loss_matrix(self.model.unet, self.model, self.data, ns, s.eval_batch_size, report, "original losses")
+        lo = loss_matrix(self.model.unet, self.model, self.data, ns, s.eval_batch_size, report, "original losses",
+                         s.loss_weighting, s.sigma_data)
         save_arrays(self._cache_path("loss_original", key), key, loss=lo)
         self._lo[key] = lo
         return lo, False
@@ -151,17 +158,30 @@ class Attributor:
         """L_null (cached like L_o; it depends on the architecture, not the weights). Returns (value, was_cached)."""
         key = cache_key(kind="loss_null", config=public_config(self.model.unet.config), data=self.data.fingerprint(),
                         scheduler=public_config(self.model.scheduler.config), batches=s.null_batches,
-                        batch_size=s.null_batch_size, seed=s.seed)
+                        batch_size=s.null_batch_size, seed=s.seed, **self._train_noise_key(s), **self._weighting_key(s))
         if key in self._null:
             return self._null[key], True
         hit = self._load_cached("loss_null", key)
         if hit is not None:
             value = float(hit["loss_null"])
         else:
-            value = null_loss(self.model, self.data, s.null_batches, s.null_batch_size, s.seed, report)
+            value = null_loss(self.model, self.data, s, report)
             save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value))
         self._null[key] = value
         return value, hit is not None
+
+    @staticmethod
+    def _weighting_key(s: Settings) -> dict:
+        # only non-default choices enter the keys, so caches made before these options existed stay valid
+        return {} if s.loss_weighting == "none" else dict(weighting=s.loss_weighting, sigma_data=s.sigma_data)
+
+    @staticmethod
+    def _train_noise_key(s: Settings) -> dict:
+        if s.train_noise == "uniform":
+            return {}
+        if s.train_noise == "uniform_range":
+            return dict(train_noise=s.train_noise, sigma_min=s.sigma_min, sigma_max=s.sigma_max)
+        return dict(train_noise=s.train_noise, p_mean=s.p_mean, p_std=s.p_std)
 
     def prepare(self, settings: Optional[Settings] = None, progress=None, cancel=None) -> None:
         """Compute (or load) everything that does not depend on the query."""
@@ -190,7 +210,8 @@ class Attributor:
         t0 = time.perf_counter()
         # the fresh-noise ablation draws a second, independent noise set for the unlearned model
         ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
-        lu = loss_matrix(u.unet, self.model, self.data, ns, s.eval_batch_size, report, "unlearned losses")
+        lu = loss_matrix(u.unet, self.model, self.data, ns, s.eval_batch_size, report, "unlearned losses",
+                         s.loss_weighting, s.sigma_data)
         times["unlearned_losses"] = time.perf_counter() - t0
         scores = skew(lu, lo, s.normalised)
         top = top_k(scores, min(s.top_k, len(scores)))
@@ -204,5 +225,6 @@ class Attributor:
             query_image=to_uint8(query.x), labels=self.data.labels,
             info=dict(model=self.model.path, model_fingerprint=self.model.fingerprint(),
                       data=self.data.source, data_fingerprint=self.data.fingerprint(), num_train=len(self.data),
-                      unlearning_lr=u.lr, cache_hits=dict(original_losses=lo_cached, null_loss=null_cached),
+                      unlearning_lr=u.lr, noise_levels=self.noise_set(s).levels(),
+                      train_noise_sigma_span=list(train_noise_for(self.model, s).sigma_span()), cache_hits=dict(original_losses=lo_cached, null_loss=null_cached),
                       device=str(self.model.device), torch_threads=torch.get_num_threads(), mucs_version=__version__))

@@ -55,8 +55,12 @@ class EvalConfig:
     # generated items: targets (attributed) and controls (never attributed)
     targets: int = 10
     controls: int = 10
-    target_seed: int = 1000     # target i: seed target_seed + i, class i mod C
-    control_seed: int = 2000    # control i: seed control_seed + i, class (i + 1) mod C
+    target_seed: int = 1000     # target i: seed target_seed + i
+    control_seed: int = 2000    # control i: seed control_seed + i
+    # "shared": target i has class i mod C, control i class (i + 1) mod C (every class holds both);
+    # "disjoint": targets cycle through the first ceil(C/2) classes, controls through the others, so
+    # removing a target's class-mates cannot move a control through its class
+    control_design: str = "shared"
     sample_steps: int = 25      # DDIM steps
     # removal
     k_frac: float = 0.02        # top-k per target = max(1, round(k_frac·N))
@@ -96,7 +100,8 @@ class EvalConfig:
                   (0 < self.k_frac < 1, "k fraction must be in (0, 1)"),
                   (self.random_repeats >= 2, "at least two random removal repeats are needed"),
                   (self.train_steps >= 1, "training steps must be ≥ 1"), (self.sample_steps >= 1, "sampling steps must be ≥ 1"),
-                  (self.n_train is None or self.n_train >= 2, "n_train must be ≥ 2")]
+                  (self.n_train is None or self.n_train >= 2, "n_train must be ≥ 2"),
+                  (self.control_design in ("shared", "disjoint"), "control design must be 'shared' or 'disjoint'")]
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)
@@ -231,12 +236,18 @@ class Evaluation:
 
     # --- items ------------------------------------------------------------------------------
     def items(self) -> dict:
-        """Labels and seeds of the targets and controls (classes cycle; fixed seeds)."""
+        """Labels and seeds of the targets and controls (classes cycle per `control_design`; fixed seeds)."""
         C = self.data().num_classes
-        lab = (lambda i: i % C) if C else (lambda i: None)
-        return dict(targets=dict(labels=[lab(i) for i in range(self.cfg.targets)],
+        if not C:
+            t_lab = c_lab = (lambda i: None)
+        elif self.cfg.control_design == "disjoint" and C >= 2:
+            half = (C + 1) // 2
+            t_lab, c_lab = (lambda i: i % half), (lambda i: half + i % (C - half))
+        else:
+            t_lab, c_lab = (lambda i: i % C), (lambda i: (i + 1) % C)
+        return dict(targets=dict(labels=[t_lab(i) for i in range(self.cfg.targets)],
                                  seeds=[self.cfg.target_seed + i for i in range(self.cfg.targets)]),
-                    controls=dict(labels=[lab(i + 1) for i in range(self.cfg.controls)],
+                    controls=dict(labels=[c_lab(i) for i in range(self.cfg.controls)],
                                   seeds=[self.cfg.control_seed + i for i in range(self.cfg.controls)]))
 
     def generated(self, model_path: str) -> dict:
@@ -642,6 +653,8 @@ def add_parser(sub):
     p.add_argument("--noises", type=int, default=None, help="MUCS K")
     p.add_argument("--max-steps", type=int, default=None, help="MUCS unlearning step cap")
     p.add_argument("--lr-factor", type=float, default=None, help="MUCS unlearning lr = training lr ÷ this")
+    p.add_argument("--control-design", default=None, choices=["shared", "disjoint"],
+                   help="shared: controls in the targets' classes; disjoint: controls only in classes no target uses")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--cached-only", action="store_true",
@@ -656,7 +669,8 @@ def cmd_evaluate(a):
         torch.set_num_threads(a.threads)
     cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  targets=a.targets, controls=a.controls, k_frac=a.k_frac, random_repeats=a.random_repeats,
-                 noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor)
+                 noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor,
+                 control_design=a.control_design)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     work = a.work or os.path.join(root, "benchmarks", "work", f"counterfactual-{a.preset}")

@@ -2,13 +2,18 @@
 import numpy as np
 import torch
 
-from .models import alphas_cumprod, per_item_loss, training_noise
-from .noise import NoiseSet
+from .models import alphas_cumprod, per_item_loss
+from .noise import NoiseSet, TrainingNoise
+
+
+def train_noise_for(model, s) -> TrainingNoise:
+    """The training-time noise of unlearning and L_null that the settings `s` ask for."""
+    return TrainingNoise(model.scheduler.alphas_cumprod, s.train_noise, s.sigma_min, s.sigma_max, s.p_mean, s.p_std)
 
 
 @torch.inference_mode()
 def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
-                stage: str = "losses") -> np.ndarray:
+                stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5) -> np.ndarray:
     """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i and every noise k of the set.
 
     Items are processed in chunks, each repeated K times, so one forward pass covers many
@@ -27,7 +32,7 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
         y = y.to(dev).repeat_interleave(K, 0) if (y is not None and model.num_classes) else None
         t = t_all.repeat(len(idx))
         eps = eps_all.repeat(len(idx), 1, 1, 1)
-        loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps)
+        loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
         out[idx] = loss.view(len(idx), K).float().cpu().numpy()
         if report is not None:
             report(stage, (idx[-1] + 1) / N)
@@ -35,22 +40,23 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
 
 
 @torch.inference_mode()
-def null_loss(model, data, batches: int = 200, batch_size: int = 100, seed: int = 0, report=None) -> float:
+def null_loss(model, data, s, report=None) -> float:
     """L_null: mean training loss of a freshly initialised model of the same architecture, over
-    `batches` random training batches with training-time noise. The bound for the ascent."""
-    fresh = model.fresh_copy(seed)
+    `s.null_batches` random training batches with training-time noise. The bound for the ascent."""
+    fresh = model.fresh_copy(s.seed)
     dev = model.device
     ac = alphas_cumprod(model).to(dev)
-    g = torch.Generator().manual_seed(int(seed) + 1)
-    T = int(model.scheduler.config.num_train_timesteps)
+    g = torch.Generator().manual_seed(int(s.seed) + 1)
+    noise = train_noise_for(model, s)
     shape = (model.channels, model.size, model.size)
     total = 0.0
-    for b in range(batches):
-        idx = torch.randint(0, len(data), (batch_size,), generator=g).numpy()
-        t, eps = training_noise(batch_size, shape, T, g, dev)
+    for b in range(s.null_batches):
+        idx = torch.randint(0, len(data), (s.null_batch_size,), generator=g).numpy()
+        t, eps = noise.sample(s.null_batch_size, shape, g, dev)
         y = data.label_tensor(idx)
         y = y.to(dev) if (y is not None and model.num_classes) else None
-        total += float(per_item_loss(fresh, ac, model.prediction_type, data.tensor(idx).to(dev), y, t, eps).mean())
+        total += float(per_item_loss(fresh, ac, model.prediction_type, data.tensor(idx).to(dev), y, t, eps,
+                                     s.loss_weighting, s.sigma_data).mean())
         if report is not None:
-            report("null loss", (b + 1) / batches)
-    return total / batches
+            report("null loss", (b + 1) / s.null_batches)
+    return total / s.null_batches

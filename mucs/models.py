@@ -136,10 +136,13 @@ def alphas_cumprod(model: DiffusionModel) -> torch.Tensor:
 
 
 def per_item_loss(unet: torch.nn.Module, ac: torch.Tensor, prediction_type: str, x0: torch.Tensor,
-                  y: Optional[torch.Tensor], t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+                  y: Optional[torch.Tensor], t: torch.Tensor, eps: torch.Tensor, weighting: str = "none",
+                  sigma_data: float = 0.5) -> torch.Tensor:
     """ℓ(x0, y; t, ε): mean over pixels of (target − f(x_t, t, y))², one value per batch item.
 
     `ac` holds ᾱ on the model's device; target is ε, v or x0 per the model's prediction type.
+    weighting="edm" gives EDM's weighted x0 error instead, (σ² + σ_d²)/(σ·σ_d)² · ‖x̂0 − x0‖², written
+    through the model's own error: for ε it is (1 + σ²/σ_d²)·‖ε̂ − ε‖² (MUCS.md, "Reference details").
     """
     a = ac[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
@@ -150,7 +153,19 @@ def per_item_loss(unet: torch.nn.Module, ac: torch.Tensor, prediction_type: str,
         target = a.sqrt() * eps - (1 - a).sqrt() * x0
     else:
         target = x0
-    return ((target - pred) ** 2).flatten(1).mean(1)
+    err = ((target - pred) ** 2).flatten(1).mean(1)
+    if weighting == "none":
+        return err
+    a = a.flatten()
+    sigma2 = (1 - a) / a
+    # ‖x̂0 − x0‖² from the model's own error: x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ gives σ²·err for ε-models
+    if prediction_type == "epsilon":
+        x0_err = sigma2 * err
+    elif prediction_type == "v_prediction":
+        x0_err = (1 - a) * err          # x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂, so x̂0 − x0 = −√(1−ᾱ)(v̂ − v)
+    else:
+        x0_err = err
+    return (sigma2 + sigma_data ** 2) / (sigma2 * sigma_data ** 2) * x0_err
 
 
 def training_noise(n: int, shape, num_train_timesteps: int, generator: torch.Generator, device):

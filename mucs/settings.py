@@ -8,7 +8,15 @@ class Settings:
     noises: int = 100            # K
     noise_fraction: float = 0.7  # f: the high-noise fraction of the Karras grid that is used
     rho: float = 7.0
+    sigma_min: float = 0.002     # the grid spans the sampler's σ range (EDM's, data in [-1, 1]),
+    sigma_max: float = 80.0      #   clipped to the scheduler's; not the scheduler's extremes
     seed: int = 0                # noise set, null-loss init, unlearning batches
+    # Training-time noise of unlearning and L_null, and the loss (MUCS.md, "Reference details")
+    train_noise: str = "uniform"   # uniform over all steps (the DDPM recipe) | uniform_range | lognormal
+    p_mean: float = -1.2           # lognormal: ln σ ~ N(p_mean, p_std²)
+    p_std: float = 1.2
+    loss_weighting: str = "none"   # none: the model's own objective | edm: (σ² + σ_d²)/(σσ_d)²·‖x̂0 − x0‖²
+    sigma_data: float = 0.5
     # Step 2 — null loss
     null_batches: int = 200
     null_batch_size: int = 100
@@ -52,11 +60,16 @@ class Settings:
 
     def validate(self) -> "Settings":
         from .errors import MucsError
+        from .noise import TRAIN_NOISE_KINDS
         checks = [(self.noises >= 1, "noises must be ≥ 1"), (0 < self.noise_fraction <= 1, "noise fraction f must be in (0, 1]"),
                   (self.batch_size >= 1, "batch size must be ≥ 1"), (self.lam >= 0, "λ must be ≥ 0"),
                   (0 <= self.tol < 1, "tolerance τ must be in [0, 1)"), (self.max_steps >= 0, "step cap must be ≥ 0"),
                   (self.top_k >= 1, "top-k must be ≥ 1"), (self.null_batches >= 1, "null batches must be ≥ 1"),
-                  (self.lr_factor > 0, "lr factor must be > 0")]
+                  (self.lr_factor > 0, "lr factor must be > 0"),
+                  (0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max"),
+                  (self.train_noise in TRAIN_NOISE_KINDS, f"train_noise must be one of {', '.join(TRAIN_NOISE_KINDS)}"),
+                  (self.p_std > 0, "p_std must be > 0"), (self.sigma_data > 0, "sigma_data must be > 0"),
+                  (self.loss_weighting in ("none", "edm"), "loss_weighting must be 'none' or 'edm'")]
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .models import alphas_cumprod, per_item_loss, training_noise
+from .losses import train_noise_for
+from .models import alphas_cumprod, per_item_loss
 from .settings import Settings
 
 
@@ -47,7 +48,7 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay)
     dev = model.device
     ac = alphas_cumprod(model).to(dev)
-    T = int(model.scheduler.config.num_train_timesteps)
+    noise = train_noise_for(model, s)
     shape = tuple(query_x.shape)
     g = torch.Generator().manual_seed(int(s.seed) + 2)
     B = s.batch_size
@@ -56,15 +57,17 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
     curve, step, converged = [], 0, False
     while True:
         # forget batch: the query B times, fresh training-time noise
-        t_f, eps_f = training_noise(B, shape, T, g, dev)
-        loss_f = forget_loss(per_item_loss(unet, ac, model.prediction_type, xq, yq, t_f, eps_f), loss_null, s.bounded)
+        t_f, eps_f = noise.sample(B, shape, g, dev)
+        loss_f = forget_loss(per_item_loss(unet, ac, model.prediction_type, xq, yq, t_f, eps_f, s.loss_weighting,
+                                           s.sigma_data), loss_null, s.bounded)
         # retain batch: B random training items with their own labels, independent noise
         if s.retain:
             idx = torch.randint(0, len(data), (B,), generator=g).numpy()
-            t_r, eps_r = training_noise(B, shape, T, g, dev)
+            t_r, eps_r = noise.sample(B, shape, g, dev)
             y = data.label_tensor(idx)
             y = y.to(dev) if (y is not None and model.num_classes) else None
-            loss_r = per_item_loss(unet, ac, model.prediction_type, data.tensor(idx).to(dev), y, t_r, eps_r).mean()
+            loss_r = per_item_loss(unet, ac, model.prediction_type, data.tensor(idx).to(dev), y, t_r, eps_r,
+                                   s.loss_weighting, s.sigma_data).mean()
         else:
             loss_r = torch.zeros((), device=dev)
         lf, lr_ = float(loss_f.detach()), float(loss_r.detach())

@@ -16,9 +16,10 @@ def test_noise_set_karras_high_noise_fraction(tiny_model_dir):
     ns = make_noise_set(ac, (1, 8, 8), K=10, fraction=0.7, seed=3)
     assert ns.eps.shape == (10, 1, 8, 8) and ns.timesteps.shape == (10,)
     sig = scheduler_sigmas(ac)
-    full = karras_sigmas(round(10 / 0.7), float(sig.min()), float(sig.max()))
+    assert float(sig.max()) > 1000          # a cosine DDPM schedule: its last steps are pure noise
+    full = karras_sigmas(round(10 / 0.7), max(0.002, float(sig.min())), min(80.0, float(sig.max())))
     assert np.allclose(ns.sigmas.numpy(), full[:10], rtol=1e-5)         # the first K of round(K/f)
-    assert ns.sigmas[0] == pytest.approx(float(sig.max()), rel=1e-5)   # starts at σ_max
+    assert ns.sigmas[0] == pytest.approx(80.0, rel=1e-5)                # starts at the sampler's σ_max
     assert ns.sigmas[-1] > full[-1]                                    # the low-noise tail is never used
     assert torch.all(ns.timesteps[:-1] >= ns.timesteps[1:])             # highest noise first
     # each σ maps to the discrete timestep nearest in log σ
@@ -28,6 +29,81 @@ def test_noise_set_karras_high_noise_fraction(tiny_model_dir):
     assert torch.equal(again.eps, ns.eps) and torch.equal(again.timesteps, ns.timesteps)
     other = make_noise_set(ac, (1, 8, 8), K=10, fraction=0.7, seed=4)
     assert not torch.equal(other.eps, ns.eps)
+
+
+def test_default_grid_lies_in_the_sampler_range():
+    """The paper's defaults (K = 100, f = 0.7) on the embedded model's cosine schedule: every kept
+    level within EDM's 0.002–80 and its timestep's own σ close to it; the lowest kept is about 0.4."""
+    from mucs.defaults import DEFAULT_MODEL
+    from diffusers import DDPMScheduler
+    ac = DDPMScheduler.from_pretrained(DEFAULT_MODEL, subfolder="scheduler").alphas_cumprod
+    s = Settings()
+    ns = make_noise_set(ac, (1, 16, 16), K=s.noises, fraction=s.noise_fraction, sigma_min=s.sigma_min,
+                        sigma_max=s.sigma_max)
+    assert len(ns) == 100
+    assert float(ns.sigmas.min()) >= 0.002 and float(ns.sigmas.max()) <= 80.0 + 1e-4
+    assert 0.3 < float(ns.sigmas.min()) < 0.5
+    assert float(ns.timestep_sigmas.max()) < 100 and float(ns.timestep_sigmas.min()) > 0.2
+    levels = ns.levels()
+    assert levels[0]["timestep"] == int(ns.timesteps[0]) and levels[0]["sigma"] == pytest.approx(80.0)
+    # a range outside the scheduler's is refused, a partly outside one is clipped
+    with pytest.raises(ValueError):
+        make_noise_set(ac, (1, 4, 4), K=4, sigma_min=1e5, sigma_max=1e6)
+    clipped = make_noise_set(ac, (1, 4, 4), K=4, sigma_min=1e-9, sigma_max=1e9)
+    sig = scheduler_sigmas(ac)
+    assert float(clipped.sigmas[0]) == pytest.approx(float(sig.max()), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "uniform_range", "lognormal"])
+def test_training_noise_kinds(kind):
+    """uniform: every step; uniform_range: only steps with σ in [σ_min, σ_max]; lognormal: ln σ
+    centred on p_mean. Seeded: the same generator seed gives the same draws."""
+    from diffusers import DDPMScheduler
+    from mucs.noise import TrainingNoise
+    ac = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    sig = scheduler_sigmas(ac)
+    tn = TrainingNoise(ac, kind, 0.002, 80.0, p_mean=-1.2, p_std=1.2)
+    t, eps = tn.sample(4000, (1, 2, 2), torch.Generator().manual_seed(0), "cpu")
+    t2, _ = tn.sample(4000, (1, 2, 2), torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(t, t2) and eps.shape == (4000, 1, 2, 2)
+    s = sig[t]
+    if kind == "uniform":
+        assert float(s.max()) > 1000                       # reaches the pure-noise steps
+    elif kind == "uniform_range":
+        assert float(s.max()) <= 80 and float(s.min()) >= 0.002
+        assert len(t.unique()) > 900                      # nearly every step is in range
+    else:
+        assert abs(float(s.log().median()) + 1.2) < 0.1   # median σ = e^−1.2
+    with pytest.raises(ValueError):
+        TrainingNoise(ac, "bogus")
+
+
+def test_edm_weighting_for_an_epsilon_model():
+    """For an ε-model EDM's weighted x0 error equals (1 + σ²/σ_d²)·‖ε̂ − ε‖²; for an x0-model it is
+    the weight times the x0 error; v-models go through x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂."""
+    from diffusers import DDPMScheduler
+    ac = DDPMScheduler(num_train_timesteps=100).alphas_cumprod.float()
+
+    class Const(torch.nn.Module):
+        def forward(self, x, t, class_labels=None):
+            return type("O", (), {"sample": torch.full_like(x, 0.3)})()
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn((3, 1, 4, 4), generator=g), torch.randn((3, 1, 4, 4), generator=g)
+    t = torch.tensor([5, 50, 95])
+    sigma2 = (1 - ac[t]) / ac[t]
+    plain = per_item_loss(Const(), ac, "epsilon", x0, None, t, eps)
+    edm = per_item_loss(Const(), ac, "epsilon", x0, None, t, eps, weighting="edm", sigma_data=0.5)
+    assert torch.allclose(edm, (1 + sigma2 / 0.25) * plain, rtol=1e-4)
+    # x0-model: weight × ‖x̂0 − x0‖²
+    plain0 = per_item_loss(Const(), ac, "sample", x0, None, t, eps)
+    edm0 = per_item_loss(Const(), ac, "sample", x0, None, t, eps, weighting="edm")
+    assert torch.allclose(edm0, (sigma2 + 0.25) / (sigma2 * 0.25) * plain0, rtol=1e-4)
+    # v-model: the same x0 error as computed by hand
+    a = ac[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x0_hat = a.sqrt() * xt - (1 - a).sqrt() * 0.3
+    by_hand = (sigma2 + 0.25) / (sigma2 * 0.25) * ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    assert torch.allclose(per_item_loss(Const(), ac, "v_prediction", x0, None, t, eps, weighting="edm"), by_hand, rtol=1e-4)
 
 
 def test_loss_matrix_uses_the_same_noise_for_every_item(tiny_model_dir, tiny_npz):
