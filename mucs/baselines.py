@@ -6,6 +6,8 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
 - ``mucs_plain_ga``: plain gradient ascent (no retain term, no L_null bound);
 - ``mucs_unnormalised``: score = mean_k (L_u − L_o);
 - ``mucs_fresh_noise``: fresh noise for the unlearned losses instead of the consistent set;
+- ``mucs_lognormal`` / ``mucs_range`` / ``mucs_edm``: unlearning and L_null noise log-normal in σ /
+  uniform over the steps in the sampler's σ range / log-normal with EDM's loss weighting;
 - ``random``: uniform random scores (seeded by ctx.seed and the query id);
 - ``pixel_nn`` / ``feature_nn``: −squared L2 distance to the query in pixel space / in the model's
   own mid-block features (faiss, no pretrained network);
@@ -26,6 +28,10 @@ ABLATIONS = {
     "mucs_plain_ga": dict(bounded=False, retain=False),
     "mucs_unnormalised": dict(normalised=False),
     "mucs_fresh_noise": dict(consistent_noise=False),
+    # the reference's EDM choices (MUCS.md, "Reference details"), measured rather than assumed
+    "mucs_lognormal": dict(train_noise="lognormal"),
+    "mucs_range": dict(train_noise="uniform_range"),
+    "mucs_edm": dict(train_noise="lognormal", loss_weighting="edm"),
 }
 
 
