@@ -62,6 +62,9 @@ def theme():
 
 CSS = """
 #query-image img { image-rendering: pixelated; }
+/* captions carry rank · index · class · score: wrap them instead of cutting them off */
+#topk-gallery .caption-label, #neighbour-gallery .caption-label, #recurring-gallery .caption-label {
+  white-space: normal; max-width: 100%; overflow: visible; text-overflow: clip; font-size: 11px; line-height: 1.25; }
 .gallery img, #generated-gallery img, #topk-gallery img, #neighbour-gallery img { image-rendering: pixelated; }
 """
 
@@ -109,11 +112,13 @@ def build(ex: Explorer) -> gr.Blocks:
 
     @user_errors
     def on_attribute(q, label, top_k, noises, fraction, lam, tol, max_steps, seed, bounded, retain, consistent,
-                     normalised, request: gr.Request, progress=gr.Progress()):
+                     normalised, sigma_min=None, sigma_max=None, train_noise=None, loss_weighting=None,
+                     request: gr.Request = None, progress=gr.Progress()):
         q = ex.with_label(q, label)
         st = ex.user_settings(dict(top_k=top_k, noises=noises, noise_fraction=fraction, lam=lam, tol=tol,
                                    max_steps=max_steps, seed=seed, bounded=bounded, retain=retain,
-                                   consistent_noise=consistent, normalised=normalised))
+                                   consistent_noise=consistent, normalised=normalised, sigma_min=sigma_min,
+                                   sigma_max=sigma_max, train_noise=train_noise, loss_weighting=loss_weighting))
         cancel = ex.cancel_event(_session(request))
         for u in ex.attribute_stream(q, st, cancel):
             progress(u.fraction, desc=u.stage)
@@ -230,6 +235,14 @@ def build(ex: Explorer) -> gr.Blocks:
                         retain = gr.Checkbox(s.retain, label="retain term", elem_id="set-retain")
                         consistent = gr.Checkbox(s.consistent_noise, label="consistent noise", elem_id="set-consistent")
                         normalised = gr.Checkbox(s.normalised, label="normalised skew", elem_id="set-normalised")
+                    with gr.Row():
+                        sigma_min = gr.Number(s.sigma_min, label="σ min of the noise grid", elem_id="set-sigma-min")
+                        sigma_max = gr.Number(s.sigma_max, label="σ max of the noise grid", elem_id="set-sigma-max")
+                        train_noise = gr.Dropdown(["uniform", "uniform_range", "lognormal"], value=s.train_noise,
+                                                  label="training-time noise (unlearning, L_null)",
+                                                  elem_id="set-train-noise")
+                        loss_weighting = gr.Dropdown(["none", "edm"], value=s.loss_weighting, label="loss weighting",
+                                                     elem_id="set-loss-weighting")
                 with gr.Row():
                     attr_btn = gr.Button("Attribute", variant="primary", elem_id="attribute-btn")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -247,8 +260,9 @@ def build(ex: Explorer) -> gr.Blocks:
                             export_fmt = gr.Radio(["csv", "json"], value="csv", label="Export as", elem_id="export-fmt")
                             export_btn = gr.Button("Export", elem_id="export-btn")
                             export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
-                top_gallery = gr.Gallery(label="Most influential training images (top-k, best first)", columns=10,
-                                         height=260, format="png", object_fit="contain", elem_id="topk-gallery",
+                top_gallery = gr.Gallery(label="Most influential training images (top-k, best first): "
+                                               "rank · index · class · score", columns=5,
+                                         height="auto", format="png", object_fit="contain", elem_id="topk-gallery",
                                          interactive=False)
                 neighbour_gallery = gr.Gallery(label="Nearest training images in pixel space (for comparison)",
                                                columns=10, height=200, format="png", object_fit="contain",
@@ -291,7 +305,8 @@ def build(ex: Explorer) -> gr.Blocks:
         upload.upload(on_upload, [upload], query_outputs, api_name="upload", show_progress="hidden")
         train_btn.click(on_training, [train_index], query_outputs, api_name="use_training")
         attr_ev = attr_btn.click(on_attribute, [query_state, query_class, top_k, noises, fraction, lam, tol, max_steps,
-                                                seed, bounded, retain, consistent, normalised],
+                                                seed, bounded, retain, consistent, normalised, sigma_min, sigma_max,
+                                                train_noise, loss_weighting],
                                  [status, live_curve, tabs] + result_components + history_components,
                                  api_name="attribute", concurrency_id=HEAVY, concurrency_limit=1,
                                  show_progress="minimal")

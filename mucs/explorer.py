@@ -23,7 +23,8 @@ from .settings import Settings
 
 # the settings a user may change per run in the app (everything else comes from the model's defaults)
 USER_SETTINGS = ("top_k", "noises", "noise_fraction", "lam", "tol", "max_steps", "seed",
-                 "bounded", "retain", "consistent_noise", "normalised")
+                 "bounded", "retain", "consistent_noise", "normalised", "sigma_min", "sigma_max", "train_noise",
+                 "loss_weighting")
 
 
 def upscale(img: np.ndarray, target: int = 128) -> Image.Image:
@@ -234,7 +235,7 @@ class Explorer:
         for rank, i in enumerate(att.top, 1):
             i = int(i)
             lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{lab} · {att.scores[i]:.3g}"))
+            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{lab} · {att.scores[i]:.4f}"))
         return out
 
     def neighbours(self, image: np.ndarray, k: int = 8, target: int = 128) -> list:
@@ -269,8 +270,17 @@ class Explorer:
                 f"cap={s.get('max_steps')}, top-k={s.get('top_k')}, seed={s.get('seed')}"
                 f"{'' if s.get('bounded', True) else ', unbounded'}{'' if s.get('retain', True) else ', no retain'}"
                 f"{'' if s.get('consistent_noise', True) else ', fresh noise'}"
-                f"{'' if s.get('normalised', True) else ', un-normalised'}.  \n"
-                f"Time: {times}.")
+                f"{'' if s.get('normalised', True) else ', un-normalised'}; "
+                + (f"noise grid σ {s['sigma_min']:g}–{s['sigma_max']:g}" if "sigma_min" in s
+                   else "noise grid over the scheduler's full σ range (a run made before the fix)")
+                + f"{_levels(att.info.get('noise_levels'))}, training-time noise {s.get('train_noise', 'uniform')}, "
+                f"loss weighting {s.get('loss_weighting', 'none')}.  \n"
+                f"Time: {times}." + "".join(f"  \n⚠️ {w}" for w in self.warnings(att)))
+
+    def warnings(self, att: Attribution) -> list:
+        """Plain-language warnings for a run (tied top-k, saturated class, step cap)."""
+        from .diagnostics import warnings
+        return warnings(att.scores, att.top, att.labels, att.query.get("label"), att.converged, att.steps)
 
     # --- overlap --------------------------------------------------------------------------------------
     def overlap(self, run_ids, pairs: int = 2000) -> dict:
@@ -302,6 +312,15 @@ def _apply(state: dict, ev: ProgressEvent) -> None:
         state["curve"].append(dict(step=ev.info.get("step", len(state["curve"])), loss_f=ev.info["loss_f"],
                                    loss_r=ev.info.get("loss_r")))
         state["loss_null"] = ev.info.get("loss_null", state["loss_null"])
+
+
+def _levels(levels) -> str:
+    """' (kept: σ 0.40–80, steps 301–991)' from result.json's noise_levels, '' for older runs."""
+    if not levels:
+        return ""
+    sig = [lv["sigma_t"] for lv in levels]
+    ts = [lv["timestep"] for lv in levels]
+    return f" (kept: σ {min(sig):.2g}–{max(sig):.3g}, steps {min(ts)}–{max(ts)})"
 
 
 def _source(q: Query) -> str:

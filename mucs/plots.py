@@ -48,7 +48,8 @@ def skew_histogram(scores: np.ndarray, top: Sequence[int], bins: int = 60) -> go
 
 def loss_scatter(loss_original, loss_unlearned, scores, top: Sequence[int], labels=None,
                  class_names=None) -> go.Figure:
-    """L_o vs L_u per training item (mean over noises), coloured by skew; hover: index and class."""
+    """L_o vs L_u per training item (mean over noises), coloured by skew; hover: index and class.
+    Log axes: the losses of 1,000 items span decades, which linear axes squash into two dots."""
     lo, lu, s = (np.asarray(a, float) for a in (loss_original, loss_unlearned, scores))
     idx = np.arange(len(s))
     cls = _names(labels, class_names) if labels is not None else [""] * len(s)
@@ -63,10 +64,15 @@ def loss_scatter(loss_original, loss_unlearned, scores, top: Sequence[int], labe
         fig.add_trace(go.Scatter(x=lo[t], y=lu[t], mode="markers", name="top-k", customdata=custom[t],
                                  marker=dict(size=10, color="rgba(0,0,0,0)", line=dict(color="#d62728", width=2)),
                                  hovertemplate="top: item %{customdata[0]} (%{customdata[1]})<extra></extra>"))
-    lim = [float(min(lo.min(), lu.min())), float(max(lo.max(), lu.max()))] if len(s) else [0, 1]
+    pos = np.concatenate([lo, lu])
+    pos = pos[pos > 0]
+    lim = [float(pos.min()), float(pos.max())] if len(pos) else [1e-3, 1]
     fig.add_trace(go.Scatter(x=lim, y=lim, mode="lines", line=dict(color="#999", dash="dot"), name="L_u = L_o",
                              hoverinfo="skip"))
-    return _layout(fig, "Loss before (L_o) and after unlearning (L_u)", "L_o (original)", "L_u (unlearned)")
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log")
+    return _layout(fig, "Loss before (L_o) and after unlearning (L_u), mean over the K noises",
+                   "L_o, original model (log)", "L_u, unlearned model (log)")
 
 
 def unlearning_curve(curve: Sequence[dict], loss_null: Optional[float], tol: Optional[float] = None) -> go.Figure:

@@ -110,13 +110,13 @@ def test_missing_class_and_missing_query_are_refused(env):
     before = runs_on_disk(ex)
     q = ex.training_item(3)
     with pytest.raises(gr.Error, match="class"):
-        list(fns["attribute"].fn(q, None, *ATTR_ARGS, request()))
+        list(fns["attribute"].fn(q, None, *ATTR_ARGS, request=request()))
     with pytest.raises(gr.Error, match="no query"):
-        list(fns["attribute"].fn(None, 1, *ATTR_ARGS, request()))
+        list(fns["attribute"].fn(None, 1, *ATTR_ARGS, request=request()))
     with pytest.raises(gr.Error, match="out of range"):
-        list(fns["attribute"].fn(q, 9, *ATTR_ARGS, request()))
+        list(fns["attribute"].fn(q, 9, *ATTR_ARGS, request=request()))
     with pytest.raises(gr.Error, match="top-k"):
-        list(fns["attribute"].fn(q, 1, 0, *ATTR_ARGS[1:], request()))
+        list(fns["attribute"].fn(q, 1, 0, *ATTR_ARGS[1:], request=request()))
     with pytest.raises(gr.Error, match="choose a class"):
         fns["generate"].fn(None, 0, 1, 5, request())
     with pytest.raises(gr.Error, match="out of range"):
@@ -129,7 +129,7 @@ def test_cancel_leaves_nothing_half_written(env):
     before = runs_on_disk(ex)
     q = ex.training_item(1)
     long_run = (5, 16, 0.7, 0.2, 0.0, 10_000, 0, True, True, True, True)
-    gen = fns["attribute"].fn(q, int(q.label), *long_run, request())
+    gen = fns["attribute"].fn(q, int(q.label), *long_run, request=request())
     first = next(gen)
     assert first
     assert fns["cancel"].fn(request()).startswith("**cancelled")
@@ -156,7 +156,7 @@ def test_attribute_open_export_direct(env, tmp_path):
     ex, _, fns, _ = env
     qs, gallery, q, img, info, cls = fns["generate"].fn(2, 5, 2, 10, request())
     assert len(qs) == 2 and len(gallery) == 2 and gallery[0][0].size == (128, 128) and cls["value"] == 2
-    outs = list(fns["attribute"].fn(q, 2, *ATTR_ARGS, request()))
+    outs = list(fns["attribute"].fn(q, 2, *ATTR_ARGS, request=request()))
     final = {getattr(k, "elem_id", None): v for k, v in outs[-1].items()}
     run_id = final["run-id"]
     assert run_id in ex.store.ids() and len(final["topk-gallery"]) == 5
