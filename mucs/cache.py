@@ -1,19 +1,35 @@
-"""Atomic writes and a small keyed on-disk cache of arrays (.npz with a checksum inside)."""
+"""Atomic writes, crash-safe folder swaps that never replace a folder we did not write, and a
+small keyed on-disk cache of arrays (.npz with a checksum inside)."""
+import contextlib
+import errno
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
-from typing import Optional
+import time
+from typing import Iterable, Optional
 
 import numpy as np
+
+from .errors import MucsError
+
+log = logging.getLogger("mucs")
+
+MARKER = ".mucs"          # {"mucs": kind, ...} in every folder we write: how we recognise our own
+STALE_SECONDS = 3600.0    # staging leftovers older than this are a crash's, not a writer's at work
+_RAND = r"[a-z0-9_]{8}"   # tempfile's random part
 
 
 def default_cache_dir() -> str:
     return os.environ.get("MUCS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mucs")
 
 
+# --- single files ----------------------------------------------------------------------------------
 def atomic_write(path: str, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -30,36 +46,318 @@ def atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _drop_stale_file_temps(folder, os.path.basename(path))
 
 
-def atomic_write_dir(path: str, files: dict) -> None:
-    """Write a whole folder of {name: bytes} at once: build it beside `path`, then rename it in."""
+def _drop_stale_file_temps(folder: str, base: str) -> None:
+    """Remove `.tmp-XXXXXXXX<base>` files that a killed atomic_write left behind (only old ones)."""
+    pat = re.compile(r"\.tmp-" + _RAND + re.escape(base) + "$")
+    try:
+        names = [n for n in os.listdir(folder) if pat.match(n)]
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(folder, n)
+        with contextlib.suppress(OSError):
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_SECONDS:
+                os.unlink(p)
+
+
+# --- which folders are ours ------------------------------------------------------------------------
+def marker_bytes(kind: str) -> bytes:
+    return json.dumps({"mucs": kind, "version": 1}, allow_nan=False).encode()
+
+
+def folder_kind(path: str) -> Optional[str]:
+    """What `path` holds: 'run' or 'model' (or another kind named by its marker) when it is a folder
+    written by this project, 'empty' for an empty folder, None for anything else (a file, a folder
+    of other files, a missing path). Runs and models written before the marker existed count too:
+    a run has result.json, scores.csv and losses.npz, a model mucs_train.json and unet/."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return None
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return None
+    if not names:
+        return "empty"
+    if MARKER in names:
+        try:
+            with open(os.path.join(path, MARKER)) as f:
+                kind = json.load(f).get("mucs")
+            if isinstance(kind, str) and kind:
+                return kind
+        except (OSError, ValueError, AttributeError):
+            pass
+    isfile = lambda n: os.path.isfile(os.path.join(path, n))   # noqa: E731
+    if all(isfile(n) for n in ("result.json", "scores.csv", "losses.npz")):
+        return "run"
+    if isfile("mucs_train.json") and os.path.isdir(os.path.join(path, "unet")):
+        return "model"
+    return None
+
+
+def _same_or_inside(a: str, b: str) -> bool:
+    """True when path `a` is `b` or lies inside it (after resolving links)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+
+def check_out_dir(path: str, kind: str, force: bool = False, what: str = "--out",
+                  protect: Iterable[Optional[str]] = ()) -> None:
+    """Refuse, before anything is computed, an output folder whose replacement would lose data:
+    `path` may be missing, empty, or a folder this project wrote of the same `kind` ('run' or
+    'model'); any other folder only with `force`. A file at `path`, or a `path` that is or holds
+    one of the `protect` inputs (model, data, query), is refused even with `force`. Also recovers
+    the leftovers of an interrupted swap and checks that the parent folder is writable."""
+    path = os.fspath(path)
+    if not path or not path.strip():
+        raise MucsError(f"{what} must name a folder")
+    for p in protect:
+        if p and os.path.exists(p) and (_same_or_inside(p, path)):
+            raise MucsError(f"{what} {path} would replace the input {p}: choose another folder")
+    recover_dir(path)
+    if os.path.lexists(path):
+        if os.path.islink(path) and not force:
+            raise MucsError(f"{what} {path} is a symbolic link: nothing was written; choose a new folder "
+                            "or pass --force to replace it")
+        if not os.path.isdir(path):
+            raise MucsError(f"{what} {path} is an existing file, not a folder: nothing was written")
+        found = folder_kind(path)
+        if found not in (kind, "empty") and not force:
+            if found is not None:
+                raise MucsError(f"{what} {path} holds a MUCS {found}, not a {kind}: nothing was written; "
+                                "choose another folder or pass --force to replace it")
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as e:
+                raise MucsError(f"{what} {path} cannot be read: {e.strerror or e}") from e
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            count = f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
+            raise MucsError(f"{what} {path} exists and does not hold a MUCS {kind} ({count}: {shown}): "
+                            "nothing was written; choose a new folder or pass --force to replace it")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
+
+
+def adopt_dir(path: str, kind: str) -> bool:
+    """Mark an existing folder that is not ours as a `kind` folder, so that the next swap may
+    replace it: what --force does. Returns True when a marker was written (undo with unadopt_dir)."""
+    if os.path.isdir(path) and not os.path.islink(path) and folder_kind(path) not in (kind, "empty"):
+        atomic_write(os.path.join(path, MARKER), marker_bytes(kind))
+        return True
+    return False
+
+
+def unadopt_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(path, MARKER))
+
+
+def check_out_file(path: str, what: str = "--out", force: bool = False, ours=None,
+                   protect: Iterable[Optional[str]] = ()) -> None:
+    """Refuse an output file path that is a folder, lies under a file, or would replace a file
+    that `ours(path)` does not recognise as written by this project (unless `force`)."""
+    path = os.fspath(path)
+    for p in protect:
+        if p and os.path.exists(p) and _same_or_inside(p, path):
+            raise MucsError(f"{what} {path} would replace the input {p}: choose another file")
+    if os.path.lexists(path):
+        if os.path.isdir(path):
+            raise MucsError(f"{what} {path} is an existing folder, not a file: nothing was written")
+        if not force and not os.path.isfile(path):
+            raise MucsError(f"{what} {path} is not a regular file: nothing was written")
+        if not force and not (ours is not None and ours(path)):
+            raise MucsError(f"{what} {path} exists and was not written by mucs: nothing was written; "
+                            "choose a new file or pass --force to replace it")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
+
+
+def check_writable_dir(path: str, what: str = "folder", min_free_bytes: int = 1 << 20) -> None:
+    """Raise one clear MucsError, before anything is computed, when folder `path` cannot be created
+    or written: a file in the way (at `path` or at a parent), no write permission, a read-only
+    file system, or less than `min_free_bytes` free. Creates nothing."""
+    path = os.path.abspath(os.fspath(path))
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        detail = "is not a folder" if probe == path else f"cannot be created: {probe} is not a folder"
+        raise MucsError(f"{what} {path} {detail}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        reason = "is on a read-only file system" if _read_only_fs(probe) else "is not writable"
+        where = path if probe == path else f"{path} cannot be created: {probe}"
+        raise MucsError(f"{what} {where} {reason}")
+    if _read_only_fs(probe):
+        raise MucsError(f"{what} {path} is on a read-only file system")
+    try:
+        st = os.statvfs(probe)
+    except (OSError, AttributeError):
+        return
+    free = st.f_bavail * st.f_frsize
+    if st.f_blocks and free < min_free_bytes:
+        raise MucsError(f"{what} {path}: its file system is full ({free} bytes free)")
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_cache_file(path: str) -> None:
+    """Raise MucsError when something that is not a regular file (a FIFO, a folder, a device)
+    sits at a cache path: opening a FIFO would block forever."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise MucsError(f"cache path {path} cannot be read: {e.strerror or e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
+        raise MucsError(f"cache path {path} is {kind}, not a regular file: remove it or use another --cache-dir")
+
+
+# --- folder swaps -------------------------------------------------------------------------------
+def _tag(path: str) -> str:
+    base = os.path.basename(os.path.abspath(path))
+    if len(base) <= 80 and re.fullmatch(r"[\w.@+=,-]+", base):
+        return base
+    return hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _staging(path: str, which: str) -> str:
+    """mkdtemp prefix for `path`'s staging folders: .tmp-<name>- (new content) / .old-<name>- (old)."""
+    return f".{which}-{_tag(path)}-"
+
+
+def _leftovers(path: str, which: str) -> list:
+    parent = os.path.dirname(os.path.abspath(path))
+    pat = re.compile(re.escape(_staging(path, which)) + _RAND + "$")
+    try:
+        return [os.path.join(parent, n) for n in os.listdir(parent) if pat.match(n)]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def _swap_lock(path: str):
+    """An exclusive lock on the parent folder of `path` (flock on the directory itself: no lock
+    file to leave behind; released by the kernel when a writer is killed)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    fd = None
+    try:
+        import fcntl
+        fd = os.open(parent, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):   # no flock (Windows, some network file systems): unlocked, as before
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)   # closing releases the flock
+
+
+def recover_dir(path: str, stale_seconds: float = STALE_SECONDS) -> None:
+    """Undo what an interrupted swap of `path` left: when `path` is missing and a moved-aside
+    `.old-<name>-*/x` exists, move it back; drop `.old-<name>-*` folders once `path` is in place,
+    and `.tmp-<name>-*` staging folders older than `stale_seconds` (a live writer's are younger)."""
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return
+    olds, tmps = _leftovers(path, "old"), _leftovers(path, "tmp")
+    if not olds and not tmps:
+        return
+    with _swap_lock(path):
+        _recover_locked(path, stale_seconds)
+
+
+def _recover_locked(path: str, stale_seconds: float) -> None:
+    olds = sorted(_leftovers(path, "old"), key=lambda p: _mtime(p), reverse=True)
+    for old in olds:
+        inner = os.path.join(old, "x")
+        if not os.path.lexists(path) and os.path.lexists(inner):
+            os.rename(inner, path)
+            log.warning("recovered %s from an interrupted replacement (%s)", path, old)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in _leftovers(path, "tmp"):
+        if time.time() - _mtime(tmp) > stale_seconds:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mtime(p: str) -> float:
+    try:
+        return os.lstat(p).st_mtime
+    except OSError:
+        return 0.0
+
+
+def staging_dir(path: str) -> str:
+    """A new empty folder beside `path` to build its next content in (for move_dir_into_place)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "tmp"))
     os.chmod(tmp, 0o755)
+    return tmp
+
+
+def atomic_write_dir(path: str, files: dict, kind: str = "run", force: bool = False) -> None:
+    """Write a whole folder of {name: bytes} at once: build it beside `path`, then swap it in.
+    A marker file records that the folder is ours (of `kind`); an existing `path` that is not ours,
+    or of another kind, is refused unless `force` (see move_dir_into_place)."""
+    if kind:   # refuse early, before writing anything
+        check_out_dir(path, kind, force=force, what="output folder")
+    tmp = staging_dir(path)
     try:
         for name, data in files.items():
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
-        move_dir_into_place(tmp, path)
+        if kind and MARKER not in files:
+            with open(os.path.join(tmp, MARKER), "wb") as f:
+                f.write(marker_bytes(kind))
+        move_dir_into_place(tmp, path, kind=kind, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def move_dir_into_place(tmp: str, path: str) -> None:
-    """Rename the finished folder `tmp` to `path` (same filesystem). An older `path` is first moved
-    aside and dropped afterwards, so `path` is never missing nor half-written for long."""
-    if os.path.isdir(path):
-        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".old-")
-        os.rename(path, os.path.join(old, "x"))
-        os.rename(tmp, path)
+def move_dir_into_place(tmp: str, path: str, kind: Optional[str] = None, force: bool = False) -> None:
+    """Rename the finished folder `tmp` to `path` (same file system). An older `path` is moved aside
+    to `.old-<name>-*/x` and dropped afterwards, so `path` is never half-written; a kill between the
+    two renames is undone by recover_dir (called here and by check_out_dir). Writers to the same
+    `path` are serialised by a lock, so concurrent swaps neither fail nor leak `.old-*` folders.
+    With `kind`, an existing `path` must hold a folder of that kind (or be empty) unless `force`."""
+    parent = os.path.dirname(os.path.abspath(path))
+    old = None
+    with _swap_lock(path):
+        _recover_locked(path, STALE_SECONDS)
+        if os.path.lexists(path):
+            if kind and not force and folder_kind(path) not in (kind, "empty"):
+                raise MucsError(f"refusing to replace {path}: it does not hold a MUCS {kind} (nothing was written)")
+            if not os.path.isdir(path) or os.path.islink(path):
+                if not force:
+                    raise MucsError(f"refusing to replace {path}: it is not a folder")
+            old = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "old"))
+            os.rename(path, os.path.join(old, "x"))
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None and not os.path.lexists(path):
+                os.rename(os.path.join(old, "x"), path)   # put the old one back
+            raise
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
 
 
+# --- keyed array cache ------------------------------------------------------------------------------
 def cache_key(**parts) -> str:
     """A stable hex key from JSON-serialisable parts."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -81,12 +379,45 @@ def save_arrays(path: str, key: str, **arrays) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def load_arrays(path: str, key: str) -> Optional[dict]:
-    """The arrays saved under `key`, or None when missing, keyed otherwise, partial or corrupt."""
-    if not os.path.exists(path):
-        return None
+def save_arrays_best_effort(path: str, key: str, **arrays) -> bool:
+    """save_arrays that never raises for a cache that cannot be written (read-only or full folder,
+    a folder or FIFO at `path`): logs one warning and returns False, so a finished result is kept."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            check_cache_file(path)          # raises a clear MucsError for a FIFO, folder, ...
+        save_arrays(path, key, **arrays)
+        return True
+    except (OSError, MucsError, ValueError) as e:
+        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        log.warning("could not write the cache file %s (%s); the result is kept, only not cached", path, msg)
+        return False
+
+
+def load_arrays(path: str, key: str) -> Optional[dict]:
+    """The arrays saved under `key`, or None when missing, keyed otherwise, partial or corrupt.
+    Something other than a regular file at `path` (a FIFO would block forever) raises MucsError."""
+    try:   # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then says what it is
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        check_cache_file(path)
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ENAMETOOLONG):
+            return None
+        raise MucsError(f"cache path {path} cannot be read: {e.strerror or e}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            check_cache_file(path)
+            raise MucsError(f"cache path {path} is not a regular file")
+        f = os.fdopen(fd, "rb")
+        fd = None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    try:
+        with f, np.load(f, allow_pickle=False) as z:
             if str(z["__key__"]) != key:
                 return None
             arrays = {k: z[k] for k in z.files if not k.startswith("__")}
