@@ -47,7 +47,7 @@ def main():
         loss_matrix(model.unet, model, data, att.noise_set(s), s.eval_batch_size)
         t_lo = time.perf_counter() - t0
         t0 = time.perf_counter()
-        null_loss(model, data, s.null_batches, s.null_batch_size, s.seed)
+        null_loss(model, data, s)
         t_null = time.perf_counter() - t0
         print(f"query-independent, computed once and cached: original losses {t_lo:.1f} s, null loss {t_null:.1f} s")
         labels = [q % model.num_classes for q in range(a.queries)] if model.num_classes else [None] * a.queries

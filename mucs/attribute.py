@@ -14,7 +14,7 @@ from . import __version__
 from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
 from .data import QueryImage, TrainingSet, to_uint8
 from .errors import MucsError
-from .losses import loss_matrix, null_loss, train_noise_for
+from .losses import loss_matrix, null_loss, screen_columns, train_noise_for
 from .models import public_config
 from .noise import NoiseSet, make_noise_set
 from .progress import Reporter
@@ -190,6 +190,30 @@ class Attributor:
         self.original_losses(s, report)
         self.null_loss(s, report)
 
+    def unlearned_losses(self, unet, ns: NoiseSet, lo: np.ndarray, s: Settings, report=None) -> tuple:
+        """L_u on the noise set `ns`: every item on every level, or (screened scoring) every item on a
+        few levels and only the `screen_keep` most skewed ones on the rest. Returns (L_u with NaN where
+        not computed, mask of fully scored items, screening record or None)."""
+        N, K = lo.shape
+        full = not s.screen_noises or s.screen_noises >= K or s.screen_keep >= N
+
+        def losses(noise, stage, items=None):
+            return loss_matrix(unet, self.model, self.data, noise, s.eval_batch_size, report, stage,
+                               s.loss_weighting, s.sigma_data, items=items)
+        if full:
+            return losses(ns, "unlearned losses"), np.ones(N, bool), None
+        cols = screen_columns(K, s.screen_noises)
+        rest = np.setdiff1d(np.arange(K), cols)
+        lu = np.full((N, K), np.nan, np.float32)
+        lu[:, cols] = losses(ns.subset(cols), "screening")
+        keep = top_k(skew(lu[:, cols], lo[:, cols], s.normalised), s.screen_keep)
+        lu[np.ix_(keep, rest)] = losses(ns.subset(rest), "unlearned losses", keep)
+        mask = np.zeros(N, bool)
+        mask[keep] = True
+        forwards = N * len(cols) + len(keep) * len(rest)
+        return lu, mask, dict(noises=[int(c) for c in cols], kept=int(len(keep)), forwards=int(forwards),
+                              forwards_full=int(N * K), saving=float(N * K / forwards))
+
     # --- one query ---------------------------------------------------------------------------
     def attribute(self, query: QueryImage, label: Optional[int] = None, settings: Optional[Settings] = None,
                   progress=None, cancel=None, source: str = "") -> Attribution:
@@ -210,21 +234,21 @@ class Attributor:
         t0 = time.perf_counter()
         # the fresh-noise ablation draws a second, independent noise set for the unlearned model
         ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
-        lu = loss_matrix(u.unet, self.model, self.data, ns, s.eval_batch_size, report, "unlearned losses",
-                         s.loss_weighting, s.sigma_data)
+        lu, fully_scored, screening = self.unlearned_losses(u.unet, ns, lo, s, report)
         times["unlearned_losses"] = time.perf_counter() - t0
         scores = skew(lu, lo, s.normalised)
-        top = top_k(scores, min(s.top_k, len(scores)))
+        top = top_k(np.where(fully_scored, scores, -np.inf), min(s.top_k, int(fully_scored.sum())))
         times["total"] = sum(times.values())
         report("done", 1.0)
         return Attribution(
-            scores=scores, top=top, loss_original=lo.mean(1), loss_unlearned=lu.mean(1), loss_null=lnull,
+            scores=scores, top=top, loss_original=np.nanmean(np.where(np.isnan(lu), np.nan, lo), 1),
+            loss_unlearned=np.nanmean(lu, 1), loss_null=lnull,
             steps=u.steps, converged=u.converged, curve=u.curve, stage_times=times, settings=s.to_dict(),
             query=dict(label=label, class_name=self.data.class_name(label) if label is not None else None,
                        conversions=list(query.conversions), source=source),
             query_image=to_uint8(query.x), labels=self.data.labels,
             info=dict(model=self.model.path, model_fingerprint=self.model.fingerprint(),
                       data=self.data.source, data_fingerprint=self.data.fingerprint(), num_train=len(self.data),
-                      unlearning_lr=u.lr, noise_levels=self.noise_set(s).levels(),
+                      unlearning_lr=u.lr, screening=screening, noise_levels=self.noise_set(s).levels(),
                       train_noise_sigma_span=list(train_noise_for(self.model, s).sigma_span()), cache_hits=dict(original_losses=lo_cached, null_loss=null_cached),
                       device=str(self.model.device), torch_threads=torch.get_num_threads(), mucs_version=__version__))

@@ -13,30 +13,38 @@ def train_noise_for(model, s) -> TrainingNoise:
 
 @torch.inference_mode()
 def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
-                stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5) -> np.ndarray:
-    """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i and every noise k of the set.
+                stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5, items=None) -> np.ndarray:
+    """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i (or the rows `items`) and every
+    noise k of the set.
 
     Items are processed in chunks, each repeated K times, so one forward pass covers many
     (item, noise) pairs; the noise tensors are exactly the noise set's, shared by all items.
     """
     dev = next(unet.parameters()).device
     ac = alphas_cumprod(model).to(dev)
-    K, N = len(noise_set), len(data)
+    rows = np.arange(len(data)) if items is None else np.asarray(items, np.int64)
+    K, N = len(noise_set), len(rows)
     t_all, eps_all = noise_set.timesteps.to(dev), noise_set.eps.to(dev)
     per_chunk = max(1, batch_size // K)
     out = np.empty((N, K), np.float32)
     for start in range(0, N, per_chunk):
-        idx = np.arange(start, min(N, start + per_chunk))
+        pos = np.arange(start, min(N, start + per_chunk))
+        idx = rows[pos]
         x0 = data.tensor(idx).to(dev).repeat_interleave(K, 0)
         y = data.label_tensor(idx)
         y = y.to(dev).repeat_interleave(K, 0) if (y is not None and model.num_classes) else None
         t = t_all.repeat(len(idx))
         eps = eps_all.repeat(len(idx), 1, 1, 1)
         loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
-        out[idx] = loss.view(len(idx), K).float().cpu().numpy()
+        out[pos] = loss.view(len(idx), K).float().cpu().numpy()
         if report is not None:
-            report(stage, (idx[-1] + 1) / N)
+            report(stage, (pos[-1] + 1) / N)
     return out
+
+
+def screen_columns(K: int, n: int) -> np.ndarray:
+    """`n` of the K noise levels, evenly spread from the highest to the lowest noise."""
+    return np.unique(np.round(np.linspace(0, K - 1, max(1, min(n, K)))).astype(np.int64))
 
 
 @torch.inference_mode()

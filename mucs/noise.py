@@ -27,6 +27,12 @@ class NoiseSet:
     def __len__(self):
         return len(self.timesteps)
 
+    def subset(self, cols) -> "NoiseSet":
+        """The levels `cols` of this set (same ε and timesteps), e.g. the few a screening pass uses."""
+        cols = torch.as_tensor(np.asarray(cols, np.int64))
+        ts = None if self.timestep_sigmas is None else self.timestep_sigmas[cols]
+        return NoiseSet(self.timesteps[cols], self.sigmas[cols], self.eps[cols], dict(self.params, subset=cols.tolist()), ts)
+
     def levels(self) -> list:
         """One dict per level (grid σ, timestep, the timestep's own σ): what result.json records."""
         ts = self.timestep_sigmas if self.timestep_sigmas is not None else self.sigmas

@@ -31,6 +31,10 @@ class Settings:
     frozen: tuple = ("bias",)    # parameter-name substrings that are not updated
     # Step 5 — scoring
     top_k: int = 10
+    # Screened scoring (beyond the paper): score every item on `screen_noises` of the K levels, keep the
+    # `screen_keep` best, score only those on all K. 0 = off: every item on every level, as specified
+    screen_noises: int = 0
+    screen_keep: int = 100
     # Ablations studied in the paper
     bounded: bool = True         # False: plain (unbounded) gradient ascent on L_f
     retain: bool = True          # False: no retain term L_r
@@ -69,7 +73,9 @@ class Settings:
                   (0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max"),
                   (self.train_noise in TRAIN_NOISE_KINDS, f"train_noise must be one of {', '.join(TRAIN_NOISE_KINDS)}"),
                   (self.p_std > 0, "p_std must be > 0"), (self.sigma_data > 0, "sigma_data must be > 0"),
-                  (self.loss_weighting in ("none", "edm"), "loss_weighting must be 'none' or 'edm'")]
+                  (self.loss_weighting in ("none", "edm"), "loss_weighting must be 'none' or 'edm'"),
+                  (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
+                  (self.screen_keep >= 1, "screen_keep must be ≥ 1")]
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)

@@ -90,11 +90,15 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
 
 
 def skew(loss_unlearned: np.ndarray, loss_original: np.ndarray, normalised: bool = True) -> np.ndarray:
-    """Step 5: score_i = mean_k (L_u − L_o) / (L_u + L_o + 1e-3); un-normalised: mean_k (L_u − L_o)."""
-    diff = loss_unlearned.astype(np.float64) - loss_original.astype(np.float64)
+    """Step 5: score_i = mean_k (L_u − L_o) / (L_u + L_o + 1e-3); un-normalised: mean_k (L_u − L_o).
+    NaN entries of L_u (levels a screened item was not scored on) are left out of its mean."""
+    lu, lo = loss_unlearned.astype(np.float64), loss_original.astype(np.float64)
+    diff = lu - lo
     if normalised:
-        diff = diff / (loss_unlearned.astype(np.float64) + loss_original.astype(np.float64) + 1e-3)
-    return diff.mean(1)
+        diff = diff / (lu + lo + 1e-3)
+    if not np.isnan(diff).any():
+        return diff.mean(1)
+    return np.nanmean(diff, 1)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
