@@ -215,6 +215,7 @@ class QueryImage:
 def load_query_image(src, channels: int, size: int) -> QueryImage:
     """Read a query (path, bytes, PIL image or uint8 array) and convert it to the model's
     channels and resolution; every change made is listed in `conversions`."""
+    src_name = src if isinstance(src, (str, os.PathLike)) else None
     try:
         if isinstance(src, np.ndarray):
             im = Image.fromarray(src.squeeze(-1) if src.ndim == 3 and src.shape[2] == 1 else src)
@@ -237,7 +238,16 @@ def load_query_image(src, channels: int, size: int) -> QueryImage:
     except MucsError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
-        raise MucsError(f"not a readable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from e
+        # say what is wrong in words: Pillow's own message names Python objects ("<_io.BytesIO object at 0x…>")
+        name = f"{os.path.basename(os.fspath(src_name))} " if src_name else ""
+        if isinstance(e, UnidentifiedImageError):
+            why = f"{name or 'the file '}is not in a known image format (PNG, JPEG, BMP, GIF, WebP or TIFF)"
+        else:
+            import re
+            text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(e).splitlines()[0] if str(e) else "").strip(" :")
+            why = (f"{name}is damaged or truncated" + (f" ({text[:120]})" if text else "")) if name else \
+                (text[:160] or type(e).__name__)
+        raise MucsError(f"not a readable image: {why}") from None
     im, notes = _normalise_mode(im)
     want = "L" if channels == 1 else "RGB"
     if im.mode != want:
