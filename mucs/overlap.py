@@ -54,7 +54,14 @@ def between_methods(sets_a: Sequence[Sequence[int]], sets_b: Sequence[Sequence[i
     return float(np.mean([overlap(a, b) for a, b in zip(sets_a, sets_b)])) if sets_a else float("nan")
 
 
-def recurring(sets: Sequence[Sequence[int]], n: int = 10) -> list:
-    """The training indices that appear in the most top-k sets: [(index, count), ...], most first."""
+def recurring(sets: Sequence[Sequence[int]], n: int = 10, min_count: int = 2) -> list:
+    """The training indices found in at least `min_count` (default two) of the top-k sets:
+    [(index, count), ...], most first, then by index. An image in one set only does not recur."""
     c = Counter(int(i) for s in sets for i in set(s))
-    return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return sorted(((i, k) for i, k in c.items() if k >= min_count), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def shared_counts(sets: Sequence[Sequence[int]]) -> dict:
+    """{index: number of sets it is in} for every index found in two or more sets."""
+    c = Counter(int(i) for s in sets for i in set(s))
+    return {i: k for i, k in c.items() if k >= 2}
