@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 
 from .attribute import Attribution
-from .cache import atomic_write
+from .cache import MARKER, atomic_write, check_writable_dir, marker_bytes
+from .checks import dumps_strict
 from .errors import MucsError
 
 META = "meta.json"
@@ -39,7 +40,11 @@ class RunStore:
     def __init__(self, root: Optional[str] = None, examples: Optional[str] = DEFAULT_EXAMPLES):
         self.root = os.path.abspath(root or default_runs_dir())
         self.examples = os.path.abspath(examples) if examples else None
-        os.makedirs(self.root, exist_ok=True)
+        check_writable_dir(self.root, "run folder")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise MucsError(f"run folder {self.root} cannot be created: {e.strerror or e}") from e
         self._clean_stale()
 
     def _clean_stale(self, older_than: float = 3600.0) -> None:
@@ -84,8 +89,11 @@ class RunStore:
         try:
             inner = os.path.join(staging, "run")
             att.save(inner)
-            atomic_write(os.path.join(inner, META), json.dumps(m, indent=1, default=_json_default).encode())
-            os.rename(inner, os.path.join(self.root, run_id))
+            atomic_write(os.path.join(inner, META), dumps_strict(m, "the run's meta.json", indent=1,
+                                                                 default=_json_default).encode())
+            if not os.path.exists(os.path.join(inner, MARKER)):
+                atomic_write(os.path.join(inner, MARKER), marker_bytes("run"))
+            os.rename(inner, os.path.join(self.root, run_id))   # a new, unique name: never replaces anything
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return run_id
@@ -156,7 +164,7 @@ class RunStore:
         path = os.path.join(out_dir, f"mucs-{safe}.{fmt}")
         if fmt == "json":
             data = dict(meta=meta, result=att.result_json())
-            atomic_write(path, json.dumps(data, indent=1, default=_json_default).encode())
+            atomic_write(path, dumps_strict(data, "the JSON export", indent=1, default=_json_default).encode())
         else:
             atomic_write(path, scores_table_csv(att, class_names).encode())
         return path
