@@ -1,11 +1,56 @@
 """Sampling from a model with a deterministic DDIM sampler: the same seed gives the same image."""
+import io
+import json
+import os
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from .data import to_uint8
+from .errors import MucsError
 from .progress import Reporter
+
+MAX_STEPS = 1000
+PNG_KEY = "mucs"   # PNG text chunk that marks an image written by `mucs generate`
+
+
+def check_steps(steps, num_train_timesteps: Optional[int] = None) -> int:
+    """DDIM steps: an integer in 1..1000 and at most the scheduler's training steps."""
+    hi = MAX_STEPS if num_train_timesteps is None else min(MAX_STEPS, int(num_train_timesteps))
+    if isinstance(steps, float) and steps.is_integer():   # a UI slider may send 20.0
+        steps = int(steps)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= hi:
+        raise MucsError(f"sampling steps must be an integer in 1..{hi}, got {steps!r}")
+    return int(steps)
+
+
+def save_generated_png(img: np.ndarray, path: str, info: dict) -> None:
+    """Save (H, W, C) uint8 as a lossless PNG, atomically, with a `mucs` text chunk (label, seed,
+    steps) that lets a later `generate --out` recognise the file as ours and replace it."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    from .cache import atomic_write
+    meta = PngInfo()
+    meta.add_text(PNG_KEY, json.dumps(dict(info, written_by="mucs generate"), allow_nan=False))
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG", pnginfo=meta)
+    atomic_write(path, buf.getvalue())
+
+
+def is_generated_png(path: str) -> bool:
+    """True when `path` is a PNG carrying the text chunk written by save_generated_png."""
+    from PIL import Image
+    try:
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+        with Image.open(path) as im:
+            return PNG_KEY in getattr(im, "text", {})
+    except Exception:
+        return False
 
 
 @torch.inference_mode()
@@ -19,7 +64,8 @@ def generate(model, labels: Sequence[Optional[int]], seeds: Sequence[int], steps
     labels = [model.check_label(y) for y in labels]
     report = Reporter(progress, cancel)
     sched = DDIMScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(int(steps))
+    steps = check_steps(steps, sched.config.num_train_timesteps)
+    sched.set_timesteps(steps)
     shape = (model.channels, model.size, model.size)
     dev = model.device
     out = []
