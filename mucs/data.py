@@ -117,6 +117,14 @@ def load_dataset(path: str) -> TrainingSet:
 
 def _load_npz(path: str) -> TrainingSet:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise MucsError(f"cannot read dataset {path}: {e.strerror or e}") from e
+    if magic != b"PK\x03\x04":   # np.load would call any other file "pickled data"
+        raise MucsError(f"{path} is not an .npz archive (expected numpy.savez output with an 'images' array, "
+                        "or an image folder)")
+    try:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z:
                 raise MucsError(f"{path} has no 'images' array")
@@ -134,7 +142,22 @@ def _load_npz(path: str) -> TrainingSet:
     if images.ndim != 4 or images.shape[3] not in (1, 3):
         raise MucsError(f"{path}: images must be (N,H,W) or (N,H,W,C) with C in (1, 3), got {images.shape}")
     if labels is not None:
-        labels = np.asarray(labels).astype(np.int64)
+        labels = np.asarray(labels)
+        # refuse what a cast would silently change: strings, NaN, 1.7, negatives
+        if labels.dtype.kind == "f":
+            bad = ~np.isfinite(labels)
+            if bad.any():
+                raise MucsError(f"{path}: labels must be integers, found {int(bad.sum())} NaN/inf value(s)")
+            frac = labels != np.round(labels)
+            if frac.any():
+                raise MucsError(f"{path}: labels must be integers, found {float(labels[frac].flat[0])} "
+                                f"({int(frac.sum())} non-integer value(s))")
+        elif labels.dtype.kind not in "iu":
+            raise MucsError(f"{path}: labels must be integers (class indices), got {labels.dtype} values"
+                            + (f" such as {str(labels.flat[0])!r}" if labels.size else ""))
+        labels = labels.astype(np.int64)
+        if labels.size and labels.min() < 0:
+            raise MucsError(f"{path}: labels must be ≥ 0, found {int(labels.min())}")
         if labels.shape != (len(images),):
             raise MucsError(f"{path}: labels must have shape ({len(images)},), got {labels.shape}")
     return TrainingSet(images=images, labels=labels, class_names=names, source=os.path.abspath(path))
