@@ -87,7 +87,8 @@ def check_settings_dict(d, what: str = "settings") -> dict:
     out = {}
     for key, value in d.items():
         if key not in known:
-            close = [k for k in known if k.replace("_", "") == str(key).replace("_", "").replace("-", "").lower()]
+            import difflib
+            close = difflib.get_close_matches(str(key).replace("-", "_").lower(), list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise MucsError(f"{what}: unknown setting {key!r}{hint}; known: {', '.join(sorted(known))}")
         f = known[key]
