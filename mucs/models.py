@@ -125,8 +125,19 @@ def load_model(path: str, device: Optional[str] = None) -> DiffusionModel:
     train_config = {}
     cfg_path = os.path.join(path, TRAIN_CONFIG)
     if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            train_config = json.load(f)
+        try:
+            with open(cfg_path) as f:
+                train_config = json.load(f)
+        except (OSError, ValueError) as e:   # ValueError: JSONDecodeError and bad UTF-8
+            raise MucsError(f"cannot read {cfg_path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
+        if not isinstance(train_config, dict):
+            raise MucsError(f"{cfg_path} must be a JSON object, got {type(train_config).__name__}")
+        lr = train_config.get("lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
+            raise MucsError(f"{cfg_path}: lr must be a positive number, got {json.dumps(lr)}")
+        names = train_config.get("class_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
+            raise MucsError(f"{cfg_path}: class_names must be a list of names")
     unet = unet.to(pick_device(device)).eval()
     return DiffusionModel(unet=unet, scheduler=scheduler, path=os.path.abspath(path), train_config=train_config)
 
