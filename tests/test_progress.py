@@ -39,3 +39,26 @@ def test_cancel_raises_and_writes_no_cache(tiny_model_dir, tiny_npz, fast_settin
         Attributor(m, d, fast_settings.replace(eval_batch_size=32), cache_dir=str(tmp_path / "c")).attribute(
             QueryImage(d.tensor([1])[0], []), 1, progress=stop_in_original_losses, cancel=cancel)
     assert not (tmp_path / "c").exists() or not any(p.startswith("loss_original") for p in (tmp_path / "c").iterdir())
+
+
+def test_overall_progress_is_monotone_with_a_time_estimate():
+    from mucs.progress import OverallProgress, ProgressEvent, format_seconds
+    t = [0.0]
+    o = OverallProgress(clock=lambda: t[0])
+    seen = []
+    # L_o and L_null come from the cache (no events); the unlearning fraction dips (98 % then 90 %)
+    for stage, frac, dt in [("unlearning", 0.1, 0), ("unlearning", 0.5, 4), ("unlearning", 0.98, 4),
+                            ("unlearning", 0.9, 4), ("unlearned losses", 0.2, 2), ("unlearned losses", 1.0, 4),
+                            ("done", 1.0, 0)]:
+        t[0] += dt
+        seen.append(o(ProgressEvent(stage, frac)))
+    fr = [s.fraction for s in seen]
+    assert fr == sorted(fr) and fr[-1] == 1.0
+    assert seen[0].remaining is None and seen[2].remaining is not None and seen[2].remaining > 0
+    assert seen[3].stage_fraction == 0.98          # the dip is not shown
+    assert "unlearning · overall" in seen[2].text() and "left" in seen[2].text()
+    assert "left" not in seen[-1].text()
+    # weights from an earlier run's stage times; cached stages (≈0 s) get a small weight
+    w = OverallProgress.from_times(dict(original_losses=0.1, null_loss=0.0, unlearning=40, unlearned_losses=20)).weights
+    assert abs(sum(w.values()) - 1) < 1e-9 and w["unlearning"] > 0.6 and w["original losses"] < 0.01
+    assert format_seconds(42) == "42 s" and format_seconds(125) == "2 min 05 s"
