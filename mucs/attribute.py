@@ -13,6 +13,7 @@ import torch
 from . import __version__
 from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
 from .data import QueryImage, TrainingSet, to_uint8
+from .distributed import Group
 from .errors import MucsError
 from .losses import loss_matrix, null_loss, screen_columns, train_noise_for
 from .models import public_config
@@ -123,6 +124,16 @@ class Attributor:
                 raise MucsError(str(e)) from e
         return self._noise[key]
 
+    def loss_matrix(self, unet, ns: NoiseSet, s: Settings, report=None, stage: str = "losses", items=None) -> np.ndarray:
+        """L[i, k] for the rows `items` (default: every training item); under torch.distributed each
+        rank computes its shard of the rows and every rank gets the whole matrix."""
+        rows = np.arange(len(self.data)) if items is None else np.asarray(items, np.int64)
+        group = Group.current()
+        part = rows if group is None else group.shard(rows)
+        L = loss_matrix(unet, self.model, self.data, ns, s.eval_batch_size, report, stage, s.loss_weighting,
+                        s.sigma_data, items=part)
+        return L if group is None else group.gather_rows(L, len(rows))
+
     def _cache_path(self, kind: str, key: str) -> str:
         return os.path.join(self.cache_dir, f"{kind}-{key}.npz")
 
@@ -148,8 +159,7 @@ class Attributor:
         if hit is not None:
             self._lo[key] = hit["loss"]
             return hit["loss"], True
-        lo = loss_matrix(self.model.unet, self.model, self.data, ns, s.eval_batch_size, report, "original losses",
-                         s.loss_weighting, s.sigma_data)
+        lo = self.loss_matrix(self.model.unet, ns, s, report, "original losses")
         save_arrays(self._cache_path("loss_original", key), key, loss=lo)
         self._lo[key] = lo
         return lo, False
@@ -198,8 +208,7 @@ class Attributor:
         full = not s.screen_noises or s.screen_noises >= K or s.screen_keep >= N
 
         def losses(noise, stage, items=None):
-            return loss_matrix(unet, self.model, self.data, noise, s.eval_batch_size, report, stage,
-                               s.loss_weighting, s.sigma_data, items=items)
+            return self.loss_matrix(unet, noise, s, report, stage, items)
         if full:
             return losses(ns, "unlearned losses"), np.ones(N, bool), None
         cols = screen_columns(K, s.screen_noises)
@@ -230,6 +239,9 @@ class Attributor:
         times["null_loss"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         u = unlearn(self.model, self.data, query.x, label, lnull, s, report)
+        group = Group.current()
+        if group is not None:      # every rank unlearned the same way; score exactly rank 0's model
+            group.broadcast_module(u.unet)
         times["unlearning"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # the fresh-noise ablation draws a second, independent noise set for the unlearned model
