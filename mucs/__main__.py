@@ -66,9 +66,9 @@ def cmd_attribute(a):
     from .models import load_model
     from .progress import TextBar
     from .settings import Settings
-    model = load_model(a.model, a.device)
+    model = load_model(a.model, a.device, train_lr=a.train_lr)
     label = model.check_label(a.label)
-    data = load_dataset(_resolve_data(a))
+    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
     data.check_matches(model)
     query = load_query_image(a.image, model.channels, model.size)
     base = Settings() if a.paper_settings else settings_for(a.model)
@@ -152,6 +152,10 @@ def build_parser():
     p.add_argument("--no-retain", action="store_true", help="ablation: no retain term")
     p.add_argument("--fresh-noise", action="store_true", help="ablation: fresh noise for the unlearned losses")
     p.add_argument("--unnormalised", action="store_true", help="ablation: score = mean(L_u − L_o)")
+    p.add_argument("--train-lr", type=float, default=None,
+                   help="the model's training learning rate, when its folder has no mucs_train.json (or to override it)")
+    p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")
+    p.add_argument("--label-column", default=None, help="Hugging Face dataset: label column (default: a ClassLabel feature)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="mucs_out")
     p.set_defaults(fn=cmd_attribute)

@@ -1,10 +1,16 @@
-"""Training sets (image folder or .npz) and query images, scaled to [-1, 1] as in training.
+"""Training sets (.npz, image folder or Hugging Face dataset) and query images, scaled to [-1, 1]
+as in training.
 
-Every training item has a stable integer index (its row in the .npz, or its position in the
-folder listing sorted by class then file name); scores and results refer to it.
+Every training item has a stable integer index; scores and results refer to it:
+- .npz: its row in `images`;
+- image folder (flat, or one subfolder per class as `datasets`' imagefolder): its position in the
+  listing sorted by class folder name, then by file name;
+- Hugging Face dataset saved with `Dataset.save_to_disk`: its row in the saved dataset (the order
+  `datasets.load_from_disk` returns; a `DatasetDict` uses its "train" split, or its only split).
 """
 import hashlib
 import io
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -15,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import MucsError
 
+log = logging.getLogger("mucs")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_IMAGE_BYTES = 20 * 1024 * 1024   # uploads over this are refused
 MAX_IMAGE_PIXELS = 40_000_000        # decompression-bomb guard
@@ -102,17 +109,96 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).numpy()
 
 
-def load_dataset(path: str) -> TrainingSet:
-    """Load an .npz (`images` (N,H,W[,C]) uint8, optional `labels`, `class_names`) or an image
-    folder (one subfolder per class gives labels; a flat folder is unconditional)."""
+def load_dataset(path: str, image_column: Optional[str] = None, label_column: Optional[str] = None) -> TrainingSet:
+    """Load an .npz (`images` (N,H,W[,C]) uint8, optional `labels`, `class_names`), an image
+    folder (one subfolder per class gives labels; a flat folder is unconditional) or a Hugging Face
+    dataset saved with `save_to_disk` (`image_column`/`label_column` pick its columns; by default
+    the first Image feature and a ClassLabel feature, whose names become the class names)."""
+    from .defaults import check_default_present
+    check_default_present(path)
     if not os.path.exists(path):
         raise MucsError(f"dataset not found: {path}")
-    data = _load_npz(path) if os.path.isfile(path) else _load_folder(path)
+    if is_hf_dataset(path):
+        data = _load_hf(path, image_column, label_column)
+    else:
+        if image_column is not None or label_column is not None:
+            raise MucsError("--image-column/--label-column apply to Hugging Face datasets (saved with save_to_disk) only")
+        data = _load_npz(path) if os.path.isfile(path) else _load_folder(path)
     if len(data) == 0:
         raise MucsError(f"dataset {path} is empty")
     if data.images.shape[1] != data.images.shape[2]:
         raise MucsError(f"dataset images must be square, got {data.images.shape[1]}x{data.images.shape[2]}")
     return data
+
+
+HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")   # written by save_to_disk
+
+
+def is_hf_dataset(path: str) -> bool:
+    """True for a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return os.path.isdir(path) and (os.path.isfile(os.path.join(path, "dataset_dict.json")) or (
+        os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json"))))
+
+
+def _load_hf(path: str, image_column: Optional[str], label_column: Optional[str]) -> TrainingSet:
+    try:
+        import datasets
+    except ImportError as e:
+        raise MucsError(f"{path} is a Hugging Face dataset: install the `datasets` package to read it") from e
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as e:
+        raise MucsError(f"cannot read the Hugging Face dataset {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if "train" in ds:
+            split = "train"
+        elif len(splits) == 1:
+            split = splits[0]
+        else:
+            raise MucsError(f"{path} holds the splits {splits} and none is 'train': pass {os.path.join(path, splits[0])}")
+        log.info("%s: using the %r split", path, split)
+        ds = ds[split]
+    feats = ds.features
+    if image_column is None:
+        image_column = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
+        if image_column is None:
+            raise MucsError(f"{path} has no Image feature (columns: {list(feats)}): pass --image-column")
+    elif image_column not in feats:
+        raise MucsError(f"{path} has no column {image_column!r} (columns: {list(feats)})")
+    if label_column is None:
+        label_column = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+        if label_column is None:
+            log.info("%s has no ClassLabel feature: loaded as unconditional (pass --label-column to choose one)", path)
+    elif label_column not in feats:
+        raise MucsError(f"{path} has no column {label_column!r} (columns: {list(feats)})")
+    images = []
+    for i, im in enumerate(ds[image_column]):
+        if not isinstance(im, Image.Image):
+            a = np.asarray(im)
+            if a.dtype != np.uint8 or a.ndim not in (2, 3):
+                raise MucsError(f"{path}: column {image_column!r} must hold images or (H, W[, C]) uint8 arrays; "
+                                f"row {i} is {a.dtype} {a.shape}")
+            try:
+                im = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+            except TypeError as e:
+                raise MucsError(f"{path}: row {i} of column {image_column!r} is not an image ({a.shape})") from e
+        images.append(np.asarray(_normalise_mode(im)[0]))
+    arr = _stack_images(images, path)
+    labels = names = None
+    if label_column is not None:
+        feat = feats[label_column]
+        try:
+            labels = np.asarray(ds[label_column]).astype(np.int64)
+        except (TypeError, ValueError) as e:
+            raise MucsError(f"{path}: label column {label_column!r} must hold integers") from e
+        if labels.shape != (len(arr),):
+            raise MucsError(f"{path}: label column {label_column!r} must hold one integer per row")
+        if len(labels) and labels.min() < 0:
+            raise MucsError(f"{path}: label column {label_column!r} has missing labels (-1)")
+        if isinstance(feat, datasets.ClassLabel):
+            names = [str(n) for n in feat.names]
+    return TrainingSet(images=arr, labels=labels, class_names=names, source=os.path.abspath(path))
 
 
 def _load_npz(path: str) -> TrainingSet:
@@ -163,6 +249,7 @@ def _load_npz(path: str) -> TrainingSet:
     return TrainingSet(images=images, labels=labels, class_names=names, source=os.path.abspath(path))
 
 
+
 def _load_folder(path: str) -> TrainingSet:
     subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if subdirs:
@@ -184,14 +271,18 @@ def _load_folder(path: str) -> TrainingSet:
             files.append(os.path.relpath(f, path))
     if not images:
         return TrainingSet(images=np.zeros((0, 1, 1, 1), np.uint8), source=path)
+    return TrainingSet(images=_stack_images(images, path), labels=np.array(labels, np.int64) if subdirs else None,
+                       class_names=subdirs or None, source=os.path.abspath(path), files=files)
+
+
+def _stack_images(images: list, where: str) -> np.ndarray:
+    """(N, H, W, C) uint8 from (H, W) / (H, W, C) arrays of one size: all grayscale stays 1
+    channel; any colour image makes the whole set RGB."""
     shapes = {im.shape[:2] for im in images}
     if len(shapes) > 1:
-        raise MucsError(f"training images in {path} have different sizes: {sorted(shapes)[:3]}")
-    # all grayscale stays 1 channel; any colour image makes the whole set RGB
-    rgb = any(im.ndim == 3 for im in images)
-    arr = np.stack([_as_channels(im, 3 if rgb else 1) for im in images])
-    return TrainingSet(images=arr, labels=np.array(labels, np.int64) if subdirs else None,
-                       class_names=subdirs or None, source=os.path.abspath(path), files=files)
+        raise MucsError(f"training images in {where} have different sizes: {sorted(shapes)[:3]}")
+    rgb = any(im.ndim == 3 and im.shape[2] != 1 for im in images)
+    return np.stack([_as_channels(im, 3 if rgb else 1) for im in images])
 
 
 def _as_channels(a: np.ndarray, c: int) -> np.ndarray:

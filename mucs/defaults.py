@@ -2,12 +2,76 @@
 per-model recommended settings file."""
 import json
 import os
+import sys
 
 from .settings import Settings
 
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
-DEFAULT_MODEL = os.path.join(ASSETS, "fashion16")
-DEFAULT_DATA = os.path.join(ASSETS, "fashion_mnist_16px_1k.npz")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout (or site-packages)
+DEFAULT_MODEL_NAME = "fashion16"
+DEFAULT_DATA_NAME = "fashion_mnist_16px_1k.npz"
+
+
+def is_checkout() -> bool:
+    """True when the package runs from a repository checkout (plain or `pip install -e .`), False
+    when it was installed into site-packages."""
+    return os.path.isfile(os.path.join(REPO, "pyproject.toml")) or os.path.isdir(os.path.join(REPO, ".git"))
+
+
+def assets_dir() -> str:
+    """Where the embedded default lives: $MUCS_ASSETS, else assets/ in the checkout. The assets ship
+    with the repository, not with the installed package: after a regular `pip install .`, set
+    $MUCS_ASSETS to a checkout's assets/ folder (or pass --model/--data)."""
+    env = os.environ.get("MUCS_ASSETS")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.join(REPO, "assets")
+
+
+ASSETS = assets_dir()
+DEFAULT_MODEL = os.path.join(ASSETS, DEFAULT_MODEL_NAME)
+DEFAULT_DATA = os.path.join(ASSETS, DEFAULT_DATA_NAME)
+MISSING_DEFAULT = ("the embedded default model is not at {path}: the embedded default ships with the repository; "
+                   "pass --model/--data or set MUCS_ASSETS to the repository's assets/ folder")
+
+
+def is_default_path(path) -> bool:
+    """True when `path` names the embedded default model or its training set."""
+    if not path:
+        return False
+    p = os.path.abspath(os.fspath(path))
+    return p in (DEFAULT_MODEL, DEFAULT_DATA)
+
+
+def check_default_present(path) -> None:
+    """Raise a clear MucsError when `path` is the embedded default and it is not there (a regular
+    install without $MUCS_ASSETS); do nothing otherwise."""
+    if is_default_path(path) and not os.path.exists(os.path.abspath(os.fspath(path))):
+        from .errors import MucsError
+        raise MucsError(MISSING_DEFAULT.format(path=os.path.abspath(os.fspath(path))))
+
+
+def user_data_dir() -> str:
+    """The per-user data folder of mucs: $XDG_DATA_HOME/mucs (default ~/.local/share/mucs) on
+    Linux, ~/Library/Application Support/mucs on macOS, %LOCALAPPDATA%\\mucs on Windows."""
+    if sys.platform.startswith("win"):
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+    elif sys.platform == "darwin":
+        base = os.path.join(os.path.expanduser("~"), "Library", "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "mucs")
+
+
+def default_runs_dir() -> str:
+    """Where runs are saved when no folder is given: $MUCS_RUNS_DIR, else runs/ in the repository
+    for a checkout (ignored by git), else the per-user folder (~/.local/share/mucs/runs on Linux).
+    Never inside an installed package."""
+    env = os.environ.get("MUCS_RUNS_DIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    if is_checkout():
+        return os.path.join(REPO, "runs")
+    return os.path.join(user_data_dir(), "runs")
 RECOMMENDED = "mucs_settings.json"   # optional, in a model folder: overrides of the paper's defaults
 
 

@@ -1,8 +1,10 @@
-"""Load and describe a diffusers model folder (unet/ + scheduler/), pick the device, and
+"""Load and describe a diffusers model (any common layout, or a Hub id in the local cache), pick the device, and
 compute the per-item diffusion loss with the model's own training objective."""
 import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -10,6 +12,7 @@ import torch
 
 from .errors import MucsError
 
+log = logging.getLogger("mucs")
 TRAIN_CONFIG = "mucs_train.json"   # training options written by `mucs train` (the lr among them)
 
 
@@ -40,6 +43,7 @@ class DiffusionModel:
     path: str = ""
     train_config: dict = field(default_factory=dict)
     _fingerprint: Optional[str] = None
+    _warned_lr: bool = field(default=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +70,13 @@ class DiffusionModel:
 
     @property
     def learning_rate(self) -> Optional[float]:
+        """The training learning rate (mucs_train.json or load_model's train_lr); None, with a
+        warning the first time, when the model records none."""
         lr = self.train_config.get("lr")
+        if lr is None and not self._warned_lr:
+            self._warned_lr = True
+            log.warning("the model in %s records no training learning rate (no mucs_train.json): unlearning "
+                        "assumes the default (Settings.default_lr); pass --train-lr to set it", self.path or "memory")
         return float(lr) if lr is not None else None
 
     @property
@@ -106,24 +116,110 @@ class DiffusionModel:
         return unet.to(self.device).eval()
 
 
-def load_model(path: str, device: Optional[str] = None) -> DiffusionModel:
-    """Load `path/unet` and `path/scheduler` (diffusers layout) offline, in eval mode."""
-    from diffusers import DDPMScheduler, UNet2DModel
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not os.path.isdir(path):
+PIPELINE_INDEX = "model_index.json"   # a diffusers pipeline folder (DDPMPipeline, DDIMPipeline, ...)
+LAYOUTS = ("a diffusers model folder: config.json + scheduler_config.json at the top (as google/ddpm-cifar10-32), "
+           "unet/ + scheduler/, or a pipeline folder with model_index.json; or a Hub id in the local Hugging Face cache")
+
+
+def resolve_model_path(path: str) -> str:
+    """A local folder as given, or the snapshot folder of a Hub id ("org/name") in the local Hugging
+    Face cache. Never downloads: fetch a model first (`hf download org/name`); HF_HUB_OFFLINE is the
+    user's choice and is left alone."""
+    from .defaults import check_default_present
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    check_default_present(path)
+    if os.path.exists(path) or not _looks_like_repo_id(path):
         raise MucsError(f"model folder not found: {path}")
-    for sub in ("unet", "scheduler"):
-        if not os.path.isdir(os.path.join(path, sub)):
-            raise MucsError(f"{path} is not a diffusers model folder: missing {sub}/ (expected unet/ and scheduler/)")
     try:
-        unet = UNet2DModel.from_pretrained(path, subfolder="unet", low_cpu_mem_usage=False)
-        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        from huggingface_hub import snapshot_download
+        return snapshot_download(repo_id=path, local_files_only=True)
+    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
+        log.debug("Hub id %s not in the local cache: %s", path, e)
+        raise MucsError(f"model not found: {path} is neither a folder nor a Hub id in the local Hugging Face cache "
+                        f"(download it first, e.g. `hf download {path}`)") from e
+
+
+def _looks_like_repo_id(path: str) -> bool:
+    """"org/name" as the Hub spells ids (letters, digits, '-', '_', '.'), not a relative path."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", path) is not None and ".." not in path
+
+
+def model_layout(path: str) -> tuple:
+    """(unet subfolder, scheduler subfolder) of a model folder; None means "at the top". Reads
+    model_index.json when there is one (its unet and scheduler entries name the subfolders)."""
+    unet_sub, sched_sub = "unet", "scheduler"
+    index = os.path.join(path, PIPELINE_INDEX)
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                entries = json.load(f)
+        except (OSError, ValueError) as e:
+            raise MucsError(f"cannot read {index}: {e}") from e
+        comps = {k: v for k, v in entries.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2}
+        unets = [k for k, v in comps.items() if str(v[1]).endswith("UNet2DModel")] or [k for k in comps if k == "unet"]
+        scheds = [k for k, v in comps.items() if str(v[1]).endswith("Scheduler")] or [k for k in comps if k == "scheduler"]
+        if not unets or not scheds:
+            raise MucsError(f"{index} names no UNet2DModel and scheduler (components: {sorted(comps) or 'none'})")
+        unet_sub, sched_sub = unets[0], scheds[0]
+
+    def where(sub, config_name):
+        if os.path.isfile(os.path.join(path, sub, config_name)):
+            return sub
+        if os.path.isfile(os.path.join(path, config_name)):
+            return None   # root level (pipelines saved with their components at the top, too)
+        raise MucsError(f"{path} is not {LAYOUTS}: no {sub}/{config_name} nor {config_name}")
+    return where(unet_sub, "config.json"), where(sched_sub, "scheduler_config.json")
+
+
+def load_scheduler(path: str, subfolder: Optional[str]):
+    """The scheduler class named in scheduler_config.json (`_class_name`), DDPMScheduler when that
+    class is unknown; refused unless it defines ᾱ (`alphas_cumprod`), which MUCS needs."""
+    import diffusers
+    cfg_path = os.path.join(path, subfolder or "", "scheduler_config.json")
+    try:
+        with open(cfg_path) as f:
+            name = json.load(f).get("_class_name") or "DDPMScheduler"
+    except (OSError, ValueError) as e:
+        raise MucsError(f"cannot read {cfg_path}: {e}") from e
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        log.warning("unknown scheduler class %r in %s: loading it as a DDPMScheduler", name, cfg_path)
+        cls = diffusers.DDPMScheduler
+    scheduler = cls.from_pretrained(path, subfolder=subfolder)
+    if getattr(scheduler, "alphas_cumprod", None) is None:
+        raise MucsError(f"the scheduler {type(scheduler).__name__} has no alphas_cumprod (ᾱ): MUCS needs a "
+                        "DDPM-style (variance-preserving) noise schedule")
+    return scheduler
+
+
+def load_model(path: str, device: Optional[str] = None, train_lr: Optional[float] = None) -> DiffusionModel:
+    """Load a diffusers UNet2DModel and its noise scheduler, in eval mode, from any common layout:
+    config.json + scheduler_config.json at the top, unet/ + scheduler/, a pipeline folder with
+    model_index.json, or a Hub id already in the local Hugging Face cache (nothing is downloaded).
+    `train_lr` sets the training learning rate when the folder records none (or overrides it)."""
+    from diffusers import UNet2DModel
+    root = resolve_model_path(path)
+    unet_sub, sched_sub = model_layout(root)
+    weights = os.listdir(os.path.join(root, unet_sub or ""))
+    if not any(f.endswith(".safetensors") for f in weights):
+        pickled = [f for f in weights if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise MucsError(f"no safetensors UNet weights in {os.path.join(root, unet_sub or '')}"
+                        + (f" (only {pickled[0]}: pickled weights can run code and are not loaded; convert them "
+                           "with diffusers' save_pretrained(..., safe_serialization=True))" if pickled else ""))
+    try:
+        unet = UNet2DModel.from_pretrained(root, subfolder=unet_sub, low_cpu_mem_usage=False, use_safetensors=True)
+        scheduler = load_scheduler(root, sched_sub)
+    except MucsError:
+        raise
     except Exception as e:  # diffusers raises many kinds for broken folders
         raise MucsError(f"cannot load the model in {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
-    if scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise MucsError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise MucsError(f"unsupported prediction_type {prediction_type!r}")
     train_config = {}
-    cfg_path = os.path.join(path, TRAIN_CONFIG)
+    cfg_path = os.path.join(root, TRAIN_CONFIG)
     if os.path.exists(cfg_path):
         try:
             with open(cfg_path) as f:
@@ -138,8 +234,14 @@ def load_model(path: str, device: Optional[str] = None) -> DiffusionModel:
         names = train_config.get("class_names")
         if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
             raise MucsError(f"{cfg_path}: class_names must be a list of names")
+    if train_lr is not None:
+        if not train_lr > 0:
+            raise MucsError(f"--train-lr must be positive, got {train_lr}")
+        train_config["lr"] = float(train_lr)
     unet = unet.to(pick_device(device)).eval()
-    return DiffusionModel(unet=unet, scheduler=scheduler, path=os.path.abspath(path), train_config=train_config)
+    log.info("loaded %s (%s, unet=%s, scheduler=%s/%s)", path, type(scheduler).__name__,
+             unet_sub or ".", sched_sub or ".", "mucs_train.json" if train_config else "no mucs_train.json")
+    return DiffusionModel(unet=unet, scheduler=scheduler, path=os.path.abspath(root), train_config=train_config)
 
 
 def alphas_cumprod(model: DiffusionModel) -> torch.Tensor:

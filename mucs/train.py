@@ -111,7 +111,8 @@ def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict
 
 
 def save_model(unet, scheduler, record: dict, out_dir: str) -> None:
-    """Save unet/ (safetensors) + scheduler/ + mucs_train.json; the folder appears whole or not at all."""
+    """Save unet/ (safetensors) + scheduler/ + model_index.json (a DDPMPipeline folder that
+    `DDPMPipeline.from_pretrained` opens) + mucs_train.json; the folder appears whole or not at all."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-model-")
@@ -119,9 +120,19 @@ def save_model(unet, scheduler, record: dict, out_dir: str) -> None:
     try:
         unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+        write_pipeline_index(tmp, scheduler)
         with open(os.path.join(tmp, TRAIN_CONFIG), "w") as f:
             json.dump(record, f, indent=1)
         move_dir_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_pipeline_index(folder: str, scheduler) -> None:
+    """model_index.json of a DDPMPipeline whose unet/ and scheduler/ are in `folder`."""
+    import diffusers
+    index = {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
+             "scheduler": ["diffusers", type(scheduler).__name__], "unet": ["diffusers", "UNet2DModel"]}
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
