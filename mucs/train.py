@@ -2,9 +2,9 @@
 and save it in diffusers layout with the training options (the lr among them: unlearning uses it)."""
 import copy
 import json
+import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -12,8 +12,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .cache import move_dir_into_place
+from .cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, staging_dir
 from .data import TrainingSet
+from .errors import MucsError
 from .models import TRAIN_CONFIG, per_item_loss, training_noise
 from .progress import Reporter
 
@@ -36,6 +37,62 @@ class TrainOptions:
     log_every: int = 50
     save_every: int = 0             # >0: also save the EMA weights every this many steps (resumable runs can stop early)
 
+    def validate(self) -> "TrainOptions":
+        """Raise one clear MucsError for options that would fail late or train garbage."""
+        from .checks import check_seed
+
+        def integer(name, v, lo, hi):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+                raise MucsError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+
+        def number(name, v, lo, hi, lo_open=False, hi_open=False):
+            ok = isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                raise MucsError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}"
+                                f"{')' if hi_open else ']'}, got {v!r}")
+        integer("steps", self.steps, 1, 10**8)
+        integer("batch size", self.batch_size, 1, 65536)
+        number("learning rate", self.lr, 0, 1, lo_open=True)
+        check_seed(self.seed, "seed")
+        number("EMA decay", self.ema_decay, 0, 1, hi_open=True)
+        ch = tuple(self.channels) if isinstance(self.channels, (list, tuple)) else ()
+        if not 1 <= len(ch) <= 8 or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                                            and 1 <= c <= 4096 for c in ch):
+            raise MucsError(f"channels must be 1 to 8 integers in 1..4096, got {self.channels!r}")
+        groups = min(32, min(ch))
+        bad = [c for c in ch if c % groups]
+        if bad:
+            raise MucsError(f"channels {','.join(map(str, ch))}: every width must be divisible by the group-norm "
+                            f"group count {groups} (= min(32, smallest width)); {bad[0]} is not")
+        integer("layers per block", self.layers_per_block, 1, 16)
+        integer("timesteps", self.num_train_timesteps, 2, 100000)
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise MucsError(f"prediction type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        integer("warm-up steps", self.warmup_steps, 0, 10**8)
+        number("weight decay", self.weight_decay, 0, 10)
+        integer("log interval", self.log_every, 1, 10**8)
+        integer("save interval", self.save_every, 0, 10**8)
+        try:
+            from diffusers import DDPMScheduler
+            DDPMScheduler(num_train_timesteps=int(self.num_train_timesteps), beta_schedule=self.beta_schedule,
+                          prediction_type=self.prediction_type)
+        except NotImplementedError as e:
+            raise MucsError(f"beta schedule {self.beta_schedule!r} is not supported by diffusers' DDPMScheduler "
+                            f"(known: {', '.join(_beta_schedules())})") from e
+        return self
+
+
+def _beta_schedules() -> list:
+    import typing
+    from diffusers import DDPMScheduler
+    try:
+        hint = typing.get_type_hints(DDPMScheduler.__init__).get("beta_schedule")
+        names = [a for a in typing.get_args(hint) if isinstance(a, str)]
+    except Exception:
+        names = []
+    return names or ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
+
 
 def build_unet(opts: TrainOptions, size: int, channels: int, num_classes: Optional[int]):
     """A UNet2DModel sized by `opts`; class-conditional (learned class embedding) when labelled."""
@@ -52,16 +109,32 @@ def build_unet(opts: TrainOptions, size: int, channels: int, num_classes: Option
 
 
 def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cpu", progress=None, cancel=None,
-          exclude: Optional[np.ndarray] = None) -> dict:
+          exclude: Optional[np.ndarray] = None, force: bool = False) -> dict:
     """Train from scratch, deterministically for a given seed and `exclude` set (indices left out),
-    and save EMA weights to `out_dir` (written atomically). Returns the training record."""
+    and save EMA weights to `out_dir` (written atomically). Returns the training record.
+    Options and `out_dir` are checked first: an existing `out_dir` that is not a model written by
+    `mucs train` (nor empty) is refused unless `force`, and the training data is never replaced."""
     from diffusers import DDPMScheduler
+    opts.validate()
+    check_out_dir(out_dir, "model", force=force, what="output folder", protect=[data.source])
+    levels = len(opts.channels) - 1
+    if data.size % (2 ** levels):
+        raise MucsError(f"{data.size}x{data.size} images cannot go through {levels} down-sampling steps "
+                        f"({len(opts.channels)} channel widths): the size must be divisible by {2 ** levels}")
     report = Reporter(progress, cancel)
     keep = np.arange(len(data)) if exclude is None else np.setdiff1d(np.arange(len(data)), np.asarray(exclude))
     torch.manual_seed(opts.seed)
     g = torch.Generator().manual_seed(opts.seed)
     num_classes = data.num_classes
-    unet = build_unet(opts, data.size, data.channels, num_classes).to(device).train()
+    try:   # diffusers checks some configurations only in the first forward pass: try one item now
+        unet = build_unet(opts, data.size, data.channels, num_classes)
+        with torch.no_grad():
+            unet(torch.zeros(1, data.channels, data.size, data.size), torch.zeros(1, dtype=torch.long),
+                 class_labels=torch.zeros(1, dtype=torch.long) if num_classes else None)
+    except (ValueError, ZeroDivisionError, RuntimeError, TypeError) as e:
+        raise MucsError(f"cannot build a UNet with channels {','.join(map(str, opts.channels))}: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
+    unet = unet.to(device).train()
     ema = copy.deepcopy(unet).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -91,14 +164,20 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         window.append(float(loss.detach()))
+        if not math.isfinite(window[-1]):
+            raise MucsError(f"non-finite values in the training loss during training (step {step + 1}: "
+                            f"{window[-1]}): lower the learning rate; nothing was saved"
+                            + (" after the last periodic save" if opts.save_every else ""))
         if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
             losses.append(dict(step=step + 1, loss=float(np.mean(window))))
             window = []
             report("training", (step + 1) / opts.steps, step=step + 1, loss=losses[-1]["loss"])
         if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < opts.steps:
-            save_model(ema, sched, _record(opts, data, keep, losses, t_start, unet, device, step + 1), out_dir)
+            save_model(ema, sched, _record(opts, data, keep, losses, t_start, unet, device, step + 1), out_dir,
+                       force=force)
+            force = False   # replaced once: from now on out_dir holds our model
     record = _record(opts, data, keep, losses, t_start, unet, device, opts.steps)
-    save_model(ema.cpu(), sched, record, out_dir)
+    save_model(ema.cpu(), sched, record, out_dir, force=force)
     return record
 
 
@@ -110,20 +189,20 @@ def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict
                 loss_curve=losses, parameters=int(sum(p.numel() for p in unet.parameters())), device=str(device))
 
 
-def save_model(unet, scheduler, record: dict, out_dir: str) -> None:
+def save_model(unet, scheduler, record: dict, out_dir: str, force: bool = False) -> None:
     """Save unet/ (safetensors) + scheduler/ + model_index.json (a DDPMPipeline folder that
     `DDPMPipeline.from_pretrained` opens) + mucs_train.json; the folder appears whole or not at all."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-model-")
-    os.chmod(tmp, 0o755)
+    from .checks import dumps_strict
+    tmp = staging_dir(out_dir)   # .tmp-<name>-*: recover_dir knows it
     try:
         unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
         write_pipeline_index(tmp, scheduler)
         with open(os.path.join(tmp, TRAIN_CONFIG), "w") as f:
-            json.dump(record, f, indent=1)
-        move_dir_into_place(tmp, out_dir)
+            f.write(dumps_strict(record, TRAIN_CONFIG, indent=1))
+        with open(os.path.join(tmp, MARKER), "wb") as f:
+            f.write(marker_bytes("model"))
+        move_dir_into_place(tmp, out_dir, kind="model", force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
