@@ -1,10 +1,43 @@
 """Command line: python -m mucs {train,generate,attribute} ... (errors: one line, exit status 2)."""
 import argparse
 import json
+import math
 import os
+import re
 import sys
 
 from .errors import MucsError
+
+FORCE_HELP = "replace an existing --out even when it was not written by mucs (never an input of this command)"
+
+
+def _check_device(name):
+    """Only cpu and cuda[:N] (a 'meta' or 'xla' device would fail late with a traceback)."""
+    if name is None:
+        return
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(name)):
+        raise MucsError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda:"):
+        import torch
+        if torch.cuda.is_available() and int(name[5:]) >= torch.cuda.device_count():
+            raise MucsError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _check_numbers(a):
+    """Every float option finite, every --seed in range: one error line instead of NaN results."""
+    from .checks import check_seed
+    for dest, v in sorted(vars(a).items()):
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise MucsError(f"{flag} must be a finite number, got {v}")
+        if dest == "seed" and v is not None:
+            check_seed(v, flag)
+
+
+def _force_adopt(a, kind):
+    """--force: mark a foreign --out folder as ours right before the swap replaces it."""
+    from .cache import adopt_dir
+    return bool(getattr(a, "force", False)) and adopt_dir(a.out, kind)
 
 
 def _add_model_args(p, data=True):
@@ -25,37 +58,52 @@ def _resolve_data(a):
 
 
 def cmd_train(a):
+    from .cache import check_out_dir
     from .data import load_dataset
     from .progress import TextBar
     from .train import TrainOptions, train
+    _check_device(a.device)
+    try:
+        channels = tuple(int(c) for c in a.channels.split(","))
+    except ValueError:
+        raise MucsError(f"--channels must be comma-separated integers such as 32,64,64, got {a.channels!r}") from None
+    opts = TrainOptions(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ema_decay=a.ema_decay,
+                        channels=channels, layers_per_block=a.layers_per_block,
+                        attention=not a.no_attention, prediction_type=a.prediction_type,
+                        beta_schedule=a.beta_schedule, num_train_timesteps=a.timesteps, save_every=a.save_every)
+    opts.validate()
+    if a.size is not None and a.size < 1:
+        raise MucsError(f"--size must be ≥ 1, got {a.size}")
+    check_out_dir(a.out, "model", force=a.force, protect=[a.data])
     data = load_dataset(a.data)
     if a.size and a.size != data.size:
         raise MucsError(f"--size {a.size} does not match the dataset's {data.size}x{data.size} images")
-    opts = TrainOptions(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ema_decay=a.ema_decay,
-                        channels=tuple(int(c) for c in a.channels.split(",")), layers_per_block=a.layers_per_block,
-                        attention=not a.no_attention, prediction_type=a.prediction_type,
-                        beta_schedule=a.beta_schedule, num_train_timesteps=a.timesteps, save_every=a.save_every)
     from .models import pick_device
     bar = TextBar()
-    rec = train(data, a.out, opts, device=pick_device(a.device), progress=bar)
+    rec = train(data, a.out, opts, device=pick_device(a.device), progress=bar, force=a.force)
     bar.close()
     print(f"saved {a.out}: {rec['parameters']} parameters, {a.steps} steps, final loss {rec['final_loss']:.4f}, "
           f"{rec['train_seconds']:.0f} s")
 
 
 def cmd_generate(a):
-    from .data import save_png
-    from .generate import generate
+    from .cache import check_out_file
+    from .generate import check_steps, generate, is_generated_png, save_generated_png
     from .models import load_model
     from .progress import TextBar
-    model = load_model(a.model, a.device)
-    label = model.check_label(a.label)
+    _check_device(a.device)
+    check_steps(a.steps)
     if not a.out.lower().endswith(".png"):
         raise MucsError("--out must be a .png file")
+    # an existing --out is replaced only when it is a PNG that generate wrote (or with --force)
+    check_out_file(a.out, force=a.force, ours=is_generated_png, protect=[a.model])
+    model = load_model(a.model, a.device)
+    label = model.check_label(a.label)
+    check_steps(a.steps, model.scheduler.config.num_train_timesteps)
     bar = TextBar()
     img = generate(model, [label], [a.seed], steps=a.steps, progress=bar)[0]
     bar.close()
-    save_png(img, a.out)
+    save_generated_png(img, a.out, dict(label=label, seed=a.seed, steps=a.steps))
     print(f"wrote {a.out} (label={label}, seed={a.seed}, steps={a.steps})")
 
 
@@ -66,6 +114,13 @@ def cmd_attribute(a):
     from .models import load_model
     from .progress import TextBar
     from .settings import Settings
+    from .cache import check_out_dir, check_writable_dir, unadopt_dir
+    _check_device(a.device)
+    cache_dir = a.cache_dir or cache_dir_for(a.model)
+    # before anything is loaded or computed: --out must be new, empty or an earlier run (or --force),
+    # never one of this command's inputs; the cache folder must be writable
+    check_out_dir(a.out, "run", force=a.force, protect=[a.model, a.data, a.image, cache_dir])
+    check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     model = load_model(a.model, a.device, train_lr=a.train_lr)
     label = model.check_label(a.label)
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
@@ -81,13 +136,22 @@ def cmd_attribute(a):
     if a.frozen is not None:
         s = s.replace(frozen=tuple(p for p in a.frozen.split(",") if p))
     s.validate()
+    names = [n for n, _ in model.unet.named_parameters()]
+    if not [n for n in names if not any(p in n for p in s.frozen)]:
+        raise MucsError(f"--frozen {','.join(s.frozen)} matches all {len(names)} parameters: nothing is left to unlearn")
     bar = TextBar()
-    res = Attributor(model, data, s, cache_dir=a.cache_dir or cache_dir_for(a.model)).attribute(
+    res = Attributor(model, data, s, cache_dir=cache_dir).attribute(
         query, label, progress=bar, source=os.path.abspath(a.image))
     bar.close()
     for note in res.query["conversions"]:
         print(f"note: query {note}")
-    res.save(a.out)
+    adopted = _force_adopt(a, "run")
+    try:
+        res.save(a.out)
+    except BaseException:
+        if adopted:
+            unadopt_dir(a.out)
+        raise
     print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
@@ -115,14 +179,16 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps")
     p.add_argument("--size", type=int, default=None, help="check that the data has this resolution")
     p.add_argument("--device", default=None)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("generate", help="sample one image; the same seed gives the same image")
     _add_model_args(p, data=False)
     p.add_argument("--label", type=int, default=None)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000")
+    p.add_argument("--out", required=True, help="a new .png file, or one that generate wrote before")
+    p.add_argument("--force", action="store_true", help="replace an existing --out even when generate did not write it")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("attribute", help="rank the training images by their MUCS skew for a query image")
@@ -157,7 +223,8 @@ def build_parser():
     p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")
     p.add_argument("--label-column", default=None, help="Hugging Face dataset: label column (default: a ClassLabel feature)")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default="mucs_out")
+    p.add_argument("--out", default="mucs_out", help="run folder: new, empty, or an earlier run's (replaced)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(fn=cmd_attribute)
 
     try:  # the counterfactual evaluation lives in its own module
@@ -166,12 +233,37 @@ def build_parser():
         add_evaluate_parser = None
     if add_evaluate_parser is not None:
         add_evaluate_parser(sub)
+        ev = sub.choices.get("evaluate")
+        if ev is not None and "--force" not in ev._option_string_actions:
+            ev.add_argument("--force", action="store_true",
+                            help="replace an existing --out even when it is not an evaluate results JSON")
+            ev.set_defaults(fn=_guard_evaluate_out(ev.get_default("fn")))
     return ap
+
+
+def _is_evaluate_json(path):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "methods" in d and "scale" in d
+
+
+def _guard_evaluate_out(fn):
+    """evaluate --out: an existing file is replaced only when it holds evaluate's results (or --force)."""
+    def cmd(a):
+        from .cache import check_out_file
+        if a.out is not None:
+            check_out_file(a.out, force=a.force, ours=_is_evaluate_json)
+        return fn(a)
+    return cmd
 
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
     try:
+        _check_numbers(a)
         a.fn(a)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
