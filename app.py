@@ -343,14 +343,18 @@ def parse_args(argv=None):
                    help="folder of read-only example runs (default: assets/examples; '' for none)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     a = p.parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        p.error(f"--port must be in 0..65535, got {a.port}")
     if a.data is None:
         if os.path.abspath(a.model) != DEFAULT_MODEL:
             p.error("--data is required with a model other than the embedded default")
         a.data = DEFAULT_DATA
     if a.host not in LOCAL_HOSTS and not a.auth:
         p.error(f"refusing to serve on {a.host} without --auth user:password")
-    if a.auth and ":" not in a.auth:
-        p.error("--auth must be user:password")
+    if a.auth is not None:
+        user, sep, password = a.auth.partition(":")
+        if not sep or not user.strip() or not password:
+            p.error("--auth must be user:password with a non-empty user and password")
     return a
 
 
@@ -367,7 +371,8 @@ def load_overrides(text):
         raise MucsError(f"--settings is neither a JSON object nor a readable JSON file: {e}") from e
     if not isinstance(d, dict):
         raise MucsError("--settings must be a JSON object")
-    return d.get("settings", d)
+    from mucs.checks import check_settings_dict
+    return check_settings_dict(d.get("settings", d), what="--settings")
 
 
 def launch(demo, ex, host="127.0.0.1", port=7860, auth=None, **kwargs):
@@ -382,6 +387,8 @@ def launch(demo, ex, host="127.0.0.1", port=7860, auth=None, **kwargs):
 def main(argv=None):
     a = parse_args(argv)
     try:
+        from mucs.__main__ import _check_device
+        _check_device(a.device)
         ex = Explorer(a.model, a.data, load_overrides(a.settings), runs_dir=a.runs,
                       examples_dir=a.examples or None, device=a.device)
     except MucsError as e:
