@@ -1,0 +1,285 @@
+"""Small static charts as inline SVG: what the self-contained HTML report embeds. No plotting
+library and no browser are needed (plotly's static export needs kaleido and a browser); the
+charts are text, scale crisply and open offline in any browser."""
+import html
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+W, H = 560, 300
+ML, MR, MT, MB = 64, 18, 44, 46          # margins: left, right, top, bottom
+BLUE, RED, GREY, ORANGE, GREEN = "#4c72b0", "#d62728", "#888888", "#dd8452", "#55a868"
+VIRIDIS = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"]
+
+
+def _e(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1e4 or a < 1e-3:
+        m, ex = f"{v:.0e}".split("e")
+        return f"{m}e{int(ex)}"
+    return f"{v:.4g}"
+
+
+class Axis:
+    """Maps data values to pixels, linear or log10, and picks readable ticks."""
+
+    def __init__(self, lo: float, hi: float, p0: float, p1: float, log: bool = False):
+        self.log = log
+        if log:
+            lo, hi = max(lo, 1e-12), max(hi, 1e-12)
+            lo, hi = math.log10(lo), math.log10(hi)
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            lo, hi = 0.0, 1.0
+        if hi <= lo:
+            pad = abs(lo) * 0.1 or (0.5 if log else 1.0)
+            lo, hi = lo - pad, hi + pad
+        self.lo, self.hi, self.p0, self.p1 = lo, hi, p0, p1
+
+    def __call__(self, v) -> np.ndarray:
+        v = np.asarray(v, float)
+        if self.log:
+            v = np.log10(np.maximum(v, 1e-12))
+        return self.p0 + (v - self.lo) / (self.hi - self.lo) * (self.p1 - self.p0)
+
+    def ticks(self, n: int = 5) -> list:
+        if self.log:
+            a, b = math.floor(self.lo), math.ceil(self.hi)
+            step = max(1, int(math.ceil((b - a) / 6)))
+            out = [10.0 ** e for e in range(a, b + 1, step) if self.lo - 1e-9 <= e <= self.hi + 1e-9]
+            if len(out) < 2:   # less than a decade: a few values inside it
+                out = [10.0 ** v for v in np.linspace(self.lo, self.hi, 3)]
+            return out
+        span = self.hi - self.lo
+        raw = span / max(1, n)
+        mag = 10 ** math.floor(math.log10(raw))
+        step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=mag * 10)
+        start = math.ceil(self.lo / step) * step
+        return [round(start + i * step, 12) for i in range(int((self.hi - start) / step + 1e-9) + 1)]
+
+
+class Chart:
+    """A titled frame with two axes; marks are appended as SVG elements."""
+
+    def __init__(self, title: str, xlabel: str, ylabel: str, xdom, ydom, xlog=False, ylog=False,
+                 width: int = W, height: int = H):
+        self.w, self.h = width, height
+        self.x = Axis(xdom[0], xdom[1], ML, width - MR, xlog)
+        self.y = Axis(ydom[0], ydom[1], height - MB, MT, ylog)
+        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
+        self.parts, self.legend = [], []
+
+    def add(self, s: str) -> None:
+        self.parts.append(s)
+
+    def hline(self, y: float, label: str = "", color: str = GREY, dash: str = "5 4") -> None:
+        py = float(self.y(y))
+        if not MT - 1 <= py <= self.h - MB + 1:
+            return
+        self.add(f'<line x1="{ML}" x2="{self.w - MR}" y1="{py:.1f}" y2="{py:.1f}" stroke="{color}" '
+                 f'stroke-dasharray="{dash}" stroke-width="1.3"/>')
+        if label:
+            self.add(f'<text x="{ML + 4}" y="{py - 4:.1f}" font-size="11" fill="{color}">{_e(label)}</text>')
+
+    def vline(self, x: float, label: str = "", color: str = RED, dash: str = "5 4") -> None:
+        px = float(self.x(x))
+        self.add(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{MT}" y2="{self.h - MB}" stroke="{color}" '
+                 f'stroke-dasharray="{dash}" stroke-width="1.5"/>')
+        if label:
+            anchor = "end" if px > (ML + self.w - MR) / 2 else "start"
+            dx = -4 if anchor == "end" else 4
+            self.add(f'<text x="{px + dx:.1f}" y="{MT + 12}" font-size="11" fill="{color}" '
+                     f'text-anchor="{anchor}">{_e(label)}</text>')
+
+    def svg(self) -> str:
+        w, h = self.w, self.h
+        g = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
+             f'role="img" aria-label="{_e(self.title)}" font-family="system-ui, sans-serif" class="chart">',
+             f'<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{w / 2}" y="18" font-size="13" font-weight="600" text-anchor="middle">{_e(self.title)}</text>']
+        for t in self.x.ticks():
+            px = float(self.x(t))
+            g.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{MT}" y2="{h - MB}" stroke="#eee"/>')
+            g.append(f'<text x="{px:.1f}" y="{h - MB + 14}" font-size="10" text-anchor="middle">{_fmt(t)}</text>')
+        for t in self.y.ticks():
+            py = float(self.y(t))
+            g.append(f'<line x1="{ML}" x2="{w - MR}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eee"/>')
+            g.append(f'<text x="{ML - 5}" y="{py + 3:.1f}" font-size="10" text-anchor="end">{_fmt(t)}</text>')
+        g.append(f'<rect x="{ML}" y="{MT}" width="{w - ML - MR}" height="{h - MT - MB}" fill="none" stroke="#999"/>')
+        g += self.parts
+        g.append(f'<text x="{(ML + w - MR) / 2}" y="{h - 8}" font-size="11" text-anchor="middle">{_e(self.xlabel)}</text>')
+        g.append(f'<text x="14" y="{(MT + h - MB) / 2}" font-size="11" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {(MT + h - MB) / 2})">{_e(self.ylabel)}</text>')
+        x = ML
+        for name, color, _ in self.legend:     # one row between the title and the frame
+            g.append(f'<rect x="{x:.1f}" y="{MT - 16}" width="10" height="8" fill="{color}"/>')
+            g.append(f'<text x="{x + 13:.1f}" y="{MT - 8}" font-size="10">{_e(name)}</text>')
+            x += 13 + 5.6 * len(name) + 14
+        g.append("</svg>")
+        return "\n".join(g)
+
+
+def empty(title: str, message: str = "nothing to show") -> str:
+    c = Chart(title, "", "", (0, 1), (0, 1))
+    c.add(f'<text x="{W / 2}" y="{H / 2}" font-size="12" text-anchor="middle" fill="{GREY}">{_e(message)}</text>')
+    return c.svg()
+
+
+def histogram(values, bins: int = 50, title: str = "", xlabel: str = "", ylabel: str = "items",
+              log_y: bool = True, vline: Optional[tuple] = None, color: str = BLUE) -> str:
+    """Bars of a histogram; `vline` = (x, label) marks a value (e.g. the top-k cut-off)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return empty(title, "no values")
+    lo, hi = float(v.min()), float(v.max())
+    if vline is not None:
+        lo, hi = min(lo, float(vline[0])), max(hi, float(vline[0]))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    top = max(1, int(counts.max()))
+    c = Chart(title, xlabel, ylabel + (" (log)" if log_y else ""), (lo, hi), (0.8, top * 1.3) if log_y else (0, top * 1.1),
+              ylog=log_y)
+    base = c.h - MB
+    for n, a, b in zip(counts, edges[:-1], edges[1:]):
+        if n <= 0:
+            continue
+        x0, x1, y = float(c.x(a)), float(c.x(b)), float(c.y(n))
+        c.add(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(0.8, x1 - x0 - 0.6):.1f}" height="{base - y:.1f}" '
+              f'fill="{color}"><title>{_fmt(a)}–{_fmt(b)}: {int(n)}</title></rect>')
+    if vline is not None:
+        c.vline(float(vline[0]), vline[1])
+    return c.svg()
+
+
+def _colour(t: float) -> str:
+    """Viridis-like colour for t in [0, 1]."""
+    t = min(1.0, max(0.0, float(t))) * (len(VIRIDIS) - 1)
+    i = min(int(t), len(VIRIDIS) - 2)
+    f = t - i
+    a, b = VIRIDIS[i], VIRIDIS[i + 1]
+    rgb = [round(int(a[j:j + 2], 16) * (1 - f) + int(b[j:j + 2], 16) * f) for j in (1, 3, 5)]
+    return "#" + "".join(f"{x:02x}" for x in rgb)
+
+
+def scatter(x, y, colour=None, highlight: Sequence[int] = (), title: str = "", xlabel: str = "", ylabel: str = "",
+            log_x: bool = False, log_y: bool = False, diagonal: bool = False, labels: Optional[Sequence[str]] = None,
+            colour_label: str = "") -> str:
+    """Points (x_i, y_i) coloured by `colour` (low purple → high yellow), `highlight` ringed in red."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if log_x:
+        ok &= x > 0
+    if log_y:
+        ok &= y > 0
+    if not ok.any():
+        return empty(title, "no values")
+    xs, ys = x[ok], y[ok]
+    xdom, ydom = [float(xs.min()), float(xs.max())], [float(ys.min()), float(ys.max())]
+    if diagonal:
+        lo, hi = min(xdom[0], ydom[0]), max(xdom[1], ydom[1])
+        xdom = ydom = [lo, hi]
+    pad = (lambda d, lg: [d[0] / 1.5, d[1] * 1.5] if lg else [d[0] - 0.05 * (d[1] - d[0]), d[1] + 0.05 * (d[1] - d[0])])
+    c = Chart(title, xlabel, ylabel, pad(xdom, log_x), pad(ydom, log_y), log_x, log_y)
+    if diagonal:
+        a, b = c.x.lo, c.x.hi
+        p = [float(c.x(10 ** a if log_x else a)), float(c.y(10 ** a if log_y else a)),
+             float(c.x(10 ** b if log_x else b)), float(c.y(10 ** b if log_y else b))]
+        c.add(f'<line x1="{p[0]:.1f}" y1="{p[1]:.1f}" x2="{p[2]:.1f}" y2="{p[3]:.1f}" stroke="{GREY}" '
+              f'stroke-dasharray="3 3"/>')
+    if colour is not None:
+        col = np.asarray(colour, float)
+        cl, ch = float(np.nanmin(col[ok])), float(np.nanmax(col[ok]))
+        t = (col - cl) / (ch - cl) if ch > cl else np.full(len(col), 0.5)
+    px, py = c.x(x), c.y(y)
+    order = np.argsort(t) if colour is not None else np.arange(len(x))
+    for i in order:
+        if not ok[i]:
+            continue
+        fill = _colour(t[i]) if colour is not None else BLUE
+        tip = (labels[i] if labels is not None else f"item {i}") + f": {_fmt(x[i])}, {_fmt(y[i])}"
+        c.add(f'<circle cx="{px[i]:.1f}" cy="{py[i]:.1f}" r="2.4" fill="{fill}" fill-opacity="0.8">'
+              f'<title>{_e(tip)}</title></circle>')
+    for i in highlight:
+        i = int(i)
+        if 0 <= i < len(x) and ok[i]:
+            c.add(f'<circle cx="{px[i]:.1f}" cy="{py[i]:.1f}" r="5.5" fill="none" stroke="{RED}" stroke-width="1.6"/>')
+    if len(highlight):
+        c.legend.append(("top-k (red rings)", RED, "item"))
+    if colour is not None and colour_label:
+        c.legend.append((f"colour: {colour_label} (purple low, yellow high)", VIRIDIS[2], "item"))
+    return c.svg()
+
+
+def lines(series: Sequence[dict], title: str = "", xlabel: str = "", ylabel: str = "", log_x: bool = False,
+          log_y: bool = False, hlines: Sequence[tuple] = ()) -> str:
+    """Line charts: series = [dict(name, x, y, color, markers=True)]; hlines = [(y, label, color)]."""
+    xs = np.concatenate([np.asarray(s["x"], float) for s in series]) if series else np.zeros(0)
+    ys = np.concatenate([np.asarray(s["y"], float) for s in series]) if series else np.zeros(0)
+    ys_all = np.concatenate([ys, np.asarray([h[0] for h in hlines if h[0] is not None], float)])
+    okx = np.isfinite(xs) & ((xs > 0) if log_x else True)
+    oky = np.isfinite(ys_all) & ((ys_all > 0) if log_y else True)
+    if not okx.any() or not oky.any():
+        return empty(title, "no values")
+    xd = [float(xs[okx].min()), float(xs[okx].max())]
+    yd = [float(ys_all[oky].min()), float(ys_all[oky].max())]
+    yd = [yd[0] / 1.6, yd[1] * 1.6] if log_y else [min(0.0, yd[0]), yd[1] + 0.08 * (yd[1] - yd[0] or 1)]
+    if log_x:
+        xd = [xd[0] / 1.2, xd[1] * 1.2]
+    c = Chart(title, xlabel, ylabel, xd, yd, log_x, log_y)
+    for y, label, color in hlines:
+        if y is not None:
+            c.hline(float(y), label, color)
+    for s in series:
+        x, y = np.asarray(s["x"], float), np.asarray(s["y"], float)
+        ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True) & ((y > 0) if log_y else True)
+        if not ok.any():
+            continue
+        order = np.argsort(x[ok], kind="stable")
+        px, py = c.x(x[ok][order]), c.y(y[ok][order])
+        color = s.get("color", BLUE)
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py))
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        c.add(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"{dash}/>')
+        if s.get("markers", True):
+            for a, b, vx, vy in zip(px, py, x[ok][order], y[ok][order]):
+                c.add(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.6" fill="{color}"><title>{_e(s["name"])}: '
+                      f'{_fmt(vx)}, {_fmt(vy)}</title></circle>')
+        c.legend.append((s["name"], color, "item"))
+    return c.svg()
+
+
+def bars(names: Sequence[str], values, expected=None, highlight: Optional[int] = None, title: str = "",
+         xlabel: str = "", ylabel: str = "") -> str:
+    """Vertical bars, one per name; `expected` draws a black tick per bar; `highlight` is drawn red."""
+    v = np.asarray(values, float)
+    if not len(v):
+        return empty(title, "no values")
+    top = max(float(v.max()), float(np.max(expected)) if expected is not None and len(expected) else 0.0, 1.0)
+    c = Chart(title, xlabel, ylabel, (0, len(v)), (0, top * 1.15))
+    c.x.ticks = lambda n=5: []        # categories are labelled below each bar instead
+    bw = (c.w - ML - MR) / len(v)
+    base = c.h - MB
+    for i, n in enumerate(v):
+        x0 = ML + i * bw
+        y = float(c.y(n))
+        color = RED if highlight is not None and i == int(highlight) else BLUE
+        c.add(f'<rect x="{x0 + bw * 0.15:.1f}" y="{y:.1f}" width="{bw * 0.7:.1f}" height="{base - y:.1f}" '
+              f'fill="{color}"><title>{_e(names[i])}: {_fmt(n)}</title></rect>')
+        if expected is not None:
+            ye = float(c.y(expected[i]))
+            c.add(f'<line x1="{x0 + bw * 0.1:.1f}" x2="{x0 + bw * 0.9:.1f}" y1="{ye:.1f}" y2="{ye:.1f}" '
+                  f'stroke="#222" stroke-width="2"/>')
+        label = str(names[i])
+        label = label if len(label) <= 11 else label[:10] + "…"
+        c.add(f'<text x="{x0 + bw / 2:.1f}" y="{base + 13}" font-size="9.5" text-anchor="middle">{_e(label)}</text>')
+    if expected is not None:
+        c.legend.append(("black tick: expected at random", "#222", "item"))
+    return c.svg()
