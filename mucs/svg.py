@@ -78,14 +78,16 @@ class Chart:
     def add(self, s: str) -> None:
         self.parts.append(s)
 
-    def hline(self, y: float, label: str = "", color: str = GREY, dash: str = "5 4") -> None:
+    def hline(self, y: float, label: str = "", color: str = GREY, dash: str = "5 4", right: bool = False) -> None:
         py = float(self.y(y))
         if not MT - 1 <= py <= self.h - MB + 1:
             return
         self.add(f'<line x1="{ML}" x2="{self.w - MR}" y1="{py:.1f}" y2="{py:.1f}" stroke="{color}" '
                  f'stroke-dasharray="{dash}" stroke-width="1.3"/>')
         if label:
-            self.add(f'<text x="{ML + 4}" y="{py - 4:.1f}" font-size="11" fill="{color}">{_e(label)}</text>')
+            x, anchor = (self.w - MR - 4, "end") if right else (ML + 4, "start")
+            self.add(f'<text x="{x}" y="{py - 4:.1f}" font-size="11" fill="{color}" text-anchor="{anchor}">'
+                     f'{_e(label)}</text>')
 
     def vline(self, x: float, label: str = "", color: str = RED, dash: str = "5 4") -> None:
         px = float(self.x(x))
@@ -234,9 +236,9 @@ def lines(series: Sequence[dict], title: str = "", xlabel: str = "", ylabel: str
     if log_x:
         xd = [xd[0] / 1.2, xd[1] * 1.2]
     c = Chart(title, xlabel, ylabel, xd, yd, log_x, log_y)
-    for y, label, color in hlines:
+    for j, (y, label, color) in enumerate(hlines):
         if y is not None:
-            c.hline(float(y), label, color)
+            c.hline(float(y), label, color, right=j % 2 == 1)   # alternate sides: close lines stay readable
     for s in series:
         x, y = np.asarray(s["x"], float), np.asarray(s["y"], float)
         ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True) & ((y > 0) if log_y else True)
