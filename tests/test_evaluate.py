@@ -1,49 +1,60 @@
 """Mechanics of the counterfactual evaluation on tiny sizes: removal removes, caching and
-resuming work, results and overlaps are computed from the right sets. Not the numbers."""
+resuming work, results and overlaps are computed from the right sets, the cache keys and folder
+layout stay those of earlier runs, Ray tasks give the serial table. Not the numbers."""
+import inspect
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from mucs import evaluate as ev_mod
+from mucs.cache import cache_key
 from mucs.errors import MucsError
 
 METHODS = ["mucs", "pixel_nn", "mucs+pixel_nn"]
 
 
-class TrainSpy:
-    """Wraps mucs.evaluate.train and records each call's excluded indices."""
+class RetrainSpy:
+    """The retrain callable `retrain(data, removed, options, out_dir)`, recording each removed set."""
 
-    def __init__(self, real):
-        self.real, self.calls = real, []
+    def __init__(self):
+        self.calls = []
 
-    def __call__(self, data, out_dir, opts, device="cpu", progress=None, cancel=None, exclude=None):
-        self.calls.append(sorted(int(i) for i in exclude))
-        return self.real(data, out_dir, opts, device=device, progress=progress, cancel=cancel, exclude=exclude)
+    def __call__(self, data, removed, options, out_dir):
+        self.calls.append(sorted(int(i) for i in removed))
+        return ev_mod.train_without(data, removed, options, out_dir)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Steps set torch's thread count (Evaluation(threads=1)); the rest of the suite keeps its own."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def first_run(tiny_npz, tmp_path_factory):
+    """A serial run (1 torch thread, as each Ray task) of the tiny preset."""
     work = str(tmp_path_factory.mktemp("eval") / "work")
     out = os.path.join(os.path.dirname(work), "results", "cf.json")
     cfg = ev_mod.preset("tiny", data=tiny_npz)
-    spy = TrainSpy(ev_mod.train)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(ev_mod, "train", spy)
+    spy = RetrainSpy()
+    threads = torch.get_num_threads()
     try:
-        ev = ev_mod.Evaluation(cfg, work, log=lambda m: None)
+        ev = ev_mod.Evaluation(cfg, work, log=lambda m: None, retrain=spy, threads=1)
         result = ev.run(METHODS, out_json=out)
     finally:
-        mp.undo()
+        torch.set_num_threads(threads)
     return dict(cfg=cfg, work=work, out=out, ev=ev, result=result, spy=spy)
 
 
 def test_removal_really_removes_the_union_of_top_k(first_run):
     ev, result, spy = first_run["ev"], first_run["result"], first_run["spy"]
-    from mucs.models import load_model
-    model_a = load_model(ev.model_dir([]))
+    model_a = ev.load(ev.model_dir([]))
     before = ev.generated(ev.model_dir([]))
     k, N = ev.k(), len(ev.data())
     assert spy.calls[0] == []                                   # model A: nothing removed
@@ -59,12 +70,16 @@ def test_removal_really_removes_the_union_of_top_k(first_run):
     # each random repeat is the union of random top-k sets, and the repeats differ
     rand = [c for c in spy.calls[1:1 + first_run["cfg"].random_repeats]]
     assert len(rand) == 2 and rand[0] != rand[1] and all(0 < len(r) <= k * first_run["cfg"].targets for r in rand)
+    assert ev.computed == dict(retrains=1 + 2 + len(METHODS), generations=1 + 2 + len(METHODS),
+                               attributions=first_run["cfg"].targets * 2)
 
 
 def test_results_layout_and_table(first_run):
     result = first_run["result"]
     with open(first_run["out"]) as f:
         saved = json.load(f)
+    with open(os.path.join(first_run["work"], "results.json")) as f:
+        assert json.load(f)["methods"] == saved["methods"]
     assert saved["complete"] and not saved["missing"]
     for m in ["random"] + METHODS:
         for g in ("targets", "controls"):
@@ -73,17 +88,23 @@ def test_results_layout_and_table(first_run):
                 assert 0.0 <= r["auc"] <= 1.0 and np.isfinite(r["mean_relative_change"])
     table = ev_mod.markdown_table(result)
     assert all(f"`{m}`" in table for m in METHODS) and "targets SSIM" in table
-    assert "MUCS targets SSIM AUC" in ev_mod.verdict(result)
     assert all(f"| `{m}` |" in ev_mod.ci_table(result) for m in ["random"] + METHODS)
     assert ev_mod.overlap_table(result).count("1.00") == len(METHODS)       # each method against itself
     assert saved["seeds"]["target_seeds"] == [1000, 1001]
+    assert set(saved["timing"]["compute_seconds"]) == {"train", "generate", "attribute:mucs", "attribute:pixel_nn", "total"}
+
+
+def test_verdict_takes_its_target_as_an_input(first_run):
+    result = first_run["result"]
+    assert inspect.signature(ev_mod.verdict).parameters["target_auc"].default is inspect.Parameter.empty
+    auc = result["methods"]["mucs"]["targets"]["ssim"]["auc"]
+    assert "meets the ≥ 0" in ev_mod.verdict(result, auc) and "misses the ≥ 1" in ev_mod.verdict(result, 1.0)
 
 
 def test_overlap_statistics_come_from_the_top_k_sets(first_run):
-    from mucs.models import load_model
     from mucs.overlap import between_methods, mean_pairwise_overlap
     ev, result = first_run["ev"], first_run["result"]
-    model_a = load_model(ev.model_dir([]))
+    model_a = ev.load(ev.model_dir([]))
     before = ev.generated(ev.model_dir([]))
     sets = {m: ev.top_sets(ev.target_scores(m, model_a, before["targets"])) for m in METHODS}
     ov = result["overlap"]
@@ -94,41 +115,114 @@ def test_overlap_statistics_come_from_the_top_k_sets(first_run):
     assert ov["between"]["mucs"]["pixel_nn"] == ov["between"]["pixel_nn"]["mucs"]
 
 
-def test_rerun_resumes_without_recomputing(first_run, monkeypatch):
-    spy = TrainSpy(ev_mod.train)
-    monkeypatch.setattr(ev_mod, "train", spy)
-    ev = ev_mod.Evaluation(first_run["cfg"], first_run["work"], log=lambda m: None)
+def test_context_follows_its_model_argument(first_run):
+    """Evaluation.context(model) once returned the first call's context for any later model."""
+    ev = first_run["ev"]
+    model_a = ev.load(ev.model_dir([]))
+    other = ev.load(ev.model_dir(first_run["spy"].calls[1]))          # random removal 0: other weights
+    assert other.fingerprint() != model_a.fingerprint()
+    assert ev.context(model_a).model is model_a
+    ctx = ev.context(other)
+    assert ctx.model is other and ctx.attributor().model is other
+    assert ev.context(model_a).model is model_a
+
+
+def test_rerun_resumes_without_recomputing(first_run):
+    spy = RetrainSpy()
+    ev = ev_mod.Evaluation(first_run["cfg"], first_run["work"], log=lambda m: None, retrain=spy, threads=1)
     again = ev.run(METHODS)
     assert spy.calls == [] and ev.computed == dict(retrains=0, generations=0, attributions=0)
     assert again["methods"]["mucs"] == json.loads(json.dumps(first_run["result"]["methods"]["mucs"]))
 
 
-def test_partial_work_folder_resumes_only_what_is_missing(first_run, tmp_path, monkeypatch):
+def test_partial_work_folder_resumes_only_what_is_missing(first_run, tmp_path):
     """A run stopped after some retrains and attributions: only the missing ones are computed."""
     work = str(tmp_path / "copy")
     shutil.copytree(first_run["work"], work)
-    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None)
+    spy = RetrainSpy()
+    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, retrain=spy, threads=1)
     union = sorted(set(first_run["spy"].calls[-1]))               # the last method's retrain
     shutil.rmtree(ev.model_dir(union))
     mucs_files = sorted(os.listdir(os.path.join(work, "attributions", "mucs")))
     os.remove(os.path.join(work, "attributions", "mucs", mucs_files[0]))
-    spy = TrainSpy(ev_mod.train)
-    monkeypatch.setattr(ev_mod, "train", spy)
     ev.run(METHODS)
     assert spy.calls == [union]
-    assert ev.computed["retrains"] == 1 and ev.computed["attributions"] == 1
+    assert ev.computed == dict(retrains=1, generations=1, attributions=1)
     # the recomputed attribution is the same as before (deterministic), so no other retrain was needed
+
+
+def test_cached_only_reproduces_the_table_and_computes_nothing(first_run, tmp_path):
+    work = str(tmp_path / "copy")
+    shutil.copytree(first_run["work"], work)
+    spy = RetrainSpy()
+    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, retrain=spy)
+    result = ev.run(METHODS)
+    assert spy.calls == [] and ev.computed == dict(retrains=0, generations=0, attributions=0)
+    for table in (ev_mod.markdown_table, ev_mod.ci_table, ev_mod.overlap_table):
+        assert table(result) == table(first_run["result"])
+    assert _flat(json.loads(json.dumps(result["methods"]))) == _flat(json.loads(json.dumps(first_run["result"]["methods"])))
+    assert result["timing"]["compute_seconds"] == pytest.approx(first_run["result"]["timing"]["compute_seconds"])
+
+
+def test_cached_only_reports_what_exists(first_run, tmp_path):
+    work = str(tmp_path / "copy")
+    shutil.copytree(first_run["work"], work)
+    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True)
+    shutil.rmtree(ev.model_dir(sorted(set(first_run["spy"].calls[-1]))))   # the last method's retrain
+    pixel = os.path.join(work, "attributions", "pixel_nn")
+    os.remove(os.path.join(pixel, sorted(os.listdir(pixel))[0]))
+    out = str(tmp_path / "partial.json")
+    result = ev.run(["mucs", "pixel_nn", "mucs+pixel_nn"], out_json=out)
+    assert ev.computed == dict(retrains=0, generations=0, attributions=0)
+    assert not result["complete"] and result["missing"] == ["pixel_nn", "mucs+pixel_nn"]
+    with open(out) as f:
+        assert set(json.load(f)["methods"]) == {"random", "mucs"}
+    empty = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "empty"), log=lambda m: None, cached_only=True)
+    with pytest.raises(MucsError, match="nothing to report yet"):
+        empty.run(METHODS)
+
+
+def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_npz, tmp_path):
+    """Work folders made by earlier versions (a long evaluation may be running with one) stay usable:
+    the keys below were computed by the lock-file version of mucs/evaluate.py."""
+    ev = first_run["ev"]
+    assert ev.model_key([]) == "3a7d66e0b97dc5f31b55a6da225e3eff"
+    assert ev.model_key([1, 3]) == "f2e9d6d51d3710e0406b02019be34745"
+    assert ev.model_dir([]) == os.path.join(ev.work, "models", "3a7d66e0b97dc5f3")
+    job = ev.job
+    assert job.generated_key("/x/0123456789abcdef") == "16f5490da8987526fedada26c6744c33"
+    assert os.path.isfile(os.path.join(ev.work, "generated", "3a7d66e0b97dc5f3.npz"))
+    assert os.path.isfile(os.path.join(ev.work, "models", "3a7d66e0b97dc5f3.json"))
+    sub = ev_mod.Evaluation(ev_mod.preset("tiny", data=tiny_npz, n_train=16, control_design="disjoint"),
+                            str(tmp_path / "w2"), log=lambda m: None)
+    assert os.listdir(tmp_path / "w2") == ["data-c312ac3603a5.npz"]
+    assert sub.model_key([2]) == "939210d9c14c278a571af95dfd572966"
+    # attributions: attributions/<method>/target###-<key16>.npz; MUCS settings added after the noise-range
+    # change enter the key only when they differ from their defaults
+    model_a = ev.load(ev.model_dir([]))
+    img = ev.generated(ev.model_dir([]))["targets"][1]
+    s = first_run["cfg"].mucs_settings()
+    old_settings = {k: v for k, v in s.to_dict().items() if k not in ("screen_noises", "screen_keep", "fragile_refs",
+                                                                     "fragile_seed")}
+    key = cache_key(kind="scores", method="mucs", model=model_a.fingerprint(), data=ev.data().fingerprint(),
+                    settings=old_settings, ctx_seed=0, label=1, seed=1001,
+                    image=cache_key(img=np.asarray(img).tobytes().hex()))
+    assert os.path.isfile(os.path.join(ev.work, "attributions", "mucs", f"target001-{key[:16]}.npz"))
+    pix = cache_key(kind="scores", method="pixel_nn", model=model_a.fingerprint(), data=ev.data().fingerprint(),
+                    settings=None, ctx_seed=0, label=1, seed=1001, image=cache_key(img=np.asarray(img).tobytes().hex()))
+    assert os.path.isfile(os.path.join(ev.work, "attributions", "pixel_nn", f"target001-{pix[:16]}.npz"))
+    from mucs.evaluation.plan import settings_key
+    assert "screen_noises" not in settings_key(s) and settings_key(s.replace(screen_noises=2))["screen_noises"] == 2
 
 
 def test_training_is_deterministic_for_a_seed_and_removed_set(first_run, tmp_path):
     from safetensors.numpy import load_file
     ev = first_run["ev"]
-    cfg = first_run["cfg"]
     removed = np.array([1, 5, 9])
     paths = []
     for name in ("a", "b"):
-        ev_mod.train(ev.data(), str(tmp_path / name), cfg.train_options(), exclude=removed)
-        paths.append(load_file(str(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors")))
+        out = ev_mod.train_without(ev.data(), removed, first_run["cfg"].train_options(), str(tmp_path / name))
+        paths.append(load_file(os.path.join(out, "unet", "diffusion_pytorch_model.safetensors")))
     assert paths[0].keys() == paths[1].keys()
     assert all(np.array_equal(paths[0][k], paths[1][k]) for k in paths[0])
 
@@ -148,87 +242,58 @@ def test_cli_user_errors_exit_2(tiny_npz, tmp_path, capsys):
     assert "unknown attribution method" in capsys.readouterr().err
     assert main(base + ["--k-frac", "1.5"]) == 2
     assert main(base + ["--n-train", "1000"]) == 2
+    assert main(base + ["--target-auc", "1.5"]) == 2
+    assert main(base + ["--engine", "serial", "--address", "auto"]) == 2
     with pytest.raises(SystemExit):
         main(["evaluate", "--preset", "huge"])
 
 
-def test_balanced_subset():
-    labels = np.repeat(np.arange(4), 10)
-    idx = ev_mod._balanced_subset(labels, 40, 12, seed=0)
-    assert len(idx) == 12 and len(set(idx)) == 12 and np.bincount(labels[idx]).tolist() == [3, 3, 3, 3]
-    assert np.array_equal(idx, ev_mod._balanced_subset(labels, 40, 12, seed=0))
-
-
-def test_cached_only_reports_what_exists_and_computes_nothing(first_run, tmp_path, monkeypatch):
+def test_out_is_never_replaced_without_force(first_run, tmp_path, capsys):
+    """A published results file is kept unless --force; the work folder's results.json is the default."""
+    from mucs.__main__ import main
     work = str(tmp_path / "copy")
     shutil.copytree(first_run["work"], work)
-    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True)
-    shutil.rmtree(ev.model_dir(sorted(set(first_run["spy"].calls[-1]))))   # the last method's retrain
-    spy = TrainSpy(ev_mod.train)
-    monkeypatch.setattr(ev_mod, "train", spy)
-    out = str(tmp_path / "partial.json")
-    result = ev.run(METHODS, out_json=out)
-    assert spy.calls == [] and ev.computed == dict(retrains=0, generations=0, attributions=0)
-    assert not result["complete"] and result["missing"] == [METHODS[-1]]
-    with open(out) as f:
-        assert set(json.load(f)["methods"]) == {"random"} | set(METHODS[:-1])
-    empty = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "empty"), log=lambda m: None, cached_only=True)
-    with pytest.raises(ev_mod._Missing):
-        empty.run(METHODS)
+    published = tmp_path / "counterfactual.json"
+    published.write_text('{"published": true}')
+    base = ["evaluate", "--preset", "tiny", "--data", first_run["cfg"].data, "--work", work, "--cached-only",
+            "--methods", ",".join(METHODS)]
+    assert main(base + ["--out", str(published)]) == 2
+    assert "pass --force" in capsys.readouterr().err and published.read_text() == '{"published": true}'
+    os.remove(os.path.join(work, "results.json"))
+    assert main(base) == 0                                               # default: <work>/results.json
+    assert "`mucs+pixel_nn`" in capsys.readouterr().out
+    assert json.load(open(os.path.join(work, "results.json")))["complete"]
+    assert main(base + ["--out", str(published), "--force"]) == 0
+    assert json.loads(published.read_text())["methods"].keys() == first_run["result"]["methods"].keys()
 
 
-def test_claim_is_exclusive_and_takes_over_locks_of_dead_processes(tmp_path):
-    import socket
-    import subprocess
-    target = str(tmp_path / "models" / "abc")
-    with ev_mod.claim(target):
-        assert os.path.exists(target + ".lock")
-        with pytest.raises(ev_mod._Busy):
-            with ev_mod.claim(target):
-                pass
-    assert not os.path.exists(target + ".lock")
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    for pid, host, free in ((dead.pid, socket.gethostname(), True), (os.getpid(), socket.gethostname(), False),
-                            (dead.pid, "another-machine", False)):
-        with open(target + ".lock", "w") as f:
-            json.dump(dict(pid=pid, host=host), f)
-        if free:
-            with ev_mod.claim(target):
-                pass
-            assert not os.path.exists(target + ".lock")
-        else:
-            with pytest.raises(ev_mod._Busy):
-                with ev_mod.claim(target):
-                    pass
-    os.remove(target + ".lock")
-
-
-def test_two_workers_on_one_work_folder_compute_everything_once(first_run, tiny_npz, tmp_path):
-    """`python -m mucs evaluate` started twice on one folder: no retrain or attribution is done twice,
-    both finish, and the table equals a single worker's."""
-    import ast
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "mucs", "evaluate", "--preset", "tiny", "--data", tiny_npz, "--threads", "1",
-           "--work", str(tmp_path / "w"), "--methods", ",".join(METHODS)]
-    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / f"o{i}.json")], cwd=root, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    computed = [ast.literal_eval(o.split("computed this run: ")[1].split("; wrote")[0]) for o in outs]
+def test_ray_tasks_on_two_local_workers_give_the_serial_table(first_run, tiny_npz, tmp_path):
+    """The tiny preset from scratch as Ray tasks on a local Ray instance with 2 CPUs: every retrain
+    and attribution is computed once and the table equals the serial run's."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from mucs.evaluation.engine import RayEngine
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        engine = RayEngine(threads=1)
+        assert ray.cluster_resources()["CPU"] == 2
+        ev = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "w"), log=lambda m: None, engine=engine, threads=1)
+        result = ev.run(METHODS)
+        engine.close()                                  # the caller's Ray connection stays up
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
     cfg = first_run["cfg"]
-    assert sum(c["retrains"] for c in computed) == 1 + cfg.random_repeats + len(METHODS)
-    assert sum(c["attributions"] for c in computed) == cfg.targets * 2        # mucs and pixel_nn, once each
+    assert ev.computed == dict(retrains=1 + cfg.random_repeats + len(METHODS),
+                               generations=1 + cfg.random_repeats + len(METHODS), attributions=cfg.targets * 2)
+    assert result["timing"]["engine"] == "ray"
+    for table in (ev_mod.markdown_table, ev_mod.ci_table, ev_mod.overlap_table):
+        assert table(result) == table(first_run["result"])
+    expected = _flat(json.loads(json.dumps(first_run["result"]["methods"])))
+    got = _flat(json.loads(json.dumps(result["methods"])))
+    assert got.keys() == expected.keys() and got == pytest.approx(expected, rel=1e-6, abs=1e-5)
     locks = [f for _, _, files in os.walk(tmp_path / "w") for f in files if f.endswith(".lock")]
     assert locks == []
-    expected = _flat(json.loads(json.dumps(first_run["result"]["methods"])))
-    for i in range(2):
-        with open(tmp_path / f"o{i}.json") as f:
-            got = _flat(json.load(f)["methods"])
-        # feature cosines differ in the 9th digit between thread counts (their relative changes in the 7th)
-        assert got.keys() == expected.keys() and got == pytest.approx(expected, rel=1e-6, abs=1e-5)
 
 
 def _flat(d, prefix=""):
@@ -242,7 +307,15 @@ def _flat(d, prefix=""):
     return out
 
 
+def test_balanced_subset():
+    labels = np.repeat(np.arange(4), 10)
+    idx = ev_mod.balanced_subset(labels, 40, 12, seed=0)
+    assert len(idx) == 12 and len(set(idx)) == 12 and np.bincount(labels[idx]).tolist() == [3, 3, 3, 3]
+    assert np.array_equal(idx, ev_mod.balanced_subset(labels, 40, 12, seed=0))
+
+
 def test_preset_changes_reach_the_mucs_settings():
     s = ev_mod.preset("full", lr_factor=5, noises=16, max_steps=100).mucs_settings()
     assert (s.lr_factor, s.noises, s.max_steps) == (5, 16, 100)
     assert ev_mod.preset("full").mucs_settings().lr_factor == 10        # the paper's factor unless asked
+    assert ev_mod.preset("full").control_design == "disjoint" and ev_mod.preset("full").max_steps == 400

@@ -1,0 +1,95 @@
+"""`python -m mucs evaluate`: the counterfactual evaluation from the command line."""
+import os
+import sys
+
+from .. import baselines
+from ..errors import MucsError
+from .config import DEFAULT_METHODS, PRESETS, preset
+
+
+def add_parser(sub):
+    p = sub.add_parser("evaluate", help="counterfactual evaluation of MUCS and baselines (resumable)",
+                       description="Train model A, attribute generated targets with each method, retrain without "
+                                   "each method's top-k union and measure how much every item changes compared "
+                                   "with random removal. Retrains and attributions run as Ray tasks (a local Ray "
+                                   "instance by default, --address for a running cluster) or in this process "
+                                   "(--engine serial). Re-running with the same work folder resumes.")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="evaluation scale (default: small)")
+    p.add_argument("--data", default=None, help="training set .npz or folder (default: the embedded Fashion-MNIST 1k)")
+    p.add_argument("--work", default=None, help="work folder (default: benchmarks/work/counterfactual-<preset>); "
+                                                "on a cluster, a folder every node sees at the same path")
+    p.add_argument("--out", default=None, help="results JSON (default: the work folder's results.json); an existing "
+                                               "file is replaced only with --force")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated methods: " + ", ".join(baselines.method_names()) + ", or ensembles a+b")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--targets", type=int, default=None)
+    p.add_argument("--controls", type=int, default=None)
+    p.add_argument("--k-frac", type=float, default=None, help="top-k per target as a fraction of N")
+    p.add_argument("--random-repeats", type=int, default=None)
+    p.add_argument("--noises", type=int, default=None, help="MUCS K")
+    p.add_argument("--max-steps", type=int, default=None, help="MUCS unlearning step cap")
+    p.add_argument("--lr-factor", type=float, default=None, help="MUCS unlearning lr = training lr ÷ this")
+    p.add_argument("--control-design", default=None, choices=["shared", "disjoint"],
+                   help="shared: controls in the targets' classes; disjoint: controls only in classes no target uses")
+    p.add_argument("--engine", default="auto", choices=["auto", "ray", "serial"],
+                   help="where retrains and attributions run: ray (tasks on a local Ray instance or --address), "
+                        "serial (one after the other in this process); auto (default): ray when installed")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster (e.g. auto, ray://head:10001, head:6379) instead of starting one")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Ray instance: at most this many tasks at once (CPUs = workers × threads; "
+                        "default: every CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per task (Ray: the CPUs each task declares, default 1; serial: this process)")
+    p.add_argument("--gpus-per-task", type=float, default=1.0,
+                   help="with --device cuda on Ray: the GPUs each task declares (default 1: one task per GPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--cached-only", action="store_true",
+                   help="compute nothing: report the methods whose retrains are already in the work folder")
+    p.add_argument("--target-auc", type=float, default=None,
+                   help="also print whether MUCS's target-SSIM AUC reaches this value (e.g. a target from the README)")
+    p.set_defaults(fn=cmd_evaluate)
+
+
+def cmd_evaluate(a):
+    import torch
+
+    from ..defaults import DEFAULT_DATA
+    from ..models import pick_device
+    from . import Evaluation
+    from .engine import SerialEngine, make_engine
+    from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict
+    cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
+                 targets=a.targets, controls=a.controls, k_frac=a.k_frac, random_repeats=a.random_repeats,
+                 noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor,
+                 control_design=a.control_design).validate()
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    for m in methods:
+        baselines.components(m)
+    if a.threads is not None and a.threads < 1:
+        raise MucsError("--threads must be ≥ 1")
+    goal = target_auc(a.target_auc)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    work = a.work or os.path.join(root, "benchmarks", "work", f"counterfactual-{a.preset}")
+    out = a.out or os.path.join(work, "results.json")
+    check_out(out, work, a.force)
+    # on a cluster the device is the workers' (this machine may have none); locally it is checked here
+    device = a.device if a.address else str(pick_device(a.device))
+    ev = Evaluation(cfg, work, device=device, cached_only=a.cached_only, threads=a.threads)
+    engine = SerialEngine() if a.cached_only else make_engine(a.engine, a.address, a.workers, a.threads, device,
+                                                              a.gpus_per_task)
+    if engine.name == "serial" and a.threads:
+        torch.set_num_threads(a.threads)
+    ev.engine = engine
+    try:
+        result = ev.run(methods, out_json=out)
+    finally:
+        engine.close()
+    print(markdown_table(result), ci_table(result), overlap_table(result), sep="\n\n")
+    if goal is not None:
+        print(verdict(result, goal))
+    print(f"computed this run: {ev.computed}; wrote {out}")
+    sys.stdout.flush()

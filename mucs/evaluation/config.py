@@ -1,0 +1,112 @@
+"""What an evaluation is: its configuration (the training recipe, the items, the removal, the MUCS
+settings) and the named presets. Changing a field that enters a cache key (the recipe, the items,
+the MUCS settings) makes the evaluation compute new artefacts; the work folder keeps the old ones."""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+from ..errors import MucsError
+from ..settings import Settings
+from ..train import TrainOptions
+
+GROUPS = ("targets", "controls")
+METRICS = ("ssim", "mse", "feature_cosine")
+DEFAULT_METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn", "mucs+feature_nn",
+                   "mucs_plain_ga", "mucs_unnormalised", "mucs_fresh_noise")
+
+
+@dataclass
+class EvalConfig:
+    # training set: a balanced subset of `data` (n_train=None: all of it)
+    data: str = ""
+    n_train: Optional[int] = None
+    data_seed: int = 0
+    # the training recipe, shared by model A and every retrain
+    channels: tuple = (16, 32, 32)
+    attention: bool = False
+    train_steps: int = 800
+    train_batch: int = 32
+    lr: float = 1e-3
+    ema_decay: float = 0.995
+    warmup: int = 50
+    train_seed: int = 0
+    # generated items: targets (attributed) and controls (never attributed)
+    targets: int = 10
+    controls: int = 10
+    target_seed: int = 1000     # target i: seed target_seed + i
+    control_seed: int = 2000    # control i: seed control_seed + i
+    # "shared": target i has class i mod C, control i class (i + 1) mod C (every class holds both);
+    # "disjoint": targets cycle through the first ceil(C/2) classes, controls through the others, so
+    # removing a target's class-mates cannot move a control through its class
+    control_design: str = "shared"
+    sample_steps: int = 25      # DDIM steps
+    # removal
+    k_frac: float = 0.02        # top-k per target = max(1, round(k_frac·N))
+    random_repeats: int = 4     # random removal sets (seeds 0 .. R−1)
+    # MUCS settings for the evaluation (the paper's defaults are too slow for 2 CPU cores)
+    noises: int = 32
+    unlearn_batch: int = 32
+    max_steps: int = 60
+    lr_factor: float = 10.0     # unlearning lr = training lr ÷ this (the paper's 10)
+    null_batches: int = 20
+    null_batch_size: int = 64
+    mucs_seed: int = 0
+
+    def train_options(self) -> TrainOptions:
+        return TrainOptions(steps=self.train_steps, batch_size=self.train_batch, lr=self.lr, seed=self.train_seed,
+                            ema_decay=self.ema_decay, channels=tuple(self.channels), attention=self.attention,
+                            warmup_steps=self.warmup, log_every=max(1, min(50, self.train_steps)))
+
+    def mucs_settings(self) -> Settings:
+        return Settings(noises=self.noises, batch_size=self.unlearn_batch, max_steps=self.max_steps, lr_factor=self.lr_factor,
+                        null_batches=self.null_batches, null_batch_size=self.null_batch_size, seed=self.mucs_seed,
+                        eval_batch_size=512).validate()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    def replace(self, **changes) -> "EvalConfig":
+        d = self.to_dict()
+        d.update({k: v for k, v in changes.items() if v is not None})
+        d["channels"] = tuple(d["channels"])
+        return EvalConfig(**{k: v for k, v in d.items() if k in {f.name for f in fields(EvalConfig)}})
+
+    def validate(self) -> "EvalConfig":
+        checks = [(self.targets >= 1, "at least one target is needed"), (self.controls >= 0, "controls must be ≥ 0"),
+                  (0 < self.k_frac < 1, "k fraction must be in (0, 1)"),
+                  (self.random_repeats >= 2, "at least two random removal repeats are needed"),
+                  (self.train_steps >= 1, "training steps must be ≥ 1"), (self.sample_steps >= 1, "sampling steps must be ≥ 1"),
+                  (self.n_train is None or self.n_train >= 2, "n_train must be ≥ 2"),
+                  (self.control_design in ("shared", "disjoint"), "control design must be 'shared' or 'disjoint'")]
+        for ok, msg in checks:
+            if not ok:
+                raise MucsError(msg)
+        return self
+
+
+PRESETS = {
+    # for the tests: seconds
+    "tiny": dict(n_train=None, channels=(8, 16), train_steps=40, train_batch=16, lr=2e-3, ema_decay=0.99, warmup=5,
+                 targets=2, controls=2, sample_steps=4, k_frac=0.1, random_repeats=2, noises=4, unlearn_batch=8,
+                 max_steps=3, null_batches=2, null_batch_size=16),
+    # what one sitting can run: measured 60 min of one busy CPU core (17 retrains of ~2.5 min, 40 MUCS-type
+    # attributions of ~10-38 s); the published table (benchmarks/counterfactual.md)
+    "small": dict(n_train=200, channels=(16, 32, 32), train_steps=800, train_batch=32, lr=1e-3, ema_decay=0.995,
+                  warmup=50, targets=10, controls=10, sample_steps=25, k_frac=0.02, random_repeats=8, noises=32,
+                  unlearn_batch=32, max_steps=60, null_batches=20, null_batch_size=64),
+    # the published table (README): 500 images, 20 targets + 20 controls, k = 1 % of N (5 per target, a union
+    # of ~100 = 20 % of the set, as in "small"). Budget: ~4.5 min per retrain + ~15 s per MUCS-type
+    # attribution on 1 thread; retrains and attributions run as tasks on the engine (Ray: one per CPU or GPU).
+    # The step cap is high enough that every unlearning stops by the τ rule; controls live in
+    # classes no target uses (control_design "disjoint", see benchmarks/counterfactual.md)
+    "full": dict(n_train=500, channels=(16, 32, 32), train_steps=1500, train_batch=32, lr=1e-3, ema_decay=0.995,
+                 warmup=50, targets=20, controls=20, sample_steps=25, k_frac=0.01, random_repeats=4, noises=32,
+                 unlearn_batch=32, max_steps=400, null_batches=20, null_batch_size=64, control_design="disjoint"),
+}
+
+
+def preset(name: str, **changes) -> EvalConfig:
+    if name not in PRESETS:
+        raise MucsError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return EvalConfig(**PRESETS[name]).replace(**changes)

@@ -1,0 +1,139 @@
+"""Run: the protocol as a graph of steps on an engine.
+
+    model A ─┬─ generate A ─┬──────────────────────────────── measure (random r) ─┐
+             │              └─ attribute (method, target) ─┐                      │
+             ├─ retrain (random r) ─ generate ─────────────┼──────────────────────┤
+             └─────────────────────────────────────────────┴─ retrain (method) ─ generate ─ measure (method)
+
+Model A, its items, the random removals and every attribution are submitted at once, each
+depending on what it needs (engine handles: Ray ObjectRefs); a method's retrain → generate →
+measure chain is submitted as soon as all of its targets' scores are in, because its removed set
+(the union of their top-k sets) decides which model it needs. Two names with the same removed set
+share one chain. The first target of each MUCS-type method waits for the previous one, so that
+the shared loss caches (L_o, L_null) are computed once, by the first, as in a serial run.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .. import baselines
+from ..errors import MucsError
+from . import steps
+from .plan import Job, check_methods, method_scores, random_names, union
+
+
+@dataclass
+class State:
+    """What the run has measured so far (the summary is computed from it)."""
+    sims: dict = field(default_factory=dict)       # name -> {group: {metric: (n,) similarity}}
+    sets: dict = field(default_factory=dict)       # name -> top-k set per target
+    removed: dict = field(default_factory=dict)    # name -> size of the removed union
+    paths: dict = field(default_factory=dict)      # name -> retrained model folder
+    seconds: dict = field(default_factory=dict)    # (stage, artefact) -> compute seconds recorded with it
+    computed: dict = field(default_factory=lambda: dict(retrains=0, generations=0, attributions=0))
+    random: list = field(default_factory=list)     # the measured random removals, in seed order
+
+    def compute_seconds(self) -> dict:
+        """Seconds per stage (train, generate, attribute:<method>) summed over the artefacts used."""
+        out = {}
+        for (stage, _), sec in self.seconds.items():
+            out[stage] = out.get(stage, 0.0) + sec
+        out["total"] = sum(out.values())
+        return out
+
+
+def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_only: bool = False,
+        on_progress: Optional[Callable] = None) -> State:
+    """Measure random removal and every method; `on_progress(state)` after each measurement once two
+    random removals are in. cached_only: submit only what the work folder already holds (nothing
+    is computed; `job.read_only` makes sure) and leave the rest out."""
+    methods, singles = check_methods(methods)
+    T = job.cfg.targets
+    st = State()
+    rnames = random_names(job.cfg)
+    watch = {}                    # handle -> (kind, info)
+    a_dir = job.model_dir([])
+    if cached_only and (job.model_record(a_dir) is None or job.cached_generation(a_dir) is None):
+        raise MucsError(f"--cached-only: nothing to report yet: model A or its generated items are not in {job.work}")
+
+    def submit(kind, info, fn, *args, name=""):
+        h = engine.submit(fn, *args, name=name)
+        watch[h] = (kind, info)
+        return h
+
+    a = submit("train", None, steps.retrained, job, [], "model A", retrain, name="retrain model A")
+    ga = submit("generate", None, steps.generated, job, a, name="generate model A")
+
+    names_of, sims_of = {}, {}    # model key -> names sharing its chain / its measured similarities
+
+    def chain(name, sets, why):
+        removed = union(sets)
+        key = job.model_key(removed)
+        path = job.model_dir(removed)
+        if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
+            return
+        st.sets[name], st.removed[name], st.paths[name] = sets, int(len(removed)), path
+        if key in sims_of:
+            st.sims[name] = sims_of[key]
+        elif key in names_of:
+            names_of[key].append(name)
+        else:
+            names_of[key] = [name]
+            r = submit("train", None, steps.retrained, job, removed, why, retrain, name=f"retrain {why}")
+            g = submit("generate", None, steps.generated, job, r, name=f"generate {why}")
+            submit("measure", key, steps.measured, job, a, ga, g, name=f"measure {why}")
+
+    for r, name in enumerate(rnames):
+        chain(name, job.random_sets(r), f"random removal {r}")
+
+    # attributions: every (single method, target), cached ones only in cached-only mode
+    model_fp = steps.load_model(job, a_dir).fingerprint() if cached_only else None
+    before = steps.generated(job, a_dir)["images"] if cached_only else None
+    available = set(singles)
+    previous_first = []
+    for m in singles:
+        if cached_only:
+            if not all(job.cached_attribution(m, model_fp, i, before["targets"][i]) is not None for i in range(T)):
+                available.discard(m)
+                continue
+        mucs_type = m in baselines.ABLATIONS
+        first = submit("attribute", m, steps.attributed, job, m, 0, a, ga, *(previous_first if mucs_type else []),
+                       name=f"attribute {m} target 0")
+        if mucs_type:
+            previous_first = [first]
+        for i in range(1, T):
+            submit("attribute", m, steps.attributed, job, m, i, a, ga, *([first] if mucs_type else []),
+                   name=f"attribute {m} target {i}")
+    scores = {m: {} for m in singles}
+    waiting = [m for m in methods if all(p in available for p in baselines.components(m))]
+
+    while watch:
+        for h in engine.ready(list(watch)):
+            kind, info = watch.pop(h)
+            val = engine.get(h)
+            if kind == "train":
+                st.seconds[("train", val["path"])] = val["seconds"]
+                st.computed["retrains"] += val["computed"]
+            elif kind == "generate":
+                st.seconds[("generate", val["path"])] = val["seconds"]
+                st.computed["generations"] += val["computed"]
+            elif kind == "attribute":
+                scores[info][val["i"]] = val["scores"]
+                st.seconds[(f"attribute:{info}", val["i"])] = val["seconds"]
+                st.computed["attributions"] += val["computed"]
+            elif kind == "measure":
+                sims_of[info] = val
+                for name in names_of[info]:
+                    st.sims[name] = val
+                st.random = [n for n in rnames if n in st.sims]
+                if on_progress is not None and len(st.random) >= 2:
+                    on_progress(st)
+        for m in list(waiting):
+            parts = baselines.components(m)
+            if all(len(scores[p]) == T for p in parts):
+                waiting.remove(m)
+                sets = job.top_sets(method_scores([[scores[p][i] for i in range(T)] for p in parts]))
+                chain(m, sets, f"without {m}'s top-k")
+    st.random = [n for n in rnames if n in st.sims]
+    if len(st.random) < 2:
+        raise MucsError(f"--cached-only: nothing to report yet: fewer than two random removals are in {job.work}")
+    return st

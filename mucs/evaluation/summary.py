@@ -1,0 +1,77 @@
+"""Summarise: from the measured similarities to the results JSON (AUC against random removal, mean
+relative change, bootstrap intervals, overlaps, scale, seeds, timing). Pure: reads nothing from
+the work folder and computes no model."""
+import os
+
+import numpy as np
+import torch
+
+from .config import GROUPS, METRICS
+from .plan import Job, check_methods
+from .run import State
+
+DESCRIPTION = ("Counterfactual test: AUC = P(sim after random removal > sim after the method's removal) "
+               "(for mse, a distance: P(mse_random < mse_method)); 0.5 = no better than random. "
+               "mean_relative_change = 100*(mean(sim_method)/median(sim_random) - 1) %.")
+
+
+def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
+    from ..metrics import summarise as compare
+    from ..overlap import between_methods, mean_pairwise_overlap, random_overlaps, recurring
+    methods, _ = check_methods(methods)
+    cfg = job.cfg
+    N, k = len(job.data()), job.k()
+    rnames, sims = st.random, st.sims
+    groups = [g for g in GROUPS if g in sims[rnames[0]]]
+
+    def pooled(names, g, metric):
+        return np.concatenate([sims[n][g][metric] for n in names])
+    res = {}
+    # random: each repeat against the other repeats (leave one out), averaged
+    res["random"] = dict(removed=float(np.mean([st.removed[n] for n in rnames])))
+    for g in groups:
+        res["random"][g] = {}
+        for metric in METRICS:
+            per = [compare(pooled([o for o in rnames if o != n], g, metric), sims[n][g][metric], metric) for n in rnames]
+            res["random"][g][metric] = dict(auc=float(np.mean([p["auc"] for p in per])),
+                                            auc_per_repeat=[p["auc"] for p in per],
+                                            mean_relative_change=float(np.mean([p["mean_relative_change"] for p in per])),
+                                            mean=float(np.mean([p["mean"] for p in per])), n=per[0]["n"],
+                                            note="each random repeat against the others; the mean is 0.5 by construction, "
+                                                 "auc_per_repeat shows the spread of a single random removal")
+    done = [m for m in methods if m in sims]
+    for m in done:
+        res[m] = dict(removed=st.removed[m])
+        for g in groups:
+            res[m][g] = {metric: compare(pooled(rnames, g, metric), sims[m][g][metric], metric) for metric in METRICS}
+    rand_exp = (float(random_overlaps(N, [k] * cfg.targets, pairs=2000, seed=0).mean()) if cfg.targets > 1
+                else float("nan"))
+    within = {m: dict(mean_pairwise=mean_pairwise_overlap(st.sets[m]), random_expected=rand_exp,
+                      recurring=recurring(st.sets[m], 10)) for m in done + rnames[:1]}
+    between = {a: {b: between_methods(st.sets[a], st.sets[b]) for b in done} for a in done}
+    it = job.items()
+    return dict(
+        description=DESCRIPTION,
+        complete=len(done) == len(methods), missing=[m for m in methods if m not in sims],
+        scale=dict(cfg.to_dict(), data=shown_path(cfg.data), n_train_actual=N, k=k, data_fingerprint=job.data().fingerprint()),
+        seeds=dict(train_seed=cfg.train_seed, target_seeds=it["targets"]["seeds"], target_labels=it["targets"]["labels"],
+                   control_seeds=it["controls"]["seeds"], control_labels=it["controls"]["labels"],
+                   random_removal_seeds=[int(n.split("#")[1]) for n in rnames], mucs_seed=cfg.mucs_seed),
+        methods=res, overlap=dict(within=within, between=between),
+        metrics_skipped=skipped_metrics(),
+        timing=dict(compute_seconds=st.compute_seconds(), torch_threads=job.threads or torch.get_num_threads(),
+                    device=str(job.device), engine=engine,
+                    note="compute seconds recorded with each cached retrain, generation and attribution used "
+                         "in this table, whichever task and run computed it"))
+
+
+def skipped_metrics() -> dict:
+    """LPIPS, DINO, CLIP and SSCD need pretrained weights; none is bundled or downloaded here."""
+    return {m: "needs pretrained weights, not available locally" for m in ("lpips", "dino", "clip", "sscd")}
+
+
+def shown_path(path: str) -> str:
+    """A path inside the repository relative to its root (results files are committed), else as given."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
