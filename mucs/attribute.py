@@ -12,7 +12,7 @@ import torch
 
 from . import __version__
 from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
-from .data import QueryImage, TrainingSet, to_uint8
+from .data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from .errors import MucsError
 from .losses import loss_matrix, null_loss, screen_columns, train_noise_for
@@ -223,6 +223,47 @@ class Attributor:
         return lu, mask, dict(noises=[int(c) for c in cols], kept=int(len(keep)), forwards=int(forwards),
                               forwards_full=int(N * K), saving=float(N * K / forwards))
 
+    def reference_skews(self, s: Settings, report=None) -> tuple:
+        """Skews of every training item for the fragile-item correction's reference queries: images
+        generated from seeds fragile_seed + j (`fragile_refs` per class, or in total when the model is
+        unconditional), each unlearned and scored like a query. Cached on disk like L_o.
+        Returns ((R, N) skews, (R,) labels or None, was_cached)."""
+        from .generate import generate
+        C = self.model.num_classes
+        labels = [c for c in range(C) for _ in range(s.fragile_refs)] if C else [None] * s.fragile_refs
+        seeds = [s.fragile_seed + j for j in range(len(labels))]
+        base = s.replace(fragile_refs=0, screen_noises=0)
+        fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "eval_batch_size", "screen_keep")}
+        lr = base.lr if base.lr is not None else (self.model.learning_rate or base.default_lr) / base.lr_factor
+        key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
+                        settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)
+        hit = self._load_cached("reference_skews", key)
+        if hit is not None:
+            return hit["skews"], None if not C else hit["labels"], True
+        lo, _ = self.original_losses(base, report)
+        lnull, _ = self.null_loss(base, report)
+        ns = self.noise_set(base, 0 if base.consistent_noise else 1_000_003)
+        images = generate(self.model, labels, seeds, steps=50)
+        rows = []
+        for j, (img, y) in enumerate(zip(images, labels)):
+            u = unlearn(self.model, self.data, to_model_range(img), y, lnull, base)
+            lu, _, _ = self.unlearned_losses(u.unet, ns, lo, base)
+            rows.append(skew(lu, lo, base.normalised))
+            if report is not None:
+                report("reference queries", (j + 1) / len(labels))
+        skews = np.stack(rows)
+        lab = np.array([-1 if y is None else y for y in labels], np.int64)
+        save_arrays(self._cache_path("reference_skews", key), key, skews=skews, labels=lab)
+        return skews, None if not C else lab, False
+
+    def fragile_correction(self, s: Settings, label, report=None) -> tuple:
+        """(N,) mean skew of each item over the reference queries of other classes (all of them for an
+        unconditional model), and a record for result.json."""
+        refs, labels, cached = self.reference_skews(s, report)
+        use = np.ones(len(refs), bool) if labels is None or label is None else labels != int(label)
+        return refs[use].mean(0), dict(references=int(len(refs)), used=int(use.sum()), cached=cached,
+                                       seeds=[s.fragile_seed, s.fragile_seed + len(refs) - 1])
+
     # --- one query ---------------------------------------------------------------------------
     def attribute(self, query: QueryImage, label: Optional[int] = None, settings: Optional[Settings] = None,
                   progress=None, cancel=None, source: str = "") -> Attribution:
@@ -249,6 +290,12 @@ class Attributor:
         lu, fully_scored, screening = self.unlearned_losses(u.unet, ns, lo, s, report)
         times["unlearned_losses"] = time.perf_counter() - t0
         scores = skew(lu, lo, s.normalised)
+        fragile = None
+        if s.fragile_refs:
+            t0 = time.perf_counter()
+            correction, fragile = self.fragile_correction(s, label, report)
+            scores = scores - correction
+            times["fragile_correction"] = time.perf_counter() - t0
         top = top_k(np.where(fully_scored, scores, -np.inf), min(s.top_k, int(fully_scored.sum())))
         times["total"] = sum(times.values())
         report("done", 1.0)
@@ -261,6 +308,6 @@ class Attributor:
             query_image=to_uint8(query.x), labels=self.data.labels,
             info=dict(model=self.model.path, model_fingerprint=self.model.fingerprint(),
                       data=self.data.source, data_fingerprint=self.data.fingerprint(), num_train=len(self.data),
-                      unlearning_lr=u.lr, screening=screening, noise_levels=self.noise_set(s).levels(),
+                      unlearning_lr=u.lr, screening=screening, fragile_correction=fragile, noise_levels=self.noise_set(s).levels(),
                       train_noise_sigma_span=list(train_noise_for(self.model, s).sigma_span()), cache_hits=dict(original_losses=lo_cached, null_loss=null_cached),
                       device=str(self.model.device), torch_threads=torch.get_num_threads(), mucs_version=__version__))

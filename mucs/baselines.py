@@ -8,6 +8,8 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
 - ``mucs_fresh_noise``: fresh noise for the unlearned losses instead of the consistent set;
 - ``mucs_lognormal`` / ``mucs_range`` / ``mucs_edm``: unlearning and L_null noise log-normal in σ /
   uniform over the steps in the sampler's σ range / log-normal with EDM's loss weighting;
+- ``mucs_fragile`` / ``mucs_unnormalised_fragile``: minus each item's mean skew over one generated
+  reference query per other class (the fragile-item correction);
 - ``random``: uniform random scores (seeded by ctx.seed and the query id);
 - ``pixel_nn`` / ``feature_nn``: −squared L2 distance to the query in pixel space / in the model's
   own mid-block features (faiss, no pretrained network);
@@ -32,6 +34,9 @@ ABLATIONS = {
     "mucs_lognormal": dict(train_noise="lognormal"),
     "mucs_range": dict(train_noise="uniform_range"),
     "mucs_edm": dict(train_noise="lognormal", loss_weighting="edm"),
+    # beyond the paper: subtract each item's mean skew over generated references of other classes
+    "mucs_fragile": dict(fragile_refs=1),
+    "mucs_unnormalised_fragile": dict(fragile_refs=1, normalised=False),
 }
 
 

@@ -35,6 +35,12 @@ class Settings:
     # `screen_keep` best, score only those on all K. 0 = off: every item on every level, as specified
     screen_noises: int = 0
     screen_keep: int = 100
+    # Fragile-item correction (beyond the paper): subtract each item's mean skew over reference queries
+    # of *other* classes (generated from fixed seeds, unlearned once per model and cached), so items
+    # whose loss rises whatever is unlearned stop ranking high. 0 = off; else references per class
+    # (class-conditional models) or in total (unconditional ones)
+    fragile_refs: int = 0
+    fragile_seed: int = 5000
     # Ablations studied in the paper
     bounded: bool = True         # False: plain (unbounded) gradient ascent on L_f
     retain: bool = True          # False: no retain term L_r
@@ -75,7 +81,8 @@ class Settings:
                   (self.p_std > 0, "p_std must be > 0"), (self.sigma_data > 0, "sigma_data must be > 0"),
                   (self.loss_weighting in ("none", "edm"), "loss_weighting must be 'none' or 'edm'"),
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
-                  (self.screen_keep >= 1, "screen_keep must be ≥ 1")]
+                  (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
+                  (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)

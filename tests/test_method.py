@@ -197,3 +197,20 @@ def test_training_image_attributes_to_itself(tiny_model_dir, tiny_npz, fast_sett
         r = a.attribute(QueryImage(d.tensor([i])[0], []), int(d.labels[i]))
         ranks.append(int(np.where(np.argsort(-r.scores, kind="stable") == i)[0][0]))
     assert sum(rk < 3 for rk in ranks) >= 5, ranks
+
+
+def test_fragile_correction_subtracts_other_class_reference_skews(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
+    """fragile_refs=1: one generated reference per class, unlearned once and cached; a query's score is
+    its plain skew minus each item's mean skew over the references of the *other* classes."""
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    s = fast_settings.replace(max_steps=6)
+    a = Attributor(m, d, s, cache_dir=str(tmp_path))
+    q = QueryImage(d.tensor([2])[0], [])
+    plain = a.attribute(q, 2)
+    fixed = a.attribute(q, 2, settings=s.replace(fragile_refs=1))
+    refs, labels, cached = a.reference_skews(s.replace(fragile_refs=1))
+    assert cached and refs.shape == (4, len(d)) and labels.tolist() == [0, 1, 2, 3]
+    assert fixed.info["fragile_correction"]["used"] == 3
+    expected = plain.scores - refs[labels != 2].mean(0)
+    np.testing.assert_allclose(fixed.scores, expected, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(fixed.scores, plain.scores)
