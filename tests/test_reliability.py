@@ -1,0 +1,477 @@
+"""Reliability (issue 14): never lose a user's files, never hang, never leak staging folders, and
+one `error:` line (exit 2, nothing written) for every bad input family."""
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mucs.__main__ import main
+from mucs.cache import (MARKER, atomic_write_dir, check_out_dir, check_writable_dir, folder_kind, load_arrays,
+                        recover_dir, save_arrays, save_arrays_best_effort)
+from mucs.checks import check_settings_dict, dumps_strict, require_finite
+from mucs.errors import MucsError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--noises", "4", "--max-steps", "2", "--batch-size", "16", "--top-k", "3"]
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture()
+def fast_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("mucs.settings.Settings.null_batches", 3)
+    monkeypatch.setattr("mucs.settings.Settings.null_batch_size", 16)
+
+
+@pytest.fixture()
+def work(tmp_path):
+    """A folder with a precious user file, a query image and an empty place for outputs."""
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "thesis.tex").write_text("precious")
+    return w
+
+
+def _query(folder, tiny_npz):
+    p = folder / "q.png"
+    Image.fromarray(np.load(tiny_npz)["images"][0]).save(p)
+    return str(p)
+
+
+def _snapshot(root):
+    out = {}
+    for dirpath, dirnames, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.isfile(p):
+                with open(p, "rb") as fh:
+                    out[os.path.relpath(p, root)] = fh.read()
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = None
+    return out
+
+
+def _refused(argv, root, capsys, expect):
+    """main(argv) exits 2 with one `error:` line containing `expect`, and nothing under `root` changes."""
+    before = _snapshot(root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if line.startswith("error:")]
+    assert len(err) == 1 and expect in err[0], err
+    assert _snapshot(root) == before
+
+
+# --- bad inputs: one family per parametrised test --------------------------------------------------
+TRAIN_BAD = [
+    (["--batch-size", "0"], "batch size"), (["--lr", "nan"], "--lr must be a finite"),
+    (["--lr", "inf"], "--lr must be a finite"), (["--lr", "0"], "learning rate"), (["--lr", "-1"], "learning rate"),
+    (["--channels", "8,abc"], "--channels must be comma-separated integers"),
+    (["--channels", "8,12"], "divisible by the group-norm"), (["--beta-schedule", "bogus"], "beta schedule 'bogus'"),
+    (["--timesteps", "0"], "timesteps"), (["--layers-per-block", "0"], "layers per block"),
+    (["--steps", "0"], "steps must be"), (["--seed", str(10**20)], "--seed must be an integer"),
+    (["--seed", "-1"], "--seed must be an integer"), (["--device", "meta"], "--device must be cpu"),
+    (["--ema-decay", "1.5"], "EMA decay"), (["--size", "0"], "--size"),
+]
+
+
+@pytest.mark.parametrize("extra,expect", TRAIN_BAD, ids=[" ".join(e) for e, _ in TRAIN_BAD])
+def test_train_bad_options(extra, expect, tiny_npz, work, capsys):
+    _refused(["train", "--data", tiny_npz, "--out", str(work / "model")] + extra, work, capsys, expect)
+
+
+GENERATE_BAD = [
+    (["--steps", "0"], "steps must be an integer in 1..1000"), (["--steps", "-3"], "steps must be"),
+    (["--steps", "5000"], "steps must be"), (["--seed", str(10**20)], "--seed must be"),
+    (["--device", "meta"], "--device must be cpu"), (["--out", "{w}/x.jpg"], "must be a .png"),
+    (["--out", "{w}/thesis.tex/x.png"], "not a folder"), (["--out", "{w}"], "must be a .png"),
+]
+
+
+@pytest.mark.parametrize("extra,expect", GENERATE_BAD, ids=[" ".join(e) for e, _ in GENERATE_BAD])
+def test_generate_bad_options(extra, expect, tiny_model_dir, work, capsys):
+    argv = ["generate", "--model", tiny_model_dir, "--label", "1", "--seed", "1", "--steps", "2",
+            "--out", str(work / "g.png")] + [e.format(w=work) for e in extra]
+    _refused(argv, work, capsys, expect)
+
+
+ATTRIBUTE_BAD = [
+    (["--seed", str(10**20)], "--seed must be"), (["--frozen", "."], "nothing is left to unlearn"),
+    (["--device", "meta"], "--device must be cpu"), (["--lam", "inf"], "--lam must be a finite"),
+    (["--tol", "nan"], "--tol must be a finite"), (["--out", "{w}/thesis.tex"], "existing file, not a folder"),
+    (["--out", "{w}"], "does not hold a MUCS run"), (["--out", "{model}"], "would replace the input"),
+    (["--out", "{w}/thesis.tex/sub"], "not a folder"), (["--cache-dir", "{w}/thesis.tex"], "--cache-dir"),
+    (["--cache-dir", "{w}/thesis.tex/c"], "not a folder"),
+]
+
+
+@pytest.mark.parametrize("extra,expect", ATTRIBUTE_BAD, ids=[" ".join(e) for e, _ in ATTRIBUTE_BAD])
+def test_attribute_bad_options(extra, expect, tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
+    q = _query(tmp_path, tiny_npz)
+    argv = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0",
+            "--out", str(work / "run")] + FAST + [e.format(w=work, model=tiny_model_dir) for e in extra]
+    before_model = _snapshot(tiny_model_dir)
+    _refused(argv, work, capsys, expect)
+    assert _snapshot(tiny_model_dir) == before_model
+
+
+MALFORMED = [("mucs_train.json", "{not json", "cannot read"), ("mucs_train.json", "[1, 2]", "must be a JSON object"),
+             ("mucs_train.json", '{"lr": "fast"}', "lr must be a positive number"),
+             ("mucs_settings.json", "{oops", "cannot read"), ("mucs_settings.json", '{"settings": {"noises": "x"}}',
+                                                            "noises must be an integer"),
+             ("mucs_settings.json", '{"settings": {"nosies": 3}}', "unknown setting 'nosies'")]
+
+
+@pytest.mark.parametrize("name,body,expect", MALFORMED, ids=[f"{n}:{b}" for n, b, _ in MALFORMED])
+def test_malformed_model_json(name, body, expect, tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / name).write_text(body)
+    q = _query(tmp_path, tiny_npz)
+    _refused(["attribute", "--model", str(model), "--data", tiny_npz, "--image", q, "--label", "0",
+              "--out", str(work / "run")] + FAST, work, capsys, expect)
+
+
+NPZ_BAD = [("labels", np.array([0, 1.7, 2, 3] * 8), "found 1.7"), ("labels", np.array([0, np.nan, 1, 2] * 8), "NaN"),
+           ("labels", np.array(["a", "b", "c", "d"] * 8), "labels must be integers"),
+           ("labels", np.array([0, -1, 1, 2] * 8), "≥ 0"), ("text", None, "not an .npz archive")]
+
+
+@pytest.mark.parametrize("kind,labels,expect", NPZ_BAD, ids=[e for _, _, e in NPZ_BAD])
+def test_bad_npz_labels(kind, labels, expect, tiny_npz, tmp_path, work, capsys):
+    bad = tmp_path / "bad.npz"
+    if kind == "text":
+        bad.write_text("just text")
+    else:
+        np.savez(bad, images=np.load(tiny_npz)["images"], labels=labels)
+    _refused(["train", "--data", str(bad), "--out", str(work / "model"), "--steps", "1"], work, capsys, expect)
+
+
+@pytest.mark.parametrize("auth", [":", "user:", ":pass", ""])
+def test_app_auth_needs_user_and_password(auth, capsys):
+    import app
+    with pytest.raises(SystemExit) as e:
+        app.parse_args(["--host", "0.0.0.0", "--auth", auth])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("text,expect", [('{"noises": "x"}', "noises must be an integer"),
+                                         ('{"nosies": 3}', "unknown setting"), ('{"lam": true}', "lam must be"),
+                                         ('{"frozen": [1]}', "frozen must be"), ('{"seed": 1e30}', "seed must be"),
+                                         ('{"lam": NaN}', "finite"), ('{"settings": {"top_k": 2.5}}', "top_k")])
+def test_app_settings_checked(text, expect):
+    import app
+    with pytest.raises(MucsError, match=expect.replace("(", r"\(")):
+        app.load_overrides(text)
+    assert app.load_overrides('{"noises": 4, "lam": 1, "frozen": ["bias"]}') == {"noises": 4, "lam": 1.0,
+                                                                                 "frozen": ("bias",)}
+
+
+def test_app_main_bad_settings_is_one_line(capsys):
+    import app
+    assert app.main(["--settings", '{"noises": "x"}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "noises" in err
+
+
+def test_check_settings_dict_accepts_every_default():
+    from dataclasses import asdict
+    from mucs.settings import Settings
+    d = asdict(Settings())
+    assert check_settings_dict(d)["frozen"] == tuple(Settings().frozen)
+
+
+# --- data loss ----------------------------------------------------------------------------------
+def test_out_folder_of_user_files_survives_every_command(tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
+    q = _query(tmp_path, tiny_npz)
+    imgs = tmp_path / "imgs"
+    (imgs / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "a" / "0.png")
+    (work / "other.png").write_bytes(b"\x89PNG\r\n\x1a\nnot ours")
+    (work / "results.json").write_text('{"mine": 1}')
+    model_before = _snapshot(tiny_model_dir)
+    _refused(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0",
+              "--out", str(work)] + FAST, work, capsys, "does not hold a MUCS run")
+    _refused(["train", "--data", str(imgs), "--out", str(imgs), "--steps", "1"], imgs, capsys, "would replace the input")
+    _refused(["train", "--data", str(imgs), "--out", str(imgs), "--steps", "1", "--force"], imgs, capsys,
+             "would replace the input")
+    _refused(["train", "--data", tiny_npz, "--out", str(work), "--steps", "1"], work, capsys, "does not hold a MUCS model")
+    _refused(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0",
+              "--out", tiny_model_dir] + FAST, work, capsys, "would replace the input")
+    _refused(["generate", "--model", tiny_model_dir, "--label", "0", "--seed", "1", "--steps", "2",
+              "--out", str(work / "other.png")], work, capsys, "not written by mucs")
+    _refused(["evaluate", "--out", str(work / "results.json"), "--cached-only"], work, capsys, "not written by mucs")
+    assert (work / "thesis.tex").read_text() == "precious" and _snapshot(tiny_model_dir) == model_before
+
+
+def test_attribute_out_a_model_folder_is_refused_even_when_not_an_input(tiny_model_dir, tiny_npz, tmp_path, capsys,
+                                                                       fast_env):
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model_dir, other)
+    (other / MARKER).unlink(missing_ok=True)          # a model from before the marker: still a model
+    assert folder_kind(str(other)) == "model"
+    _refused(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
+              "--label", "0", "--out", str(other)] + FAST, other, capsys, "holds a MUCS model, not a run")
+
+
+def test_generate_replaces_only_its_own_png(tiny_model_dir, tmp_path, capsys):
+    def gen(out, seed, *extra):
+        return main(["generate", "--model", tiny_model_dir, "--label", "0", "--seed", str(seed), "--steps", "2",
+                     "--out", str(out), *extra])
+    out = tmp_path / "g.png"
+    assert gen(out, 1) == 0
+    first = out.read_bytes()
+    assert gen(out, 2) == 0 and out.read_bytes() != first          # written by generate: replaced
+    foreign = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(foreign)
+    keep = foreign.read_bytes()
+    assert gen(foreign, 1) == 2 and foreign.read_bytes() == keep
+    assert gen(foreign, 1, "--force") == 0 and foreign.read_bytes() != keep
+
+
+def test_attribute_replaces_an_earlier_run_and_force_replaces_a_foreign_folder(tiny_model_dir, tiny_npz, tmp_path,
+                                                                              work, capsys, fast_env):
+    q = _query(tmp_path, tiny_npz)
+    old_run = tmp_path / "old_run"          # an earlier run from before the marker: result.json + scores.csv + losses.npz
+    old_run.mkdir()
+    for name in ("result.json", "scores.csv", "losses.npz"):
+        (old_run / name).write_text("old")
+    base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0"] + FAST
+    assert main(base + ["--out", str(old_run)]) == 0
+    assert json.load(open(old_run / "result.json"))["top_k"] and folder_kind(str(old_run)) == "run"
+    assert main(base + ["--out", str(work), "--force"]) == 0
+    assert not (work / "thesis.tex").exists() and folder_kind(str(work)) == "run"
+    assert [n for n in os.listdir(tmp_path) if n.startswith((".tmp-", ".old-"))] == []
+
+
+def test_library_swap_refuses_foreign_folders(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.tex").write_text("precious")
+    with pytest.raises(MucsError, match="does not hold a MUCS run"):
+        atomic_write_dir(str(d), {"result.json": b"{}"})
+    assert os.listdir(d) == ["thesis.tex"] and os.listdir(tmp_path) == ["d"]
+    atomic_write_dir(str(d), {"result.json": b"{}"}, force=True)
+    assert sorted(os.listdir(d)) == [MARKER, "result.json"]
+    atomic_write_dir(str(d), {"result.json": b"[]"})          # ours now: replaced without force
+    assert (d / "result.json").read_bytes() == b"[]"
+    (tmp_path / "empty").mkdir()
+    atomic_write_dir(str(tmp_path / "empty"), {"a": b"1"})     # an empty folder holds nothing to lose
+    with pytest.raises(MucsError, match="holds a MUCS run, not a model"):
+        check_out_dir(str(d), "model")
+
+
+# --- crash safety ---------------------------------------------------------------------------------
+KILL_IN_SWAP = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from mucs import cache
+real = os.rename
+def rename(a, b):
+    real(a, b)
+    if os.path.basename(os.path.dirname(b)).startswith(".old-"):   # first rename done: old content moved aside
+        open(sys.argv[3], "w").close()
+        time.sleep(120)
+os.rename = rename
+cache.atomic_write_dir(sys.argv[2], {"result.json": b"new"})
+"""
+
+
+def test_kill_between_the_two_renames_is_recovered(tmp_path):
+    out = tmp_path / "run"
+    atomic_write_dir(str(out), {"result.json": b"old"})
+    ready = tmp_path / "ready"
+    p = subprocess.Popen([sys.executable, "-c", KILL_IN_SWAP, REPO, str(out), str(ready)])
+    try:
+        t0 = time.time()
+        while not ready.exists():
+            assert p.poll() is None and time.time() - t0 < 120, "the writer never reached the swap"
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert not out.exists()                                    # the state a kill leaves: target missing
+    assert any(n.startswith(".old-run-") for n in os.listdir(tmp_path))
+    check_out_dir(str(out), "run")                             # any command's start recovers it
+    assert (out / "result.json").read_bytes() == b"old"
+    recover_dir(str(out), stale_seconds=0)                     # the young .tmp- goes once it is stale
+    assert sorted(os.listdir(tmp_path)) == ["ready", "run"]
+    atomic_write_dir(str(out), {"result.json": b"newer"})
+    assert (out / "result.json").read_bytes() == b"newer"
+
+
+def test_kill_during_an_attribution_keeps_the_earlier_run(tiny_model_dir, tiny_npz, tmp_path):
+    out = tmp_path / "run"
+    atomic_write_dir(str(out), {"result.json": b"{}", "scores.csv": b"", "losses.npz": b""})
+    before = _snapshot(out)
+    env = dict(os.environ, MUCS_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=REPO)
+    p = subprocess.Popen([sys.executable, "-m", "mucs", "attribute", "--model", tiny_model_dir, "--data", tiny_npz,
+                          "--image", _query(tmp_path, tiny_npz), "--label", "0", "--out", str(out), "--noises", "4",
+                          "--max-steps", "500", "--tol", "0", "--batch-size", "16"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path), env=env)
+    try:
+        seen = b""
+        t0 = time.time()
+        while b"%" not in seen:                               # a progress bar: in the middle of the computation
+            assert time.time() - t0 < 240, seen[-500:]
+            chunk = os.read(p.stderr.fileno(), 4096)
+            assert chunk, f"attribute ended early: {seen[-500:]!r}"
+            seen += chunk
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stderr.close()
+    assert _snapshot(out) == before
+    recover_dir(str(out), stale_seconds=0)
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == []
+
+
+def test_concurrent_writers_neither_fail_nor_leak(tmp_path):
+    out = str(tmp_path / "run")
+    errors = []
+
+    def writer(i):
+        try:
+            for j in range(15):
+                atomic_write_dir(out, {"result.json": f"{i}-{j}".encode(), "scores.csv": b"x" * 1000})
+        except Exception as e:   # noqa: BLE001 - any failure is the bug under test
+            errors.append(e)
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and sorted(os.listdir(tmp_path)) == ["run"]
+    assert sorted(os.listdir(out)) == [MARKER, "result.json", "scores.csv"]
+
+
+def test_stale_staging_of_a_crash_is_removed_but_a_live_one_is_kept(tmp_path):
+    out = tmp_path / "run"
+    atomic_write_dir(str(out), {"result.json": b"1"})
+    stale, live = tmp_path / ".tmp-run-aaaaaaaa", tmp_path / ".tmp-run-bbbbbbbb"
+    foreign = tmp_path / ".tmp-mine"
+    for d in (stale, live, foreign):
+        d.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    os.utime(foreign, (time.time() - 7200, time.time() - 7200))
+    recover_dir(str(out))
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+# --- write failures and special files -------------------------------------------------------------
+def test_unwritable_out_and_cache_fail_before_computing(tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env,
+                                                        monkeypatch):
+    calls = []
+    monkeypatch.setattr("mucs.models.load_model", lambda *a, **k: calls.append(1))
+    q = _query(tmp_path, tiny_npz)
+    base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0"] + FAST
+    _refused(base + ["--out", str(work / "thesis.tex" / "run")], work, capsys, "not a folder")
+    _refused(base + ["--out", str(work / "run"), "--cache-dir", str(work / "thesis.tex")], work, capsys, "--cache-dir")
+    assert calls == []          # refused before the model was even loaded
+
+
+@pytest.mark.skipif(IS_ROOT, reason="running as root: chmod does not stop root from writing (the file-in-the-way "
+                                    "variant above covers the check)")
+def test_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(MucsError, match="not writable"):
+            check_writable_dir(str(ro / "out"), "--out")
+        with pytest.raises(MucsError, match="not writable"):
+            check_out_dir(str(ro / "out"), "run")
+    finally:
+        ro.chmod(0o755)
+
+
+def _read_only_mount():
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 3 and "ro" in parts[3].split(",") and os.path.isdir(parts[1]):
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.skipif(_read_only_mount() is None, reason="no read-only mount on this machine")
+def test_read_only_file_system_is_refused():
+    with pytest.raises(MucsError, match="read-only|not writable"):
+        check_writable_dir(os.path.join(_read_only_mount(), "mucs-out"), "--out")
+
+
+def test_fifo_at_a_cache_path_does_not_hang(tmp_path):
+    p = str(tmp_path / "loss_original-k.npz")
+    os.mkfifo(p)
+    result = {}
+
+    def load():
+        try:
+            result["value"] = load_arrays(p, "k")
+        except MucsError as e:
+            result["error"] = str(e)
+    t = threading.Thread(target=load, daemon=True)
+    t0 = time.time()
+    t.start()
+    t.join(10)
+    if t.is_alive():   # unblock the reader so that the test process can exit
+        fd = os.open(p, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        pytest.fail("load_arrays blocked on a FIFO")
+    assert "FIFO" in result.get("error", "") and time.time() - t0 < 5
+
+
+def test_folder_at_a_cache_path_and_failed_cache_writes(tmp_path, caplog):
+    d = tmp_path / "loss_original-k.npz"
+    d.mkdir()
+    with pytest.raises(MucsError, match="is a folder"):
+        load_arrays(str(d), "k")
+    with caplog.at_level(logging.WARNING, logger="mucs"):
+        assert save_arrays_best_effort(str(d), "k", loss=np.arange(3.0)) is False
+        assert save_arrays_best_effort(str(tmp_path / "f" / "x.npz"), "k", loss=np.arange(3.0)) is True
+        (tmp_path / "file").write_text("x")
+        assert save_arrays_best_effort(str(tmp_path / "file" / "x.npz"), "k", loss=np.arange(3.0)) is False
+    assert "the result is kept" in caplog.text
+    save_arrays(str(tmp_path / "ok.npz"), "k", loss=np.arange(3.0))
+    assert load_arrays(str(tmp_path / "ok.npz"), "k")["loss"].tolist() == [0, 1, 2]
+
+
+def test_run_store_on_a_file_is_one_clear_error(tmp_path):
+    from mucs.history import RunStore
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MucsError, match="run folder"):
+        RunStore(str(tmp_path / "file"), examples=None)
+    with pytest.raises(MucsError, match="not a folder"):
+        RunStore(str(tmp_path / "file" / "runs"), examples=None)
+
+
+# --- finite values and strict JSON -------------------------------------------------------------------
+def test_require_finite_and_strict_json():
+    import torch
+    assert require_finite("scores", np.arange(3.0), "scoring") is not None
+    require_finite("L_null", 0.5, "null loss")
+    require_finite("counts", np.arange(3), "x")
+    with pytest.raises(MucsError, match=r"non-finite values in scores during scoring: NaN \(1 of 3"):
+        require_finite("scores", np.array([0.0, np.nan, 1.0]), "scoring")
+    with pytest.raises(MucsError, match="non-finite values in L_f during unlearning: inf"):
+        require_finite("L_f", torch.tensor(float("inf")), "unlearning")
+    with pytest.raises(MucsError, match="non-finite values in L_null"):
+        require_finite("L_null", float("nan"), "null loss")
+    assert json.loads(dumps_strict({"a": [1.5]})) == {"a": [1.5]}
+    with pytest.raises(MucsError, match=r"\$\.b\[1\]"):
+        dumps_strict({"a": 1, "b": [0.0, float("inf")]}, "result.json")
