@@ -4,13 +4,15 @@
     python app.py --model M --data D    # your own diffusers folder and training set
     python app.py --host 0.0.0.0 --auth user:pass
 
-Every callback calls the library (mucs.explorer); heavy work (sampling, attribution) shares
-one queue slot. Runs are stored in --runs (default runs/ in the repository, or $MUCS_RUNS_DIR).
+Every callback calls the library (mucs.explorer, mucs.why, mucs.compare, mucs.report); heavy work
+(sampling, attribution, replaying an unlearning) shares one queue slot. Runs are stored in --runs
+(default runs/ in the repository, or $MUCS_RUNS_DIR).
 """
 import argparse
 import functools
 import inspect
 import json
+import logging
 import os
 import sys
 
@@ -19,39 +21,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from mucs import plots  # noqa: E402
+from mucs import plots, texts  # noqa: E402
 from mucs.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
-from mucs.explorer import Explorer, upscale  # noqa: E402
+from mucs.explorer import HISTORY_EXTRA, Explorer, upscale  # noqa: E402
 
-HEAVY = "heavy"          # the one queue slot shared by sampling and attribution
+HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
+GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
-HISTORY_HEADERS = ["id", "created (UTC)", "kind", "source", "class", "steps", "converged", "top-k", "seconds"]
+HISTORY_HEADERS = ["id", "created (UTC)", "kind", "source", "class", "steps", "converged", "top-k",
+                   "seconds"] + HISTORY_EXTRA
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("mucs.app")
+
+
+def _user_error(fn, e) -> gr.Error:
+    """A user error: one line in the server log (no traceback) and a clear message on the page."""
+    if isinstance(e, Cancelled):
+        log.warning("%s: cancelled", fn.__name__)
+        return gr.Error("cancelled: nothing was saved", title="Cancelled", print_exception=False)
+    log.warning("user error in %s: %s", fn.__name__, e)
+    return gr.Error(str(e), title="Cannot do that", print_exception=False)
 
 
 def user_errors(fn):
-    """Turn the library's MucsError (a bad input or setting) into a visible gr.Error
-    (for plain and generator callbacks)."""
+    """Turn the library's MucsError (a bad input or setting) and Cancelled into a visible gr.Error,
+    logged as one line (for plain and generator callbacks)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except MucsError as e:
-                raise gr.Error(str(e), title="Cannot do that") from e
-            except Cancelled:
-                raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
+            except (MucsError, Cancelled) as e:
+                raise _user_error(fn, e) from None
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MucsError as e:
-            raise gr.Error(str(e), title="Cannot do that") from e
-        except Cancelled:
-            raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
+        except (MucsError, Cancelled) as e:
+            raise _user_error(fn, e) from None
     return wrapper
 
 
@@ -61,11 +71,27 @@ def theme():
 
 
 CSS = """
-#query-image img { image-rendering: pixelated; }
-/* captions carry rank · index · class · score: wrap them instead of cutting them off */
-#topk-gallery .caption-label, #neighbour-gallery .caption-label, #recurring-gallery .caption-label {
-  white-space: normal; max-width: 100%; overflow: visible; text-overflow: clip; font-size: 11px; line-height: 1.25; }
-.gallery img, #generated-gallery img, #topk-gallery img, #neighbour-gallery img { image-rendering: pixelated; }
+#query-image img, #result-query img { image-rendering: pixelated; }
+/* compact galleries (class mucs-gallery): as many columns as fit, each image with its full caption
+   (rank · index · class · score) below it, wrapped instead of cut, at every width; no empty box */
+.mucs-gallery label[data-testid="block-label"] { position: static !important; margin-bottom: 4px; }
+.mucs-gallery .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; }
+.mucs-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(92px, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; }
+.mucs-gallery .gallery-item { height: auto !important; }
+.mucs-gallery .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column; overflow: visible !important; }
+.mucs-gallery .thumbnail-lg > img { aspect-ratio: 1; height: auto !important; }
+.mucs-gallery .caption-label { position: static !important; white-space: normal !important; max-width: 100% !important;
+  overflow: visible !important; text-overflow: clip !important; border: 0 !important; font-size: 11px;
+  line-height: 1.25; text-align: center !important; opacity: 1 !important; }
+.gallery img, .mucs-gallery img, #generated-gallery img { image-rendering: pixelated; }
+#results-empty { border: 1px dashed #bbb; border-radius: 8px; padding: 4px 14px; }
+.plot-note { font-size: 12.5px; color: #555; }
+/* narrow screens: smaller tab names, so that the three views stay visible instead of behind a menu */
+@media (max-width: 640px) {
+  .tab-container button { font-size: 12.5px !important; padding: 4px 7px !important; }
+}
 """
 
 
@@ -73,6 +99,7 @@ def build(ex: Explorer) -> gr.Blocks:
     s = ex.settings
     conditional = ex.model.num_classes is not None
     choices = ex.class_choices()
+    n_train = len(ex.data)
 
     # --- callbacks: each one calls the library and formats its answer ---------------------------
     def show_query(q, note=""):
@@ -105,10 +132,24 @@ def build(ex: Explorer) -> gr.Blocks:
         note = q.meta["file"] + (" — choose its class" if conditional else "")
         return show_query(q, note)
 
+    def on_upload_refused():
+        """After a refused upload: empty the file box (the query stays the previous one)."""
+        return None
+
     @user_errors
     def on_training(index):
         q = ex.training_item(index)
         return show_query(q, f"training item {q.meta['index']}")
+
+    def progress_text(u) -> str:
+        step = u.info.get("step")
+        o = u.overall
+        head = f"**{u.stage}**" + (f", step {step}" if step is not None else "")
+        if o is None:
+            return head
+        bar = "█" * int(o.fraction * 20) + "░" * (20 - int(o.fraction * 20))
+        return f"{head} · overall {o.fraction:.0%} `{bar}`" + (
+            f" · about {_secs(o.remaining)} left" if o.remaining is not None and o.fraction < 1 else "")
 
     @user_errors
     def on_attribute(q, label, top_k, noises, fraction, lam, tol, max_steps, seed, bounded, retain, consistent,
@@ -121,20 +162,20 @@ def build(ex: Explorer) -> gr.Blocks:
                                    sigma_max=sigma_max, train_noise=train_noise, loss_weighting=loss_weighting))
         cancel = ex.cancel_event(_session(request))
         for u in ex.attribute_stream(q, st, cancel):
-            progress(u.fraction, desc=u.stage)
+            frac = u.overall.fraction if u.overall is not None else u.fraction
+            progress(frac, desc=u.overall.text() if u.overall is not None else u.stage)
             if u.result is None:
-                step = u.info.get("step")
-                msg = f"**{u.stage}** {u.fraction:.0%}" + (f", step {step}" if step is not None else "")
-                yield {status: msg, live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol)}
+                yield {status: progress_text(u), live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol)}
             else:
-                yield {status: f"**done**: run `{u.run_id}` saved", live_curve: plots.unlearning_curve(
-                    u.curve, u.loss_null, st.tol), **result_outputs(u.run_id, u.result),
-                    **history_outputs(select=u.run_id), tabs: gr.Tabs(selected="results")}
+                yield {status: f"**done** in {_secs(u.overall.elapsed if u.overall else 0)}: run `{u.run_id}` saved",
+                       live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
+                       **result_outputs(u.run_id, u.result), **history_outputs(select=u.run_id),
+                       tabs: gr.Tabs(selected="results")}
 
     def result_outputs(run_id, att):
         ex.check_run(att)
         tol = att.settings.get("tol")
-        return {run_box: run_id, summary: ex.summary(att, run_id),
+        return {run_box: run_id, summary: ex.summary(att, run_id), results_empty: gr.update(visible=False),
                 result_query: upscale(att.query_image, 192) if att.query_image is not None else None,
                 top_gallery: ex.top_gallery(att),
                 neighbour_gallery: ex.neighbours(att.query_image) if att.query_image is not None else [],
@@ -142,11 +183,13 @@ def build(ex: Explorer) -> gr.Blocks:
                 scatter_plot: plots.loss_scatter(att.loss_original, att.loss_unlearned, att.scores, att.top,
                                                  att.labels, ex.class_names),
                 curve_plot: plots.unlearning_curve(att.curve, att.loss_null, tol),
-                class_plot: plots.class_breakdown(att.top, att.labels, ex.class_names, att.query.get("label"))}
+                class_plot: plots.class_breakdown(att.top, att.labels, ex.class_names, att.query.get("label")),
+                why_text: WHY_START, why_plot: EMPTY_WHY, why_hist: EMPTY_WHY_HIST, why_neighbours: [],
+                methods_text: METHODS_START, methods_html: "", methods_plot: EMPTY_METHODS}
 
     def history_outputs(select=None):
         ids = ex.store.ids()
-        return {history: ex.store.table(), run_select: gr.update(choices=ids, value=select),
+        return {history: ex.history_table(), run_select: gr.update(choices=ids, value=select),
                 overlap_select: gr.update(choices=ids)}
 
     def on_cancel(request: gr.Request):
@@ -173,21 +216,85 @@ def build(ex: Explorer) -> gr.Blocks:
     def on_overlap(run_ids):
         o = ex.overlap(run_ids)
         text = (f"Mean pairwise overlap of {len(o['names'])} runs: **{o['mean']:.3f}** "
-                f"(random top-k sets of the same sizes: {o['random_mean']:.3f}).")
+                f"(random top-k sets of the same sizes: {o['random_mean']:.3f}). "
+                + (f"{len(o['recurring'])} image(s) recur in two or more of the sets."
+                   if o["recurring"] else "No image is in two or more of the sets."))
         return (plots.overlap_heatmap(o["matrix"], o["names"]), plots.overlap_distribution(o["pairwise"], o["random"]),
                 ex.recurring_gallery(o["recurring"]), text)
 
     @user_errors
+    def on_compare_runs(run_ids):
+        return ex.compare_runs(run_ids)["html"]
+
     def on_export(run_id, fmt):
+        """The run's scores as CSV or JSON, ready on the download button (nothing to offer without a run)."""
         if not run_id:
-            raise MucsError("no run to export: attribute a query or open a run first")
-        return ex.store.export(run_id, fmt, class_names=ex.class_names)
+            return gr.update(value=None, interactive=False)
+        try:
+            path = ex.store.export(run_id, fmt, class_names=ex.class_names)
+        except MucsError as e:
+            raise _user_error(on_export, e) from None
+        return gr.update(value=path, interactive=True, label=f"Download {str(fmt).upper()}")
+
+    def on_report(run_id):
+        """The run's self-contained HTML report, ready on the download button."""
+        if not run_id:
+            return gr.update(value=None, interactive=False)
+        try:
+            path = ex.report_file(run_id)
+        except MucsError as e:
+            raise _user_error(on_report, e) from None
+        return gr.update(value=path, interactive=True)
+
+    def why_outputs(run_id, index):
+        w = ex.why(run_id, index)
+        att = ex.load_run(run_id)
+        neigh = ex.index_gallery([(i, f"d²={d:.3g}") for i, d in w.neighbours])
+        return {why_index: w.index, why_text: w.summary(), why_plot: plots.why_losses(w),
+                why_hist: plots.skew_histogram(att.scores, att.top, mark=w.index), why_neighbours: neigh}
+
+    @user_errors
+    def on_why(run_id, index):
+        if index is None or index == "":
+            raise MucsError("type a training index or click an image of the top-k")
+        return why_outputs(run_id, index)
+
+    @user_errors
+    def on_pick_top(run_id, evt: gr.SelectData):
+        att = ex.load_run(run_id)
+        return why_outputs(run_id, int(att.top[int(evt.index)]))
+
+    @user_errors
+    def on_replay(run_id, index, request: gr.Request = None, progress=gr.Progress()):
+        cancel = ex.cancel_event(_session(request))
+        info = ex.replay(run_id, progress=lambda ev: progress(ev.fraction, desc=f"replaying {ev.stage}"), cancel=cancel)
+        out = why_outputs(run_id, index if index not in (None, "") else ex.load_run(run_id).top[0])
+        same = "the same number of steps as the run" if info["same_steps"] else "**a different number of steps**"
+        out[why_text] = (f"Unlearning replayed: {info['steps']} steps ({same}).  \n") + out[why_text]
+        return out
+
+    @user_errors
+    def on_methods(run_id):
+        m = ex.compare_methods(run_id)
+        lines = [f"Top-{m['k']} of each method for this run's query. Shared with MUCS: " + ", ".join(
+            f"{lab} {len(m['with_mucs'][n])}/{len(m['tops'][n])}" for n, lab in zip(m["names"], m["labels"])
+            if n != "mucs") + "."]
+        return "\n".join(lines), m["html"], plots.methods_overlap(m["matrix"], m["labels"])
+
+    WHY_START = "Click an image of the top-k (or type its training index and press *Explain*)."
+    METHODS_START = "Press *Compare methods* to rank this run's query with the baselines too."
+    EMPTY_WHY = plots.empty("Loss at each noise level", "click a top-k image to see its losses over σ")
+    EMPTY_WHY_HIST = plots.empty("Where the item's skew falls", "click a top-k image")
+    EMPTY_METHODS = plots.empty("Overlap of the methods' top-k", "press Compare methods")
 
     # --- layout -------------------------------------------------------------------------------
     with gr.Blocks(title="MUCS Explorer", analytics_enabled=False) as demo:
         gr.Markdown("# MUCS Explorer\nWhich training images made the model generate this image? "
                     "Mirrored unlearning and noise-consistent skew (Serrà et al., 2026).")
         gr.Markdown(ex.describe(), elem_id="model-info")
+        with gr.Accordion("How MUCS works, in plain words (score, L_o, L_u, L_null)", open=False,
+                          elem_id="help-method"):
+            gr.Markdown(texts.METHOD)
         gen_state = gr.State([])
         query_state = gr.State(None)
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -211,7 +318,7 @@ def build(ex: Explorer) -> gr.Blocks:
                                              file_types=IMAGE_TYPES, type="filepath", elem_id="upload-file")
                         with gr.Tab("Training image"):
                             with gr.Row():
-                                train_index = gr.Number(0, precision=0, label=f"Training index (0..{len(ex.data) - 1})",
+                                train_index = gr.Number(0, precision=0, label=f"Training index (0..{n_train - 1})",
                                                         elem_id="train-index")
                                 train_btn = gr.Button("Use this training image", elem_id="train-btn")
                     with gr.Column(scale=2):
@@ -223,7 +330,7 @@ def build(ex: Explorer) -> gr.Blocks:
                                                   elem_id="query-class")
                 with gr.Accordion("Settings", open=False, elem_id="settings"):
                     with gr.Row():
-                        top_k = gr.Number(s.top_k, precision=0, label="top-k", elem_id="set-top-k")
+                        top_k = gr.Number(s.top_k, precision=0, label=f"top-k (1..{n_train})", elem_id="set-top-k")
                         noises = gr.Number(s.noises, precision=0, label="noises K", elem_id="set-noises")
                         fraction = gr.Number(s.noise_fraction, label="noise fraction f", elem_id="set-f")
                         lam = gr.Number(s.lam, label="λ (forget weight)", elem_id="set-lam")
@@ -248,34 +355,74 @@ def build(ex: Explorer) -> gr.Blocks:
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
                 status = gr.Markdown("", elem_id="status")
                 live_curve = gr.Plot(plots.empty("Mirrored unlearning", "starts when you click Attribute"),
-                                     label="Unlearning (live)", elem_id="live-curve")
+                                     label="Unlearning (live): forget loss L_f rising to L_null, retain loss L_r",
+                                     elem_id="live-curve")
             with gr.Tab("Results", id="results", elem_id="tab-results"):
+                results_empty = gr.Markdown(texts.RESULTS_EMPTY, elem_id="results-empty")
                 with gr.Row():
                     result_query = gr.Image(label="Query", type="pil", format="png", interactive=False, height=200,
-                                            elem_id="result-query", scale=1)
+                                            elem_id="result-query", scale=1, min_width=160)
                     with gr.Column(scale=4):
                         run_box = gr.Textbox(label="Run id", interactive=False, elem_id="run-id")
                         summary = gr.Markdown("", elem_id="summary")
                         with gr.Row():
-                            export_fmt = gr.Radio(["csv", "json"], value="csv", label="Export as", elem_id="export-fmt")
-                            export_btn = gr.Button("Export", elem_id="export-btn")
-                            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+                            export_fmt = gr.Radio(["csv", "json"], value="csv", label="Scores of every training image as",
+                                                  elem_id="export-fmt", scale=2)
+                            dl_data = gr.DownloadButton("Download CSV", value=None, interactive=False,
+                                                        elem_id="download-data", scale=1, size="md")
+                            dl_report = gr.DownloadButton("Download report (HTML)", value=None, interactive=False,
+                                                          elem_id="download-report", scale=1, size="md",
+                                                          variant="primary")
                 top_gallery = gr.Gallery(label="Most influential training images (top-k, best first): "
-                                               "rank · index · class · score", columns=5,
-                                         height="auto", format="png", object_fit="contain", elem_id="topk-gallery",
-                                         interactive=False)
-                neighbour_gallery = gr.Gallery(label="Nearest training images in pixel space (for comparison)",
-                                               columns=10, height=200, format="png", object_fit="contain",
-                                               elem_id="neighbour-gallery", interactive=False)
+                                               "rank · index · class · score — click one to see why",
+                                         columns=5, height="auto", format="png", object_fit="contain",
+                                         elem_id="topk-gallery", elem_classes=GALLERY, interactive=False, allow_preview=False)
+                with gr.Accordion("Why this image?", open=True, elem_id="why-panel"):
+                    gr.Markdown(texts.WHY, elem_classes=["plot-note"])
+                    with gr.Row():
+                        why_index = gr.Number(None, precision=0, label=f"training index (0..{n_train - 1})",
+                                              elem_id="why-index", scale=1, min_width=140)
+                        why_btn = gr.Button("Explain", elem_id="why-btn", scale=1)
+                        replay_btn = gr.Button("Replay unlearning (per-noise L_u)", elem_id="replay-btn", scale=2)
+                    why_text = gr.Markdown(WHY_START, elem_id="why-text")
+                    with gr.Row():
+                        why_plot = gr.Plot(EMPTY_WHY, label="Loss at each noise level (x: σ, y: loss, log axes)",
+                                           elem_id="plot-why")
+                        why_hist = gr.Plot(EMPTY_WHY_HIST, label="Its skew among all training images",
+                                           elem_id="plot-why-hist")
+                    why_neighbours = gr.Gallery(label="Its nearest training images in pixel space (d² = squared "
+                                                      "distance)", columns=6, height="auto", format="png",
+                                                object_fit="contain", elem_id="why-neighbours", elem_classes=GALLERY,
+                                                interactive=False, allow_preview=False)
+                neighbour_gallery = gr.Gallery(label="Nearest training images to the query in pixel space "
+                                                     "(for comparison)", columns=10, height="auto", format="png",
+                                               object_fit="contain", elem_id="neighbour-gallery", elem_classes=GALLERY,
+                                               interactive=False, allow_preview=False)
+                with gr.Accordion("What the plots show (axes and how to read them)", open=False, elem_id="help-plots"):
+                    gr.Markdown(texts.PLOTS)
                 with gr.Row():
-                    hist_plot = gr.Plot(label="Skew histogram", elem_id="plot-histogram")
-                    scatter_plot = gr.Plot(label="L_o vs L_u", elem_id="plot-scatter")
+                    hist_plot = gr.Plot(plots.empty("Skew of every training item", "appears after a run"),
+                                        label="Skew histogram (x: skew, y: images, log)", elem_id="plot-histogram")
+                    scatter_plot = gr.Plot(plots.empty("L_o vs L_u", "appears after a run"),
+                                           label="L_o vs L_u (mean loss before / after unlearning, log axes)",
+                                           elem_id="plot-scatter")
                 with gr.Row():
-                    curve_plot = gr.Plot(label="Unlearning curve", elem_id="plot-curve")
-                    class_plot = gr.Plot(label="Top-k classes", elem_id="plot-classes")
+                    curve_plot = gr.Plot(plots.empty("Mirrored unlearning", "appears after a run"),
+                                         label="Unlearning curve (x: step, y: loss)", elem_id="plot-curve")
+                    class_plot = gr.Plot(plots.empty("Top-k classes", "appears after a run"),
+                                         label="Top-k classes (x: class, y: images)", elem_id="plot-classes")
+                with gr.Accordion("Methods side by side: MUCS, pixel NN, feature NN, MUCS + pixel NN", open=True,
+                                  elem_id="methods-panel"):
+                    gr.Markdown(texts.METHODS, elem_classes=["plot-note"])
+                    methods_btn = gr.Button("Compare methods", elem_id="methods-btn")
+                    methods_text = gr.Markdown(METHODS_START, elem_id="methods-text")
+                    methods_html = gr.HTML("", elem_id="methods-grid")
+                    methods_plot = gr.Plot(EMPTY_METHODS, label="Overlap of the methods' top-k sets",
+                                           elem_id="plot-methods")
             with gr.Tab("History & overlap", id="history", elem_id="tab-history"):
-                history = gr.Dataframe(ex.store.table(), headers=HISTORY_HEADERS, interactive=False,
-                                       elem_id="history-table", max_height=320)
+                gr.Markdown(texts.HISTORY, elem_classes=["plot-note"])
+                history = gr.Dataframe(ex.history_table(), headers=HISTORY_HEADERS, interactive=False,
+                                       elem_id="history-table", max_height=320, wrap=True)
                 with gr.Row():
                     run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select")
                     open_btn = gr.Button("Open", elem_id="open-btn")
@@ -284,25 +431,36 @@ def build(ex: Explorer) -> gr.Blocks:
                 with gr.Row():
                     overlap_select = gr.Dropdown(ex.store.ids(), multiselect=True, label="Runs to compare (two or more)",
                                                  elem_id="overlap-select", scale=4)
-                    overlap_btn = gr.Button("Compare overlap", elem_id="overlap-btn", scale=1)
-                overlap_text = gr.Markdown("", elem_id="overlap-summary")
+                    overlap_btn = gr.Button("Compare runs", elem_id="overlap-btn", scale=1, variant="primary")
+                with gr.Accordion("How to read the comparison", open=False, elem_id="help-overlap"):
+                    gr.Markdown(texts.OVERLAP)
+                overlap_text = gr.Markdown("Choose two or more runs above and press *Compare runs*.",
+                                           elem_id="overlap-summary")
+                runs_html = gr.HTML("", elem_id="runs-grid")
                 with gr.Row():
-                    overlap_heat = gr.Plot(label="Overlap matrix", elem_id="plot-overlap")
-                    overlap_dist = gr.Plot(label="Overlap vs random", elem_id="plot-overlap-dist")
-                recurring_gallery = gr.Gallery(label="Training images recurring across the chosen runs", columns=12,
-                                               height=200, format="png", object_fit="contain",
-                                               elem_id="recurring-gallery", interactive=False)
+                    overlap_heat = gr.Plot(plots.empty("Overlap matrix", "compare two or more runs"),
+                                           label="Overlap matrix", elem_id="plot-overlap")
+                    overlap_dist = gr.Plot(plots.empty("Overlap vs random", "compare two or more runs"),
+                                           label="Overlap vs random (x: overlap, y: fraction of pairs)",
+                                           elem_id="plot-overlap-dist")
+                recurring_gallery = gr.Gallery(label="Training images in two or more of the chosen runs' top-k sets",
+                                               columns=12, height="auto", format="png", object_fit="contain",
+                                               elem_id="recurring-gallery", elem_classes=GALLERY, interactive=False,
+                                               allow_preview=False)
 
         query_outputs = [query_state, query_image, query_info, query_class]
-        result_components = [run_box, summary, result_query, top_gallery, neighbour_gallery, hist_plot, scatter_plot,
-                             curve_plot, class_plot]
+        result_components = [run_box, summary, results_empty, result_query, top_gallery, neighbour_gallery, hist_plot,
+                             scatter_plot, curve_plot, class_plot, why_text, why_plot, why_hist, why_neighbours,
+                             methods_text, methods_html, methods_plot]
         history_components = [history, run_select, overlap_select]
+        why_components = [why_index, why_text, why_plot, why_hist, why_neighbours]
 
         gen_ev = gen_btn.click(on_generate, [gen_class, gen_seed, gen_count, gen_steps],
                                [gen_state, gen_gallery] + query_outputs, api_name="generate",
                                concurrency_id=HEAVY, concurrency_limit=1)
         gen_gallery.select(on_pick_generated, [gen_state], query_outputs, api_name="pick_generated")
-        upload.upload(on_upload, [upload], query_outputs, api_name="upload", show_progress="hidden")
+        upload.upload(on_upload, [upload], query_outputs, api_name="upload", show_progress="hidden").failure(
+            on_upload_refused, None, [upload], api_name="clear_upload", queue=False)
         train_btn.click(on_training, [train_index], query_outputs, api_name="use_training")
         attr_ev = attr_btn.click(on_attribute, [query_state, query_class, top_k, noises, fraction, lam, tol, max_steps,
                                                 seed, bounded, retain, consistent, normalised, sigma_min, sigma_max,
@@ -310,15 +468,28 @@ def build(ex: Explorer) -> gr.Blocks:
                                  [status, live_curve, tabs] + result_components + history_components,
                                  api_name="attribute", concurrency_id=HEAVY, concurrency_limit=1,
                                  show_progress="minimal")
-        cancel_btn.click(on_cancel, None, [status], api_name="cancel", cancels=[gen_ev, attr_ev], queue=False)
+        replay_ev = replay_btn.click(on_replay, [run_box, why_index], why_components, api_name="why_replay",
+                                     concurrency_id=HEAVY, concurrency_limit=1)
+        cancel_btn.click(on_cancel, None, [status], api_name="cancel", cancels=[gen_ev, attr_ev, replay_ev],
+                         queue=False)
         open_btn.click(on_open, [run_select], result_components + [tabs], api_name="open_run")
         refresh_btn.click(on_refresh, None, history_components, api_name="list_runs")
         delete_btn.click(on_delete, [run_select], history_components, api_name="delete_run")
         overlap_btn.click(on_overlap, [overlap_select], [overlap_heat, overlap_dist, recurring_gallery, overlap_text],
                           api_name="overlap")
-        export_btn.click(on_export, [run_box, export_fmt], [export_file], api_name="export")
+        overlap_btn.click(on_compare_runs, [overlap_select], [runs_html], api_name="compare_runs")
+        gr.on([run_box.change, export_fmt.change], on_export, [run_box, export_fmt], [dl_data], api_name="export")
+        run_box.change(on_report, [run_box], [dl_report], api_name="report")
+        top_gallery.select(on_pick_top, [run_box], why_components, api_name="pick_top")
+        why_btn.click(on_why, [run_box, why_index], why_components, api_name="why")
+        methods_btn.click(on_methods, [run_box], [methods_text, methods_html, methods_plot], api_name="compare_methods")
         demo.load(on_refresh, None, history_components, api_name="load_history")
     return demo
+
+
+def _secs(sec) -> str:
+    from mucs.progress import format_seconds
+    return format_seconds(sec or 0)
 
 
 def _session(request) -> str:

@@ -1,8 +1,12 @@
 """The explorer session behind the app: one model, its training set, an Attributor and a run
 store. Every app callback calls one method here; nothing here knows about Gradio."""
+import json
+import logging
 import os
 import queue
+import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,8 +22,18 @@ from .generate import generate
 from .history import RunStore
 from .models import load_model
 from .neighbours import NeighbourIndex, pixel_features
-from .progress import ProgressEvent
+from .progress import Overall, OverallProgress, ProgressEvent
 from .settings import Settings
+
+log = logging.getLogger("mucs.explorer")
+KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
+# the main settings of each run shown in the history table, after the store's own columns
+HISTORY_EXTRA = ["K", "lr ÷", "cap", "settings"]
+# the paper's choices (Settings() defaults) that decide whether a run "used the paper's settings";
+# top_k, the step cap (the paper has none) and engineering options do not count
+PAPER_KEYS = ("noises", "noise_fraction", "rho", "lam", "tol", "batch_size", "lr", "lr_factor", "weight_decay",
+              "frozen", "null_batches", "null_batch_size", "bounded", "retain", "consistent_noise", "normalised",
+              "train_noise", "loss_weighting", "sigma_min", "sigma_max")
 
 # the settings a user may change per run in the app (everything else comes from the model's defaults)
 USER_SETTINGS = ("top_k", "noises", "noise_fraction", "lam", "tol", "max_steps", "seed",
@@ -56,6 +70,7 @@ class Update:
     info: dict = field(default_factory=dict)
     result: Optional[Attribution] = None
     run_id: Optional[str] = None
+    overall: Optional[Overall] = None      # monotone overall fraction, stage and time left
 
 
 class Explorer:
@@ -65,7 +80,10 @@ class Explorer:
         self.model = load_model(model_path, device)
         self.data = load_dataset(data_path)
         self.data.check_matches(self.model)
-        self.settings = settings_for(model_path, **(overrides or {})).validate()
+        from .checks import check_settings_dict
+        self.settings = settings_for(model_path, **check_settings_dict(overrides or {}, "settings")).validate()
+        if self.settings.top_k > len(self.data):
+            raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
         self.attributor = Attributor(self.model, self.data, self.settings, cache_dir_for(model_path))
         if examples_dir == "default":
             from .history import DEFAULT_EXAMPLES
@@ -74,6 +92,10 @@ class Explorer:
         self._neigh = None
         self._cancel = {}
         self._lock = threading.Lock()
+        self._unlearned = OrderedDict()     # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
+        self._ctx = None                    # baselines Context (faiss indexes shared across queries)
+        self._settings_cache = {}           # run id -> settings dict (runs never change)
+        self._last_times = None             # stage times of the last run here: weights of the overall progress
 
     # --- description -----------------------------------------------------------------------------
     @property
@@ -98,8 +120,15 @@ class Explorer:
         ov_ = {k: v for k, v in (overrides or {}).items() if k in USER_SETTINGS and v is not None}
         for k in ("top_k", "noises", "max_steps", "seed"):
             if k in ov_:
-                ov_[k] = int(ov_[k])
-        return self.settings.replace(**ov_).validate()
+                try:
+                    ov_[k] = int(ov_[k])
+                except (TypeError, ValueError):
+                    raise MucsError(f"{k.replace('_', '-')} must be a whole number, got {ov_[k]!r}") from None
+        s = self.settings.replace(**ov_).validate()
+        if s.top_k > len(self.data):
+            raise MucsError(f"top-k {s.top_k} is more than the {len(self.data)} training images: choose at most "
+                            f"{len(self.data)}")
+        return s
 
     # --- cancellation (one event per session) -----------------------------------------------------
     def cancel_event(self, session: str) -> threading.Event:
@@ -174,6 +203,10 @@ class Explorer:
             raise Cancelled("cancelled")
         run_id = self.store.save(att, dict(q.meta, kind=q.meta.get("kind"), source=_source(q),
                                            model=self.model.path, data=self.data.source))
+        self._last_times = dict(att.stage_times)
+        unet = getattr(att, "unlearned_unet", None)     # kept when the Attributor hands it over
+        if unet is not None:
+            self.keep_unlearned(run_id, unet)
         return run_id, att
 
     def attribute_stream(self, q: Query, settings: Optional[Settings] = None, cancel=None, every: float = 0.5):
@@ -182,7 +215,8 @@ class Explorer:
         cancel = cancel or threading.Event()
         events = queue.Queue()
         out = {}
-        state = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={})
+        state = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={}, overall=None)
+        overall = OverallProgress.from_times(self._last_times)
 
         def on_progress(ev: ProgressEvent):
             events.put(ev)
@@ -207,16 +241,21 @@ class Explorer:
                             done = True
                             break
                         _apply(state, ev)
+                        state["overall"] = overall(ev)
                         ev = events.get_nowait()
                 except queue.Empty:
                     pass
                 if not done:
+                    o = state["overall"]
+                    if o is not None:   # the time left keeps counting down between events
+                        o = Overall(o.fraction, o.stage, o.stage_fraction, o.elapsed, overall.remaining())
                     yield Update(state["stage"], state["fraction"], list(state["curve"]), state["loss_null"],
-                                 dict(state["info"]))
+                                 dict(state["info"]), overall=o)
             if "error" in out:
                 raise out["error"]
             run_id, att = out["result"]
-            yield Update("done", 1.0, att.curve, att.loss_null, {}, result=att, run_id=run_id)
+            yield Update("done", 1.0, att.curve, att.loss_null, {}, result=att, run_id=run_id,
+                         overall=overall(ProgressEvent("done", 1.0)))
         finally:
             if t.is_alive():
                 cancel.set()
@@ -240,9 +279,7 @@ class Explorer:
 
     def neighbours(self, image: np.ndarray, k: int = 8, target: int = 128) -> list:
         """[(image, caption)] of the k nearest training items in pixel space (for comparison)."""
-        if self._neigh is None:
-            self._neigh = NeighbourIndex.pixels(self.data)
-        d, idx = self._neigh.search(pixel_features(to_model_range(image)[None]), k)
+        d, idx = self.pixel_index().search(pixel_features(to_model_range(image)[None]), k)
         out = []
         for dist, i in zip(d[0], idx[0]):
             i = int(i)
@@ -299,11 +336,182 @@ class Explorer:
                     mean=float(pw.mean()), random_mean=float(rnd.mean()), recurring=ov.recurring(sets, 12))
 
     def recurring_gallery(self, rec: list, target: int = 128) -> list:
+        """[(image, caption)] of the images found in two or more of the compared top-k sets."""
         out = []
         for i, c in rec:
             lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"{i}{lab} · in {c} sets"))
+            out.append((upscale(self.data.images[i], target), f"{i}{lab} · in {c} of the sets"))
         return out
+
+    # --- history with the main settings -------------------------------------------------------------
+    def run_settings_dict(self, run_id: str) -> dict:
+        if run_id not in self._settings_cache:
+            try:
+                with open(os.path.join(self.store.path(run_id), "result.json")) as f:
+                    self._settings_cache[run_id] = dict(json.load(f).get("settings") or {})
+            except (OSError, ValueError, MucsError):
+                return {}
+        return self._settings_cache[run_id]
+
+    def history_table(self) -> list:
+        """The store's rows plus the main settings of each run: K, lr factor, step cap, and whether it
+        used the paper's settings."""
+        rows = []
+        for row in self.store.table():
+            st = self.run_settings_dict(row[0])
+            rows.append(list(row) + [st.get("noises", ""), _lr_text(st), st.get("max_steps", ""),
+                                     paper_mark(st) if st else ""])
+        return rows
+
+    # --- explain, compare, report --------------------------------------------------------------------
+    def load_run(self, run_id: str) -> Attribution:
+        if not run_id:
+            raise MucsError("no run chosen: attribute a query or open a run from the history first")
+        att = self.store.load(run_id)
+        self.check_run(att)
+        return att
+
+    def keep_unlearned(self, run_id: str, unet) -> None:
+        """Keep a run's unlearned UNet in memory (the last KEEP_UNLEARNED runs only)."""
+        with self._lock:
+            self._unlearned[run_id] = unet
+            self._unlearned.move_to_end(run_id)
+            while len(self._unlearned) > KEEP_UNLEARNED:
+                self._unlearned.popitem(last=False)
+
+    def unlearned(self, run_id: str):
+        with self._lock:
+            return self._unlearned.get(run_id)
+
+    def replay(self, run_id: str, progress=None, cancel=None) -> dict:
+        """Re-run a stored run's unlearning (deterministic) and keep the unlearned UNet for 'why'."""
+        from .why import replay_unlearning, run_settings
+        att = self.load_run(run_id)
+        unet, info = replay_unlearning(self.model, self.data, att, run_settings(att, self.settings), progress, cancel)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        self.keep_unlearned(run_id, unet)
+        return info
+
+    def baselines_context(self):
+        from .baselines import Context
+        if self._ctx is None:
+            self._ctx = Context(self.model, self.data, self.settings, self.attributor.cache_dir)
+        return self._ctx
+
+    def pixel_index(self) -> NeighbourIndex:
+        if self._neigh is None:
+            self._neigh = NeighbourIndex.pixels(self.data)
+        return self._neigh
+
+    def why(self, run_id: str, index, with_baselines: bool = True):
+        """`mucs.why.Why` for training item `index` of run `run_id` (per-noise L_u when the run's
+        unlearned model is in memory)."""
+        from .compare import method_scores
+        from .why import explain
+        att = self.load_run(run_id)
+        rank_scores = None
+        if with_baselines and att.query_image is not None:
+            rank_scores = method_scores(self.baselines_context(), att, run_id, ("pixel_nn", "feature_nn"))
+        return explain(self.model, self.data, self.attributor, att, index, self.unlearned(run_id), rank_scores,
+                       self.pixel_index(), class_name=self.class_name)
+
+    def index_gallery(self, items, target: int = 96) -> list:
+        """[(image, 'index class · extra')] for [(index, extra)]."""
+        out = []
+        for i, extra in items:
+            lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[int(i)])}"
+            out.append((upscale(self.data.images[int(i)], target), f"{int(i)}{lab}" + (f" · {extra}" if extra else "")))
+        return out
+
+    def compare_methods(self, run_id: str, methods=None) -> dict:
+        """Methods side by side for a run's query (see mucs.compare.methods_side_by_side), with an HTML grid."""
+        from .compare import METHODS, grid_html, methods_side_by_side
+        att = self.load_run(run_id)
+        m = methods_side_by_side(self.baselines_context(), att, run_id, tuple(methods or METHODS))
+        mucs_top = set(m["tops"].get("mucs", []))
+        rows = []
+        for name, label in zip(m["names"], m["labels"]):
+            items = m["tops"][name]
+            mark = {i: ("m", "also MUCS") for i in items if name != "mucs" and i in mucs_top}
+            if name == "mucs":
+                mark = {i: ("s", f"+{m['shared'][i] - 1} other list{'s' if m['shared'][i] > 2 else ''}")
+                        for i in items if i in m["shared"]}
+            rows.append(dict(title=label, subtitle=f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
+                             if name != "mucs" else "the run's own scores", items=items,
+                             scores={i: _score_text(name, m["scores"][name][i]) for i in items}, mark=mark,
+                             query=att.query_image if not rows else None))
+        key = ('<span style="border-color:#2a9d4b;background:#e9f7ee">green: also in MUCS\'s top-k</span>'
+               '<span style="border-color:#e8890c;background:#fff4e0">orange (MUCS row): in other methods\' lists too</span>')
+        m["html"] = grid_html(rows, self.data.images, self._cls_of, key, "methods")
+        return m
+
+    def compare_runs(self, run_ids) -> dict:
+        """Runs side by side: each run's query and top-k in one row, images shared between runs highlighted."""
+        from .compare import grid_html, runs_side_by_side
+        run_ids = [r for r in (run_ids or []) if r]
+        if len(run_ids) < 2:
+            raise MucsError("choose at least two runs to compare")
+        atts = [self.load_run(r) for r in run_ids]
+        names = [_short(r, a) for r, a in zip(run_ids, atts)]
+        c = runs_side_by_side(atts, names)
+        rows = []
+        for r, a, name in zip(run_ids, atts, names):
+            items = [int(i) for i in a.top]
+            rows.append(dict(title=name, subtitle=r, items=items, query=a.query_image,
+                             query_note=a.query.get("source") or "",
+                             scores={i: _score_text("mucs", a.scores[i]) for i in items},
+                             mark={i: ("s", f"in {c['shared'][i]} runs") for i in items if i in c["shared"]}))
+        key = '<span style="border-color:#e8890c;background:#fff4e0">orange: in two or more of these runs</span>'
+        c["html"] = grid_html(rows, self.data.images, self._cls_of, key, "runs")
+        return c
+
+    def _cls_of(self, i) -> str:
+        return "" if self.data.labels is None else self.class_name(self.data.labels[int(i)])
+
+    def report_file(self, run_id: str, out_dir: Optional[str] = None) -> str:
+        """Write the run's self-contained HTML report into `out_dir` (a new temporary folder by default)."""
+        from .report import render_report, write_report
+        att = self.load_run(run_id)
+        meta = self.store.meta(run_id)
+        text = render_report(att, run_id, meta, self.data, self.class_names)
+        out_dir = out_dir or tempfile.mkdtemp(prefix="mucs-report-")
+        return write_report(os.path.join(out_dir, f"mucs-report-{run_id.replace(':', '-')}.html"), text)
+
+
+# --- history with the main settings -------------------------------------------------------------------
+def paper_mark(settings: dict) -> str:
+    """'paper' when a run used the paper's choices (Settings() defaults; the step cap and top-k do not
+    count), 'paper (old σ grid)' for such runs made before the noise range existed, '' otherwise."""
+    ref = Settings().to_dict()
+    old_grid = "sigma_min" not in settings
+    for k in PAPER_KEYS:
+        if k in ("sigma_min", "sigma_max") and old_grid:
+            continue
+        v, r = settings.get(k, ref[k]), ref[k]
+        if isinstance(r, float) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if abs(float(v) - r) > 1e-9 * max(1.0, abs(r)):
+                return ""
+        elif (list(v) if isinstance(v, (list, tuple)) else v) != (list(r) if isinstance(r, (list, tuple)) else r):
+            return ""
+    return "paper (old σ grid)" if old_grid else "paper"
+
+
+def _score_text(method: str, score: float) -> str:
+    """A method's score as its caption shows it: skew for MUCS, squared distance for the NN
+    baselines (their score is −d²), mean normalised rank for ensembles."""
+    if "+" in method:
+        return f"rank avg {score:.3f}"
+    if method.endswith("_nn"):
+        return f"d² {max(0.0, -float(score)):.3g}"
+    return f"skew {score:.4f}"
+
+
+def _lr_text(settings: dict) -> str:
+    if settings.get("lr") is not None:
+        return f"lr {settings['lr']:g}"
+    f = settings.get("lr_factor")
+    return "" if f is None else f"{f:g}"
 
 
 def _apply(state: dict, ev: ProgressEvent) -> None:

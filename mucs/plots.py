@@ -1,5 +1,6 @@
 """Plotly figures for the explorer: skew histogram, L_o vs L_u scatter, unlearning curve,
-top-k class breakdown, overlap heatmap and overlap distribution vs random top-k sets."""
+top-k class breakdown, overlap heatmap and overlap distribution vs random top-k sets, and one
+training item's losses over the noise levels ("why this image")."""
 from typing import Optional, Sequence
 
 import numpy as np
@@ -34,16 +35,54 @@ def empty(title: str = "", message: str = "nothing to show yet") -> go.Figure:
     return _layout(fig, title)
 
 
-def skew_histogram(scores: np.ndarray, top: Sequence[int], bins: int = 60) -> go.Figure:
-    """Distribution of the skew over all training items, with the top-k cut-off marked."""
+def skew_histogram(scores: np.ndarray, top: Sequence[int], bins: int = 60, mark: Optional[int] = None) -> go.Figure:
+    """Distribution of the skew over all training items, with the top-k cut-off marked (and, with
+    `mark`, where one item's skew falls)."""
     scores = np.asarray(scores, float)
     fig = go.Figure(go.Histogram(x=scores, nbinsx=bins, marker_color="#7b8fb2", name="all items"))
     if len(top):
         cut = float(scores[np.asarray(top, int)].min())
         fig.add_vline(x=cut, line_dash="dash", line_color="#d62728",
                       annotation_text=f"top-{len(top)} cut-off {cut:.3g}", annotation_position="top left")
+    if mark is not None:
+        v = float(scores[int(mark)])
+        fig.add_vline(x=v, line_color="#2a9d4b", line_width=3,
+                      annotation_text=f"item {int(mark)}: {v:.4g}", annotation_position="bottom right")
     fig.update_yaxes(type="log")
-    return _layout(fig, "Skew of every training item", "skew", "items (log)")
+    title = "Skew of every training item" if mark is None else f"Where item {int(mark)} falls among all skews"
+    return _layout(fig, title, "skew", "items (log)")
+
+
+def why_losses(w) -> go.Figure:
+    """One item's L_o (and L_u when known) at each of the K noise levels, over σ (log axes), with
+    L_null; without per-noise L_u its stored mean is a dashed line."""
+    x = np.asarray(w.sigmas, float)
+    order = np.argsort(x)
+    custom = np.asarray(w.timesteps)[order]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x[order], y=np.asarray(w.loss_original, float)[order], mode="lines+markers",
+                             name="L_o (original model)", customdata=custom, marker=dict(size=6, color="#4c72b0"),
+                             hovertemplate="σ %{x:.3g} (step %{customdata})<br>L_o %{y:.4g}<extra></extra>"))
+    if w.loss_unlearned is not None:
+        fig.add_trace(go.Scatter(x=x[order], y=np.asarray(w.loss_unlearned, float)[order], mode="lines+markers",
+                                 name="L_u (unlearned model)", customdata=custom, marker=dict(size=6, color="#d62728"),
+                                 hovertemplate="σ %{x:.3g} (step %{customdata})<br>L_u %{y:.4g}<extra></extra>"))
+    else:
+        fig.add_hline(y=max(w.mean_unlearned, 1e-12), line_color="#d62728", line_dash="dash",
+                      annotation_text=f"mean L_u (stored) {w.mean_unlearned:.3g}", annotation_position="bottom right")
+    fig.add_hline(y=w.loss_null, line_color="#555", line_dash="dot", annotation_text="L_null",
+                  annotation_position="top left")
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log")
+    return _layout(fig, f"Item {w.index}: loss at each noise level, before and after unlearning",
+                   "σ, noise level (log)", "diffusion loss (log)")
+
+
+def methods_overlap(matrix: np.ndarray, names: Sequence[str]) -> go.Figure:
+    """Pairwise overlap of the methods' top-k sets for one query."""
+    fig = overlap_heatmap(matrix, names)
+    fig.update_layout(title=dict(text="Overlap of the methods' top-k sets |A∩B| / min(|A|,|B|)"))
+    return fig
 
 
 def loss_scatter(loss_original, loss_unlearned, scores, top: Sequence[int], labels=None,

@@ -1,0 +1,179 @@
+"""Why this image: for one training item of a run, its losses at each of the K noise levels (the
+original model's L_o and the unlearned model's L_u, over σ), its skew against every other item's,
+its rank under MUCS and under the nearest-neighbour baselines, and its nearest training images.
+
+A run stores only the mean L_o and L_u per item, not the per-noise matrices. Here they are
+recomputed for the few items asked about, on the run's own noise set:
+- L_o rows: the original model at the K levels (K forward passes per item; cheap);
+- L_u rows: need the unlearned model, which a stored run does not keep. `replay_unlearning` re-runs
+  the run's unlearning (same query, label, settings, seed, learning rate and L_null: deterministic
+  on a given machine and torch build) at the cost of the run's unlearning stage; the explorer keeps
+  the last replayed models in memory. Without it the per-noise L_u is not shown, only its stored mean.
+Every recomputed row is checked against the stored means, and the result says whether it matched."""
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .errors import MucsError
+from .losses import loss_matrix
+from .settings import Settings
+
+MATCH_RTOL = 2e-3       # recomputed row means agree with the stored means to this relative tolerance
+FRESH_NOISE_OFFSET = 1_000_003   # the fresh-noise ablation's second noise set (mucs.attribute)
+
+
+class Subset:
+    """The few items of a training set that `loss_matrix` should score, in the given order."""
+
+    def __init__(self, data, indices):
+        self.data, self.indices = data, np.asarray(indices, np.int64)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def tensor(self, idx=None):
+        return self.data.tensor(self.indices if idx is None else self.indices[np.asarray(idx)])
+
+    def label_tensor(self, idx=None):
+        return self.data.label_tensor(self.indices if idx is None else self.indices[np.asarray(idx)])
+
+
+def run_settings(att, base: Optional[Settings] = None) -> Settings:
+    """The Settings a stored run was made with. Runs made before the noise range existed used the
+    scheduler's whole σ range: a range wider than any scheduler's reproduces it (it is clipped)."""
+    d = dict(att.settings or {})
+    if "sigma_min" not in d:
+        d.update(sigma_min=1e-12, sigma_max=1e12)
+    s = (base or Settings()).replace(**{k: v for k, v in d.items() if v is not None})
+    s.lr = d.get("lr")
+    return s
+
+
+def loss_rows(unet, model, data, noise_set, indices, s: Settings) -> np.ndarray:
+    """(len(indices), K) losses of `unet` for the given items on `noise_set` (exactly the
+    computation of the run's L_o / L_u matrices, restricted to these rows)."""
+    return loss_matrix(unet, model, Subset(data, indices), noise_set, s.eval_batch_size, None, "why",
+                       s.loss_weighting, s.sigma_data)
+
+
+def replay_unlearning(model, data, att, s: Settings, progress=None, cancel=None):
+    """The run's unlearned UNet, recomputed: the same query pixels, label, settings, seed, learning
+    rate and L_null. Refuses a run made with another model."""
+    from .data import to_model_range
+    from .progress import Reporter
+    from .unlearn import unlearn
+    fp = (att.info or {}).get("model_fingerprint")
+    if fp and fp != model.fingerprint():
+        raise MucsError("this run was made with another model: its unlearning cannot be replayed here")
+    if att.query_image is None:
+        raise MucsError("this run has no stored query image: its unlearning cannot be replayed")
+    lr = (att.info or {}).get("unlearning_lr")
+    s = s.replace(lr=lr) if lr else s
+    x = to_model_range(att.query_image)
+    u = unlearn(model, data, x, att.query.get("label"), float(att.loss_null), s, Reporter(progress, cancel))
+    return u.unet, dict(steps=u.steps, converged=u.converged, same_steps=u.steps == att.steps)
+
+
+@dataclass
+class Why:
+    """Everything the 'why this image' view shows for one training item."""
+    index: int
+    label: Optional[int]
+    class_name: str
+    score: float
+    rank: int                          # 1-based rank under MUCS
+    n: int                             # training items
+    percentile: float                  # share of items with a lower score
+    sigmas: np.ndarray                 # (K,) σ of each level (the timestep's own σ)
+    timesteps: np.ndarray              # (K,)
+    loss_original: np.ndarray          # (K,) L_o at each level
+    loss_unlearned: Optional[np.ndarray]   # (K,) L_u at each level, None when the unlearned model is absent
+    mean_original: float               # stored means (what the score was computed from)
+    mean_unlearned: float
+    loss_null: float
+    ranks: dict = field(default_factory=dict)        # method -> 1-based rank
+    neighbours: list = field(default_factory=list)   # [(index, squared distance)], nearest first
+    notes: list = field(default_factory=list)
+    checks: dict = field(default_factory=dict)       # 'L_o' / 'L_u': recomputed mean matches the stored one
+
+    @property
+    def per_noise_skew(self) -> Optional[np.ndarray]:
+        if self.loss_unlearned is None:
+            return None
+        lo, lu = self.loss_original.astype(np.float64), self.loss_unlearned.astype(np.float64)
+        return (lu - lo) / (lu + lo + 1e-3)
+
+    def summary(self) -> str:
+        """Markdown: the item's score, rank and where it sits, ranks under other methods, checks, notes."""
+        cls = f" ({self.class_name})" if self.class_name else ""
+        lines = [f"**Training image {self.index}{cls}**: skew **{self.score:.4f}**, rank **{self.rank}** of {self.n} "
+                 f"under MUCS (higher than {self.percentile:.1%} of the training images).",
+                 f"Mean loss over the K = {len(self.sigmas)} noise levels: L_o = {self.mean_original:.4g} before, "
+                 f"L_u = {self.mean_unlearned:.4g} after unlearning the query (L_null, an untrained model's loss: "
+                 f"{self.loss_null:.4g})."]
+        if self.ranks:
+            from .compare import LABELS
+            lines.append("Rank under other methods: " + ", ".join(f"{LABELS.get(m, m)} **{r}**"
+                                                                 for m, r in self.ranks.items()) + ".")
+        sk = self.per_noise_skew
+        if sk is not None:
+            k = int(np.argmax(sk))
+            lines.append(f"The rise is largest at σ ≈ {self.sigmas[k]:.3g} (timestep {int(self.timesteps[k])}): "
+                         f"L_o {self.loss_original[k]:.3g} → L_u {self.loss_unlearned[k]:.3g}.")
+        for name, ok in self.checks.items():
+            lines.append(f"Per-noise {name} recomputed here: its mean {'matches' if ok else '**does not match**'} "
+                         "the stored run" + ("." if ok else " (the values are indicative only)."))
+        lines += self.notes
+        return "  \n".join(lines)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= MATCH_RTOL * max(abs(a), abs(b), 1e-6)
+
+
+def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_scores: Optional[dict] = None,
+            neighbour_index=None, k_neighbours: int = 6, class_name=lambda y: "") -> Why:
+    """The 'why' of training item `index` in run `att`. `unlearned_unet` (the run's unlearned model,
+    kept or replayed) gives the per-noise L_u; `rank_scores` ({method: scores}) the other methods'
+    ranks; `neighbour_index` (a pixel NeighbourIndex) the nearest training images."""
+    from .compare import ranks_of
+    n = len(att.scores)
+    try:
+        i = int(index)
+    except (TypeError, ValueError):
+        raise MucsError(f"training index must be an integer, got {index!r}") from None
+    if not 0 <= i < n:
+        raise MucsError(f"training index {i} out of range 0..{n - 1}")
+    s = run_settings(att, attributor.settings)
+    ns = attributor.noise_set(s)
+    lo = loss_rows(model.unet, model, data, ns, [i], s)[0]
+    checks = {"L_o": _close(float(lo.mean()), float(att.loss_original[i]))}
+    notes = []
+    lu = None
+    if unlearned_unet is not None:
+        ns_u = attributor.noise_set(s, 0 if s.consistent_noise else FRESH_NOISE_OFFSET)
+        lu = loss_rows(unlearned_unet, model, data, ns_u, [i], s)[0]
+        checks["L_u"] = _close(float(lu.mean()), float(att.loss_unlearned[i]))
+    else:
+        notes.append("The per-noise L_u needs the run's unlearned model, which a stored run does not keep: the plot "
+                     "shows L_o at each noise level and the stored mean L_u as a dashed line. **Replay the "
+                     "unlearning** to see L_u per noise level (it costs about as long as the run's unlearning stage).")
+    scores = np.asarray(att.scores, np.float64)
+    rank = int(ranks_of(scores)[i])
+    label = None if att.labels is None else int(att.labels[i])
+    ranks = {}
+    for name, sc in (rank_scores or {}).items():
+        if name != "mucs":
+            ranks[name] = int(ranks_of(sc)[i])
+    neighbours = []
+    if neighbour_index is not None:
+        from .neighbours import pixel_features
+        d, idx = neighbour_index.search(pixel_features(data.tensor([i])), k_neighbours + 1)
+        neighbours = [(int(j), float(dd)) for dd, j in zip(d[0], idx[0]) if int(j) != i][:k_neighbours]
+    ts = ns.timestep_sigmas if ns.timestep_sigmas is not None else ns.sigmas
+    return Why(index=i, label=label, class_name=class_name(label) if label is not None else "", score=float(scores[i]),
+               rank=rank, n=n, percentile=float(np.mean(scores < scores[i])),
+               sigmas=np.asarray(ts, np.float64), timesteps=np.asarray(ns.timesteps), loss_original=lo,
+               loss_unlearned=lu, mean_original=float(att.loss_original[i]), mean_unlearned=float(att.loss_unlearned[i]),
+               loss_null=float(att.loss_null), ranks=ranks, neighbours=neighbours, notes=notes, checks=checks)
