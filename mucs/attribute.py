@@ -1,5 +1,6 @@
 """MUCS end to end: noise set → original losses (cached) → null loss (cached) → mirrored
 unlearning → unlearned losses → skew → top-k."""
+import hashlib
 import io
 import json
 import os
@@ -100,6 +101,15 @@ class Attribution:
                    labels=labels, info={k: v for k, v in r.items() if k not in keys})
 
 
+@dataclass
+class UnlearnRecord:
+    """What a result keeps of an unlearning run (the weights themselves are not kept)."""
+    steps: int
+    converged: bool
+    curve: list
+    lr: float
+
+
 class Attributor:
     """Holds a model, its training set and the query-independent parts (noise set, L_o, L_null),
     computed once and cached on disk, so that each query pays only for unlearning and L_u."""
@@ -110,6 +120,7 @@ class Attributor:
         self.settings = (settings or Settings()).validate()
         self.cache_dir = cache_dir or default_cache_dir()
         self._noise, self._lo, self._null = {}, {}, {}
+        self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
 
     # --- query-independent parts -------------------------------------------------------------
     def noise_set(self, s: Settings, seed_offset: int = 0) -> NoiseSet:
@@ -223,6 +234,46 @@ class Attributor:
         return lu, mask, dict(noises=[int(c) for c in cols], kept=int(len(keep)), forwards=int(forwards),
                               forwards_full=int(N * K), saving=float(N * K / forwards))
 
+    # settings that change only how L_u and L_o are turned into scores, not the unlearned model or L_u
+    SCORING_ONLY = ("normalised", "top_k", "fragile_refs", "fragile_seed", "screen_noises", "screen_keep",
+                    "eval_batch_size")
+
+    def unlearned(self, x: torch.Tensor, label, lnull: float, lo: np.ndarray, s: Settings, report=None,
+                  times: Optional[dict] = None) -> tuple:
+        """Unlearn the query `x` and compute L_u. Returns (UnlearnResult-like record, L_u, fully-scored
+        mask, screening record). With `cache_unlearned` on (the evaluation sets it), full L_u matrices
+        are kept on disk keyed by model, data, query and every setting but the scoring ones, so
+        variants that differ only in scoring (normalised or not, fragile correction) reuse them.
+        `times` (a dict) receives the seconds of the two stages."""
+        times = {} if times is None else times
+        t0 = time.perf_counter()
+        ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
+        key = None
+        if self.cache_unlearned and not s.screen_noises:
+            lr = s.lr if s.lr is not None else (self.model.learning_rate or s.default_lr) / s.lr_factor
+            fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
+            key = cache_key(kind="loss_unlearned", model=self.model.fingerprint(), data=self.data.fingerprint(),
+                            noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
+                            query=hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest())
+            hit = self._load_cached("loss_unlearned", key)
+            if hit is not None:
+                rec = json.loads(str(hit["record"]))
+                times.update(unlearning=0.0, unlearned_losses=time.perf_counter() - t0)
+                return UnlearnRecord(**rec), hit["loss"], np.ones(len(hit["loss"]), bool), None
+        u = unlearn(self.model, self.data, x, label, lnull, s, report)
+        group = Group.current()
+        if group is not None:      # every rank unlearned the same way; score exactly rank 0's model
+            group.broadcast_module(u.unet)
+        times["unlearning"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lu, mask, screening = self.unlearned_losses(u.unet, ns, lo, s, report)
+        times["unlearned_losses"] = time.perf_counter() - t0
+        rec = UnlearnRecord(steps=u.steps, converged=u.converged, curve=u.curve, lr=u.lr)
+        if key is not None:
+            save_arrays(self._cache_path("loss_unlearned", key), key, loss=lu,
+                        record=np.array(json.dumps(dict(rec.__dict__))))
+        return rec, lu, mask, screening
+
     def reference_skews(self, s: Settings, report=None) -> tuple:
         """Skews of every training item for the fragile-item correction's reference queries: images
         generated from seeds fragile_seed + j (`fragile_refs` per class, or in total when the model is
@@ -242,12 +293,10 @@ class Attributor:
             return hit["skews"], None if not C else hit["labels"], True
         lo, _ = self.original_losses(base, report)
         lnull, _ = self.null_loss(base, report)
-        ns = self.noise_set(base, 0 if base.consistent_noise else 1_000_003)
         images = generate(self.model, labels, seeds, steps=50)
         rows = []
         for j, (img, y) in enumerate(zip(images, labels)):
-            u = unlearn(self.model, self.data, to_model_range(img), y, lnull, base)
-            lu, _, _ = self.unlearned_losses(u.unet, ns, lo, base)
+            _, lu, _, _ = self.unlearned(to_model_range(img), y, lnull, lo, base)
             rows.append(skew(lu, lo, base.normalised))
             if report is not None:
                 report("reference queries", (j + 1) / len(labels))
@@ -278,17 +327,7 @@ class Attributor:
         t0 = time.perf_counter()
         lnull, null_cached = self.null_loss(s, report)
         times["null_loss"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        u = unlearn(self.model, self.data, query.x, label, lnull, s, report)
-        group = Group.current()
-        if group is not None:      # every rank unlearned the same way; score exactly rank 0's model
-            group.broadcast_module(u.unet)
-        times["unlearning"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        # the fresh-noise ablation draws a second, independent noise set for the unlearned model
-        ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
-        lu, fully_scored, screening = self.unlearned_losses(u.unet, ns, lo, s, report)
-        times["unlearned_losses"] = time.perf_counter() - t0
+        u, lu, fully_scored, screening = self.unlearned(query.x, label, lnull, lo, s, report, times)
         scores = skew(lu, lo, s.normalised)
         fragile = None
         if s.fragile_refs:

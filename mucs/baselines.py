@@ -59,6 +59,8 @@ class Context:
         if self._attributor is None:
             from .attribute import Attributor
             self._attributor = Attributor(self.model, self.data, self.settings, self.cache_dir)
+            # variants that differ only in scoring share one unlearning per query (L_u kept on disk)
+            self._attributor.cache_unlearned = self.cache_dir is not None
         return self._attributor
 
     def pixel_index(self):
