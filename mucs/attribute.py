@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays, save_arrays
+from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays
+from .cache import save_arrays_best_effort as save_arrays
+from .checks import dumps_strict, require_finite
 from .data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from .errors import MucsError
@@ -64,7 +66,7 @@ class Attribution:
         buf = io.BytesIO()
         np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
         files = {"scores.csv": self.scores_csv().encode(),
-                 "result.json": json.dumps(self.result_json(), indent=1).encode(),
+                 "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
         if self.query_image is not None:
             png = io.BytesIO()
@@ -170,7 +172,7 @@ class Attributor:
         if hit is not None:
             self._lo[key] = hit["loss"]
             return hit["loss"], True
-        lo = self.loss_matrix(self.model.unet, ns, s, report, "original losses")
+        lo = require_finite("L_o", self.loss_matrix(self.model.unet, ns, s, report, "original losses"), "original losses")
         save_arrays(self._cache_path("loss_original", key), key, loss=lo)
         self._lo[key] = lo
         return lo, False
@@ -186,7 +188,7 @@ class Attributor:
         if hit is not None:
             value = float(hit["loss_null"])
         else:
-            value = null_loss(self.model, self.data, s, report)
+            value = require_finite("L_null", null_loss(self.model, self.data, s, report), "null loss")
             save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value))
         self._null[key] = value
         return value, hit is not None
@@ -266,7 +268,9 @@ class Attributor:
             group.broadcast_module(u.unet)
         times["unlearning"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        require_finite("the unlearning curve", [[c["loss_f"], c["loss_r"]] for c in u.curve], "unlearning")
         lu, mask, screening = self.unlearned_losses(u.unet, ns, lo, s, report)
+        require_finite("L_u", lu[:, :][~np.isnan(lu)], "unlearned losses")
         times["unlearned_losses"] = time.perf_counter() - t0
         rec = UnlearnRecord(steps=u.steps, converged=u.converged, curve=u.curve, lr=u.lr)
         if key is not None:
@@ -335,6 +339,7 @@ class Attributor:
             correction, fragile = self.fragile_correction(s, label, report)
             scores = scores - correction
             times["fragile_correction"] = time.perf_counter() - t0
+        require_finite("the scores", scores, "scoring")
         top = top_k(np.where(fully_scored, scores, -np.inf), min(s.top_k, int(fully_scored.sum())))
         times["total"] = sum(times.values())
         report("done", 1.0)

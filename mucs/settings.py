@@ -83,6 +83,11 @@ class Settings:
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
                   (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
                   (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
+        import math
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise MucsError(f"setting {f.name} must be a finite number, got {v}")
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)
