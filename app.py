@@ -231,7 +231,7 @@ def build(ex: Explorer) -> gr.Blocks:
         if not run_id:
             return gr.update(value=None, interactive=False)
         try:
-            path = ex.store.export(run_id, fmt, class_names=ex.class_names)
+            path = ex.export_file(run_id, fmt)
         except MucsError as e:
             raise _user_error(on_export, e) from None
         return gr.update(value=path, interactive=True, label=f"Download {str(fmt).upper()}")

@@ -96,6 +96,7 @@ class Explorer:
         self._ctx = None                    # baselines Context (faiss indexes shared across queries)
         self._settings_cache = {}           # run id -> settings dict (runs never change)
         self._last_times = None             # stage times of the last run here: weights of the overall progress
+        self._downloads = None              # one folder for the files offered for download (replaced, not piled up)
 
     # --- description -----------------------------------------------------------------------------
     @property
@@ -469,13 +470,23 @@ class Explorer:
     def _cls_of(self, i) -> str:
         return "" if self.data.labels is None else self.class_name(self.data.labels[int(i)])
 
+    def downloads_dir(self) -> str:
+        """This session's folder for downloadable files (a file per run and format, replaced atomically)."""
+        if self._downloads is None or not os.path.isdir(self._downloads):
+            self._downloads = tempfile.mkdtemp(prefix="mucs-downloads-")
+        return self._downloads
+
+    def export_file(self, run_id: str, fmt: str) -> str:
+        """The run's scores as CSV or JSON (see RunStore.export), in the downloads folder."""
+        return self.store.export(run_id, fmt, out_dir=self.downloads_dir(), class_names=self.class_names)
+
     def report_file(self, run_id: str, out_dir: Optional[str] = None) -> str:
-        """Write the run's self-contained HTML report into `out_dir` (a new temporary folder by default)."""
+        """Write the run's self-contained HTML report into `out_dir` (default: the downloads folder)."""
         from .report import render_report, write_report
         att = self.load_run(run_id)
         meta = self.store.meta(run_id)
         text = render_report(att, run_id, meta, self.data, self.class_names)
-        out_dir = out_dir or tempfile.mkdtemp(prefix="mucs-report-")
+        out_dir = out_dir or self.downloads_dir()
         return write_report(os.path.join(out_dir, f"mucs-report-{run_id.replace(':', '-')}.html"), text)
 
 

@@ -46,9 +46,10 @@ WHY = """\
 **Why this image?** Click an image of the top-k above (or type a training index and press *Explain*).
 You get its loss at each of the K noise levels before (L_o) and after unlearning (L_u), where its skew
 falls among all training images, its rank under MUCS and under the nearest-neighbour baselines, and
-its nearest training images. A run keeps only the mean losses, so the per-noise L_u needs the unlearned
-model: it is kept for runs made in this session once replayed — press *Replay unlearning* (it takes
-about as long as the run's unlearning stage; the result is checked against the stored run)."""
+its nearest training images. A stored run keeps only the mean losses, and the per-noise L_u needs the
+unlearned model: press *Replay unlearning* to recompute it (the run's own settings and seed; it takes
+about as long as the run's unlearning stage, and the result is checked against the stored run). The
+last two replayed models stay in memory."""
 
 METHODS = """\
 **Methods side by side**: the same query ranked by MUCS, by **pixel NN** (the training images nearest in
