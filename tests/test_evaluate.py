@@ -147,15 +147,16 @@ def test_partial_work_folder_resumes_only_what_is_missing(first_run, tmp_path):
     os.remove(os.path.join(work, "attributions", "mucs", mucs_files[0]))
     ev.run(METHODS)
     assert spy.calls == [union]
-    assert ev.computed == dict(retrains=1, generations=1, attributions=1)
-    # the recomputed attribution is the same as before (deterministic), so no other retrain was needed
+    # the retrained model's items stay cached under its key; the recomputed attribution is the same as
+    # before (deterministic), so no other retrain was needed
+    assert ev.computed == dict(retrains=1, generations=0, attributions=1)
 
 
 def test_cached_only_reproduces_the_table_and_computes_nothing(first_run, tmp_path):
     work = str(tmp_path / "copy")
     shutil.copytree(first_run["work"], work)
     spy = RetrainSpy()
-    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, retrain=spy)
+    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, retrain=spy, threads=1)
     result = ev.run(METHODS)
     assert spy.calls == [] and ev.computed == dict(retrains=0, generations=0, attributions=0)
     for table in (ev_mod.markdown_table, ev_mod.ci_table, ev_mod.overlap_table):
@@ -167,7 +168,7 @@ def test_cached_only_reproduces_the_table_and_computes_nothing(first_run, tmp_pa
 def test_cached_only_reports_what_exists(first_run, tmp_path):
     work = str(tmp_path / "copy")
     shutil.copytree(first_run["work"], work)
-    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True)
+    ev = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, threads=1)
     shutil.rmtree(ev.model_dir(sorted(set(first_run["spy"].calls[-1]))))   # the last method's retrain
     pixel = os.path.join(work, "attributions", "pixel_nn")
     os.remove(os.path.join(pixel, sorted(os.listdir(pixel))[0]))
@@ -218,6 +219,7 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
 def test_training_is_deterministic_for_a_seed_and_removed_set(first_run, tmp_path):
     from safetensors.numpy import load_file
     ev = first_run["ev"]
+    torch.set_num_threads(1)
     removed = np.array([1, 5, 9])
     paths = []
     for name in ("a", "b"):
@@ -256,7 +258,7 @@ def test_out_is_never_replaced_without_force(first_run, tmp_path, capsys):
     published = tmp_path / "counterfactual.json"
     published.write_text('{"published": true}')
     base = ["evaluate", "--preset", "tiny", "--data", first_run["cfg"].data, "--work", work, "--cached-only",
-            "--methods", ",".join(METHODS)]
+            "--methods", ",".join(METHODS), "--threads", "1"]
     assert main(base + ["--out", str(published)]) == 2
     assert "pass --force" in capsys.readouterr().err and published.read_text() == '{"published": true}'
     os.remove(os.path.join(work, "results.json"))
@@ -270,19 +272,16 @@ def test_out_is_never_replaced_without_force(first_run, tmp_path, capsys):
 def test_ray_tasks_on_two_local_workers_give_the_serial_table(first_run, tiny_npz, tmp_path):
     """The tiny preset from scratch as Ray tasks on a local Ray instance with 2 CPUs: every retrain
     and attribution is computed once and the table equals the serial run's."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from mucs.evaluation.engine import RayEngine
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    engine = RayEngine(workers=2, threads=1)            # a local Ray instance: 2 CPUs, 1 per task
     try:
-        engine = RayEngine(threads=1)
         assert ray.cluster_resources()["CPU"] == 2
         ev = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "w"), log=lambda m: None, engine=engine, threads=1)
         result = ev.run(METHODS)
-        engine.close()                                  # the caller's Ray connection stays up
-        assert ray.is_initialized()
     finally:
-        ray.shutdown()
+        engine.close()
+    assert not ray.is_initialized()                     # the engine started it, so it shut it down
     cfg = first_run["cfg"]
     assert ev.computed == dict(retrains=1 + cfg.random_repeats + len(METHODS),
                                generations=1 + cfg.random_repeats + len(METHODS), attributions=cfg.targets * 2)

@@ -59,6 +59,7 @@ class RayEngine:
     def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, threads: int = 1,
                  device: str = "cpu", gpus_per_task: float = 1.0):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")      # never report usage to anyone
+        os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")   # busy machines start Ray's agents slowly
         try:
             import ray
         except ImportError as e:
@@ -71,17 +72,30 @@ class RayEngine:
         if not ray.is_initialized():
             kw = dict(include_dashboard=False, log_to_driver=True)
             if address:
-                runtime_env = dict(py_modules=[os.path.join(ROOT, "mucs")])
-                ray.init(address=address, runtime_env=runtime_env, **kw)
+                ray.init(address=address, runtime_env=dict(py_modules=[os.path.join(ROOT, "mucs")]), **kw)
             else:
                 if workers is not None and workers < 1:
                     raise MucsError("--workers must be ≥ 1")
                 num_cpus = None if workers is None else int(workers) * self.threads
                 path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-                ray.init(num_cpus=num_cpus, runtime_env=dict(env_vars=dict(PYTHONPATH=path)), **kw)
+                self._start_local(num_cpus=num_cpus, runtime_env=dict(env_vars=dict(PYTHONPATH=path)), **kw)
             self._owned = True
         if self.num_gpus and not ray.cluster_resources().get("GPU"):
             raise MucsError("--device cuda on Ray, but the Ray cluster has no GPU")
+
+    def _start_local(self, attempts: int = 2, **kw) -> None:
+        """ray.init for a local instance, tried twice: on a heavily loaded machine the raylet can give
+        up waiting for its agents (Ray then raises a plain Exception); the second start finds the
+        files in the page cache and is faster."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.ray.init(**kw)
+                return
+            except Exception as e:      # noqa: BLE001 - Ray reports a failed node start as Exception
+                self.ray.shutdown()
+                if attempt == attempts:
+                    raise MucsError(f"could not start a local Ray instance ({str(e).splitlines()[0][:200]}); "
+                                    "try again when the machine is less busy, or use --engine serial") from e
 
     def submit(self, fn, *args, name: str = ""):
         if fn not in self._remote:

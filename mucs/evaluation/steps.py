@@ -94,11 +94,12 @@ def generated(job: Job, model) -> dict:
 
 
 def context(job: Job, model_a) -> baselines.Context:
-    """The attribution context for model A (a loaded model): the same object for the same model,
-    data, settings and cache folder, a new one when any of them differs."""
-    key = (model_a.fingerprint(), job.data().fingerprint(), json.dumps(job.cfg.mucs_settings().to_dict(), sort_keys=True,
-                                                                        default=str),
-           os.path.join(job.work, "cache"), str(job.device))
+    """The attribution context of `model_a` (a loaded model): the same object for the same model
+    object, data, settings and cache folder, a new one when any of them differs. Only the last one
+    is kept (it holds the model, so the id cannot be reused while it is kept)."""
+    settings = json.dumps(job.cfg.mucs_settings().to_dict(), sort_keys=True, default=str)
+    key = (id(model_a), model_a.fingerprint(), job.data().fingerprint(), settings, os.path.join(job.work, "cache"),
+           str(job.device))
     ctx = _CONTEXTS.get(key)
     if ctx is None:
         _CONTEXTS.clear()
