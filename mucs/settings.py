@@ -12,7 +12,7 @@ class Settings:
     sigma_max: float = 80.0      #   clipped to the scheduler's; not the scheduler's extremes
     seed: int = 0                # noise set, null-loss init, unlearning batches
     # Training-time noise of unlearning and L_null, and the loss (MUCS.md, "Reference details")
-    train_noise: str = "uniform"   # uniform over all steps (the DDPM recipe) | uniform_range | lognormal
+    train_noise: str = "lognormal" # the reference's (EDM) ln σ ~ N(p_mean, p_std²) | uniform (DDPM recipe) | uniform_range
     p_mean: float = -1.2           # lognormal: ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
     loss_weighting: str = "none"   # none: the model's own objective | edm: (σ² + σ_d²)/(σσ_d)²·‖x̂0 − x0‖²
