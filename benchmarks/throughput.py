@@ -1,0 +1,124 @@
+"""How close the scoring loop runs to the model's peak forward rate, and the unlearning step to a
+bare forward+backward of the same batch — measured in one run, on this machine.
+
+- peak: (item, noise) forwards per second of the bare UNet under inference_mode at the best of
+  several batch sizes (inputs prepared beforehand, nothing else in the loop);
+- stage: the rate the L_o/L_u loss loop (mucs.losses.loss_matrix, data conversion and noising
+  included) reaches at the settings' eval_batch_size; ratio = stage / peak;
+- unlearning: seconds per step of mucs.unlearn against one bare forward+backward+AdamW step on the
+  same 2·B items.
+At N = 1,000 (the embedded set) and at a larger synthetic N (images drawn from the embedded set with
+noise, labels cycled), default 50,000.
+Usage: python benchmarks/throughput.py [--large 50000] [--out benchmarks/results/throughput.json]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mucs import Attributor, load_dataset, load_model  # noqa: E402
+from mucs.cache import atomic_write  # noqa: E402
+from mucs.data import TrainingSet  # noqa: E402
+from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, settings_for  # noqa: E402
+from mucs.losses import loss_matrix  # noqa: E402
+from mucs.models import alphas_cumprod, per_item_loss  # noqa: E402
+from mucs.unlearn import unlearn  # noqa: E402
+
+
+@torch.inference_mode()
+def peak_rate(model, batches=(128, 256, 512, 1024), seconds=3.0) -> tuple:
+    """Best forwards/s of the bare UNet over `batches` (each timed for about `seconds`)."""
+    dev, C, S = model.device, model.channels, model.size
+    best = (0.0, None)
+    for b in batches:
+        x = torch.randn(b, C, S, S, device=dev)
+        t = torch.randint(0, 1000, (b,), device=dev)
+        y = torch.randint(0, model.num_classes, (b,), device=dev) if model.num_classes else None
+        model.unet(x, t, class_labels=y)            # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model.unet(x, t, class_labels=y)
+            n += b
+        rate = n / (time.perf_counter() - t0)
+        print(f"  bare forward, batch {b:5d}: {rate:8.0f} forwards/s", flush=True)
+        best = max(best, (rate, b))
+    return best
+
+
+def stage_rate(model, data, att, s) -> float:
+    ns = att.noise_set(s)
+    t0 = time.perf_counter()
+    loss_matrix(model.unet, model, data, ns, s.eval_batch_size)
+    return len(data) * len(ns) / (time.perf_counter() - t0)
+
+
+def bare_step_seconds(model, data, B, steps=10) -> float:
+    """One forward+backward+AdamW step on 2·B items (the forget and retain batches together)."""
+    import copy
+    unet = copy.deepcopy(model.unet).train(False)
+    opt = torch.optim.AdamW([p for p in unet.parameters()], lr=1e-5)
+    ac = alphas_cumprod(model)
+    idx = np.arange(2 * B) % len(data)
+    x0, y = data.tensor(idx), data.label_tensor(idx)
+    t = torch.randint(0, 1000, (2 * B,))
+    eps = torch.randn_like(x0)
+    per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps).mean().backward()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps).mean().backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def synthetic(data, n, seed=0) -> TrainingSet:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), n)
+    noise = rng.integers(-8, 9, (n, *data.images.shape[1:]))
+    images = np.clip(data.images[idx].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    labels = None if data.labels is None else (np.arange(n) % data.num_classes).astype(np.int64)
+    return TrainingSet(images=images, labels=labels, class_names=data.class_names, source=f"synthetic-{n}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--large", type=int, default=50_000, help="synthetic training-set size (0: skip)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    model, data = load_model(a.model), load_dataset(a.data)
+    s = settings_for(a.model)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {model.device}; "
+          f"K={s.noises}, eval_batch_size={s.eval_batch_size}, B={s.batch_size}")
+    peak, best_b = peak_rate(model)
+    out = dict(device=str(model.device), torch_threads=torch.get_num_threads(), peak_forwards_per_s=peak,
+               peak_batch=best_b, date=time.strftime("%Y-%m-%d"), sizes={})
+    for name, d in [("N=1000", data)] + ([(f"N={a.large}", synthetic(data, a.large))] if a.large else []):
+        att = Attributor(model, d, s, cache_dir=os.path.join("/tmp", "mucs-throughput-cache"))
+        rate = stage_rate(model, d, att, s)
+        out["sizes"][name] = dict(stage_forwards_per_s=rate, ratio=rate / peak, seconds=len(d) * s.noises / rate)
+        print(f"{name}: loss stage {rate:.0f} forwards/s = {rate / peak:.2f} of peak "
+              f"({len(d) * s.noises / rate:.1f} s for {len(d)}x{s.noises})", flush=True)
+    lnull = 1.0
+    q = data.tensor([7])[0]
+    t0 = time.perf_counter()
+    u = unlearn(model, data, q, None if data.labels is None else int(data.labels[7]), lnull, s.replace(max_steps=10, tol=0.0))
+    step = (time.perf_counter() - t0) / max(1, u.steps)
+    bare = bare_step_seconds(model, data, s.batch_size)
+    out["unlearning"] = dict(seconds_per_step=step, bare_seconds_per_step=bare, ratio=bare / step)
+    print(f"unlearning: {step * 1000:.0f} ms per step, bare forward+backward+step of 2x{s.batch_size} items "
+          f"{bare * 1000:.0f} ms ({bare / step:.2f} of the bare rate)")
+    if a.out:
+        atomic_write(a.out, json.dumps(out, indent=1, allow_nan=False).encode())
+        print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
