@@ -121,7 +121,8 @@ def cmd_attribute(a):
     # never one of this command's inputs; the cache folder must be writable
     check_out_dir(a.out, "run", force=a.force, protect=[a.model, a.data, a.image, cache_dir])
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
-    model = load_model(a.model, a.device, train_lr=a.train_lr)
+    from .distributed import device_for_rank
+    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
     label = model.check_label(a.label)
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
     data.check_matches(model)
@@ -139,10 +140,15 @@ def cmd_attribute(a):
     names = [n for n, _ in model.unet.named_parameters()]
     if not [n for n in names if not any(p in n for p in s.frozen)]:
         raise MucsError(f"--frozen {','.join(s.frozen)} matches all {len(names)} parameters: nothing is left to unlearn")
-    bar = TextBar()
+    from .distributed import init_from_env
+    group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
+    bar = TextBar() if group is None or group.rank == 0 else None
     res = Attributor(model, data, s, cache_dir=cache_dir).attribute(
         query, label, progress=bar, source=os.path.abspath(a.image))
-    bar.close()
+    if bar is not None:
+        bar.close()
+    if group is not None and group.rank != 0:
+        return                  # rank 0 writes the run
     for note in res.query["conversions"]:
         print(f"note: query {note}")
     adopted = _force_adopt(a, "run")
@@ -155,6 +161,9 @@ def cmd_attribute(a):
     print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
+    from .diagnostics import warnings
+    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps):
+        print(f"warning: {w}")
     print(f"wrote {a.out}/scores.csv and {a.out}/result.json")
 
 
