@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -61,17 +62,32 @@ def bad_files(d):
     return dict(corrupt=str(corrupt), text=str(text), huge=str(huge)), None
 
 
+NEW_ENDPOINTS = ("why", "pick_top", "why_replay", "compare_methods", "compare_runs", "report", "export",
+                 "clear_upload")
+
+
 def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
     _, demo, fns, _ = env
-    assert all(isinstance(f.api_name, str) and f.api_name for f in demo.fns.values())
-    for name in ("generate", "attribute"):
+    # every event with a function of ours is named (gradio adds a function-less click to download buttons)
+    assert all(isinstance(f.api_name, str) and f.api_name and f.api_name != "unnamed"
+               for f in demo.fns.values() if f.fn is not None)
+    for name in ("generate", "attribute", "why_replay"):
         assert fns[name].concurrency_id == app.HEAVY and fns[name].concurrency_limit == 1
     for name in ("generate", "pick_generated", "upload", "use_training", "attribute", "cancel", "open_run",
-                 "list_runs", "delete_run", "overlap", "export"):
+                 "list_runs", "delete_run", "overlap") + NEW_ENDPOINTS:
         assert name in fns
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert {"generate-btn", "attribute-btn", "cancel-btn", "query-image", "topk-gallery", "history-table",
-            "upload-file", "export-file", "plot-histogram", "plot-scatter", "plot-curve", "plot-classes"} <= ids
+            "upload-file", "download-data", "download-report", "plot-histogram", "plot-scatter", "plot-curve",
+            "plot-classes", "results-empty", "help-method", "help-plots", "help-overlap", "why-panel", "plot-why",
+            "why-neighbours", "methods-grid", "plot-methods", "runs-grid"} <= ids
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert type(by_id["download-data"]).__name__ == "DownloadButton"   # no empty File panel
+    assert type(by_id["download-report"]).__name__ == "DownloadButton"
+    # a refused upload empties the file box: a failure-only follow-up writes None into it
+    clear = fns["clear_upload"]
+    assert clear.trigger_only_on_failure and [o._id for o in clear.outputs] == [by_id["upload-file"]._id]
+    assert clear.fn() is None
 
 
 def test_bad_uploads_raise_gr_error_and_save_nothing(env, tmp_path):
@@ -152,22 +168,152 @@ def test_closing_the_stream_cancels_and_saves_nothing(env):
     assert not [t for t in threading.enumerate() if t.name == "mucs-attribute"]
 
 
+def by_id(out: dict) -> dict:
+    return {getattr(k, "elem_id", None): v for k, v in out.items()}
+
+
 def test_attribute_open_export_direct(env, tmp_path):
     ex, _, fns, _ = env
     qs, gallery, q, img, info, cls = fns["generate"].fn(2, 5, 2, 10, request())
     assert len(qs) == 2 and len(gallery) == 2 and gallery[0][0].size == (128, 128) and cls["value"] == 2
     outs = list(fns["attribute"].fn(q, 2, *ATTR_ARGS, request=request()))
-    final = {getattr(k, "elem_id", None): v for k, v in outs[-1].items()}
+    final = by_id(outs[-1])
     run_id = final["run-id"]
     assert run_id in ex.store.ids() and len(final["topk-gallery"]) == 5
-    opened = {getattr(k, "elem_id", None): v for k, v in fns["open_run"].fn(run_id).items()}
+    assert final["results-empty"]["visible"] is False and final["status"].startswith("**done**")
+    # overall progress: shown with every live update, never going back
+    overall = [int(m.group(1)) for o in outs[:-1] for m in [re.search(r"overall (\d+)%", by_id(o)["status"])] if m]
+    assert overall and overall == sorted(overall)
+    opened = by_id(fns["open_run"].fn(run_id))
     assert opened["run-id"] == run_id and opened["summary"].startswith("**Run**")
-    path = fns["export"].fn(run_id, "json")
+    assert opened["results-empty"]["visible"] is False and "Click an image" in opened["why-text"]
+    path = fns["export"].fn(run_id, "json")["value"]
     assert json.load(open(path))["meta"]["seed"] == 5
-    with pytest.raises(gr.Error, match="no run"):
-        fns["export"].fn("", "csv")
+    assert fns["export"].fn("", "csv") == {"value": None, "interactive": False, "__type__": "update"}
     with pytest.raises(gr.Error, match="at least two"):
         fns["overlap"].fn([run_id])
+
+
+@pytest.fixture(scope="module")
+def two_runs(env):
+    ex, _, _, _ = env
+    ids = []
+    for i in (3, 7):
+        rid, _ = ex.attribute(ex.training_item(i))
+        ids.append(rid)
+    return ids
+
+
+def test_why_this_image_direct(env, two_runs):
+    ex, _, fns, _ = env
+    rid = two_runs[0]
+    att = ex.store.load(rid)
+    out = by_id(fns["why"].fn(rid, int(att.top[1])))
+    text = out["why-text"]
+    assert out["why-index"] == int(att.top[1])
+    assert "rank **2** of 32" in text and "pixel NN" in text and "feature NN" in text
+    assert "L_o recomputed here: its mean matches" in text and "Replay the unlearning" in text
+    fig = out["plot-why"]
+    assert fig.data[0].name.startswith("L_o") and len(fig.data[0].x) == att.settings["noises"]
+    assert len(out["why-neighbours"]) == 6 and "d²=" in out["why-neighbours"][0][1]
+    assert any("item" in (a.text or "") for a in out["plot-why-hist"].layout.annotations)
+    # clicking the third top-k image explains that image
+    picked = by_id(fns["pick_top"].fn(rid, gr.SelectData(None, dict(index=2, value=None))))
+    assert picked["why-index"] == int(att.top[2])
+    for bad, msg in ((99, "out of range"), (None, "type a training index"), ("x", "integer")):
+        with pytest.raises(gr.Error, match=msg):
+            fns["why"].fn(rid, bad)
+    with pytest.raises(gr.Error, match="no run chosen"):
+        fns["why"].fn("", 1)
+
+
+def test_replayed_unlearning_gives_per_noise_unlearned_losses(env, two_runs):
+    """The library path behind 'Replay unlearning': the replay reproduces the run (its per-noise L_u
+    averages to the stored mean L_u) and only the last KEEP_UNLEARNED models stay in memory."""
+    from mucs.explorer import KEEP_UNLEARNED
+    ex, _, _, _ = env
+    rid = two_runs[1]
+    info = ex.replay(rid)
+    assert info["same_steps"]
+    w = ex.why(rid, int(ex.store.load(rid).top[0]), with_baselines=False)
+    assert w.loss_unlearned is not None and w.checks == {"L_o": True, "L_u": True}
+    assert "largest at σ" in w.summary()
+    for k in range(KEEP_UNLEARNED + 1):
+        ex.keep_unlearned(f"dummy{k}", object())
+    assert ex.unlearned(rid) is None and len(ex._unlearned) == KEEP_UNLEARNED
+
+
+def test_methods_and_runs_side_by_side_direct(env, two_runs):
+    ex, _, fns, _ = env
+    text, html, fig = fns["compare_methods"].fn(two_runs[0])
+    assert "Shared with MUCS" in text and "pixel NN" in text
+    assert html.count('class="h"') == 4 and html.count("<img") == 4 * 5 + 1     # 4 methods × top-5, the query
+    assert list(fig.data[0].x) == ["MUCS", "pixel NN", "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    m = ex.compare_methods(two_runs[0])
+    assert m["tops"]["mucs"] == [int(i) for i in ex.store.load(two_runs[0]).top]   # the run's own MUCS scores
+    html = fns["compare_runs"].fn(two_runs)
+    assert html.count('class="h"') == 2 and html.count("<img") == 2 * 6 and two_runs[1] in html
+    shared = ov_shared(ex, two_runs)
+    assert html.count("in 2 runs") == 2 * len(shared)      # a shared image is framed in both rows
+    with pytest.raises(gr.Error, match="at least two"):
+        fns["compare_runs"].fn(two_runs[:1])
+    heat, dist, rec, summary = fns["overlap"].fn(two_runs)
+    assert all("in 2 of the sets" in c for _, c in rec) and len(rec) == len(shared)
+
+
+def ov_shared(ex, ids):
+    from mucs import overlap as ov
+    return ov.shared_counts([list(map(int, ex.store.load(r).top)) for r in ids])
+
+
+def test_report_download_direct(env, two_runs):
+    _, _, fns, _ = env
+    out = fns["report"].fn(two_runs[0])
+    assert out["interactive"] and out["value"].endswith(".html")
+    text = open(out["value"]).read()
+    assert "MUCS report" in text and two_runs[0] in text and "alt='training image" in text
+    assert fns["report"].fn("")["value"] is None
+
+
+def test_history_shows_main_settings_and_marks_the_papers(env, two_runs):
+    from mucs.explorer import paper_mark
+    from mucs.settings import Settings
+    ex, _, _, _ = env
+    rows = {r[0]: r for r in ex.history_table()}
+    row = rows[two_runs[0]]
+    assert len(row) == len(app.HISTORY_HEADERS) and row[-4:] == [16, "10", 8, ""]
+    paper = Settings().to_dict()
+    assert paper_mark(paper) == "paper" and paper_mark(dict(paper, max_steps=50, top_k=3)) == "paper"
+    assert paper_mark(dict(paper, noises=16)) == "" and paper_mark(dict(paper, lr_factor=5)) == ""
+    old = {k: v for k, v in paper.items() if k not in ("sigma_min", "sigma_max")}
+    assert paper_mark(old) == "paper (old σ grid)"
+
+
+def test_settings_are_validated_with_clear_messages(env, tiny_model_dir, tiny_npz, tmp_path):
+    ex, _, fns, _ = env
+    for bad, msg in (({"noises": "x"}, "noises must be an integer"), ({"nosies": 4}, "unknown setting"),
+                     ({"top_k": 1000}, "more than the 32 training images")):
+        with pytest.raises(app.MucsError, match=msg):
+            Explorer(tiny_model_dir, tiny_npz, bad, runs_dir=str(tmp_path / "r"), examples_dir=None)
+    q = ex.training_item(3)
+    with pytest.raises(gr.Error, match="more than the 32 training images"):
+        list(fns["attribute"].fn(q, 3, 33, *ATTR_ARGS[1:], request=request()))
+
+
+def test_user_errors_are_one_log_line(env, caplog, tmp_path):
+    import logging
+    _, _, fns, _ = env
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image\n")
+    with caplog.at_level(logging.WARNING, logger="mucs.app"):
+        with pytest.raises(gr.Error) as e:
+            fns["upload"].fn(str(text))
+    msg = str(e.value)
+    assert "notes.png is not in a known image format" in msg and "BytesIO" not in msg and "0x" not in msg
+    assert e.value.print_exception is False          # gradio prints no traceback for it
+    recs = [r for r in caplog.records if r.name == "mucs.app"]
+    assert len(recs) == 1 and recs[0].exc_info is None and "\n" not in recs[0].getMessage()
+    assert "on_upload" in recs[0].getMessage()
 
 
 def test_parse_args():
@@ -186,6 +332,13 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _file_path(value):
+    """A file output through gradio_client: a path, or a DownloadButton update {'value': path, ...}."""
+    while isinstance(value, dict):
+        value = value.get("value") or value.get("path")
+    return value
 
 
 def test_client_generate_attribute_overlap_export(env, tmp_path):
@@ -209,9 +362,24 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         assert set(run_ids) <= {row[0] for row in table["data"]}
         heat, dist, recurring, text = c.predict(run_ids, api_name="/overlap")
         assert "Mean pairwise overlap of 2 runs" in text
-        path = c.predict(run_ids[0], "csv", api_name="/export")
+        path = _file_path(c.predict(run_ids[0], "csv", api_name="/export"))
         rows = list(csv.DictReader(open(path)))
         assert len(rows) == len(ex.data) and rows[0]["rank"] == "1"
+        # the new endpoints: report, why (and its replay), methods and runs side by side
+        report = _file_path(c.predict(run_ids[0], api_name="/report"))
+        assert "MUCS report" in open(report).read()
+        top = [int(i) for i in ex.store.load(run_ids[0]).top]
+        index, why_text, why_plot, why_hist, why_neigh = c.predict(run_ids[0], top[0], api_name="/why")
+        assert index == top[0] and "rank **1**" in why_text and len(why_neigh) == 6
+        index, why_text, *_ = c.predict(run_ids[0], top[0], api_name="/why_replay")
+        assert "Unlearning replayed" in why_text and "L_u recomputed here: its mean matches" in why_text
+        m_text, m_html, m_plot = c.predict(run_ids[0], api_name="/compare_methods")
+        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 4
+        r_html = c.predict(run_ids, api_name="/compare_runs")
+        assert r_html.count('class="h"') == 2 and all(r in r_html for r in run_ids)
+        with pytest.raises(Exception, match="at least two"):
+            c.predict(run_ids[:1], api_name="/compare_runs")
+        assert c.predict(api_name="/clear_upload") is None
         # bad uploads: a clear error, nothing saved, the app keeps working
         before = runs_on_disk(ex)
         files, _ = bad_files(tmp_path / "bad")

@@ -1,6 +1,8 @@
 """The app in a real browser (Playwright driving Debian's chromium; never `playwright install`):
-load, generate, attribute, see gallery and plots, open the history and compare overlap, upload a
-corrupt file and see the error, and check that no request left localhost.
+load (explanations and the empty Results state), generate, attribute (monotone overall progress),
+results with full captions, why this image, methods side by side, the HTML report downloaded and
+opened offline, history with the main settings, runs side by side, a bad upload (a clear message,
+the file box emptied), a 390 px phone screen, and no request leaving localhost.
 
 Screenshots of each view go to $MUCS_SCREENSHOT_DIR (e.g. docs/screenshots) when set.
 MUCS_BROWSER_MODEL=default runs it on the embedded default model (with reduced settings,
@@ -9,13 +11,11 @@ example runs appear in its history); otherwise a tiny model is used.
 """
 import json
 import os
+import re
 import socket
-import time
 from urllib.parse import urlparse
 
-import numpy as np
 import pytest
-from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
@@ -33,6 +33,7 @@ DEFAULT_FAST = dict(noises=16, null_batches=20, batch_size=50, max_steps=30, top
 LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]"}
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
+TABS = ("Query & attribute", "Results", "History & overlap")
 
 
 def free_port():
@@ -54,11 +55,10 @@ def served(tmp_path_factory, request):
         model, data, timeout = DEFAULT_MODEL, DEFAULT_DATA, 1800_000
     else:
         model, data = request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("tiny_npz")
-        overrides, timeout = FAST, 120_000
+        overrides, timeout = FAST, 300_000
     ex = Explorer(model, data, overrides, runs_dir=str(root / "runs"), examples_dir="default" if on_default else None)
-    # a second stored run so that the overlap view has two to compare
-    q = ex.training_item(2)
-    ex.attribute(q)
+    if not on_default:   # a second stored run so that the comparison has two (the default ships examples)
+        ex.attribute(ex.training_item(2))
     demo = app.build(ex)
     port = free_port()
     app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
@@ -70,11 +70,42 @@ def served(tmp_path_factory, request):
         os.environ["MUCS_CACHE_DIR"] = old
 
 
-def shot(page, name):
+def shot(page, name, locator=None, full_page=True):
     d = os.environ.get("MUCS_SCREENSHOT_DIR")
-    if d:
-        os.makedirs(d, exist_ok=True)
-        page.screenshot(path=os.path.join(d, name), full_page=True)
+    if not d:
+        return
+    os.makedirs(d, exist_ok=True)
+    scroll_all(page)
+    if locator is not None:
+        locator.screenshot(path=os.path.join(d, name))
+    else:
+        page.screenshot(path=os.path.join(d, name), full_page=full_page)
+
+
+def scroll_all(page):
+    """Scroll through the page so that lazily loaded gallery images are fetched, then back up."""
+    h = page.evaluate("document.body.scrollHeight")
+    for y in range(0, h + 800, 700):
+        page.evaluate(f"window.scrollTo(0, {y})")
+        page.wait_for_timeout(60)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(300)
+
+
+def choose(page, select_id, n):
+    """Tick the first n options of a multiselect dropdown."""
+    page.locator(f"#{select_id} input").first.click()
+    for i in range(n):   # the list stays open; chosen options get a tick
+        page.get_by_role("option").nth(i).click()
+    page.keyboard.press("Escape")
+
+
+def open_first_run(page):
+    page.get_by_role("tab", name="History & overlap").click()
+    page.locator("#run-select input").first.click()
+    page.get_by_role("option").first.click()
+    page.locator("#open-btn").click()
+    page.locator("#topk-gallery img").first.wait_for()
 
 
 def test_browser_flow(served, tmp_path):
@@ -83,59 +114,132 @@ def test_browser_flow(served, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page = ctx.new_page()
             page.on("request", lambda r: requests.append(r.url))
             page.set_default_timeout(60_000)
             sync_api.expect.set_options(timeout=30_000)
             page.goto(url)
             page.locator("#generate-btn").wait_for()
+            # explanations on the page (collapsed) and an empty state that says what to do
+            page.locator("#help-method").get_by_text("How MUCS works").click()
+            sync_api.expect(page.locator("#help-method")).to_contain_text("L_null")
+            page.get_by_role("tab", name="Results").click()
+            sync_api.expect(page.locator("#results-empty")).to_contain_text("No results yet")
+            sync_api.expect(page.locator("#results-empty")).to_contain_text("Attribute")
+            page.get_by_role("tab", name="Query & attribute").click()
             # generate: gallery and the query preview appear
             page.locator("#generate-btn").click()
             page.locator("#generated-gallery img").first.wait_for()
             page.locator("#query-image img").wait_for()
             sync_api.expect(page.locator("#query-info")).to_contain_text("generated")
             shot(page, "01-query.png")
-            # attribute: the Results tab opens with the top-k gallery and the four plots
+            # attribute: the overall progress only grows; the Results tab opens with gallery and plots
             page.locator("#attribute-btn").click()
-            page.locator("#topk-gallery img").first.wait_for(timeout=timeout)
+            seen, polls = [], 0
+            while page.locator("#topk-gallery img").count() == 0:
+                m = re.search(r"overall (\d+)%", page.locator("#status").inner_text())
+                if m:
+                    seen.append(int(m.group(1)))
+                page.wait_for_timeout(150)
+                polls += 1
+                assert polls < timeout / 150, "no results in time"
+            assert seen == sorted(seen), seen
             for pid in ("plot-histogram", "plot-scatter", "plot-curve", "plot-classes"):
                 page.locator(f"#{pid} .js-plotly-plot").first.wait_for()
             run_id = page.locator("#run-id textarea, #run-id input").first.input_value()
             assert run_id in ex.store.ids()
-            assert page.locator("#topk-gallery img").count() >= 1
-            page.wait_for_timeout(500)
+            sync_api.expect(page.locator("#results-empty")).to_be_hidden()
+            # captions: rank · index · class · score, whole (not cut with an ellipsis)
+            att = ex.store.load(run_id)
+            cap = page.locator("#topk-gallery .caption-label").first
+            sync_api.expect(cap).to_contain_text(f"#1 · {int(att.top[0])}")
+            sync_api.expect(cap).to_contain_text(f"{att.scores[att.top[0]]:.4f}")
+            assert cap.evaluate("e => e.scrollWidth <= e.clientWidth + 1 && getComputedStyle(e).position === 'static'")
             shot(page, "02-results.png")
-            # history: both runs listed; compare their overlap
+            # why this image: click the second top-k image
+            page.locator("#topk-gallery .thumbnail-item").nth(1).click()
+            sync_api.expect(page.locator("#why-text")).to_contain_text(f"Training image {int(att.top[1])}")
+            sync_api.expect(page.locator("#why-text")).to_contain_text("rank 2 of")
+            sync_api.expect(page.locator("#why-text")).to_contain_text("pixel NN")
+            page.locator("#plot-why .js-plotly-plot").first.wait_for()
+            page.locator("#why-neighbours img").first.wait_for()
+            shot(page, "07-why-this-image.png", page.locator("#why-panel"))
+            # methods side by side
+            page.locator("#methods-btn").click()
+            page.locator("#methods-grid img").first.wait_for()
+            k = len(att.top)
+            assert page.locator("#methods-grid img").count() == 4 * k + 1
+            sync_api.expect(page.locator("#methods-text")).to_contain_text("Shared with MUCS")
+            page.locator("#plot-methods .js-plotly-plot").first.wait_for()
+            shot(page, "08-methods-side-by-side.png", page.locator("#methods-panel"))
+            # the report: a download button (no empty panel), one file that opens offline
+            with page.expect_download() as dl:
+                page.locator("#download-report").click()
+            report = tmp_path / "report.html"
+            dl.value.save_as(str(report))
+            assert "MUCS report" in report.read_text() and run_id in report.read_text()
+            with page.expect_download() as dl:
+                page.locator("#download-data").click()
+            assert dl.value.suggested_filename.endswith(".csv")
+            # history: main settings per run; runs side by side with shared images highlighted
             page.get_by_role("tab", name="History & overlap").click()
             sync_api.expect(page.locator("#history-table")).to_contain_text(run_id)
-            sel = page.locator("#overlap-select input").first
-            sel.click()
-            for i in range(2):   # the list stays open; chosen options get a tick
-                page.get_by_role("option").nth(i).click()
-            page.keyboard.press("Escape")
+            sync_api.expect(page.locator("#history-table")).to_contain_text("lr ÷")
+            choose(page, "overlap-select", 2)
             page.locator("#overlap-btn").click()
             sync_api.expect(page.locator("#overlap-summary")).to_contain_text("Mean pairwise overlap")
+            page.locator("#runs-grid img").first.wait_for()
+            assert page.locator("#runs-grid .r").count() == 2
             page.locator("#plot-overlap .js-plotly-plot").first.wait_for()
-            page.wait_for_timeout(500)
             shot(page, "03-history-overlap.png")
-            # a corrupt upload: a clear error, nothing saved, the app keeps working
+            # a text file named .png: a clear message, no Python reprs, the file box emptied, nothing saved
             before = sorted(ex.store.ids())
             page.get_by_role("tab", name="Query & attribute").click()
             page.get_by_role("tab", name="Upload").click()
-            bad = tmp_path / "corrupt.png"
-            Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad)
-            bad.write_bytes(bad.read_bytes()[:40] + b"garbage")
+            bad = tmp_path / "notes.png"
+            bad.write_text("this is not an image\n")
             page.locator("#upload-file input[type=file]").set_input_files(str(bad))
-            page.get_by_text("not a readable image").first.wait_for()
+            page.get_by_text("is not in a known image format").first.wait_for()
             page.wait_for_timeout(600)   # let the toast finish fading in
-            shot(page, "04-upload-error.png")
+            assert "BytesIO" not in page.content() and "object at 0x" not in page.content()
+            sync_api.expect(page.locator("#upload-file")).not_to_contain_text("notes.png")
+            shot(page, "04-upload-error.png", full_page=False)
             assert sorted(ex.store.ids()) == before
             page.get_by_role("tab", name="Training image").click()
             page.locator("#train-btn").click()
             sync_api.expect(page.locator("#query-info")).to_contain_text("training item")
+            # a phone screen: the three views stay reachable, captions whole
+            phone = ctx.new_page()
+            phone.on("request", lambda r: requests.append(r.url))
+            phone.set_viewport_size({"width": 390, "height": 844})
+            phone.set_default_timeout(60_000)
+            phone.goto(url)
+            phone.locator("#generate-btn").wait_for()
+            for name in TABS:
+                sync_api.expect(phone.get_by_role("tab", name=name)).to_be_visible()
+            open_first_run(phone)
+            cap = phone.locator("#topk-gallery .caption-label").first
+            sync_api.expect(cap).to_contain_text("#1 · ")
+            assert cap.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+            shot(phone, "10-phone-results.png", full_page=False)
+            phone.close()
+            # the downloaded report in the browser, from disk: every image shows, nothing is requested
+            offline = ctx.new_page()
+            asked = []
+            offline.on("request", lambda r: asked.append(r.url))
+            offline.set_viewport_size({"width": 1200, "height": 1500})
+            offline.goto(report.as_uri())
+            assert offline.locator("img").count() >= k + 1
+            assert offline.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+            assert offline.locator("svg.chart").count() == 4
+            assert all(u.startswith(("file:", "data:")) for u in asked), asked[:5]
+            shot(offline, "11-report.png", full_page=False)
+            offline.close()
         finally:
             browser.close()
     assert requests
     outside = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
                and urlparse(u).hostname not in LOCAL]
     assert not outside, f"requests left localhost: {outside[:5]}"
+

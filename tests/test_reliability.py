@@ -208,7 +208,8 @@ def test_out_folder_of_user_files_survives_every_command(tiny_model_dir, tiny_np
               "--out", tiny_model_dir] + FAST, work, capsys, "would replace the input")
     _refused(["generate", "--model", tiny_model_dir, "--label", "0", "--seed", "1", "--steps", "2",
               "--out", str(work / "other.png")], work, capsys, "not written by mucs")
-    _refused(["evaluate", "--out", str(work / "results.json"), "--cached-only"], work, capsys, "not written by mucs")
+    _refused(["evaluate", "--out", str(work / "results.json"), "--cached-only", "--work", str(work / "ev")], work, capsys,
+             "--force")
     assert (work / "thesis.tex").read_text() == "precious" and _snapshot(tiny_model_dir) == model_before
 
 
