@@ -208,8 +208,8 @@ def _load_npz(path: str) -> TrainingSet:
     except OSError as e:
         raise MucsError(f"cannot read dataset {path}: {e.strerror or e}") from e
     if magic != b"PK\x03\x04":   # np.load would call any other file "pickled data"
-        raise MucsError(f"{path} is not an .npz archive (expected numpy.savez output with an 'images' array, "
-                        "or an image folder)")
+        raise MucsError(f"cannot read dataset {path}: not an .npz archive (expected numpy.savez output with an "
+                        "'images' array, or an image folder)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z:
