@@ -274,7 +274,8 @@ def test_ray_tasks_on_two_local_workers_give_the_serial_table(first_run, tiny_np
     and attribution is computed once and the table equals the serial run's."""
     import ray
     from mucs.evaluation.engine import RayEngine
-    engine = RayEngine(workers=2, threads=1)            # a local Ray instance: 2 CPUs, 1 per task
+    # a local Ray instance: 2 CPUs, 1 per task (3 starts: on a busy machine Ray's agents can start too slowly)
+    engine = RayEngine(workers=2, threads=1, start_attempts=3)
     try:
         assert ray.cluster_resources()["CPU"] == 2
         ev = ev_mod.Evaluation(first_run["cfg"], str(tmp_path / "w"), log=lambda m: None, engine=engine, threads=1)

@@ -57,7 +57,7 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, threads: int = 1,
-                 device: str = "cpu", gpus_per_task: float = 1.0):
+                 device: str = "cpu", gpus_per_task: float = 1.0, start_attempts: int = 2):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")      # never report usage to anyone
         os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")   # busy machines start Ray's agents slowly
         try:
@@ -78,15 +78,15 @@ class RayEngine:
                     raise MucsError("--workers must be ≥ 1")
                 num_cpus = None if workers is None else int(workers) * self.threads
                 path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-                self._start_local(num_cpus=num_cpus, runtime_env=dict(env_vars=dict(PYTHONPATH=path)), **kw)
+                self._start_local(start_attempts, num_cpus=num_cpus, runtime_env=dict(env_vars=dict(PYTHONPATH=path)), **kw)
             self._owned = True
         if self.num_gpus and not ray.cluster_resources().get("GPU"):
             raise MucsError("--device cuda on Ray, but the Ray cluster has no GPU")
 
     def _start_local(self, attempts: int = 2, **kw) -> None:
-        """ray.init for a local instance, tried twice: on a heavily loaded machine the raylet can give
-        up waiting for its agents (Ray then raises a plain Exception); the second start finds the
-        files in the page cache and is faster."""
+        """ray.init for a local instance, tried `attempts` times: on a heavily loaded machine the raylet
+        can give up waiting for its metrics agent (Ray 2.60 waits about 15 s; Ray then raises a plain
+        Exception); a later start finds the files in the page cache and is faster."""
         for attempt in range(1, attempts + 1):
             try:
                 self.ray.init(**kw)
