@@ -24,13 +24,12 @@ import gradio as gr  # noqa: E402
 from mucs import plots, texts  # noqa: E402
 from mucs.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
-from mucs.explorer import HISTORY_EXTRA, Explorer, upscale  # noqa: E402
+from mucs.explorer import HISTORY_COLUMNS, Explorer, upscale  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
-HISTORY_HEADERS = ["id", "created (UTC)", "kind", "source", "class", "steps", "converged", "top-k",
-                   "seconds"] + HISTORY_EXTRA
+HISTORY_HEADERS = HISTORY_COLUMNS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger("mucs.app")
 
@@ -86,6 +85,7 @@ CSS = """
   overflow: visible !important; text-overflow: clip !important; border: 0 !important; font-size: 11px;
   line-height: 1.25; text-align: center !important; opacity: 1 !important; }
 .gallery img, .mucs-gallery img, #generated-gallery img { image-rendering: pixelated; }
+.mucs-gallery .empty.unpadded_box { min-height: 64px !important; height: 64px !important; }   /* no big empty box */
 #results-empty { border: 1px dashed #bbb; border-radius: 8px; padding: 4px 14px; }
 .plot-note { font-size: 12.5px; color: #555; }
 /* narrow screens: smaller tab names, so that the three views stay visible instead of behind a menu */
@@ -219,8 +219,9 @@ def build(ex: Explorer) -> gr.Blocks:
                 f"(random top-k sets of the same sizes: {o['random_mean']:.3f}). "
                 + (f"{len(o['recurring'])} image(s) recur in two or more of the sets."
                    if o["recurring"] else "No image is in two or more of the sets."))
+        rec = ex.recurring_gallery(o["recurring"])
         return (plots.overlap_heatmap(o["matrix"], o["names"]), plots.overlap_distribution(o["pairwise"], o["random"]),
-                ex.recurring_gallery(o["recurring"]), text)
+                gr.update(value=rec, visible=bool(rec)), text)
 
     @user_errors
     def on_compare_runs(run_ids):
@@ -422,7 +423,9 @@ def build(ex: Explorer) -> gr.Blocks:
             with gr.Tab("History & overlap", id="history", elem_id="tab-history"):
                 gr.Markdown(texts.HISTORY, elem_classes=["plot-note"])
                 history = gr.Dataframe(ex.history_table(), headers=HISTORY_HEADERS, interactive=False,
-                                       elem_id="history-table", max_height=320, wrap=True)
+                                       elem_id="history-table", max_height=320, wrap=True,
+                                       column_widths=["17%", "9%", "6%", "9%", "7%", "4%", "4%", "5%", "9%", "5%",
+                                                      "6%", "4%", "6%"])
                 with gr.Row():
                     run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select")
                     open_btn = gr.Button("Open", elem_id="open-btn")
@@ -446,7 +449,7 @@ def build(ex: Explorer) -> gr.Blocks:
                 recurring_gallery = gr.Gallery(label="Training images in two or more of the chosen runs' top-k sets",
                                                columns=12, height="auto", format="png", object_fit="contain",
                                                elem_id="recurring-gallery", elem_classes=GALLERY, interactive=False,
-                                               allow_preview=False)
+                                               allow_preview=False, visible=False)
 
         query_outputs = [query_state, query_image, query_info, query_class]
         result_components = [run_box, summary, results_empty, result_query, top_gallery, neighbour_gallery, hist_plot,

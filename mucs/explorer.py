@@ -27,8 +27,9 @@ from .settings import Settings
 
 log = logging.getLogger("mucs.explorer")
 KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
-# the main settings of each run shown in the history table, after the store's own columns
-HISTORY_EXTRA = ["K", "lr ÷", "cap", "settings"]
+# the history table: the store's columns with the main settings of each run after the class
+HISTORY_COLUMNS = ["id", "created (UTC)", "kind", "source", "class", "K", "lr ÷", "cap", "settings", "steps",
+                   "converged", "top-k", "seconds"]
 # the paper's choices (Settings() defaults) that decide whether a run "used the paper's settings";
 # top_k, the step cap (the paper has none) and engineering options do not count
 PAPER_KEYS = ("noises", "noise_fraction", "rho", "lam", "tol", "batch_size", "lr", "lr_factor", "weight_decay",
@@ -358,10 +359,10 @@ class Explorer:
         """The store's rows plus the main settings of each run: K, lr factor, step cap, and whether it
         used the paper's settings."""
         rows = []
-        for row in self.store.table():
+        for row in self.store.table():   # id, created, kind, source, class, steps, converged, top-k, seconds
             st = self.run_settings_dict(row[0])
-            rows.append(list(row) + [st.get("noises", ""), _lr_text(st), st.get("max_steps", ""),
-                                     paper_mark(st) if st else ""])
+            extra = [st.get("noises", ""), _lr_text(st), st.get("max_steps", ""), paper_mark(st) if st else ""]
+            rows.append(list(row[:5]) + extra + list(row[5:]))
         return rows
 
     # --- explain, compare, report --------------------------------------------------------------------

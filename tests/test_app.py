@@ -258,7 +258,8 @@ def test_methods_and_runs_side_by_side_direct(env, two_runs):
     with pytest.raises(gr.Error, match="at least two"):
         fns["compare_runs"].fn(two_runs[:1])
     heat, dist, rec, summary = fns["overlap"].fn(two_runs)
-    assert all("in 2 of the sets" in c for _, c in rec) and len(rec) == len(shared)
+    assert all("in 2 of the sets" in c for _, c in rec["value"]) and len(rec["value"]) == len(shared)
+    assert rec["visible"] == bool(shared)          # no empty box when nothing recurs
 
 
 def ov_shared(ex, ids):
@@ -281,7 +282,8 @@ def test_history_shows_main_settings_and_marks_the_papers(env, two_runs):
     ex, _, _, _ = env
     rows = {r[0]: r for r in ex.history_table()}
     row = rows[two_runs[0]]
-    assert len(row) == len(app.HISTORY_HEADERS) and row[-4:] == [16, "10", 8, ""]
+    assert len(row) == len(app.HISTORY_HEADERS) and row[5:9] == [16, "10", 8, ""]
+    assert app.HISTORY_HEADERS[5:9] == ["K", "lr ÷", "cap", "settings"]
     paper = Settings().to_dict()
     assert paper_mark(paper) == "paper" and paper_mark(dict(paper, max_steps=50, top_k=3)) == "paper"
     assert paper_mark(dict(paper, noises=16)) == "" and paper_mark(dict(paper, lr_factor=5)) == ""
