@@ -95,6 +95,7 @@ class Explorer:
         self._lock = threading.Lock()
         self._unlearned = OrderedDict()     # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
         self._ctx = None                    # baselines Context (faiss indexes shared across queries)
+        self._baseline_lock = threading.RLock()   # one baseline computation at a time (shared memo and hooks)
         self._settings_cache = {}           # run id -> settings dict (runs never change)
         self._last_times = None             # stage times of the last run here: weights of the overall progress
         self._downloads = None              # one folder for the files offered for download (replaced, not piled up)
@@ -396,9 +397,15 @@ class Explorer:
         return info
 
     def baselines_context(self):
+        """The baselines' Context, on a private copy of the UNet: the feature baseline hooks the UNet's
+        mid-block, which must not catch the forward passes of an attribution running at the same time."""
+        import copy
         from .baselines import Context
-        if self._ctx is None:
-            self._ctx = Context(self.model, self.data, self.settings, self.attributor.cache_dir)
+        with self._baseline_lock:
+            if self._ctx is None:
+                model = copy.copy(self.model)
+                model.unet = copy.deepcopy(self.model.unet).eval()
+                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir)
         return self._ctx
 
     def pixel_index(self) -> NeighbourIndex:
@@ -414,7 +421,8 @@ class Explorer:
         att = self.load_run(run_id)
         rank_scores = None
         if with_baselines and att.query_image is not None:
-            rank_scores = method_scores(self.baselines_context(), att, run_id, ("pixel_nn", "feature_nn"))
+            with self._baseline_lock:
+                rank_scores = method_scores(self.baselines_context(), att, run_id, ("pixel_nn", "feature_nn"))
         return explain(self.model, self.data, self.attributor, att, index, self.unlearned(run_id), rank_scores,
                        self.pixel_index(), class_name=self.class_name)
 
@@ -430,7 +438,8 @@ class Explorer:
         """Methods side by side for a run's query (see mucs.compare.methods_side_by_side), with an HTML grid."""
         from .compare import METHODS, grid_html, methods_side_by_side
         att = self.load_run(run_id)
-        m = methods_side_by_side(self.baselines_context(), att, run_id, tuple(methods or METHODS))
+        with self._baseline_lock:
+            m = methods_side_by_side(self.baselines_context(), att, run_id, tuple(methods or METHODS))
         mucs_top = set(m["tops"].get("mucs", []))
         rows = []
         for name, label in zip(m["names"], m["labels"]):

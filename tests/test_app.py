@@ -406,3 +406,14 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         assert runs_on_disk(ex) == before
     finally:
         demo.close()
+
+
+def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):
+    """The feature baseline hooks the UNet's mid-block: it works on its own copy, so an attribution
+    running meanwhile (on the explorer's model) neither feeds nor is fed by that hook."""
+    ex, _, _, _ = env
+    ctx = ex.baselines_context()
+    assert ctx.model.unet is not ex.model.unet and ctx.model.path == ex.model.path
+    assert ex.model.unet.mid_block._forward_hooks == {}
+    ex.compare_methods(two_runs[0])
+    assert ex.model.unet.mid_block._forward_hooks == {} and ctx is ex.baselines_context()
