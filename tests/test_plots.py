@@ -38,3 +38,20 @@ def test_unconditional_scatter_and_empty_curve():
     assert len(f.data) == 2
     f = plots.unlearning_curve([], None)
     assert len(f.data) == 2
+
+
+def test_why_figures():
+    from types import SimpleNamespace
+    w = SimpleNamespace(index=7, sigmas=np.array([80.0, 10.0, 1.0]), timesteps=np.array([990, 700, 400]),
+                        loss_original=np.array([0.9, 0.1, 0.01]), loss_unlearned=np.array([1.0, 0.8, 0.5]),
+                        mean_unlearned=0.77, loss_null=1.1)
+    f = plots.why_losses(w)
+    assert [t.name for t in f.data] == ["L_o (original model)", "L_u (unlearned model)"]
+    assert list(f.data[0].x) == [1.0, 10.0, 80.0] and f.layout.xaxis.type == "log"
+    w.loss_unlearned = None          # no unlearned model in memory: its stored mean as a dashed line
+    f = plots.why_losses(w)
+    assert len(f.data) == 1 and any("mean L_u" in (a.text or "") for a in f.layout.annotations)
+    scores = np.linspace(0, 1, 20)
+    f = plots.skew_histogram(scores, [19, 18], mark=3)
+    assert any("item 3" in (a.text or "") for a in f.layout.annotations)
+    assert plots.methods_overlap(np.eye(2), ["a", "b"]).data[0].type == "heatmap"
