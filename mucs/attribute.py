@@ -23,7 +23,7 @@ from .models import public_config
 from .noise import NoiseSet, make_noise_set
 from .progress import Reporter
 from .settings import Settings
-from .unlearn import skew, top_k, unlearn
+from .unlearn import skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
 
@@ -252,7 +252,7 @@ class Attributor:
         ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
         key = None
         if self.cache_unlearned and not s.screen_noises:
-            lr = s.lr if s.lr is not None else (self.model.learning_rate or s.default_lr) / s.lr_factor
+            lr = unlearning_lr(self.model, s)
             fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
             key = cache_key(kind="loss_unlearned", model=self.model.fingerprint(), data=self.data.fingerprint(),
                             noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
@@ -289,7 +289,7 @@ class Attributor:
         seeds = [s.fragile_seed + j for j in range(len(labels))]
         base = s.replace(fragile_refs=0, screen_noises=0)
         fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "eval_batch_size", "screen_keep")}
-        lr = base.lr if base.lr is not None else (self.model.learning_rate or base.default_lr) / base.lr_factor
+        lr = unlearning_lr(self.model, base)
         key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
                         settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)
         hit = self._load_cached("reference_skews", key)

@@ -137,3 +137,15 @@ def _jsonable(v) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+def read_json_object(path: str, what: str = "a JSON object"):
+    """The JSON object in `path`; an unreadable file, bad JSON or a non-object is one MucsError."""
+    try:
+        with open(path) as f:
+            body = json.load(f)
+    except (OSError, ValueError) as e:   # ValueError: JSONDecodeError and bad UTF-8
+        raise MucsError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
+    if not isinstance(body, dict):
+        raise MucsError(f"{path} must be {what}, got {type(body).__name__}")
+    return body

@@ -1,6 +1,5 @@
 """The embedded default (a Fashion-MNIST model and its training set in assets/) and the
 per-model recommended settings file."""
-import json
 import os
 import sys
 
@@ -78,18 +77,11 @@ RECOMMENDED = "mucs_settings.json"   # optional, in a model folder: overrides of
 def settings_for(model_path: str, **overrides) -> Settings:
     """The paper's defaults, updated by the model folder's recommended settings (if any), then by
     explicit overrides (None means 'not given')."""
-    from .checks import check_settings_dict
-    from .errors import MucsError
+    from .checks import check_settings_dict, read_json_object
     s = Settings()
     path = os.path.join(model_path, RECOMMENDED)
     if os.path.exists(path):
-        try:
-            with open(path) as f:
-                body = json.load(f)
-        except (OSError, ValueError) as e:   # ValueError: JSONDecodeError and bad UTF-8
-            raise MucsError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
-        if not isinstance(body, dict):
-            raise MucsError(f"{path} must be a JSON object with a \"settings\" object")
+        body = read_json_object(path, 'a JSON object with a "settings" object')
         s = s.replace(**check_settings_dict(body.get("settings", {}), what=path))
     return s.replace(**overrides)
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from .checks import read_json_object
 from .errors import MucsError
 
 log = logging.getLogger("mucs")
@@ -221,13 +222,7 @@ def load_model(path: str, device: Optional[str] = None, train_lr: Optional[float
     train_config = {}
     cfg_path = os.path.join(root, TRAIN_CONFIG)
     if os.path.exists(cfg_path):
-        try:
-            with open(cfg_path) as f:
-                train_config = json.load(f)
-        except (OSError, ValueError) as e:   # ValueError: JSONDecodeError and bad UTF-8
-            raise MucsError(f"cannot read {cfg_path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
-        if not isinstance(train_config, dict):
-            raise MucsError(f"{cfg_path} must be a JSON object, got {type(train_config).__name__}")
+        train_config = read_json_object(cfg_path)
         lr = train_config.get("lr")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
             raise MucsError(f"{cfg_path}: lr must be a positive number, got {json.dumps(lr)}")

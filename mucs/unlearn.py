@@ -34,6 +34,11 @@ def frozen_names(unet: torch.nn.Module, patterns) -> list:
     return [n for n, _ in unet.named_parameters() if any(p in n for p in patterns)]
 
 
+def unlearning_lr(model, s: Settings) -> float:
+    """The unlearning learning rate: `s.lr` when given, else the model's training lr ÷ `s.lr_factor`."""
+    return s.lr if s.lr is not None else (model.learning_rate or s.default_lr) / s.lr_factor
+
+
 def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Settings, report=None) -> UnlearnResult:
     """Copy the model (kept in eval mode on purpose: no dropout), freeze the parameters matching
     `s.frozen`, and step AdamW on L = L_r − λ·L_f until L_f ≥ (1 − τ)·L_null or the step cap."""
@@ -44,7 +49,7 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
         p.requires_grad_(n not in frozen)
         if n not in frozen:
             params.append(p)
-    lr = s.lr if s.lr is not None else (model.learning_rate or s.default_lr) / s.lr_factor
+    lr = unlearning_lr(model, s)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay)
     dev = model.device
     ac = alphas_cumprod(model).to(dev)
