@@ -22,6 +22,21 @@ from mucs.explorer import Explorer  # noqa: E402
 from mucs.progress import TextBar  # noqa: E402
 
 
+def strip_paths(run_dir: str) -> None:
+    """Model and data paths of this machine -> their folder/file names (meta.json and result.json)."""
+    for fname in ("meta.json", "result.json"):
+        path = os.path.join(run_dir, fname)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            m = json.load(f)
+        for k in ("model", "data"):
+            if isinstance(m.get(k), str):
+                m[k] = os.path.basename(m[k].rstrip("/"))
+        with open(path, "w") as f:
+            json.dump(m, f, indent=1, allow_nan=False)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -62,12 +77,7 @@ def main(argv=None):
         for name in os.listdir(tmp):
             if name.startswith("."):
                 continue
-            mp = os.path.join(tmp, name, "meta.json")
-            with open(mp) as f:
-                m = json.load(f)
-            m["model"], m["data"] = os.path.basename(m.get("model", "")), os.path.basename(m.get("data", ""))
-            with open(mp, "w") as f:
-                json.dump(m, f, indent=1)
+            strip_paths(os.path.join(tmp, name))
         move_dir_into_place(tmp, a.out)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)

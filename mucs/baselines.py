@@ -6,8 +6,9 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
 - ``mucs_plain_ga``: plain gradient ascent (no retain term, no L_null bound);
 - ``mucs_unnormalised``: score = mean_k (L_u − L_o);
 - ``mucs_fresh_noise``: fresh noise for the unlearned losses instead of the consistent set;
-- ``mucs_lognormal`` / ``mucs_range`` / ``mucs_edm``: unlearning and L_null noise log-normal in σ /
-  uniform over the steps in the sampler's σ range / log-normal with EDM's loss weighting;
+- ``mucs_lognormal`` / ``mucs_uniform`` / ``mucs_range`` / ``mucs_edm``: unlearning and L_null noise
+  log-normal in σ (the default) / uniform in t (the DDPM recipe) / uniform over the steps in the
+  sampler's σ range / log-normal with EDM's loss weighting;
 - ``mucs_fragile`` / ``mucs_unnormalised_fragile``: minus each item's mean skew over one generated
   reference query per other class (the fragile-item correction);
 - ``random``: uniform random scores (seeded by ctx.seed and the query id);
@@ -32,6 +33,7 @@ ABLATIONS = {
     "mucs_fresh_noise": dict(consistent_noise=False),
     # the reference's EDM choices (MUCS.md, "Reference details"), measured rather than assumed
     "mucs_lognormal": dict(train_noise="lognormal"),
+    "mucs_uniform": dict(train_noise="uniform"),   # the DDPM recipe (uniform t), the default before 2026-11-30
     "mucs_range": dict(train_noise="uniform_range"),
     "mucs_edm": dict(train_noise="lognormal", loss_weighting="edm"),
     # beyond the paper: subtract each item's mean skew over generated references of other classes
