@@ -319,3 +319,38 @@ def test_preset_changes_reach_the_mucs_settings():
     assert (s.lr_factor, s.noises, s.max_steps) == (5, 16, 100)
     assert ev_mod.preset("full").mucs_settings().lr_factor == 10        # the paper's factor unless asked
     assert ev_mod.preset("full").control_design == "disjoint" and ev_mod.preset("full").max_steps == 400
+
+
+def test_target_blocks_retrain_per_block_and_block_zero_reuses_the_smaller_run(first_run, tmp_path):
+    """--targets 4 --target-block 2: one retrain per block without that block's union; each block's
+    targets are measured on their own retrain, controls on every block's; block 0's retrains are the
+    2-target run's (cached), and the 2-target run's generated items stay cached beside the 4-target ones."""
+    from mucs.evaluation.run import merge_blocks
+    work = str(tmp_path / "copy")
+    shutil.copytree(first_run["work"], work)
+    cfg = first_run["cfg"].replace(targets=4, target_block=2)
+    assert cfg.blocks() == [[0, 1], [2, 3]] and first_run["cfg"].blocks() == [[0, 1]]
+    spy = RetrainSpy()
+    ev = ev_mod.Evaluation(cfg, work, log=lambda m: None, retrain=spy, threads=1)
+    result = ev.run(["pixel_nn"])
+    before = ev.generated(ev.model_dir([]))
+    small = first_run["ev"]
+    scores = ev.target_scores("pixel_nn", ev.load(ev.model_dir([])), before["targets"])
+    sets = ev.top_sets(scores)
+    block0 = sorted(set(np.concatenate(sets[:2]).tolist()))
+    block1 = sorted(set(np.concatenate(sets[2:]).tolist()))
+    assert block0 in first_run["spy"].calls and block0 not in spy.calls     # block 0: the 2-target retrain, cached
+    assert block1 in spy.calls                                              # block 1: retrained now
+    assert len(spy.calls) == 1 + cfg.random_repeats                         # block 1 of pixel_nn and of each random
+    C = cfg.controls
+    assert result["methods"]["pixel_nn"]["targets"]["ssim"]["n"] == 4
+    assert result["methods"]["pixel_nn"]["controls"]["ssim"]["n"] == 2 * C
+    # the smaller run's items are still cached (its --cached-only table still reports)
+    assert small.job.cached_generation(small.model_dir([])) is not None
+    again = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, threads=1)
+    assert again.run(METHODS)["methods"]["mucs"] == json.loads(json.dumps(first_run["result"]["methods"]["mucs"]))
+    # merging: block b keeps its own targets, controls come from every block
+    per = {b: {"targets": {"ssim": np.arange(4) + 10 * b}, "controls": {"ssim": np.arange(2) + 10 * b}} for b in (0, 1)}
+    merged = merge_blocks([[0, 1], [2, 3]], per)
+    assert merged["targets"]["ssim"].tolist() == [0, 1, 12, 13]
+    assert merged["controls"]["ssim"].tolist() == [0, 1, 10, 11]

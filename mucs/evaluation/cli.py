@@ -27,6 +27,9 @@ def add_parser(sub):
     p.add_argument("--train-steps", type=int, default=None)
     p.add_argument("--targets", type=int, default=None)
     p.add_argument("--controls", type=int, default=None)
+    p.add_argument("--target-block", type=int, default=None,
+                   help="targets per removal block (one retrain per block; 0: one block). E.g. --targets 40 "
+                        "--target-block 20 replicates the 20-target protocol on 20 more targets")
     p.add_argument("--k-frac", type=float, default=None, help="top-k per target as a fraction of N")
     p.add_argument("--random-repeats", type=int, default=None)
     p.add_argument("--noises", type=int, default=None, help="MUCS K")
@@ -63,7 +66,8 @@ def cmd_evaluate(a):
     from .engine import SerialEngine, make_engine
     from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict
     cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
-                 targets=a.targets, controls=a.controls, k_frac=a.k_frac, random_repeats=a.random_repeats,
+                 targets=a.targets, controls=a.controls, target_block=a.target_block, k_frac=a.k_frac,
+                 random_repeats=a.random_repeats,
                  noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor,
                  control_design=a.control_design).validate()
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]

@@ -10,6 +10,7 @@ Work folder layout (content-addressed; kept compatible with every earlier versio
     models/<model_key16>/                 model A (nothing removed) and every retrain (diffusers layout)
     models/<model_key16>.json             what was removed, why, and the training seconds
     generated/<model_key16>.npz           every target and control sampled by that model (keyed)
+    generated/<model_key16>-<items8>.npz  the same for another set of items, when the first name is taken
     attributions/<method>/target###-<key16>.npz   one target's scores by one method (keyed)
     cache/                                MUCS's loss caches (L_o, L_null)
     results.json                          the latest table
@@ -100,7 +101,14 @@ class Job:
                          steps=self.cfg.sample_steps)
 
     def generated_path(self, model_path: str) -> str:
-        return os.path.join(self.work, "generated", f"{os.path.basename(model_path)}.npz")
+        """Where the items of this evaluation sampled by `model_path` live: generated/<model>.npz, unless
+        that file holds another evaluation's items (e.g. 20 targets where this one has 40); then a
+        name with the items' key, so both stay cached side by side."""
+        key = self.generated_key(model_path)
+        legacy = os.path.join(self.work, "generated", f"{os.path.basename(model_path)}.npz")
+        if not os.path.exists(legacy) or load_arrays(legacy, key) is not None:
+            return legacy
+        return os.path.join(self.work, "generated", f"{os.path.basename(model_path)}-{key[:8]}.npz")
 
     def cached_generation(self, model_path: str) -> Optional[dict]:
         return load_arrays(self.generated_path(model_path), self.generated_key(model_path))

@@ -15,6 +15,8 @@ the shared loss caches (L_o, L_null) are computed once, by the first, as in a se
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+
 from .. import baselines
 from ..errors import MucsError
 from . import steps
@@ -63,24 +65,39 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
     a = submit("train", None, steps.retrained, job, [], "model A", retrain, name="retrain model A")
     ga = submit("generate", None, steps.generated, job, a, name="generate model A")
 
-    names_of, sims_of = {}, {}    # model key -> names sharing its chain / its measured similarities
+    names_of, sims_of = {}, {}    # model key -> (name, block) pairs sharing its chain / its measured similarities
+    blocks = job.cfg.blocks()
+    per_block = {}                # name -> {block: similarities measured on that block's retrain}
+
+    def measured_block(name, b, val):
+        per_block.setdefault(name, {})[b] = val
+        if len(per_block[name]) == len(blocks):
+            st.sims[name] = merge_blocks(blocks, per_block[name])
 
     def chain(name, sets, why):
-        removed = union(sets)
-        key = job.model_key(removed)
-        path = job.model_dir(removed)
-        if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
-            return
-        st.sets[name], st.removed[name], st.paths[name] = sets, int(len(removed)), path
-        if key in sims_of:
-            st.sims[name] = sims_of[key]
-        elif key in names_of:
-            names_of[key].append(name)
-        else:
-            names_of[key] = [name]
-            r = submit("train", None, steps.retrained, job, removed, why, retrain, name=f"retrain {why}")
-            g = submit("generate", None, steps.generated, job, r, name=f"generate {why}")
-            submit("measure", key, steps.measured, job, a, ga, g, name=f"measure {why}")
+        """Retrain without the union of `sets` (per block), regenerate, measure."""
+        todo = []
+        for b, idx in enumerate(blocks):
+            removed = union([sets[i] for i in idx])
+            key, path = job.model_key(removed), job.model_dir(removed)
+            if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
+                return
+            todo.append((b, removed, key, path))
+        st.sets[name] = sets
+        sizes = [int(len(r)) for _, r, _, _ in todo]
+        st.removed[name] = sizes[0] if len(sizes) == 1 else float(np.mean(sizes))
+        st.paths[name] = todo[0][3] if len(todo) == 1 else [t[3] for t in todo]
+        for b, removed, key, path in todo:
+            tag = why if len(blocks) == 1 else f"{why} (block {b})"
+            if key in sims_of:
+                measured_block(name, b, sims_of[key])
+            elif key in names_of:
+                names_of[key].append((name, b))
+            else:
+                names_of[key] = [(name, b)]
+                r = submit("train", None, steps.retrained, job, removed, tag, retrain, name=f"retrain {tag}")
+                g = submit("generate", None, steps.generated, job, r, name=f"generate {tag}")
+                submit("measure", key, steps.measured, job, a, ga, g, name=f"measure {tag}")
 
     for r, name in enumerate(rnames):
         chain(name, job.random_sets(r), f"random removal {r}")
@@ -122,8 +139,8 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
                 st.computed["attributions"] += val["computed"]
             elif kind == "measure":
                 sims_of[info] = val
-                for name in names_of[info]:
-                    st.sims[name] = val
+                for name, b in names_of[info]:
+                    measured_block(name, b, val)
                 st.random = [n for n in rnames if n in st.sims]
                 if on_progress is not None and len(st.random) >= 2:
                     on_progress(st)
@@ -137,3 +154,18 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
     if len(st.random) < 2:
         raise MucsError(f"--cached-only: nothing to report yet: fewer than two random removals are in {job.work}")
     return st
+
+
+def merge_blocks(blocks: list, per_block: dict) -> dict:
+    """One method's similarities from its per-block retrains: block b's own targets, and every
+    control once per block (each retrain is one more removal the controls should survive)."""
+    if len(blocks) == 1:
+        return per_block[0]
+    out = {}
+    for g in per_block[0]:
+        out[g] = {}
+        for metric in per_block[0][g]:
+            parts = [np.asarray(per_block[b][g][metric])[idx] if g == "targets" else np.asarray(per_block[b][g][metric])
+                     for b, idx in enumerate(blocks)]
+            out[g][metric] = np.concatenate(parts)
+    return out
