@@ -32,6 +32,8 @@ def pick_device(name: Optional[str] = None) -> torch.device:
             raise MucsError(f"unknown device {name!r}") from e
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise MucsError(f"device {name!r} requested but CUDA is not available")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MucsError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
         return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
-gr = pytest.importorskip("gradio")
+import gradio as gr  # noqa: E402  (a dependency: a missing gradio must fail, not skip)
 import app  # noqa: E402
 from mucs.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.explorer import Explorer  # noqa: E402

@@ -17,12 +17,16 @@ from urllib.parse import urlparse
 
 import pytest
 
+from conftest import need  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+need(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)")
+try:
+    import playwright.sync_api as sync_api
+except ImportError:
+    need(False, "playwright (python) is not installed")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
-gr = pytest.importorskip("gradio")
+import gradio as gr  # noqa: E402
 
 import app  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402

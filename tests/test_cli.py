@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import set_settings_defaults
 from PIL import Image
 
 from mucs.__main__ import main
@@ -18,8 +19,9 @@ FAST = ["--noises", "8", "--max-steps", "3", "--batch-size", "16", "--top-k", "4
 def fast_env(monkeypatch, tmp_path):
     # small null-loss estimate for speed, via the model-independent cache dir
     monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("mucs.settings.Settings.null_batches", 5)
-    monkeypatch.setattr("mucs.settings.Settings.null_batch_size", 16)
+    set_settings_defaults(monkeypatch, null_batches=5, null_batch_size=16)
+    from mucs.settings import Settings
+    assert Settings().null_batches == 5
 
 
 def _query(tmp_path, tiny_npz, i=0, size=None, mode=None):

@@ -108,6 +108,9 @@ def test_broken_model_folder(tmp_path, tiny_model_dir):
     (bad / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"broken")
     with pytest.raises(MucsError, match="cannot load the model"):
         load_model(str(bad))
-    with pytest.raises(MucsError, match="CUDA is not available"):
-        load_model(tiny_model_dir, device="cuda:0") if not torch.cuda.is_available() else (_ for _ in ()).throw(
-            MucsError("CUDA is not available"))
+    if torch.cuda.is_available():    # a device index past the last card
+        with pytest.raises(MucsError, match="device"):
+            load_model(tiny_model_dir, device=f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(MucsError, match="CUDA is not available"):
+            load_model(tiny_model_dir, device="cuda:0")

@@ -11,6 +11,7 @@ from mucs import Attributor, QueryImage, load_dataset, load_model
 from mucs.data import to_model_range
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, cache_dir_for, settings_for
 from mucs.generate import generate
+from conftest import need
 
 sys.path.insert(0, os.path.dirname(DEFAULT_DATA))
 
@@ -62,9 +63,9 @@ def test_generated_image_attributes(model, data, tmp_path):
     assert len(r.top) == s.top_k and all(0 <= i < 1000 for i in r.top) and len(set(r.top.tolist())) == s.top_k
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
-                    reason="Debian's dataset-fashion-mnist is not installed")
 def test_subset_rebuilds_bit_for_bit():
+    need(os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
+         "Debian's dataset-fashion-mnist is not installed")
     from make_dataset import build
     d = build()
     with np.load(DEFAULT_DATA) as z:

@@ -6,8 +6,12 @@ from PIL import Image
 
 from mucs.data import is_hf_dataset, load_dataset
 from mucs.errors import MucsError
+from conftest import need
 
-datasets = pytest.importorskip("datasets")
+try:
+    import datasets
+except ImportError:
+    need(False, "the datasets package is not installed")
 
 
 def _rows(n=6, size=8, mode="L", seed=0):

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import set_settings_defaults
 from PIL import Image
 
 from mucs.__main__ import main
@@ -28,8 +29,9 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 @pytest.fixture()
 def fast_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("mucs.settings.Settings.null_batches", 3)
-    monkeypatch.setattr("mucs.settings.Settings.null_batch_size", 16)
+    set_settings_defaults(monkeypatch, null_batches=3, null_batch_size=16)
+    from mucs.settings import Settings
+    assert Settings().null_batches == 3
 
 
 @pytest.fixture()
