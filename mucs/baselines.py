@@ -16,6 +16,7 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
   own mid-block features (faiss, no pretrained network);
 - ``a+b+...``: rank-averaged ensemble of any registered methods (e.g. ``mucs+pixel_nn``).
 """
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -150,9 +151,14 @@ def method_names() -> list:
     return sorted(REGISTRY)
 
 
-def scores(name: str, ctx: Context, query, label=None, query_id: int = 0) -> np.ndarray:
-    """Scores for every training item of `ctx.data` by method `name` (memoised per query id)."""
+def scores(name: str, ctx: Context, query, label=None, query_id: Optional[int] = None) -> np.ndarray:
+    """Scores for every training item of `ctx.data` by method `name`, memoised per query: by
+    `query_id` when given, else by the query's pixels and label (so two queries without ids never
+    share scores)."""
     parts = components(name)
+    if query_id is None:
+        digest = hashlib.sha256(query.x.detach().cpu().float().numpy().tobytes() + repr(label).encode()).hexdigest()
+        query_id = int(digest[:12], 16)       # also seeds `random` per query
     if len(parts) > 1:
         return rank_average([scores(p, ctx, query, label, query_id) for p in parts])
     key = (name, int(query_id))

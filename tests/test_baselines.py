@@ -78,3 +78,15 @@ def test_mucs_and_an_ensemble_reuse_memoised_scores(ctx):
     e = baselines.scores("mucs+pixel_nn", ctx, q, int(ctx.data.labels[3]), query_id=3)
     want = baselines.rank_average([s, baselines.scores("pixel_nn", ctx, q, None, query_id=3)])
     assert np.allclose(e, want)
+
+
+def test_queries_without_ids_never_share_memoised_scores(ctx):
+    """The memo used to key on (method, query_id=0): a second query without an id got the first's scores."""
+    q3, q9 = (QueryImage(ctx.data.tensor([i])[0], []) for i in (3, 9))
+    l3, l9 = int(ctx.data.labels[3]), int(ctx.data.labels[9])
+    s3 = baselines.scores("pixel_nn", ctx, q3, l3)
+    s9 = baselines.scores("pixel_nn", ctx, q9, l9)
+    assert int(np.argmax(s3)) == 3 and int(np.argmax(s9)) == 9
+    assert baselines.scores("pixel_nn", ctx, q3, l3) is s3                    # same query: memoised
+    r3, r9 = baselines.scores("random", ctx, q3, l3), baselines.scores("random", ctx, q9, l9)
+    assert not np.array_equal(r3, r9)                                         # random is seeded per query
