@@ -13,13 +13,16 @@ import json
 import os
 import re
 import socket
+import sys
 from urllib.parse import urlparse
 
 import pytest
 
 from conftest import need  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "screenshots"))
+from take import ARGS, CHROMIUM, scroll_all  # noqa: E402  (the screenshot script's browser setup, shared)
+
 need(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)")
 try:
     import playwright.sync_api as sync_api
@@ -35,8 +38,6 @@ from mucs.explorer import Explorer  # noqa: E402
 FAST = dict(noises=16, batch_size=32, null_batches=10, null_batch_size=32, max_steps=8, top_k=5)
 DEFAULT_FAST = dict(noises=16, null_batches=20, batch_size=50, max_steps=30, top_k=10)
 LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]"}
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 TABS = ("Query & attribute", "Results", "History & overlap")
 
 
@@ -84,16 +85,6 @@ def shot(page, name, locator=None, full_page=True):
         locator.screenshot(path=os.path.join(d, name))
     else:
         page.screenshot(path=os.path.join(d, name), full_page=full_page)
-
-
-def scroll_all(page):
-    """Scroll through the page so that lazily loaded gallery images are fetched, then back up."""
-    h = page.evaluate("document.body.scrollHeight")
-    for y in range(0, h + 800, 700):
-        page.evaluate(f"window.scrollTo(0, {y})")
-        page.wait_for_timeout(60)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_timeout(300)
 
 
 def choose(page, select_id, n):

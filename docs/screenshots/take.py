@@ -17,11 +17,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 RUN = "example:20261201-002626-75a7b5"            # generated Sneaker, the shipped settings
 OTHERS = ("example:20261201-002925-653ceb", "example:20261201-002427-b3cfcb")   # training Dress, T-shirt
+CHROMIUM = "/usr/bin/chromium"   # Debian's; never `playwright install`
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
 
 def scroll_all(page):
+    """Scroll through the page so that lazily loaded gallery images are fetched, then back up
+    (tests/test_browser.py uses it too)."""
     h = page.evaluate("document.body.scrollHeight")
     for y in range(0, h + 800, 700):
         page.evaluate(f"window.scrollTo(0, {y})")
@@ -57,7 +60,7 @@ def main(argv=None):
     path = lambda name: os.path.join(a.out, name)   # noqa: E731
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             page = ctx.new_page()
             page.set_default_timeout(600_000)
