@@ -1,6 +1,7 @@
 """Command line: python -m mucs {train,generate,attribute} ... (errors: one line, exit status 2)."""
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -41,10 +42,14 @@ def _force_adopt(a, kind):
 
 
 def _add_model_args(p, data=True):
-    from .defaults import DEFAULT_DATA, DEFAULT_MODEL
-    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model folder (default: the embedded Fashion-MNIST model)")
+    from .defaults import DEFAULT_MODEL
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="diffusers model: a folder in any common layout (root-level, unet/ + scheduler/, a pipeline with "
+                        "model_index.json) or a Hub id in the local Hugging Face cache (default: the embedded model)")
     if data:
-        p.add_argument("--data", default=None, help="training set: .npz or image folder (default: the embedded set when --model is the default)")
+        p.add_argument("--data", default=None,
+                       help="training set: .npz, image folder, or a Hugging Face dataset saved with save_to_disk "
+                            "(default: the embedded set when --model is the default)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present, else CPU)")
 
 
@@ -107,19 +112,54 @@ def cmd_generate(a):
     print(f"wrote {a.out} (label={label}, seed={a.seed}, steps={a.steps})")
 
 
+def _list_classes(a):
+    """--list-classes: print `index: name` for every class of the model (names from the data when
+    given, else from the model's mucs_train.json), then stop."""
+    from .data import load_dataset
+    from .models import load_model
+    model = load_model(a.model, a.device or "cpu", train_lr=a.train_lr)
+    names = None
+    data_path = a.data or (_resolve_data(a) if os.path.abspath(a.model) == _default_model() else None)
+    if data_path:
+        data = load_dataset(data_path, image_column=a.image_column, label_column=a.label_column)
+        names = data.class_names
+    names = names or model.class_names
+    if model.num_classes is None:
+        print("the model is unconditional: it has no classes (attribute without --label)")
+        return
+    for i in range(model.num_classes):
+        print(f"{i}: {names[i] if names and i < len(names) else i}")
+
+
+def _default_model():
+    from .defaults import DEFAULT_MODEL
+    return DEFAULT_MODEL
+
+
 def cmd_attribute(a):
     from .attribute import Attributor
     from .data import load_dataset, load_query_image
-    from .defaults import cache_dir_for, settings_for
+    from .defaults import cache_dir_for, default_runs_dir, settings_for
     from .models import load_model
     from .progress import TextBar
-    from .settings import Settings
-    from .cache import check_out_dir, check_writable_dir, unadopt_dir
+    from .settings import Settings, cli_overrides
+    from .cache import check_out_dir, check_writable_dir
     _check_device(a.device)
+    overrides = cli_overrides(a)        # unknown keys and wrong types: one error before anything is loaded
+    if a.list_classes:
+        return _list_classes(a)
+    if not a.image:
+        raise MucsError("--image is required (or --list-classes to see the model's classes)")
+    if a.out and a.runs:
+        raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
     cache_dir = a.cache_dir or cache_dir_for(a.model)
+    runs_root = None if a.out else os.path.abspath(a.runs or default_runs_dir())
     # before anything is loaded or computed: --out must be new, empty or an earlier run (or --force),
-    # never one of this command's inputs; the cache folder must be writable
-    check_out_dir(a.out, "run", force=a.force, protect=[a.model, a.data, a.image, cache_dir])
+    # never one of this command's inputs; the cache and runs folders must be writable
+    if a.out:
+        check_out_dir(a.out, "run", force=a.force, protect=[a.model, a.data, a.image, cache_dir])
+    else:
+        check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     from .distributed import device_for_rank
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
@@ -127,19 +167,14 @@ def cmd_attribute(a):
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
     data.check_matches(model)
     query = load_query_image(a.image, model.channels, model.size)
-    base = Settings() if a.paper_settings else settings_for(a.model)
-    s = base.replace(noises=a.noises, lr_factor=a.lr_factor, top_k=a.top_k, seed=a.seed, max_steps=a.max_steps,
-                     lam=a.lam, tol=a.tol, noise_fraction=a.noise_fraction, batch_size=a.batch_size,
-                     bounded=False if a.unbounded else None, retain=False if a.no_retain else None,
-                     consistent_noise=False if a.fresh_noise else None,
-                     normalised=False if a.unnormalised else None, sigma_min=a.sigma_min, sigma_max=a.sigma_max,
-                     train_noise=a.train_noise, loss_weighting=a.loss_weighting)
-    if a.frozen is not None:
-        s = s.replace(frozen=tuple(p for p in a.frozen.split(",") if p))
+    base = Settings() if a.paper_settings else settings_for(model.path if os.path.isdir(model.path or "") else a.model)
+    s = base.replace(**overrides)
     s.validate()
     names = [n for n, _ in model.unet.named_parameters()]
     if not [n for n in names if not any(p in n for p in s.frozen)]:
         raise MucsError(f"--frozen {','.join(s.frozen)} matches all {len(names)} parameters: nothing is left to unlearn")
+    if s.top_k > len(data):
+        raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
     from .distributed import init_from_env
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
     bar = TextBar() if group is None or group.rank == 0 else None
@@ -151,24 +186,31 @@ def cmd_attribute(a):
         return                  # rank 0 writes the run
     for note in res.query["conversions"]:
         print(f"note: query {note}")
-    adopted = _force_adopt(a, "run")
-    try:
-        res.save(a.out)
-    except BaseException:
-        if adopted:
-            unadopt_dir(a.out)
-        raise
+    from .history import RunStore, write_run
+    meta = dict(kind="cli", source=os.path.abspath(a.image), model=model.path, data=data.source)
+    if a.out:
+        out = write_run(res, a.out, meta, force=a.force)
+    else:
+        store = RunStore(runs_root, examples=None)
+        out = store.path(store.save(res, meta))
     print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
     from .diagnostics import warnings
     for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps):
         print(f"warning: {w}")
-    print(f"wrote {a.out}/scores.csv and {a.out}/result.json")
+    print(f"wrote {out}/scores.csv and {out}/result.json")
+    print(f"run saved: {out}  (the app lists it with: python app.py --runs {os.path.dirname(out)})")
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m mucs", description="MUCS training-data attribution for diffusion models")
+    from . import __version__
+    from .settings import add_cli_options
+    ap = argparse.ArgumentParser(prog="mucs", description="MUCS training-data attribution for diffusion models")
+    ap.add_argument("-v", "--verbose", action="count", default=0,
+                    help="log what the library does (fallbacks, cache misses and rebuilds, dropped settings) to "
+                         "stderr; -vv for debug detail")
+    ap.add_argument("--version", action="version", version=f"mucs {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("train", help="train a diffusers UNet2DModel (class-conditional when the data has labels)")
@@ -202,38 +244,25 @@ def build_parser():
 
     p = sub.add_parser("attribute", help="rank the training images by their MUCS skew for a query image")
     _add_model_args(p)
-    p.add_argument("--image", required=True)
-    p.add_argument("--label", type=int, default=None)
-    p.add_argument("--noises", type=int, default=None, help="K, size of the consistent noise set")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lam", type=float, default=None, help="λ, weight of the forget term")
-    p.add_argument("--tol", type=float, default=None, help="τ, stop once L_f ≥ (1−τ)·L_null")
-    p.add_argument("--max-steps", type=int, default=None, help="unlearning step cap")
-    p.add_argument("--noise-fraction", type=float, default=None, help="f, high-noise fraction of the Karras grid")
-    p.add_argument("--batch-size", type=int, default=None, help="B, retain/forget batch size")
-    p.add_argument("--sigma-min", type=float, default=None, help="lowest σ of the noise grid (default 0.002, EDM's sampler)")
-    p.add_argument("--sigma-max", type=float, default=None, help="highest σ of the noise grid (default 80, EDM's sampler)")
-    p.add_argument("--train-noise", default=None, choices=["uniform", "uniform_range", "lognormal"],
-                   help="training-time noise of unlearning and L_null: uniform over all steps (default), "
-                        "uniform over the steps in [σ_min, σ_max], or log-normal in σ as the reference's EDM")
-    p.add_argument("--loss-weighting", default=None, choices=["none", "edm"],
-                   help="none: the model's own objective (default); edm: EDM's weighted x0 error")
-    p.add_argument("--lr-factor", type=float, default=None, help="unlearning lr = training lr ÷ this")
+    p.add_argument("--image", default=None, help="the query image (required unless --list-classes)")
+    p.add_argument("--label", type=int, default=None, help="the query's class (class-conditional models; see --list-classes)")
+    p.add_argument("--list-classes", action="store_true", help="print the class index and name of every class, then exit")
     p.add_argument("--paper-settings", action="store_true",
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
-    p.add_argument("--frozen", default=None, help="comma-separated parameter-name substrings to freeze")
-    p.add_argument("--unbounded", action="store_true", help="ablation: plain gradient ascent (no L_null bound)")
-    p.add_argument("--no-retain", action="store_true", help="ablation: no retain term")
-    p.add_argument("--fresh-noise", action="store_true", help="ablation: fresh noise for the unlearned losses")
-    p.add_argument("--unnormalised", action="store_true", help="ablation: score = mean(L_u − L_o)")
     p.add_argument("--train-lr", type=float, default=None,
                    help="the model's training learning rate, when its folder has no mucs_train.json (or to override it)")
     p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")
     p.add_argument("--label-column", default=None, help="Hugging Face dataset: label column (default: a ClassLabel feature)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default="mucs_out", help="run folder: new, empty, or an earlier run's (replaced)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where L_o and L_null caches are written (default $MUCS_CACHE_DIR, else ~/.cache/mucs)")
+    p.add_argument("--out", default=None,
+                   help="write the run into this folder (new, empty, or an earlier run's: replaced); default: a new run "
+                        "in the runs folder")
+    p.add_argument("--runs", default=None,
+                   help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
+                        "~/.local/share/mucs/runs); the app lists the same folder")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    add_cli_options(p)   # one option per mucs.Settings field, plus --settings JSON
     p.set_defaults(fn=cmd_attribute)
 
     try:  # the counterfactual evaluation lives in its own module
@@ -271,14 +300,36 @@ def _guard_evaluate_out(fn):
     return cmd
 
 
+def setup_logging(verbose: int = 0):
+    """Send the library's log (logger "mucs") to stderr: warnings only by default, info with
+    --verbose, debug with -vv. Returns a function that undoes it (main calls it on the way out, so
+    a caller of main() in the same process keeps its own logging setup)."""
+    logger = logging.getLogger("mucs")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "warning: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    old_level = logger.level
+    logger.addHandler(handler)
+    if verbose and (logger.level == logging.NOTSET or logger.level > handler.level):
+        logger.setLevel(handler.level)
+
+    def undo():
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return undo
+
+
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    undo_logging = setup_logging(a.verbose)
     try:
         _check_numbers(a)
         a.fn(a)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        undo_logging()
     return 0
 
 

@@ -3,6 +3,7 @@ unlearning → unlearned losses → skew → top-k."""
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .settings import Settings
 from .unlearn import skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
+log = logging.getLogger("mucs")
 
 
 @dataclass
@@ -128,6 +130,8 @@ class Attributor:
     def noise_set(self, s: Settings, seed_offset: int = 0) -> NoiseSet:
         key = (s.noises, s.noise_fraction, s.rho, s.seed + seed_offset, s.sigma_min, s.sigma_max)
         if key not in self._noise:
+            log.info("noise set: building K=%d, f=%g, σ %g..%g, seed %d (not in memory; it is cheap and never cached on disk)",
+                     s.noises, s.noise_fraction, s.sigma_min, s.sigma_max, s.seed + seed_offset)
             shape = (self.model.channels, self.model.size, self.model.size)
             try:
                 self._noise[key] = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
@@ -154,9 +158,15 @@ class Attributor:
         """The cached arrays from the cache folder, else from the read-only `cache/` a model folder
         may ship (the embedded model ships its L_o and L_null there); None on a miss."""
         for folder in (self.cache_dir, os.path.join(self.model.path, SHIPPED_CACHE)):
-            hit = load_arrays(os.path.join(folder, f"{kind}-{key}.npz"), key)
+            path = os.path.join(folder, f"{kind}-{key}.npz")
+            hit = load_arrays(path, key)
             if hit is not None:
+                log.info("%s: cache hit %s", kind, path)
                 return hit
+            if os.path.isfile(path):   # there, but keyed otherwise, partial or corrupt
+                log.warning("%s: the cache file %s is corrupt, partial or for other inputs: ignored, recomputing", kind, path)
+        log.info("%s: cache miss (key %s, looked in %s and the model's %s/): computing it", kind, key, self.cache_dir,
+                 SHIPPED_CACHE)
         return None
 
     def original_losses(self, s: Settings, report=None) -> tuple:
@@ -173,7 +183,8 @@ class Attributor:
             self._lo[key] = hit["loss"]
             return hit["loss"], True
         lo = require_finite("L_o", self.loss_matrix(self.model.unet, ns, s, report, "original losses"), "original losses")
-        save_arrays(self._cache_path("loss_original", key), key, loss=lo)
+        if save_arrays(self._cache_path("loss_original", key), key, loss=lo):
+            log.info("loss_original: rebuilt and cached in %s", self._cache_path("loss_original", key))
         self._lo[key] = lo
         return lo, False
 
@@ -189,7 +200,8 @@ class Attributor:
             value = float(hit["loss_null"])
         else:
             value = require_finite("L_null", null_loss(self.model, self.data, s, report), "null loss")
-            save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value))
+            if save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value)):
+                log.info("loss_null: rebuilt (%.4g) and cached in %s", value, self._cache_path("loss_null", key))
         self._null[key] = value
         return value, hit is not None
 

@@ -118,12 +118,22 @@ def load_dataset(path: str, image_column: Optional[str] = None, label_column: Op
     check_default_present(path)
     if not os.path.exists(path):
         raise MucsError(f"dataset not found: {path}")
+    import time
+    t0 = time.perf_counter()
     if is_hf_dataset(path):
+        kind = "Hugging Face dataset"
         data = _load_hf(path, image_column, label_column)
     else:
         if image_column is not None or label_column is not None:
             raise MucsError("--image-column/--label-column apply to Hugging Face datasets (saved with save_to_disk) only")
+        kind = ".npz" if os.path.isfile(path) else "image folder"
         data = _load_npz(path) if os.path.isfile(path) else _load_folder(path)
+    # decoded pixels are not cached on disk: every load decodes the source again (L_o and L_null
+    # caches are keyed by the decoded content's fingerprint, so they survive a re-encoding)
+    log.info("dataset %s (%s): decoded %d images %s in %.2f s (not cached: decoded on every load); %s", path, kind,
+             len(data), "x".join(str(d) for d in data.images.shape[1:]) if len(data) else "-", time.perf_counter() - t0,
+             "unconditional" if data.labels is None else
+             f"{len(np.unique(data.labels))} classes" + (" with names" if data.class_names else " without names"))
     if len(data) == 0:
         raise MucsError(f"dataset {path} is empty")
     if data.images.shape[1] != data.images.shape[2]:

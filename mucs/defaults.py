@@ -61,6 +61,18 @@ def user_data_dir() -> str:
     return os.path.join(base, "mucs")
 
 
+def shown_path(path: str) -> str:
+    """How a path is recorded in results and runs: relative to the repository root when it lies in
+    this checkout (committed results must not carry one machine's absolute paths), else absolute.
+    A relative record is read back relative to the repository (see mucs/report.py)."""
+    if not path or not isinstance(path, str):
+        return path
+    full = os.path.abspath(os.path.expanduser(path))
+    if is_checkout() and full.startswith(REPO + os.sep):
+        return os.path.relpath(full, REPO)
+    return full
+
+
 def default_runs_dir() -> str:
     """Where runs are saved when no folder is given: $MUCS_RUNS_DIR, else runs/ in the repository
     for a checkout (ignored by git), else the per-user folder (~/.local/share/mucs/runs on Linux).

@@ -1,7 +1,13 @@
 """A run store on disk: every attribution is one folder (written atomically with
 `Attribution.save` plus a `meta.json`), listed newest first, reopened after a restart and
-exported as CSV or JSON. Shipped example runs (read-only) are listed alongside."""
+exported as CSV or JSON. Shipped example runs (read-only) are listed alongside.
+
+The one run format, shared by the app and `mucs attribute`: a folder holding result.json,
+scores.csv, losses.npz, query.png, meta.json and the `.mucs` marker. `RunStore.save` writes a new
+run under the store's root; `write_run` writes the same layout into a folder of the caller's
+choosing (`mucs attribute --out DIR`), so a run folder inside an app's runs folder is listed by it."""
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -15,23 +21,75 @@ from typing import Optional
 import numpy as np
 
 from .attribute import Attribution
-from .cache import MARKER, atomic_write, check_writable_dir, marker_bytes
+from .cache import MARKER, atomic_write, atomic_write_dir, check_writable_dir, marker_bytes
 from .checks import dumps_strict
+from .defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from .errors import MucsError
 
 META = "meta.json"
+RUN_FILES = ("result.json", "losses.npz", "scores.csv", META)   # what makes a folder a run
 EXAMPLE_PREFIX = "example:"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_EXAMPLES = os.path.join(REPO, "assets", "examples")
-
-
-def default_runs_dir() -> str:
-    """$MUCS_RUNS_DIR, else `runs/` in the repository (ignored by git)."""
-    return os.environ.get("MUCS_RUNS_DIR") or os.path.join(REPO, "runs")
+DEFAULT_EXAMPLES = os.path.join(ASSETS, "examples")
 
 
 def _is_run(path: str) -> bool:
-    return all(os.path.isfile(os.path.join(path, f)) for f in ("result.json", "losses.npz", "scores.csv", META))
+    return all(os.path.isfile(os.path.join(path, f)) for f in RUN_FILES)
+
+
+def is_run(path: str) -> bool:
+    """True when `path` is a run folder in the one run format (what RunStore lists)."""
+    return os.path.isdir(path) and _is_run(path)
+
+
+def _portable(att: Attribution) -> Attribution:
+    """The attribution with its model and data paths relative to the repository when they lie in
+    it (so committed runs carry no machine's absolute paths), else as given."""
+    info = dict(att.info or {})
+    for k in ("model", "data"):
+        if isinstance(info.get(k), str):
+            info[k] = shown_path(info[k])
+    return dataclasses.replace(att, info=info)
+
+
+def run_meta(att: Attribution, run_id: str, meta: Optional[dict] = None, now: Optional[datetime] = None) -> dict:
+    """meta.json of a run: the caller's fields (kind, source, model, data, ...) plus id, creation
+    time and the summary the history table shows."""
+    now = now or datetime.now(timezone.utc)
+    m = dict(meta or {})
+    m.update(id=run_id, created=now.isoformat(timespec="seconds"),
+             label=att.query.get("label"), class_name=att.query.get("class_name"),
+             steps=att.steps, converged=att.converged, top_k=len(att.top),
+             seconds=round(float(att.stage_times.get("total", 0.0)), 2),
+             num_train=len(att.scores))
+    m.setdefault("source", att.query.get("source", ""))
+    for k in ("model", "data"):
+        if isinstance(m.get(k), str):
+            m[k] = shown_path(m[k])
+    return m
+
+
+def _meta_bytes(m: dict) -> bytes:
+    return dumps_strict(m, "the run's meta.json", indent=1, default=_json_default).encode()
+
+
+def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: bool = False) -> str:
+    """Write `att` into the folder `path` in the run format (result.json, scores.csv, losses.npz,
+    query.png, meta.json, marker), atomically: a new or empty folder, or an earlier run (replaced);
+    anything else only with `force`. Returns the absolute path."""
+    path = os.path.abspath(path)
+    staging = tempfile.mkdtemp(prefix="mucs-run-")   # Attribution.save's files, read back (small)
+    try:
+        inner = os.path.join(staging, "run")
+        _portable(att).save(inner)
+        files = {}
+        for name in os.listdir(inner):
+            with open(os.path.join(inner, name), "rb") as f:
+                files[name] = f.read()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files[META] = _meta_bytes(run_meta(att, os.path.basename(path), meta))
+    atomic_write_dir(path, files, kind="run", force=force)
+    return path
 
 
 class RunStore:
@@ -78,19 +136,12 @@ class RunStore:
         """Store a finished attribution; returns its id. The run folder appears complete or not at all."""
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        m = dict(meta or {})
-        m.update(id=run_id, created=now.isoformat(timespec="seconds"),
-                 label=att.query.get("label"), class_name=att.query.get("class_name"),
-                 steps=att.steps, converged=att.converged, top_k=len(att.top),
-                 seconds=round(float(att.stage_times.get("total", 0.0)), 2),
-                 num_train=len(att.scores))
-        m.setdefault("source", att.query.get("source", ""))
+        m = run_meta(att, run_id, meta, now)
         staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
         try:
             inner = os.path.join(staging, "run")
-            att.save(inner)
-            atomic_write(os.path.join(inner, META), dumps_strict(m, "the run's meta.json", indent=1,
-                                                                 default=_json_default).encode())
+            _portable(att).save(inner)
+            atomic_write(os.path.join(inner, META), _meta_bytes(m))
             if not os.path.exists(os.path.join(inner, MARKER)):
                 atomic_write(os.path.join(inner, MARKER), marker_bytes("run"))
             os.rename(inner, os.path.join(self.root, run_id))   # a new, unique name: never replaces anything

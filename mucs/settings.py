@@ -1,5 +1,17 @@
-"""Every MUCS setting in one place, with the defaults of the authors' reference code."""
-from dataclasses import asdict, dataclass, field, fields
+"""Every MUCS setting in one place, with the defaults of the authors' reference code.
+
+This module is the single source of truth for settings: the `mucs attribute` options are built
+from the `Settings` fields and the help texts in `HELP` (see `add_cli_options`), `--settings` JSON
+and a model folder's `mucs_settings.json` are checked against the same fields
+(mucs.checks.check_settings_dict), and `APP_EXCLUDED` names the fields the app does not show as a
+widget (tests/test_settings_source.py checks that the app covers every other one)."""
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+
+log = logging.getLogger("mucs")
+LOSS_WEIGHTINGS = ("none", "edm")
 
 
 @dataclass
@@ -59,6 +71,9 @@ class Settings:
     def from_dict(cls, d: dict) -> "Settings":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        dropped = sorted(str(k) for k in d if k not in names)
+        if dropped:   # e.g. a run written by another version: say so instead of dropping them silently
+            log.warning("ignoring unknown setting(s) %s (not fields of mucs.Settings)", ", ".join(dropped))
         if "frozen" in kw:
             kw["frozen"] = tuple(kw["frozen"])
         return cls(**kw)
@@ -79,7 +94,7 @@ class Settings:
                   (0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max"),
                   (self.train_noise in TRAIN_NOISE_KINDS, f"train_noise must be one of {', '.join(TRAIN_NOISE_KINDS)}"),
                   (self.p_std > 0, "p_std must be > 0"), (self.sigma_data > 0, "sigma_data must be > 0"),
-                  (self.loss_weighting in ("none", "edm"), "loss_weighting must be 'none' or 'edm'"),
+                  (self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting must be 'none' or 'edm'"),
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
                   (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
                   (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
@@ -92,3 +107,149 @@ class Settings:
             if not ok:
                 raise MucsError(msg)
         return self
+
+
+# --- the command line, built from the fields above ------------------------------------------------
+# One help text per field (tests/test_settings_source.py fails when a field has none).
+HELP = {
+    "noises": "K, size of the consistent noise set",
+    "noise_fraction": "f, high-noise fraction of the Karras grid",
+    "rho": "ρ of the Karras grid",
+    "sigma_min": "lowest σ of the noise grid (EDM's sampler range)",
+    "sigma_max": "highest σ of the noise grid (EDM's sampler range)",
+    "seed": "seed of the noise set, the null-loss init and the unlearning batches",
+    "train_noise": "training-time noise of unlearning and L_null: log-normal in σ as the reference's EDM, "
+                   "uniform over all steps (the DDPM recipe), or uniform over the steps in [σ_min, σ_max]",
+    "p_mean": "lognormal training noise: mean of ln σ",
+    "p_std": "lognormal training noise: standard deviation of ln σ",
+    "loss_weighting": "none: the model's own objective; edm: EDM's weighted x0 error",
+    "sigma_data": "σ_data of the edm loss weighting",
+    "null_batches": "batches of the null-loss estimate L_null",
+    "null_batch_size": "batch size of the null-loss estimate",
+    "batch_size": "B, retain/forget batch size",
+    "lr": "unlearning learning rate (default: the model's training lr ÷ --lr-factor)",
+    "lr_factor": "unlearning lr = training lr ÷ this",
+    "weight_decay": "AdamW weight decay of the unlearning",
+    "lam": "λ, weight of the forget term",
+    "tol": "τ, stop once L_f ≥ (1−τ)·L_null",
+    "max_steps": "unlearning step cap",
+    "frozen": "comma-separated parameter-name substrings to freeze",
+    "top_k": "how many training images to report",
+    "screen_noises": "screened scoring: noise levels every item is scored on first (0 = off)",
+    "screen_keep": "screened scoring: items kept for scoring on all K levels",
+    "fragile_refs": "fragile-item correction: reference queries per class (0 = off)",
+    "fragile_seed": "fragile-item correction: seed of the first reference query",
+    "bounded": "ablation: plain gradient ascent (no L_null bound)",
+    "retain": "ablation: no retain term",
+    "consistent_noise": "ablation: fresh noise for the unlearned losses",
+    "normalised": "ablation: score = mean(L_u − L_o)",
+    "eval_batch_size": "(item, noise) pairs per forward pass when computing losses",
+    "default_lr": "training lr assumed when the model folder records none (prefer --train-lr)",
+}
+# Flags whose name is not the field's name with '-' for '_'. A boolean setting (default true) is
+# switched off by its ablation flag.
+FLAG_NAMES = {"lr": "--unlearning-lr", "bounded": "--unbounded", "retain": "--no-retain",
+              "consistent_noise": "--fresh-noise", "normalised": "--unnormalised"}
+# Reachable through `--settings` (JSON) only, not by a flag of their own.
+CLI_SETTINGS_ONLY = {"default_lr": "--train-lr gives the model's training lr; this is the fallback when neither is known"}
+# Fields the app shows no widget for (they come from the model's mucs_settings.json or the app's
+# --settings): engineering knobs and the reference's constants, not per-query choices.
+APP_EXCLUDED = {
+    "rho": "a constant of the Karras grid",
+    "p_mean": "a constant of the reference's training noise", "p_std": "a constant of the reference's training noise",
+    "sigma_data": "a constant of the edm weighting",
+    "null_batches": "a property of the model's cached L_null", "null_batch_size": "a property of the model's cached L_null",
+    "batch_size": "a per-model choice (mucs_settings.json)", "lr": "derived from the training lr",
+    "lr_factor": "a per-model choice (mucs_settings.json)", "weight_decay": "the reference's constant",
+    "frozen": "the reference's constant", "screen_noises": "a per-model speed choice (mucs_settings.json)",
+    "screen_keep": "a per-model speed choice (mucs_settings.json)",
+    "fragile_refs": "a per-model choice (mucs_settings.json)", "fragile_seed": "a per-model choice (mucs_settings.json)",
+    "eval_batch_size": "a machine choice, not a result-changing one", "default_lr": "--train-lr / mucs_train.json",
+}
+
+
+def field_types() -> dict:
+    """{field name: python type} of Settings (the annotation, or the default's type)."""
+    return {f.name: f.type if isinstance(f.type, type) else type(f.default) for f in fields(Settings)}
+
+
+def flag_for(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def choices_for(name: str):
+    if name == "train_noise":
+        from .noise import TRAIN_NOISE_KINDS
+        return TRAIN_NOISE_KINDS
+    if name == "loss_weighting":
+        return LOSS_WEIGHTINGS
+    return None
+
+
+def add_cli_options(parser, group_title: str = "MUCS settings (mucs.Settings; default: the model's mucs_settings.json, "
+                                                "else the paper's)") -> list:
+    """Add one option per Settings field (except CLI_SETTINGS_ONLY) and `--settings JSON` to an
+    argparse parser; every option's dest is the field's name and its default None ('not given').
+    Returns the field names that got a flag."""
+    g = parser.add_argument_group(group_title)
+    types = field_types()
+    defaults = Settings().to_dict()
+    added = []
+    for name, t in types.items():
+        if name in CLI_SETTINGS_ONLY:
+            continue
+        flag, help_ = flag_for(name), HELP[name]
+        d = defaults[name]
+        if t is bool:   # every boolean defaults to on; its flag turns it off
+            g.add_argument(flag, dest=name, action="store_const", const=not d, default=None, help=help_)
+        elif t is tuple:
+            g.add_argument(flag, dest=name, default=None, help=f"{help_} (default: {','.join(d)})")
+        else:
+            shown = "training lr ÷ lr factor" if d is None else d
+            g.add_argument(flag, dest=name, type=t, default=None, choices=choices_for(name),
+                           help=f"{help_} (default {shown})")
+        added.append(name)
+    g.add_argument("--settings", dest="settings_json", default=None, metavar="JSON",
+                   help="any settings as a JSON object or a path to a JSON file, e.g. '{\"noises\": 16}'; "
+                        "flags given as well win. Unknown keys and wrong types are errors")
+    return added
+
+
+def cli_overrides(args) -> dict:
+    """The settings given on a command line built by `add_cli_options`: `--settings` first, then
+    the flags; checked like mucs_settings.json (unknown keys and wrong types are one MucsError)."""
+    from .checks import check_settings_dict
+    out = {}
+    text = getattr(args, "settings_json", None)
+    if text:
+        out.update(load_settings_json(text, "--settings"))
+    flags = {}
+    for name in field_types():
+        v = getattr(args, name, None)
+        if v is not None and name not in CLI_SETTINGS_ONLY:
+            flags[name] = v
+    for name, v in check_settings_dict(flags, what="command line").items():
+        out[name] = v
+    return out
+
+
+def load_settings_json(text: str, what: str = "--settings") -> dict:
+    """Settings from a JSON object given inline or as a path to a JSON file (a {"settings": {...}}
+    wrapper, as in mucs_settings.json, is accepted), checked against the fields."""
+    from .checks import check_settings_dict, read_json_object
+    from .errors import MucsError
+    if os.path.isfile(text):
+        d = read_json_object(text, "a JSON object of setting: value")
+        where = f"{what} {text}"
+    else:
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise MucsError(f"{what} is neither a readable JSON file nor a JSON object: {e}") from None
+        where = what
+    if isinstance(d, dict) and isinstance(d.get("settings"), dict):   # the mucs_settings.json layout
+        other = sorted(str(k) for k in d if k != "settings")
+        if other:
+            log.info("%s: using its \"settings\" object; ignoring the other key(s) %s", where, ", ".join(other))
+        d = d["settings"]
+    return check_settings_dict(d, what=where)

@@ -14,6 +14,7 @@ import torch
 
 from .cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, staging_dir
 from .data import TrainingSet
+from .defaults import shown_path
 from .errors import MucsError
 from .models import TRAIN_CONFIG, per_item_loss, training_noise
 from .progress import Reporter
@@ -183,7 +184,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
 
 def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict:
     return dict(asdict(opts), channels=list(opts.channels), steps_done=steps_done, num_train=int(len(keep)),
-                num_classes=data.num_classes, class_names=data.class_names, data=data.source,
+                num_classes=data.num_classes, class_names=data.class_names, data=shown_path(data.source),
                 data_fingerprint=data.fingerprint(), excluded=int(len(data) - len(keep)),
                 train_seconds=time.perf_counter() - t_start, final_loss=losses[-1]["loss"] if losses else None,
                 loss_curve=losses, parameters=int(sum(p.numel() for p in unet.parameters())), device=str(device))

@@ -128,3 +128,78 @@ def test_python_dash_m_entry_point(tiny_model_dir, tmp_path):
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "out of range" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+# --- one run format, --list-classes, logging (issue 11) -------------------------------------------------
+def test_cli_runs_are_listed_and_reopened_by_the_apps_run_store(tiny_model_dir, tiny_npz, tmp_path, fast_env,
+                                                                monkeypatch, capsys):
+    from mucs.history import RunStore
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("MUCS_RUNS_DIR", str(runs))
+    base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
+            "--label", "0"] + FAST
+    assert main(base) == 0                                   # no --out: a new run in the default runs folder
+    out = capsys.readouterr().out
+    (saved,) = [line.split("run saved: ")[1].split("  ")[0] for line in out.splitlines() if "run saved: " in line]
+    assert os.path.dirname(saved) == str(runs)
+    assert main(base + ["--out", str(runs / "named")]) == 0  # --out: the same layout, in a folder of one's choosing
+    store = RunStore(str(runs), examples=None)              # what the app's history lists
+    metas = {m["id"]: m for m in store.list()}
+    assert set(metas) == {os.path.basename(saved), "named"}
+    for rid, m in metas.items():
+        assert m["kind"] == "cli" and m["top_k"] == 4 and m["class_name"] == "a" and m["num_train"] == 32
+        att = store.load(rid)
+        assert len(att.scores) == 32 and att.settings["noises"] == 8
+        assert sorted(os.listdir(store.path(rid))) == sorted([".mucs", "losses.npz", "meta.json", "query.png",
+                                                              "result.json", "scores.csv"])
+    other = tmp_path / "elsewhere"
+    assert main(base + ["--runs", str(other)]) == 0          # --runs: a new run in that folder
+    assert len(RunStore(str(other), examples=None).list()) == 1
+    assert main(base + ["--runs", str(other), "--out", str(tmp_path / "x")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_list_classes_prints_the_class_names(tiny_model_dir, tiny_npz, capsys):
+    assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--list-classes"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0: a", "1: b", "2: c", "3: d"]
+    assert main(["attribute", "--model", tiny_model_dir, "--list-classes"]) == 0   # names from mucs_train.json
+    assert capsys.readouterr().out.splitlines() == ["0: a", "1: b", "2: c", "3: d"]
+
+
+def test_fallbacks_and_cache_rebuilds_are_logged(tiny_model_dir, tiny_npz, tmp_path, fast_env, caplog):
+    import glob
+    import logging
+    import shutil
+    q = _query(tmp_path, tiny_npz)
+    base = ["attribute", "--data", tiny_npz, "--image", q, "--label", "0"] + FAST
+    with caplog.at_level(logging.INFO, logger="mucs"):
+        assert main(base + ["--model", tiny_model_dir, "--out", str(tmp_path / "a")]) == 0
+    text = caplog.text
+    for expect in ("noise set: building K=8", "loss_original: cache miss", "loss_original: rebuilt and cached",
+                   "loss_null: cache miss", "loss_null: rebuilt", "decoded 32 images"):
+        assert expect in text, expect
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mucs"):
+        assert main(base + ["--model", tiny_model_dir, "--out", str(tmp_path / "b")]) == 0
+    assert "loss_original: cache hit" in caplog.text and "loss_null: cache hit" in caplog.text
+    assert "cache miss" not in caplog.text
+    # a damaged cache file: a warning, then a rebuild
+    (lo_file,) = glob.glob(str(tmp_path / "cache" / "loss_original-*.npz"))
+    with open(lo_file, "r+b") as f:
+        f.truncate(100)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mucs"):
+        assert main(base + ["--model", tiny_model_dir, "--out", str(tmp_path / "c")]) == 0
+    assert "is corrupt, partial or for other inputs" in caplog.text and "loss_original: rebuilt and cached" in caplog.text
+    # a model that records no training lr: the default-lr fallback is a warning; --train-lr silences it
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    os.remove(bare / "mucs_train.json")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mucs"):
+        assert main(base + ["--model", str(bare), "--out", str(tmp_path / "d")]) == 0
+    assert any(r.levelno == logging.WARNING and "no training learning rate" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mucs"):
+        assert main(base + ["--model", str(bare), "--train-lr", "2e-3", "--out", str(tmp_path / "e")]) == 0
+    assert "no training learning rate" not in caplog.text

@@ -72,6 +72,6 @@ def skipped_metrics() -> dict:
 
 def shown_path(path: str) -> str:
     """A path inside the repository relative to its root (results files are committed), else as given."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ..defaults import REPO, is_checkout
     full = os.path.abspath(path)
-    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
+    return os.path.relpath(full, REPO) if is_checkout() and full.startswith(REPO + os.sep) else path

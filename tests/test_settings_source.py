@@ -1,0 +1,287 @@
+"""One source of truth for settings (mucs/settings.py): every Settings field reachable from the
+CLI, the app's widgets checked against the fields, clear errors for unknown keys and wrong types,
+logging of fallbacks, one run format for CLI and app, and the packaging files in step."""
+import argparse
+import ast
+import json
+import logging
+import os
+import re
+import sys
+import tomllib
+from dataclasses import fields
+
+import numpy as np
+import pytest
+
+from mucs.__main__ import build_parser, main
+from mucs.errors import MucsError
+from mucs.settings import (APP_EXCLUDED, CLI_SETTINGS_ONLY, HELP, Settings, add_cli_options, choices_for, cli_overrides,
+                           field_types, flag_for, load_settings_json)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = [f.name for f in fields(Settings)]
+
+
+def _sample(name):
+    """A value of the field's type that differs from its default, and how to say it on the command line."""
+    t, d = field_types()[name], Settings().to_dict()[name]
+    if t is bool:
+        return (not d), []
+    if t is tuple:
+        return ("bias", "norm"), ["bias,norm"]
+    if t is str:
+        v = next(c for c in choices_for(name) if c != d)
+        return v, [v]
+    if t is int:
+        return d + 3, [str(d + 3)]
+    v = 0.125 if d != 0.125 else 0.25
+    return v, [str(v)]
+
+
+def _attribute_args(argv):
+    return build_parser().parse_args(["attribute"] + argv)
+
+
+def test_every_field_has_help_and_is_reachable_by_flag_or_settings_json():
+    assert set(HELP) == set(FIELDS), "every Settings field needs a help text in mucs.settings.HELP"
+    assert set(CLI_SETTINGS_ONLY) <= set(FIELDS)
+    added = add_cli_options(argparse.ArgumentParser())
+    assert set(added) | set(CLI_SETTINGS_ONLY) == set(FIELDS) and not set(added) & set(CLI_SETTINGS_ONLY)
+    for name in FIELDS:
+        value, words = _sample(name)
+        # through --settings JSON: every field
+        got = cli_overrides(_attribute_args(["--settings", json.dumps({name: list(value) if isinstance(value, tuple)
+                                                                        else value})]))
+        assert got == {name: value}, name
+        assert getattr(Settings().replace(**got), name) == value, name
+        # through its own flag: every field but the JSON-only ones
+        if name in CLI_SETTINGS_ONLY:
+            with pytest.raises(SystemExit):
+                _attribute_args([flag_for(name)] + words)
+            continue
+        got = cli_overrides(_attribute_args([flag_for(name)] + words))
+        assert got == {name: value}, name
+    # flags win over --settings; nothing given gives nothing
+    assert cli_overrides(_attribute_args(["--settings", '{"noises": 4, "lam": 0.5}', "--noises", "6"])) == \
+        dict(noises=6, lam=0.5)
+    assert cli_overrides(_attribute_args([])) == {}
+
+
+def test_existing_flag_names_are_kept():
+    """The flags README and the tests use stay as they were when the parser became generated."""
+    opts = build_parser()._subparsers._group_actions[0].choices["attribute"]._option_string_actions
+    for flag in ("--noises", "--top-k", "--seed", "--lam", "--tol", "--max-steps", "--noise-fraction", "--batch-size",
+                 "--sigma-min", "--sigma-max", "--train-noise", "--loss-weighting", "--lr-factor", "--frozen",
+                 "--unbounded", "--no-retain", "--fresh-noise", "--unnormalised", "--paper-settings", "--train-lr",
+                 "--image-column", "--label-column", "--list-classes", "--settings", "--out", "--runs", "--cache-dir"):
+        assert flag in opts, flag
+    assert opts["--unbounded"].dest == "bounded" and opts["--unlearning-lr"].dest == "lr"
+
+
+def _app_setting_keys():
+    """The setting names app.py hands to Explorer.user_settings (its settings widgets)."""
+    tree = ast.parse(open(os.path.join(ROOT, "app.py")).read())
+    keys = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "user_settings":
+            for arg in node.args:
+                if isinstance(arg, ast.Call) and getattr(arg.func, "id", "") == "dict":
+                    keys |= {kw.arg for kw in arg.keywords}
+                elif isinstance(arg, ast.Dict):
+                    keys |= {k.value for k in arg.keys if isinstance(k, ast.Constant)}
+    return keys
+
+
+def test_app_widgets_cover_every_user_facing_setting():
+    keys = _app_setting_keys()
+    assert keys, "app.py no longer calls ex.user_settings(dict(...)): update this test"
+    assert keys <= set(FIELDS), f"app.py passes unknown settings: {keys - set(FIELDS)}"
+    missing = set(FIELDS) - keys - set(APP_EXCLUDED)
+    assert not missing, f"settings neither shown in the app nor listed in mucs.settings.APP_EXCLUDED: {missing}"
+    assert not keys & set(APP_EXCLUDED), f"shown in the app but listed as excluded: {keys & set(APP_EXCLUDED)}"
+    from mucs.explorer import USER_SETTINGS
+    assert keys <= set(USER_SETTINGS) <= set(FIELDS)
+
+
+@pytest.mark.parametrize("text, expect", [
+    ('{"noise": 4}', "unknown setting 'noise' (did you mean 'noises'?)"),
+    ('{"noises": "x"}', "noises must be an integer"),
+    ('{"bounded": 1}', "bounded must be true or false"),
+    ('{"lam": "0.2"}', "lam must be a number"),
+    ('[1, 2]', "must be a JSON object"),
+    ('{bad', "neither a readable JSON file nor a JSON object"),
+])
+def test_settings_json_errors_are_one_clear_line(text, expect, capsys, tmp_path):
+    before = set(os.listdir(tmp_path))
+    # checked before anything is loaded: no model, no data, no image needed
+    assert main(["attribute", "--model", str(tmp_path / "nope"), "--settings", text]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expect in err, err
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_settings_json_file_and_wrapper(tmp_path):
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"settings": {"noises": 4, "frozen": ["bias"]}, "why": "a note"}))
+    assert load_settings_json(str(f)) == dict(noises=4, frozen=("bias",))
+    f.write_text("{not json")
+    with pytest.raises(MucsError, match="cannot read"):
+        load_settings_json(str(f))
+    f.write_text('{"noises": 4.5}')
+    with pytest.raises(MucsError, match=r"--settings .*s\.json: noises must be an integer"):
+        load_settings_json(str(f))
+
+
+@pytest.mark.parametrize("body, expect", [("{not json", "cannot read"), ("[1]", "must be a JSON object"),
+                                          ('{"settings": {"noise": 4}}', "unknown setting 'noise'"),
+                                          ('{"settings": {"tol": "low"}}', "tol must be a number"),
+                                          ('{"settings": [1]}', "must be a JSON object")])
+def test_malformed_mucs_settings_json_is_a_clear_error(tmp_path, body, expect):
+    from mucs.defaults import RECOMMENDED, settings_for
+    (tmp_path / RECOMMENDED).write_text(body)
+    with pytest.raises(MucsError, match=re.escape(expect)):
+        settings_for(str(tmp_path))
+    (tmp_path / RECOMMENDED).write_text('{"settings": {"noises": 4}}')
+    assert settings_for(str(tmp_path), top_k=3) == Settings(noises=4, top_k=3)
+
+
+def test_dropped_settings_keys_are_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="mucs"):
+        s = Settings.from_dict(dict(noises=4, from_a_newer_version=1))
+    assert s.noises == 4 and "from_a_newer_version" in caplog.text
+
+
+def test_verbose_sets_up_logging_and_undoes_it(capsys, tmp_path, tiny_npz):
+    logger = logging.getLogger("mucs")
+    level, handlers = logger.level, list(logger.handlers)
+    # a logged fallback reaches stderr with --verbose: the data source's decoding line (info)
+    assert main(["--verbose", "attribute", "--model", str(tmp_path / "nope"), "--data", tiny_npz,
+                 "--list-classes"]) == 2
+    assert logger.level == level and logger.handlers == handlers      # main() leaves the caller's logging alone
+    err = capsys.readouterr().err
+    assert "error: " in err
+    from mucs.__main__ import setup_logging
+    undo = setup_logging(1)
+    try:
+        from mucs.data import load_dataset
+        load_dataset(tiny_npz)
+    finally:
+        undo()
+    err = capsys.readouterr().err
+    assert "INFO mucs: dataset" in err and "decoded 32 images" in err and "not cached" in err
+    undo = setup_logging(0)                                            # default: warnings only
+    try:
+        load_dataset(tiny_npz)
+        Settings.from_dict(dict(unknown_key=1))
+    finally:
+        undo()
+    err = capsys.readouterr().err
+    assert "decoded" not in err and "warning: ignoring unknown setting(s) unknown_key" in err
+
+
+# --- one run format ---------------------------------------------------------------------------------
+def _fake_attribution(model_path, data_path, n=6):
+    from mucs.attribute import Attribution
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=n)
+    return Attribution(scores=scores, top=np.argsort(-scores)[:3], loss_original=rng.random(n),
+                       loss_unlearned=rng.random(n), loss_null=1.0, steps=2, converged=False,
+                       curve=[dict(step=0, loss_f=0.1, loss_r=0.1)], stage_times=dict(total=1.0),
+                       settings=Settings().to_dict(), query=dict(label=1, class_name="b", conversions=[], source="q.png"),
+                       query_image=np.zeros((4, 4, 1), np.uint8), labels=np.arange(n) % 2,
+                       info=dict(model=model_path, data=data_path, data_fingerprint="x"))
+
+
+def test_write_run_is_the_store_format_and_paths_in_the_repo_are_relative(tmp_path):
+    from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, REPO, shown_path
+    from mucs.history import RunStore, is_run, write_run
+    att = _fake_attribution(DEFAULT_MODEL, str(tmp_path / "mine.npz"))
+    root = tmp_path / "runs"
+    path = write_run(att, str(root / "cli-run"), dict(kind="cli", model=DEFAULT_MODEL, data=DEFAULT_DATA))
+    assert is_run(path)
+    store = RunStore(str(root), examples=None)
+    (m,) = store.list()
+    assert m["id"] == "cli-run" and m["kind"] == "cli" and m["top_k"] == 3 and m["class_name"] == "b"
+    assert m["model"] == os.path.relpath(DEFAULT_MODEL, REPO) and not os.path.isabs(m["data"])
+    back = store.load("cli-run")
+    assert np.allclose(back.scores, att.scores) and list(back.top) == list(att.top)
+    assert back.info["model"] == shown_path(DEFAULT_MODEL) == os.path.join("assets", "fashion16")
+    assert back.info["data"] == str(tmp_path / "mine.npz")          # outside the repository: absolute
+    # a second write replaces the run; a foreign folder is refused
+    write_run(att, path)
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "ch1.tex").write_text("x")
+    with pytest.raises(MucsError, match="does not hold a MUCS run"):
+        write_run(att, str(tmp_path / "thesis"))
+    # the app's store writes the same layout, also with repository-relative paths
+    rid = store.save(att, dict(kind="upload", model=DEFAULT_MODEL))
+    assert sorted(os.listdir(store.path(rid))) == sorted(os.listdir(path))
+    assert store.meta(rid)["model"] == os.path.join("assets", "fashion16")
+
+
+def test_one_default_runs_dir():
+    import mucs.defaults
+    import mucs.history
+    assert mucs.history.default_runs_dir is mucs.defaults.default_runs_dir
+    assert mucs.history.REPO == mucs.defaults.REPO
+    src = open(os.path.join(ROOT, "mucs", "history.py")).read()
+    assert "def default_runs_dir" not in src
+
+
+def test_committed_results_hold_no_absolute_paths():
+    bad = []
+    for folder in ("benchmarks/results", "assets"):
+        for r, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                if f.endswith(".json"):
+                    text = open(os.path.join(r, f), encoding="utf-8").read()
+                    if re.search(r'"(/(work|home|tmp|root|Users)/|[A-Z]:\\\\)', text):
+                        bad.append(os.path.relpath(os.path.join(r, f), ROOT))
+    assert not bad, f"absolute paths in committed results: {bad}"
+
+
+# --- packaging files in step ------------------------------------------------------------------------
+def _req_lines(path):
+    out = {}
+    for line in open(path):
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-r"):
+            name = re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].lower().replace("_", "-")
+            out[name] = line.replace(" ", "")
+    return out
+
+
+def _spec_map(specs):
+    return {re.split(r"[<>=!~ \[]", s, maxsplit=1)[0].lower().replace("_", "-"): s.replace(" ", "") for s in specs}
+
+
+def test_requirements_files_match_pyproject_and_cover_every_import():
+    proj = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]
+    core = _req_lines(os.path.join(ROOT, "requirements.txt"))
+    dev = _req_lines(os.path.join(ROOT, "requirements-dev.txt"))
+    assert core == _spec_map(proj["dependencies"])
+    assert dev == _spec_map(proj["optional-dependencies"]["dev"])
+    extras = proj["optional-dependencies"]
+    assert "ray" in _spec_map(extras["eval"]) and "ray" in dev and "ray" not in core   # optional, but CI's tests use it
+    # every third-party module imported anywhere is provided by one of them
+    dist = {"PIL": "pillow", "faiss": "faiss-cpu", "sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub",
+            "gradio_client": "gradio-client"}
+    local = {"mucs", "app", "conftest", "make_dataset", "take"}
+    provided = set(core) | set(dev) | {n for specs in extras.values() for n in _spec_map(specs)}
+    missing = set()
+    paths = [os.path.join(ROOT, "app.py")]
+    for folder in ("mucs", "tests", "benchmarks", "assets", "docs"):
+        for r, _, files in os.walk(os.path.join(ROOT, folder)):
+            if "benchmarks/work" not in r:
+                paths += [os.path.join(r, f) for f in files if f.endswith(".py")]
+    for path in paths:
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for n in names:
+                top = n.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in local and \
+                        dist.get(top, top).lower().replace("_", "-") not in provided:
+                    missing.add(top)
+    assert not missing, f"imported but in no requirements file: {missing}"
