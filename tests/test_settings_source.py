@@ -285,3 +285,26 @@ def test_requirements_files_match_pyproject_and_cover_every_import():
                         dist.get(top, top).lower().replace("_", "-") not in provided:
                     missing.add(top)
     assert not missing, f"imported but in no requirements file: {missing}"
+
+
+# --- README ----------------------------------------------------------------------------------------
+def test_readme_links_stay_in_the_repository_and_the_cli_reference_is_complete():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target) or target.startswith("#"):
+            continue
+        path = os.path.normpath(os.path.join(ROOT, target.split("#")[0]))
+        assert path.startswith(ROOT + os.sep) and os.path.exists(path), f"README links to {target}"
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    for cmd, p in sub.items():
+        assert f"`mucs {cmd}" in text, f"README's CLI reference lacks `mucs {cmd}`"
+    for flag in ("--verbose", "--list-classes", "--train-lr", "--image-column", "--label-column", "--settings",
+                 "--runs", "--out", "--paper-settings", "--cache-dir", "--force"):
+        assert flag in text, flag
+    for name in FIELDS:                      # every settings flag is named
+        if name not in CLI_SETTINGS_ONLY:
+            assert f"`{flag_for(name)}" in text or f" {flag_for(name)}" in text, flag_for(name)
+    for word in ("model_index.json", "HF_HUB_OFFLINE", "save_to_disk", "imagefolder",
+                 "https://download.pytorch.org/whl/cpu"):
+        assert word in text, word
