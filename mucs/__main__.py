@@ -1,4 +1,5 @@
-"""Command line: python -m mucs {train,generate,attribute} ... (errors: one line, exit status 2)."""
+"""Command line: `mucs [-v] {train,generate,attribute,report,evaluate} ...` (also `python -m mucs`).
+Errors: one line, exit status 2. The attribute options are generated from mucs.settings.Settings."""
 import argparse
 import json
 import logging
