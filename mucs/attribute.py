@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cache import atomic_write_dir, cache_key, default_cache_dir, load_arrays
+from .cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
 from .cache import save_arrays_best_effort as save_arrays
-from .checks import dumps_strict, require_finite
+from .checks import check_request_memory, dumps_strict, require_finite
 from .data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from .errors import MucsError
@@ -27,6 +27,7 @@ from .settings import Settings
 from .unlearn import skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
+MEMO_ENTRIES, MEMO_BYTES = 4, 1 << 30   # noise sets and L_o matrices kept in memory (the newest always)
 log = logging.getLogger("mucs")
 
 
@@ -123,23 +124,30 @@ class Attributor:
         self.model, self.data = model, data
         self.settings = (settings or Settings()).validate()
         self.cache_dir = cache_dir or default_cache_dir()
-        self._noise, self._lo, self._null = {}, {}, {}
+        self._noise = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)   # a failed request's noise sets are dropped
+        self._lo, self._null = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES), {}
         self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
 
     # --- query-independent parts -------------------------------------------------------------
     def noise_set(self, s: Settings, seed_offset: int = 0) -> NoiseSet:
         key = (s.noises, s.noise_fraction, s.rho, s.seed + seed_offset, s.sigma_min, s.sigma_max)
-        if key not in self._noise:
+        ns = self._noise.get(key)
+        if ns is None:
             log.info("noise set: building K=%d, f=%g, σ %g..%g, seed %d (not in memory; it is cheap and never cached on disk)",
                      s.noises, s.noise_fraction, s.sigma_min, s.sigma_max, s.seed + seed_offset)
             shape = (self.model.channels, self.model.size, self.model.size)
             try:
-                self._noise[key] = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
-                                                  fraction=s.noise_fraction, rho=s.rho, seed=s.seed + seed_offset,
-                                                  sigma_min=s.sigma_min, sigma_max=s.sigma_max)
+                ns = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
+                                    fraction=s.noise_fraction, rho=s.rho, seed=s.seed + seed_offset,
+                                    sigma_min=s.sigma_min, sigma_max=s.sigma_max)
             except ValueError as e:
                 raise MucsError(str(e)) from e
-        return self._noise[key]
+            self._noise[key] = ns
+        return ns
+
+    def check_memory(self, s: Settings) -> dict:
+        """Refuse settings whose estimated memory does not fit (see mucs.checks.check_request_memory)."""
+        return check_request_memory(self.model, len(self.data), s, "this attribution")
 
     def loss_matrix(self, unet, ns: NoiseSet, s: Settings, report=None, stage: str = "losses", items=None) -> np.ndarray:
         """L[i, k] for the rows `items` (default: every training item); under torch.distributed each
@@ -176,8 +184,9 @@ class Attributor:
         key = cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
                         noise=ns.params, prediction=self.model.prediction_type,
                         **self._weighting_key(s))
-        if key in self._lo:
-            return self._lo[key], True
+        hit = self._lo.get(key)
+        if hit is not None:
+            return hit, True
         hit = self._load_cached("loss_original", key)
         if hit is not None:
             self._lo[key] = hit["loss"]
@@ -220,10 +229,12 @@ class Attributor:
 
     def prepare(self, settings: Optional[Settings] = None, progress=None, cancel=None) -> None:
         """Compute (or load) everything that does not depend on the query."""
-        s = settings or self.settings
+        s = (settings or self.settings).validate()
+        self.check_memory(s)
         report = Reporter(progress, cancel)
-        self.original_losses(s, report)
-        self.null_loss(s, report)
+        with self._noise.request():
+            self.original_losses(s, report)
+            self.null_loss(s, report)
 
     def unlearned_losses(self, unet, ns: NoiseSet, lo: np.ndarray, s: Settings, report=None) -> tuple:
         """L_u on the noise set `ns`: every item on every level, or (screened scoring) every item on a
@@ -332,9 +343,15 @@ class Attributor:
     # --- one query ---------------------------------------------------------------------------
     def attribute(self, query: QueryImage, label: Optional[int] = None, settings: Optional[Settings] = None,
                   progress=None, cancel=None, source: str = "") -> Attribution:
-        """Run MUCS for one query image; `progress` gets ProgressEvents, `cancel` (an Event) stops it."""
+        """Run MUCS for one query image; `progress` gets ProgressEvents, `cancel` (an Event) stops it.
+        Settings whose memory will not fit are refused first; a failed run leaves no noise set in memory."""
         s = (settings or self.settings).validate()
         label = self.model.check_label(label)
+        self.check_memory(s)
+        with self._noise.request():
+            return self._attribute(query, label, s, progress, cancel, source)
+
+    def _attribute(self, query: QueryImage, label, s: Settings, progress, cancel, source: str) -> Attribution:
         report = Reporter(progress, cancel)
         times = {}
         t0 = time.perf_counter()

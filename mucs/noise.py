@@ -60,12 +60,20 @@ def clipped_range(sig_t: torch.Tensor, sigma_min: float, sigma_max: float) -> tu
 def nearest_timesteps(sigmas, sig_t: torch.Tensor) -> np.ndarray:
     """The discrete timestep whose σ_t is nearest to each σ, in log σ."""
     log_t = sig_t.log().numpy()
-    return np.abs(np.log(np.asarray(sigmas, np.float64))[:, None] - log_t[None, :]).argmin(1)
+    log_s = np.log(np.asarray(sigmas, np.float64))
+    rows = max(1, (1 << 22) // max(1, len(log_t)))     # ~32 MiB of distances at a time, whatever K is
+    return np.concatenate([np.abs(log_s[i:i + rows, None] - log_t[None, :]).argmin(1)
+                           for i in range(0, len(log_s), rows)] or [np.zeros(0, np.int64)])
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
-    """The Karras et al. (2022) grid from σ_max down to σ_min, n points."""
-    s = np.linspace(0, 1, n)
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, first: int = None) -> np.ndarray:
+    """The Karras et al. (2022) grid from σ_max down to σ_min, n points (only the `first` ones when
+    given: the same values, without allocating the rest of a fine grid)."""
+    m = n if first is None else min(int(first), n)
+    if m == n:
+        s = np.linspace(0, 1, n)
+    else:     # np.linspace(0, 1, n)[:m], computed the way numpy does (i · (1/(n−1))), so bit for bit equal
+        s = np.arange(m, dtype=np.float64) * (1.0 / (n - 1))
     return (sigma_max ** (1 / rho) + s * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
@@ -81,7 +89,7 @@ def make_noise_set(alphas_cumprod: torch.Tensor, shape, K: int = 100, fraction: 
         raise ValueError("the noise fraction f must be in (0, 1]")
     sig_t = scheduler_sigmas(alphas_cumprod)
     lo, hi = clipped_range(sig_t, sigma_min, sigma_max)
-    grid = karras_sigmas(max(int(round(K / fraction)), K), lo, hi, rho)[:K]
+    grid = karras_sigmas(max(int(round(K / fraction)), K), lo, hi, rho, first=K)
     timesteps = nearest_timesteps(grid, sig_t)
     g = torch.Generator().manual_seed(int(seed))
     eps = torch.randn((K, *shape), generator=g)

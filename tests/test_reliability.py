@@ -478,3 +478,141 @@ def test_require_finite_and_strict_json():
     assert json.loads(dumps_strict({"a": [1.5]})) == {"a": [1.5]}
     with pytest.raises(MucsError, match=r"\$\.b\[1\]"):
         dumps_strict({"a": 1, "b": [0.0, float("inf")]}, "result.json")
+
+
+# --- memory limits, the bounded noise-set memo, pickle weights -------------------------------------
+@pytest.fixture(scope="module")
+def default_attributor(tmp_path_factory):
+    """An Attributor on the embedded default model (loads in seconds; nothing is trained)."""
+    from mucs.attribute import Attributor
+    from mucs.data import load_dataset
+    from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL
+    from mucs.models import load_model
+    return Attributor(load_model(DEFAULT_MODEL, "cpu"), load_dataset(DEFAULT_DATA),
+                      cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def test_memory_estimate_grows_with_the_request_and_refuses_what_does_not_fit(default_attributor, monkeypatch):
+    from mucs.checks import available_host_memory, check_request_memory, parse_bytes, request_memory
+    from mucs.settings import Settings
+    a = default_attributor
+    small = request_memory(a.model, len(a.data), Settings())
+    big = request_memory(a.model, len(a.data), Settings(noises=100_000))
+    assert big["host"]["noise set"] == small["host"]["noise set"] * 100_000 // Settings().noises >= 100_000 * 16 * 16 * 4
+    assert big["host"]["loss matrices"] >= len(a.data) * 100_000 * 4 * 2
+    assert small["host_total"] < 2**30 < big["host_total"]
+    assert available_host_memory() > 0 and parse_bytes("8G") == 8 * 2**30 and parse_bytes("512M") == 2**29
+    check_request_memory(a.model, len(a.data), Settings())   # the defaults fit on any machine that runs the tests
+    # a request far beyond any machine: refused on the real figures, with both numbers in one line
+    with pytest.raises(MucsError, match=r"needs ~[\d.]+ [KMGT]iB of memory .*this machine has [\d.]+ [KMGT]iB available"):
+        a.check_memory(Settings(noises=10**9))
+    # the operator's override of the measured memory, and the estimate against it
+    monkeypatch.setenv("MUCS_AVAILABLE_MEMORY", "64M")
+    assert available_host_memory() == 64 * 2**20
+    with pytest.raises(MucsError, match=r"this machine has 64\.0 MiB available: lower noises K \(now 100000\)"):
+        a.check_memory(Settings(noises=100_000))
+    with pytest.raises(MucsError, match="batch size"):
+        a.check_memory(Settings(batch_size=100_000))
+    monkeypatch.setenv("MUCS_AVAILABLE_MEMORY", "lots")
+    with pytest.raises(MucsError, match="MUCS_AVAILABLE_MEMORY must be a size"):
+        available_host_memory()
+
+
+def test_attribution_that_does_not_fit_is_refused_before_any_work(default_attributor, monkeypatch):
+    from mucs.data import QueryImage, to_model_range
+    from mucs.settings import Settings
+    a = default_attributor
+    monkeypatch.setenv("MUCS_AVAILABLE_MEMORY", "64M")
+    events = []
+    q = QueryImage(x=to_model_range(a.data.images[0]), conversions=[])
+    before = len(a._noise)
+    with pytest.raises(MucsError, match="this attribution needs ~"):
+        a.attribute(q, 0, Settings(noises=300_000), progress=events.append)
+    with pytest.raises(MucsError, match="this attribution needs ~"):
+        a.prepare(Settings(noises=300_000))
+    assert events == [] and len(a._noise) == before       # nothing computed, nothing kept
+
+
+def test_cli_attribute_that_does_not_fit_is_one_error_line(tmp_path, work, capsys, fast_env, monkeypatch):
+    from mucs.checks import MEMORY_ENV
+    monkeypatch.setenv(MEMORY_ENV, "64M")
+    q = work.parent / "q.png"
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(q)
+    _refused(["attribute", "--image", str(q), "--label", "1", "--noises", "300000", "--out", str(work / "run")],
+             work, capsys, "needs ~")
+
+
+def test_noise_set_memo_is_bounded_and_drops_a_failed_requests_sets(default_attributor):
+    import threading as th
+
+    from mucs.attribute import MEMO_ENTRIES
+    from mucs.cache import BoundedMemo
+    from mucs.data import QueryImage, to_model_range
+    from mucs.errors import Cancelled
+    from mucs.settings import Settings
+    a = default_attributor
+    for seed in range(3 * MEMO_ENTRIES):
+        ns = a.noise_set(Settings(noises=8, seed=seed))
+        assert a.noise_set(Settings(noises=8, seed=seed)) is ns        # reused while in the memo
+    assert len(a._noise) == MEMO_ENTRIES
+    # a failed (here: cancelled) request leaves none of the noise sets it made
+    cancel = th.Event()
+    cancel.set()
+    q = QueryImage(x=to_model_range(a.data.images[0]), conversions=[])
+    kept = len(a._noise)
+    with pytest.raises(Cancelled):
+        a.attribute(q, 0, Settings(noises=12, seed=77, consistent_noise=False, null_batches=2), cancel=cancel)
+    assert (12, 0.7, 7.0, 77, 0.002, 80.0) not in a._noise and len(a._noise) <= kept
+    # the byte budget: the newest entry is always kept, older ones go first
+    m = BoundedMemo(max_entries=10, max_bytes=1000)
+    m["a"], m["b"] = np.zeros(100, np.float32), np.zeros(100, np.float32)     # 400 bytes each
+    m["c"] = np.zeros(100, np.float32)
+    assert "a" not in m and "b" in m and m.total_bytes() == 800
+    m["huge"] = np.zeros(10_000, np.float32)
+    assert list(m._items) == ["huge"]
+    with pytest.raises(RuntimeError):
+        with m.request():
+            m["x"] = np.zeros(1, np.float32)
+            raise RuntimeError("failed")
+    assert "x" not in m
+    with m.request():
+        m["y"] = np.zeros(1, np.float32)
+    assert "y" in m
+
+
+def test_noise_grid_of_a_tiny_fraction_allocates_only_what_is_kept():
+    """f = 1e-9 once asked numpy for a grid of K/f points (tens of GiB); only the K kept are made."""
+    import torch
+
+    from mucs.noise import karras_sigmas, make_noise_set
+    for n, k in ((10, 4), (143, 100), (7, 7), (2, 1)):
+        full = np.linspace(0, 1, n)
+        ref = (80.0 ** (1 / 7) + full * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+        assert np.array_equal(karras_sigmas(n, 0.002, 80.0, 7.0, first=k), ref[:k])
+    ac = torch.linspace(0.9999, 0.0001, 1000)
+    ns = make_noise_set(ac, (1, 4, 4), K=4, fraction=1e-9)
+    assert len(ns) == 4 and ns.eps.shape == (4, 1, 4, 4)
+
+
+def test_pickle_only_weights_are_never_loaded(tmp_path, monkeypatch):
+    """A folder with only pickle weights (.bin), or a stray .safetensors next to them, is refused
+    with a clear error and torch.load never runs (use_safetensors=True: no fallback to pickle)."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from mucs.models import load_model
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    folder = tmp_path / "m"
+    unet.save_pretrained(str(folder / "unet"), safe_serialization=False)
+    DDPMScheduler(num_train_timesteps=50).save_pretrained(str(folder / "scheduler"))
+    assert os.path.exists(folder / "unet" / "diffusion_pytorch_model.bin")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or pytest.fail("torch.load called"))
+    with pytest.raises(MucsError, match="no safetensors UNet weights .*pickled weights can run code"):
+        load_model(str(folder), "cpu")
+    (folder / "unet" / "notes.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(MucsError, match="cannot load the model"):
+        load_model(str(folder), "cpu")
+    assert loads == []
