@@ -3,10 +3,13 @@
     python app.py                       # embedded Fashion-MNIST model, http://127.0.0.1:7860
     python app.py --model M --data D    # your own diffusers folder and training set
     python app.py --host 0.0.0.0 --auth user:pass
+    python app.py --max-request-seconds 3600 --max-steps-limit 50000   # raise the per-request limits
 
 Every callback calls the library (mucs.explorer, mucs.why, mucs.compare, mucs.report); heavy work
-(sampling, attribution, replaying an unlearning) shares one queue slot. Runs are stored in --runs
-(default runs/ in the repository, or $MUCS_RUNS_DIR).
+(sampling, attribution, replaying an unlearning) shares one queue slot; a heavy request that runs
+longer than --max-request-seconds (default 900) is stopped, and an attribution shows a job id that
+any client can cancel it by (`/cancel` with that id). Runs are stored in --runs (default runs/ in the
+repository, or $MUCS_RUNS_DIR).
 """
 import argparse
 import functools
@@ -24,7 +27,7 @@ import gradio as gr  # noqa: E402
 from mucs import plots, texts  # noqa: E402
 from mucs.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
-from mucs.explorer import HISTORY_COLUMNS, Explorer, upscale  # noqa: E402
+from mucs.explorer import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
@@ -111,9 +114,9 @@ def build(ex: Explorer) -> gr.Blocks:
 
     @user_errors
     def on_generate(label, seed, count, steps, request: gr.Request, progress=gr.Progress()):
-        cancel = ex.cancel_event(_session(request))
-        qs = ex.generate(label, seed, count, steps, progress=lambda ev: progress(ev.fraction, desc=ev.stage),
-                         cancel=cancel)
+        with ex.job(_session(request)) as job:
+            qs = ex.generate(label, seed, count, steps, progress=lambda ev: progress(ev.fraction, desc=ev.stage),
+                             cancel=job.event)
         gallery = [(upscale(q.image), f"seed {q.meta['seed']}") for q in qs]
         return (qs, gallery) + show_query(qs[0], f"seed {qs[0].meta['seed']}")
 
@@ -160,17 +163,20 @@ def build(ex: Explorer) -> gr.Blocks:
                                    max_steps=max_steps, seed=seed, bounded=bounded, retain=retain,
                                    consistent_noise=consistent, normalised=normalised, sigma_min=sigma_min,
                                    sigma_max=sigma_max, train_noise=train_noise, loss_weighting=loss_weighting))
-        cancel = ex.cancel_event(_session(request))
-        for u in ex.attribute_stream(q, st, cancel):
-            frac = u.overall.fraction if u.overall is not None else u.fraction
-            progress(frac, desc=u.overall.text() if u.overall is not None else u.stage)
-            if u.result is None:
-                yield {status: progress_text(u), live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol)}
-            else:
-                yield {status: f"**done** in {_secs(u.overall.elapsed if u.overall else 0)}: run `{u.run_id}` saved",
-                       live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
-                       **result_outputs(u.run_id, u.result), **history_outputs(select=u.run_id),
-                       tabs: gr.Tabs(selected="results")}
+        with ex.job(_session(request)) as job:
+            # the job id first: any client can cancel this attribution with /cancel and this id
+            yield {status: f"**starting**: job `{job.id}`", job_box: job.id}
+            for u in ex.attribute_stream(q, st, job.event):
+                frac = u.overall.fraction if u.overall is not None else u.fraction
+                progress(frac, desc=u.overall.text() if u.overall is not None else u.stage)
+                if u.result is None:
+                    yield {status: progress_text(u), live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
+                           job_box: job.id}
+                else:
+                    yield {status: f"**done** in {_secs(u.overall.elapsed if u.overall else 0)}: run `{u.run_id}` saved",
+                           live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
+                           **result_outputs(u.run_id, u.result), **history_outputs(select=u.run_id),
+                           tabs: gr.Tabs(selected="results"), job_box: job.id}
 
     def result_outputs(run_id, att):
         ex.check_run(att)
@@ -192,8 +198,14 @@ def build(ex: Explorer) -> gr.Blocks:
         return {history: ex.history_table(), run_select: gr.update(choices=ids, value=select),
                 overlap_select: gr.update(choices=ids)}
 
-    def on_cancel(request: gr.Request):
-        ex.cancel(_session(request))
+    def on_cancel(request: gr.Request, job_id: str = ""):
+        """Cancel the job `job_id` (from any client: the id an attribution shows when it starts) and
+        the heavy requests of the caller's own session (the browser's Cancel button)."""
+        job_id = str(job_id or "").strip()
+        hit = ex.cancel(job_id) if job_id else False
+        hit = ex.cancel(_session(request)) or hit
+        if job_id and not hit:
+            return f"**nothing to cancel**: no running job `{job_id}`"
         return "**cancelled**: nothing was saved"
 
     @user_errors
@@ -267,8 +279,9 @@ def build(ex: Explorer) -> gr.Blocks:
 
     @user_errors
     def on_replay(run_id, index, request: gr.Request = None, progress=gr.Progress()):
-        cancel = ex.cancel_event(_session(request))
-        info = ex.replay(run_id, progress=lambda ev: progress(ev.fraction, desc=f"replaying {ev.stage}"), cancel=cancel)
+        with ex.job(_session(request)) as job:
+            info = ex.replay(run_id, progress=lambda ev: progress(ev.fraction, desc=f"replaying {ev.stage}"),
+                             cancel=job.event)
         out = why_outputs(run_id, index if index not in (None, "") else ex.load_run(run_id).top[0])
         same = "the same number of steps as the run" if info["same_steps"] else "**a different number of steps**"
         out[why_text] = (f"Unlearning replayed: {info['steps']} steps ({same}).  \n") + out[why_text]
@@ -354,6 +367,8 @@ def build(ex: Explorer) -> gr.Blocks:
                 with gr.Row():
                     attr_btn = gr.Button("Attribute", variant="primary", elem_id="attribute-btn")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                    job_box = gr.Textbox("", label="Job id (any client can cancel it: /cancel with this id)",
+                                         interactive=False, max_lines=1, elem_id="job-id")
                 status = gr.Markdown("", elem_id="status")
                 live_curve = gr.Plot(plots.empty("Mirrored unlearning", "starts when you click Attribute"),
                                      label="Unlearning (live): forget loss L_f rising to L_null, retain loss L_r",
@@ -427,13 +442,14 @@ def build(ex: Explorer) -> gr.Blocks:
                                        column_widths=["17%", "9%", "6%", "9%", "7%", "4%", "4%", "5%", "9%", "5%",
                                                       "6%", "4%", "6%"])
                 with gr.Row():
-                    run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select")
+                    # allow_custom_value: the API takes any existing run id, also one made after the page loaded
+                    run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select", allow_custom_value=True)
                     open_btn = gr.Button("Open", elem_id="open-btn")
                     delete_btn = gr.Button("Delete", variant="stop", elem_id="delete-btn")
                     refresh_btn = gr.Button("Refresh", elem_id="refresh-btn")
                 with gr.Row():
                     overlap_select = gr.Dropdown(ex.store.ids(), multiselect=True, label="Runs to compare (two or more)",
-                                                 elem_id="overlap-select", scale=4)
+                                                 elem_id="overlap-select", scale=4, allow_custom_value=True)
                     overlap_btn = gr.Button("Compare runs", elem_id="overlap-btn", scale=1, variant="primary")
                 with gr.Accordion("How to read the comparison", open=False, elem_id="help-overlap"):
                     gr.Markdown(texts.OVERLAP)
@@ -468,12 +484,12 @@ def build(ex: Explorer) -> gr.Blocks:
         attr_ev = attr_btn.click(on_attribute, [query_state, query_class, top_k, noises, fraction, lam, tol, max_steps,
                                                 seed, bounded, retain, consistent, normalised, sigma_min, sigma_max,
                                                 train_noise, loss_weighting],
-                                 [status, live_curve, tabs] + result_components + history_components,
+                                 [status, live_curve, tabs] + result_components + history_components + [job_box],
                                  api_name="attribute", concurrency_id=HEAVY, concurrency_limit=1,
                                  show_progress="minimal")
         replay_ev = replay_btn.click(on_replay, [run_box, why_index], why_components, api_name="why_replay",
                                      concurrency_id=HEAVY, concurrency_limit=1)
-        cancel_btn.click(on_cancel, None, [status], api_name="cancel", cancels=[gen_ev, attr_ev, replay_ev],
+        cancel_btn.click(on_cancel, [job_box], [status], api_name="cancel", cancels=[gen_ev, attr_ev, replay_ev],
                          queue=False)
         open_btn.click(on_open, [run_select], result_components + [tabs], api_name="open_run")
         refresh_btn.click(on_refresh, None, history_components, api_name="list_runs")
@@ -516,7 +532,16 @@ def parse_args(argv=None):
     p.add_argument("--examples", default="default",
                    help="folder of read-only example runs (default: assets/examples; '' for none)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--max-request-seconds", type=float, default=MAX_REQUEST_SECONDS,
+                   help=f"stop a heavy request (attribution, replay, sampling) that runs longer than this "
+                        f"(default {MAX_REQUEST_SECONDS:g}); it frees the one heavy slot")
+    p.add_argument("--max-steps-limit", type=int, default=MAX_STEPS_LIMIT,
+                   help=f"the largest unlearning step cap a user may ask for (default {MAX_STEPS_LIMIT})")
     a = p.parse_args(argv)
+    if not 0 < a.max_request_seconds < float("inf"):
+        p.error(f"--max-request-seconds must be a positive number, got {a.max_request_seconds}")
+    if a.max_steps_limit < 1:
+        p.error(f"--max-steps-limit must be at least 1, got {a.max_steps_limit}")
     if not 0 <= a.port <= 65535:
         p.error(f"--port must be in 0..65535, got {a.port}")
     if a.data is None:
@@ -564,7 +589,8 @@ def main(argv=None):
         from mucs.__main__ import _check_device
         _check_device(a.device)
         ex = Explorer(a.model, a.data, load_overrides(a.settings), runs_dir=a.runs,
-                      examples_dir=a.examples or None, device=a.device)
+                      examples_dir=a.examples or None, device=a.device, max_request_seconds=a.max_request_seconds,
+                      max_steps_limit=a.max_steps_limit)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,8 +4,10 @@ import json
 import logging
 import os
 import queue
+import secrets
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -27,6 +29,9 @@ from .settings import Settings
 
 log = logging.getLogger("mucs.explorer")
 KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
+MAX_REQUEST_SECONDS = 900.0   # a heavy request (attribution, replay, sampling) running longer is stopped
+MAX_STEPS_LIMIT = 10_000      # the largest step cap a user may ask for in the app
+MAX_JOBS = 256                # running jobs remembered for cancelling (finished ones are forgotten at once)
 # the history table: the store's columns with the main settings of each run after the class
 HISTORY_COLUMNS = ["id", "created (UTC)", "kind", "source", "class", "K", "lr ÷", "cap", "settings", "steps",
                    "converged", "top-k", "seconds"]
@@ -74,10 +79,48 @@ class Update:
     overall: Optional[Overall] = None      # monotone overall fraction, stage and time left
 
 
+class Job:
+    """One heavy request running in the app: its id (what a client cancels it by), the session that
+    started it, its cancel event, and the wall-clock limit after which the event is set for it."""
+
+    def __init__(self, session: str, limit: Optional[float]):
+        self.id = secrets.token_hex(6)
+        self.session, self.limit = session, limit
+        self.event = threading.Event()
+        self.started = time.monotonic()
+        self.timed_out = False
+        self._timer = None
+        if limit:
+            self._timer = threading.Timer(limit, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self):
+        self.timed_out = True
+        self.event.set()
+
+    def stop(self):
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def limit_error(self) -> MucsError:
+        return MucsError(f"stopped after {self.limit:g} s: this app stops a request that runs longer than "
+                         f"{self.limit:g} s (its operator can raise the limit with --max-request-seconds); "
+                         "nothing was saved")
+
+
 class Explorer:
     def __init__(self, model_path: str, data_path: str, overrides: Optional[dict] = None,
-                 runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None):
+                 runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
+                 max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
+                 max_steps_limit: Optional[int] = MAX_STEPS_LIMIT):
         self.model_path = model_path
+        if max_request_seconds is not None and not (0 < float(max_request_seconds) < float("inf")):
+            raise MucsError(f"the request time limit must be a positive number of seconds, got {max_request_seconds}")
+        if max_steps_limit is not None and int(max_steps_limit) < 1:
+            raise MucsError(f"the step cap limit must be at least 1, got {max_steps_limit}")
+        self.max_request_seconds = None if max_request_seconds is None else float(max_request_seconds)
+        self.max_steps_limit = None if max_steps_limit is None else int(max_steps_limit)
         self.model = load_model(model_path, device)
         self.data = load_dataset(data_path)
         self.data.check_matches(self.model)
@@ -91,7 +134,7 @@ class Explorer:
             examples_dir = DEFAULT_EXAMPLES
         self.store = RunStore(runs_dir, examples_dir)
         self._neigh = None
-        self._cancel = {}
+        self._cancel = OrderedDict()        # job id -> Job, running jobs only (bounded by MAX_JOBS)
         self._lock = threading.Lock()
         self._unlearned = OrderedDict()     # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
         self._ctx = None                    # baselines Context (faiss indexes shared across queries)
@@ -131,22 +174,48 @@ class Explorer:
         if s.top_k > len(self.data):
             raise MucsError(f"top-k {s.top_k} is more than the {len(self.data)} training images: choose at most "
                             f"{len(self.data)}")
+        if self.max_steps_limit is not None and s.max_steps > self.max_steps_limit:
+            raise MucsError(f"step cap {s.max_steps} is above this app's limit of {self.max_steps_limit} "
+                            "(its operator can raise it with --max-steps-limit)")
+        self.attributor.check_memory(s)
         return s
 
-    # --- cancellation (one event per session) -----------------------------------------------------
-    def cancel_event(self, session: str) -> threading.Event:
+    # --- jobs: cancellation by session or job id, and the per-request time limit ---------------------
+    def start_job(self, session: str, limit: Optional[float] = -1) -> Job:
+        """Register a heavy request of `session`; its event is set by `cancel` (by session or job id)
+        or when it has run `limit` seconds (default: the app's max_request_seconds). Call
+        `finish_job` when it ends (or use `job`)."""
+        job = Job(session, self.max_request_seconds if limit == -1 else limit)
         with self._lock:
-            ev = threading.Event()
-            self._cancel[session] = ev
-            return ev
+            self._cancel[job.id] = job
+            while len(self._cancel) > MAX_JOBS:      # only reachable with that many jobs running at once
+                self._cancel.popitem(last=False)[1].stop()
+        return job
 
-    def cancel(self, session: str) -> bool:
+    def finish_job(self, job: Job) -> None:
+        job.stop()
         with self._lock:
-            ev = self._cancel.get(session)
-        if ev is None:
-            return False
-        ev.set()
-        return True
+            self._cancel.pop(job.id, None)
+
+    def job(self, session: str, limit: Optional[float] = -1):
+        """Context manager around a heavy request: yields the Job; on the way out forgets it, and turns
+        the Cancelled of a request stopped by the time limit into a MucsError that says so."""
+        return _JobContext(self, session, limit)
+
+    def cancel(self, key: str) -> bool:
+        """Cancel the running job whose id is `key`, or every running job of the session `key`.
+        True when something was cancelled."""
+        key = str(key or "")
+        with self._lock:
+            jobs = [j for j in self._cancel.values() if j.id == key or j.session == key]
+        for j in jobs:
+            j.event.set()
+        return bool(jobs)
+
+    def running_jobs(self) -> list:
+        with self._lock:
+            return [dict(id=j.id, session=j.session, seconds=round(time.monotonic() - j.started, 1))
+                    for j in self._cancel.values()]
 
     # --- queries ------------------------------------------------------------------------------------
     def generate(self, label: Optional[int], seed: int, count: int = 1, steps: int = 50,
@@ -498,6 +567,21 @@ class Explorer:
         text = render_report(att, run_id, meta, self.data, self.class_names)
         out_dir = out_dir or self.downloads_dir()
         return write_report(os.path.join(out_dir, f"mucs-report-{run_id.replace(':', '-')}.html"), text)
+
+
+class _JobContext:
+    def __init__(self, ex: Explorer, session: str, limit):
+        self.ex, self.session, self.limit = ex, session, limit
+
+    def __enter__(self) -> Job:
+        self.job = self.ex.start_job(self.session, self.limit)
+        return self.job
+
+    def __exit__(self, kind, value, tb):
+        self.ex.finish_job(self.job)
+        if kind is not None and issubclass(kind, Cancelled) and self.job.timed_out:
+            raise self.job.limit_error() from None
+        return False
 
 
 # --- history with the main settings -------------------------------------------------------------------

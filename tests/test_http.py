@@ -1,0 +1,279 @@
+"""The app over HTTP on 127.0.0.1 (issue 14), on the embedded default model (nothing is trained):
+every API route behind the login, nothing outside the run folders served through
+/gradio_api/file=, run ids made after start-up accepted without a list call, cancel by job id from
+another client, the per-request time and step limits, and a bounded load test (no timing asserts)."""
+import http.client
+import json
+import os
+import socket
+import statistics
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
+import gradio as gr  # noqa: E402
+
+import app  # noqa: E402
+from mucs.attribute import Attribution  # noqa: E402
+from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
+from mucs.explorer import Explorer  # noqa: E402
+
+AUTH = ("alice", "s3cret-pass")
+SMALL = dict(noises=8, null_batches=2, null_batch_size=16, batch_size=16, max_steps=4, top_k=5)
+LONG = (5, 16, 0.7, 0.2, 0.0, 10_000, 0, True, True, True, True)    # top_k .. normalised: τ = 0, a long run
+SECRET = "top secret: never served"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app on 127.0.0.1 with --auth, its Explorer, base URL, port and folder."""
+    root = tmp_path_factory.mktemp("http")
+    (root / "secret.txt").write_text(SECRET)           # next to the runs folder, not in it
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MUCS_CACHE_DIR", str(root / "cache"))
+    ex = Explorer(DEFAULT_MODEL, DEFAULT_DATA, SMALL, runs_dir=str(root / "runs"), examples_dir=None)
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, auth=AUTH, prevent_thread_lock=True, quiet=True)
+    try:
+        yield dict(ex=ex, url=f"http://127.0.0.1:{port}/", port=port, root=root,
+                   fns={f.api_name: f for f in demo.fns.values()})
+    finally:
+        demo.close()
+        mp.undo()
+
+
+def raw(port, method, path, headers=None, body=None):
+    """One HTTP request sent exactly as written (no URL normalisation): (status, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read(), r.getheaders()
+    finally:
+        conn.close()
+
+
+def login(port, user=AUTH[0], password=AUTH[1]):
+    """POST /login; the session cookies as one Cookie header ('' when refused) and the status."""
+    body = urllib.parse.urlencode(dict(username=user, password=password))
+    status, _, headers = raw(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body)
+    cookies = [v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie"]
+    return status, "; ".join(cookies)
+
+
+def client(served):
+    from gradio_client import Client
+    return Client(served["url"], auth=AUTH, verbose=False)
+
+
+def fake_run(ex, seed=0) -> str:
+    """A complete run written straight into the run store (as another process or session would)."""
+    rng = np.random.default_rng(seed)
+    n = len(ex.data)
+    scores = rng.normal(size=n)
+    att = Attribution(scores=scores, top=np.argsort(-scores)[:5], loss_original=rng.random(n) + 0.1,
+                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=3, converged=True,
+                      curve=[dict(step=i, loss_f=0.2 * i, loss_r=0.3) for i in range(3)],
+                      stage_times=dict(total=1.0), settings=ex.settings.to_dict(),
+                      query=dict(label=1, class_name=ex.class_name(1), conversions=[], source="test"),
+                      query_image=ex.data.images[0], labels=ex.data.labels,
+                      info=dict(data_fingerprint=ex.data.fingerprint(), num_train=n))
+    return ex.store.save(att, dict(kind="test", source="test"))
+
+
+# --- auth -----------------------------------------------------------------------------------------
+def test_every_api_route_needs_the_login(served):
+    from gradio_client import Client
+    port, ex = served["port"], served["ex"]
+    rid = fake_run(ex, 1)
+    run_file = os.path.join(ex.store.path(rid), "scores.csv")
+    for method, path, body in (("GET", "/gradio_api/info", None), ("GET", "/config", None),
+                               ("POST", "/gradio_api/call/list_runs", json.dumps({"data": []})),
+                               ("POST", "/gradio_api/call/open_run", json.dumps({"data": [rid]})),
+                               ("POST", "/gradio_api/queue/join", json.dumps({"data": [], "fn_index": 0,
+                                                                              "session_hash": "x"})),
+                               ("GET", f"/gradio_api/file={run_file}", None)):
+        status, data, _ = raw(port, method, path, {"Content-Type": "application/json"}, body)
+        assert status in (401, 403), (path, status, data[:200])
+        assert b"index,score" not in data and rid.encode() not in data
+    assert login(port, AUTH[0], "wrong")[0] == 400 and login(port, "", "")[0] in (400, 422)
+    with pytest.raises(Exception):
+        Client(served["url"], verbose=False)
+    with pytest.raises(Exception):
+        Client(served["url"], auth=(AUTH[0], "wrong"), verbose=False)
+    status, cookie = login(port)
+    assert status == 200 and cookie
+    assert raw(port, "GET", "/gradio_api/info", {"Cookie": cookie})[0] == 200
+    table, _, _ = client(served).predict(api_name="/list_runs")
+    assert rid in {row[0] for row in table["data"]}
+
+
+# --- file= traversal --------------------------------------------------------------------------------
+def test_file_route_serves_nothing_outside_the_run_folders(served):
+    port, ex, root = served["port"], served["ex"], served["root"]
+    _, cookie = login(port)
+    h = {"Cookie": cookie}
+    rid = fake_run(ex, 2)
+    inside = os.path.join(ex.store.path(rid), "scores.csv")
+    status, body, _ = raw(port, "GET", f"/gradio_api/file={inside}", h)
+    assert status == 200 and body.startswith(b"index,score")      # the route works for a run's own files
+    runs, secret = ex.store.root, str(root / "secret.txt")
+    q = urllib.parse.quote
+    probes = [f"/gradio_api/file={secret}", f"/gradio_api/file={q(secret, safe='')}",
+              f"/gradio_api/file={runs}/../secret.txt", f"/gradio_api/file={runs}/%2e%2e/secret.txt",
+              f"/gradio_api/file={runs}/..%2fsecret.txt", f"/gradio_api/file={runs}/%252e%252e/secret.txt",
+              f"/gradio_api/file={ex.store.path(rid)}/../../secret.txt",
+              "/gradio_api/file=../../../../../../etc/passwd", "/gradio_api/file=/etc/passwd",
+              "/gradio_api/file=%2Fetc%2Fpasswd", "/gradio_api/file=..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+              "/gradio_api/file=%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/gradio_api/file=..\\..\\..\\etc\\passwd",
+              "/gradio_api/file=~/.bashrc", "/gradio_api/file=file:///etc/passwd",
+              f"/gradio_api/file={os.path.join(DEFAULT_MODEL, 'unet', 'config.json')}",
+              f"/gradio_api/file={os.path.abspath(app.__file__)}",
+              f"/gradio_api/file=http://127.0.0.1:{port}/config",              # no fetching of local URLs
+              "/file=/etc/passwd", f"/gradio_api/file={secret}%00.csv"]
+    for path in probes:
+        status, body, _ = raw(port, "GET", path, h)
+        assert status != 200, (path, status)
+        assert b"root:" not in body and SECRET.encode() not in body and b"UNet2DModel" not in body, path
+        assert b"import gradio" not in body, path
+
+
+# --- run ids made after start-up ----------------------------------------------------------------------
+def test_run_ids_made_after_start_up_work_without_a_list_call(served):
+    ex = served["ex"]
+    c = client(served)                              # its page (and dropdown choices) predate the runs below
+    a, b = fake_run(ex, 3), fake_run(ex, 4)
+    out = c.predict(a, api_name="/open_run")
+    assert a in out and any(isinstance(o, str) and o.startswith("**Run**") for o in out)
+    heat, dist, rec, text = c.predict([a, b], api_name="/overlap")
+    assert "Mean pairwise overlap of 2 runs" in text
+    assert a in c.predict([a, b], api_name="/compare_runs")
+    c.predict(b, api_name="/delete_run")
+    assert b not in ex.store.ids() and a in ex.store.ids()
+    for bad in ("no-such-run", "../secret.txt", b):
+        with pytest.raises(Exception, match="unknown run"):
+            c.predict(bad, api_name="/open_run")
+    with pytest.raises(Exception, match="unknown run"):
+        c.predict([a, "../../etc"], api_name="/overlap")
+
+
+# --- cancel by job id, time and step limits -------------------------------------------------------------
+def _no_worker_left(timeout=60):
+    t0 = time.time()
+    while [t for t in threading.enumerate() if t.name == "mucs-attribute"] and time.time() - t0 < timeout:
+        time.sleep(0.1)
+    return not [t for t in threading.enumerate() if t.name == "mucs-attribute"]
+
+
+def test_cancel_by_job_id_from_another_client(served):
+    ex = served["ex"]
+    before = ex.store.ids()
+    c1, c2 = client(served), client(served)
+    c1.predict(5, api_name="/use_training")
+    job = c1.submit(1, *LONG, api_name="/attribute")
+    job_id, t0 = None, time.time()
+    while job_id is None and time.time() - t0 < 120:      # the job id comes with the first update
+        ids = [o[-1] for o in job.outputs() if o and o[-1]]
+        job_id = ids[0] if ids else None
+        time.sleep(0.1)
+    assert job_id and [j["id"] for j in ex.running_jobs()] == [job_id]
+    assert c2.predict("not-a-job", api_name="/cancel").startswith("**nothing to cancel**")
+    assert not job.done()
+    assert c2.predict(job_id, api_name="/cancel").startswith("**cancelled**")   # another session, by id
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=120)
+    assert _no_worker_left() and ex.running_jobs() == [] and ex.store.ids() == before
+
+
+def test_request_time_limit_stops_a_runaway_attribution_and_frees_the_slot(served, monkeypatch):
+    ex, fns = served["ex"], served["fns"]
+    before = ex.store.ids()
+    monkeypatch.setattr(ex, "max_request_seconds", 1.0)
+    q = ex.training_item(5)
+    with pytest.raises(gr.Error, match=r"stopped after 1 s: .*longer than 1 s .*--max-request-seconds"):
+        for _ in fns["attribute"].fn(q, int(q.label), *LONG, request=gr.Request()):
+            pass
+    assert _no_worker_left() and ex.running_jobs() == [] and ex.store.ids() == before
+    # the heavy slot is free again: the next heavy request over HTTP runs
+    gallery, *_ = client(served).predict(1, 3, 1, 5, api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_step_cap_and_memory_limits_are_clean_errors(served):
+    ex, fns = served["ex"], served["fns"]
+    q = ex.training_item(5)
+    for args, msg in (((5, 16, 0.7, 0.2, 0.0, 10**12, 0, True, True, True, True), "above this app's limit of 10000"),
+                      ((5, 10**9, 0.7, 0.2, 0.05, 8, 0, True, True, True, True), r"needs ~[\d.]+ [KMGT]iB"),
+                      ((5, 16, 1e-300, 0.2, 0.05, 8, 0, True, True, True, True), "")):
+        if not msg:     # a tiny f is fine now: the fine grid is never materialised
+            assert ex.user_settings(dict(noises=16, noise_fraction=1e-300)).noise_fraction == 1e-300
+            continue
+        with pytest.raises(gr.Error, match=msg):
+            list(fns["attribute"].fn(q, int(q.label), *args, request=gr.Request()))
+    assert ex.running_jobs() == []
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-request-seconds", "0"])
+    a = app.parse_args(["--max-request-seconds", "3600", "--max-steps-limit", "50000"])
+    assert (a.max_request_seconds, a.max_steps_limit) == (3600.0, 50000)
+
+
+def test_job_registry_stays_bounded(served):
+    from mucs.explorer import MAX_JOBS
+    ex = served["ex"]
+    jobs = [ex.start_job(f"s{i}", None) for i in range(MAX_JOBS + 40)]
+    assert len(ex.running_jobs()) == MAX_JOBS
+    assert ex.cancel("s3") is False and ex.cancel(jobs[-1].id) and jobs[-1].event.is_set()
+    assert ex.cancel(f"s{MAX_JOBS + 39 - 1}") and jobs[-2].event.is_set()
+    for j in jobs:
+        ex.finish_job(j)
+    assert ex.running_jobs() == []
+    with ex.job("s", None) as j:
+        assert [r["id"] for r in ex.running_jobs()] == [j.id]
+    assert ex.running_jobs() == []
+
+
+# --- bounded load test ------------------------------------------------------------------------------------
+def test_bounded_load_on_list_runs(served):
+    """50 /list_runs calls through the REST API (POST + event stream: 100 requests) from 5 threads,
+    all must succeed; the latencies are printed, not asserted (this machine is shared)."""
+    port = served["port"]
+    _, cookie = login(port)
+    h = {"Cookie": cookie, "Content-Type": "application/json"}
+    times, errors = [], []
+
+    def one():
+        t0 = time.perf_counter()
+        status, body, _ = raw(port, "POST", "/gradio_api/call/list_runs", h, json.dumps({"data": []}))
+        if status != 200:
+            return errors.append((status, body[:200]))
+        event = json.loads(body)["event_id"]
+        status, body, _ = raw(port, "GET", f"/gradio_api/call/list_runs/{event}", h)
+        if status != 200 or b"event: complete" not in body:
+            return errors.append((status, body[:300]))
+        times.append(time.perf_counter() - t0)
+
+    def worker():
+        for _ in range(10):
+            one()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    wall = time.perf_counter() - t0
+    assert errors == [] and len(times) == 50
+    q = statistics.quantiles(times, n=20)
+    print(f"\nload: 50 /list_runs calls (100 HTTP requests), 5 threads, {wall:.2f} s; "
+          f"p50 {statistics.median(times) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
