@@ -112,8 +112,8 @@ def test_browser_flow(served, tmp_path):
             ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             page = ctx.new_page()
             page.on("request", lambda r: requests.append(r.url))
-            page.set_default_timeout(60_000)
-            sync_api.expect.set_options(timeout=30_000)
+            page.set_default_timeout(180_000)   # generous: a busy 2-core machine stalls the page for a minute
+            sync_api.expect.set_options(timeout=90_000)
             page.goto(url)
             page.locator("#generate-btn").wait_for()
             # explanations on the page (collapsed) and an empty state that says what to do
@@ -208,7 +208,7 @@ def test_browser_flow(served, tmp_path):
             phone = ctx.new_page()
             phone.on("request", lambda r: requests.append(r.url))
             phone.set_viewport_size({"width": 390, "height": 844})
-            phone.set_default_timeout(60_000)
+            phone.set_default_timeout(180_000)
             phone.goto(url)
             phone.locator("#generate-btn").wait_for()
             for name in TABS:
