@@ -100,18 +100,23 @@ class Job:
         return cache_key(kind="generated", model=os.path.basename(model_path), items=self.items(),
                          steps=self.cfg.sample_steps)
 
-    def generated_path(self, model_path: str) -> str:
-        """Where the items of this evaluation sampled by `model_path` live: generated/<model>.npz, unless
-        that file holds another evaluation's items (e.g. 20 targets where this one has 40); then a
-        name with the items' key, so both stay cached side by side."""
+    def _generated_names(self, model_path: str) -> tuple:
+        """(key, generated/<model>.npz, generated/<model>-<items8>.npz) for this evaluation's items."""
         key = self.generated_key(model_path)
-        legacy = os.path.join(self.work, "generated", f"{os.path.basename(model_path)}.npz")
-        if not os.path.exists(legacy) or load_arrays(legacy, key) is not None:
-            return legacy
-        return os.path.join(self.work, "generated", f"{os.path.basename(model_path)}-{key[:8]}.npz")
+        base = os.path.join(self.work, "generated", os.path.basename(model_path))
+        return key, f"{base}.npz", f"{base}-{key[:8]}.npz"
+
+    def generated_path(self, model_path: str) -> str:
+        """Where the items of this evaluation sampled by `model_path` are written: generated/<model>.npz,
+        unless that file holds another evaluation's items (e.g. 20 targets where this one has 40); then
+        a name with the items' key, so both stay cached side by side."""
+        key, plain, keyed = self._generated_names(model_path)
+        return plain if not os.path.exists(plain) or load_arrays(plain, key) is not None else keyed
 
     def cached_generation(self, model_path: str) -> Optional[dict]:
-        return load_arrays(self.generated_path(model_path), self.generated_key(model_path))
+        # read each candidate once (generated_path would load the plain file just to choose)
+        key, plain, keyed = self._generated_names(model_path)
+        return load_arrays(plain, key) or load_arrays(keyed, key)
 
     # --- attributions -------------------------------------------------------------------------
     def attribution_key(self, method: str, model_fingerprint: str, i: int, img) -> str:
