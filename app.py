@@ -5,7 +5,7 @@
     python app.py --host 0.0.0.0 --auth user:pass
     python app.py --max-request-seconds 3600 --max-steps-limit 50000   # raise the per-request limits
 
-Every callback calls the library (mucs.explorer, mucs.why, mucs.compare, mucs.report); heavy work
+Every callback calls the library (mucs.explorer: state, why, compare, report); heavy work
 (sampling, attribution, replaying an unlearning) shares one queue slot; a heavy request that runs
 longer than --max-request-seconds (default 900) is stopped, and an attribution shows a job id that
 any client can cancel it by (`/cancel` with that id). Runs are stored in --runs (default runs/ in the
@@ -24,10 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from mucs import plots, texts  # noqa: E402
-from mucs.data import MAX_IMAGE_BYTES  # noqa: E402
+from mucs.explorer import plots
+from mucs.explorer import texts
+from mucs.sources.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
-from mucs.explorer import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
+from mucs.explorer.state import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)

@@ -14,10 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mucs import Attributor, TextBar, load_dataset, load_model  # noqa: E402
 from mucs.cache import atomic_write  # noqa: E402
-from mucs.data import save_png  # noqa: E402
-from mucs.attribute import SHIPPED_CACHE  # noqa: E402
+from mucs.sources.data import save_png  # noqa: E402
+from mucs.method.attribute import SHIPPED_CACHE  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, RECOMMENDED, settings_for  # noqa: E402
-from mucs.generate import sample_grid  # noqa: E402
+from mucs.sources.generate import sample_grid  # noqa: E402
 
 
 def main():

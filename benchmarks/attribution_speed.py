@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mucs import Attributor, QueryImage, Settings, load_dataset, load_model  # noqa: E402
-from mucs.data import to_model_range  # noqa: E402
+from mucs.sources.data import to_model_range  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, settings_for  # noqa: E402
-from mucs.generate import generate  # noqa: E402
-from mucs.losses import loss_matrix, null_loss  # noqa: E402
-from mucs.overlap import overlap  # noqa: E402
+from mucs.sources.generate import generate  # noqa: E402
+from mucs.method.losses import loss_matrix, null_loss  # noqa: E402
+from mucs.method.overlap import overlap  # noqa: E402
 
 
 def main():

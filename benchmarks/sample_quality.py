@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from make_dataset import CLASS_NAMES, SRC, downscale, load_split  # noqa: E402
 
 from mucs.defaults import DEFAULT_MODEL  # noqa: E402
-from mucs.generate import generate  # noqa: E402
-from mucs.models import load_model  # noqa: E402
+from mucs.sources.generate import generate  # noqa: E402
+from mucs.sources.models import load_model  # noqa: E402
 
 
 def fit_classifier(size: int, src: str = SRC):

@@ -20,11 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mucs import Attributor, QueryImage, load_dataset, load_model  # noqa: E402
 from mucs.cache import atomic_write  # noqa: E402
-from mucs.data import to_model_range  # noqa: E402
+from mucs.sources.data import to_model_range  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, cache_dir_for, settings_for  # noqa: E402
-from mucs.generate import generate  # noqa: E402
-from mucs.losses import loss_matrix, screen_columns  # noqa: E402
-from mucs.unlearn import skew, top_k, unlearn  # noqa: E402
+from mucs.sources.generate import generate  # noqa: E402
+from mucs.method.losses import loss_matrix, screen_columns  # noqa: E402
+from mucs.method.unlearn import skew, top_k, unlearn  # noqa: E402
 
 
 def screened_top(lu, lo, S, M, k, normalised=True):

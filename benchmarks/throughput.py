@@ -3,9 +3,9 @@ bare forward+backward of the same batch — measured in one run, on this machine
 
 - peak: (item, noise) forwards per second of the bare UNet under inference_mode at the best of
   several batch sizes (inputs prepared beforehand, nothing else in the loop);
-- stage: the rate the L_o/L_u loss loop (mucs.losses.loss_matrix, data conversion and noising
+- stage: the rate the L_o/L_u loss loop (mucs.method.losses.loss_matrix, data conversion and noising
   included) reaches at the settings' eval_batch_size; ratio = stage / peak;
-- unlearning: seconds per step of mucs.unlearn against one bare forward+backward+AdamW step on the
+- unlearning: seconds per step of mucs.method.unlearn against one bare forward+backward+AdamW step on the
   same 2·B items.
 At N = 1,000 (the embedded set) and at a larger synthetic N (images drawn from the embedded set with
 noise, labels cycled), default 50,000.
@@ -24,11 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mucs import Attributor, load_dataset, load_model  # noqa: E402
 from mucs.cache import atomic_write  # noqa: E402
-from mucs.data import TrainingSet  # noqa: E402
+from mucs.sources.data import TrainingSet  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, settings_for  # noqa: E402
-from mucs.losses import loss_matrix  # noqa: E402
-from mucs.models import alphas_cumprod, per_item_loss  # noqa: E402
-from mucs.unlearn import unlearn  # noqa: E402
+from mucs.method.losses import loss_matrix  # noqa: E402
+from mucs.sources.models import alphas_cumprod, per_item_loss  # noqa: E402
+from mucs.method.unlearn import unlearn  # noqa: E402
 
 
 @torch.inference_mode()

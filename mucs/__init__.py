@@ -5,10 +5,10 @@ __version__ = "0.1.0"
 from .errors import Cancelled, MucsError  # noqa: E402
 from .settings import Settings  # noqa: E402
 from .progress import ProgressEvent, TextBar  # noqa: E402
-from .models import DiffusionModel, load_model, pick_device  # noqa: E402
-from .data import TrainingSet, QueryImage, load_dataset, load_query_image  # noqa: E402
-from .noise import NoiseSet, make_noise_set  # noqa: E402
-from .attribute import Attribution, Attributor  # noqa: E402
+from .sources.models import DiffusionModel, load_model, pick_device  # noqa: E402
+from .sources.data import TrainingSet, QueryImage, load_dataset, load_query_image  # noqa: E402
+from .method.noise import NoiseSet, make_noise_set  # noqa: E402
+from .method.attribute import Attribution, Attributor  # noqa: E402
 
 __all__ = ["Attribution", "Attributor", "Cancelled", "DiffusionModel", "MucsError", "NoiseSet", "ProgressEvent",
            "QueryImage", "Settings", "TextBar", "TrainingSet", "load_dataset", "load_model", "load_query_image",

@@ -65,9 +65,9 @@ def _resolve_data(a):
 
 def cmd_train(a):
     from .cache import check_out_dir
-    from .data import load_dataset
+    from .sources.data import load_dataset
     from .progress import TextBar
-    from .train import TrainOptions, train
+    from .sources.train import TrainOptions, train
     _check_device(a.device)
     try:
         channels = tuple(int(c) for c in a.channels.split(","))
@@ -84,7 +84,7 @@ def cmd_train(a):
     data = load_dataset(a.data)
     if a.size and a.size != data.size:
         raise MucsError(f"--size {a.size} does not match the dataset's {data.size}x{data.size} images")
-    from .models import pick_device
+    from .sources.models import pick_device
     bar = TextBar()
     rec = train(data, a.out, opts, device=pick_device(a.device), progress=bar, force=a.force)
     bar.close()
@@ -94,8 +94,8 @@ def cmd_train(a):
 
 def cmd_generate(a):
     from .cache import check_out_file
-    from .generate import check_steps, generate, is_generated_png, save_generated_png
-    from .models import load_model
+    from .sources.generate import check_steps, generate, is_generated_png, save_generated_png
+    from .sources.models import load_model
     from .progress import TextBar
     _check_device(a.device)
     check_steps(a.steps)
@@ -116,8 +116,8 @@ def cmd_generate(a):
 def _list_classes(a):
     """--list-classes: print `index: name` for every class of the model (names from the data when
     given, else from the model's mucs_train.json), then stop."""
-    from .data import load_dataset
-    from .models import load_model
+    from .sources.data import load_dataset
+    from .sources.models import load_model
     model = load_model(a.model, a.device or "cpu", train_lr=a.train_lr)
     names = None
     data_path = a.data or (_resolve_data(a) if os.path.abspath(a.model) == _default_model() else None)
@@ -138,10 +138,10 @@ def _default_model():
 
 
 def cmd_attribute(a):
-    from .attribute import Attributor
-    from .data import load_dataset, load_query_image
+    from .method.attribute import Attributor
+    from .sources.data import load_dataset, load_query_image
     from .defaults import cache_dir_for, default_runs_dir, settings_for
-    from .models import load_model
+    from .sources.models import load_model
     from .progress import TextBar
     from .settings import Settings, cli_overrides
     from .cache import check_out_dir, check_writable_dir
@@ -162,7 +162,7 @@ def cmd_attribute(a):
     else:
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
-    from .distributed import device_for_rank
+    from .method.distributed import device_for_rank
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
     label = model.check_label(a.label)
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
@@ -176,7 +176,7 @@ def cmd_attribute(a):
         raise MucsError(f"--frozen {','.join(s.frozen)} matches all {len(names)} parameters: nothing is left to unlearn")
     if s.top_k > len(data):
         raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
-    from .distributed import init_from_env
+    from .method.distributed import init_from_env
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
     bar = TextBar() if group is None or group.rank == 0 else None
     res = Attributor(model, data, s, cache_dir=cache_dir).attribute(
@@ -187,7 +187,7 @@ def cmd_attribute(a):
         return                  # rank 0 writes the run
     for note in res.query["conversions"]:
         print(f"note: query {note}")
-    from .history import RunStore, write_run
+    from .explorer.history import RunStore, write_run
     meta = dict(kind="cli", source=os.path.abspath(a.image), model=model.path, data=data.source)
     if a.out:
         out = write_run(res, a.out, meta, force=a.force)
@@ -197,7 +197,7 @@ def cmd_attribute(a):
     print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
-    from .diagnostics import warnings
+    from .explorer.diagnostics import warnings
     for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps):
         print(f"warning: {w}")
     print(f"wrote {out}/scores.csv and {out}/result.json")
@@ -267,7 +267,7 @@ def build_parser():
     p.set_defaults(fn=cmd_attribute)
 
     try:  # the counterfactual evaluation lives in its own module
-        from .evaluate import add_parser as add_evaluate_parser
+        from .evaluation.cli import add_parser as add_evaluate_parser
     except ImportError:
         add_evaluate_parser = None
     if add_evaluate_parser is not None:
@@ -277,7 +277,7 @@ def build_parser():
             ev.add_argument("--force", action="store_true",
                             help="replace an existing --out even when it is not an evaluate results JSON")
             ev.set_defaults(fn=_guard_evaluate_out(ev.get_default("fn")))
-    from .report import add_parser as add_report_parser   # python -m mucs report RUN_DIR --out report.html
+    from .explorer.report import add_parser as add_report_parser   # python -m mucs report RUN_DIR --out report.html
     add_report_parser(sub)
     return ap
 

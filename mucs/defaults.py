@@ -64,7 +64,7 @@ def user_data_dir() -> str:
 def shown_path(path: str) -> str:
     """How a path is recorded in results and runs: relative to the repository root when it lies in
     this checkout (committed results must not carry one machine's absolute paths), else absolute.
-    A relative record is read back relative to the repository (see mucs/report.py)."""
+    A relative record is read back relative to the repository (see mucs/explorer/report.py)."""
     if not path or not isinstance(path, str):
         return path
     full = os.path.abspath(os.path.expanduser(path))

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 
 log = logging.getLogger("mucs")
 LOSS_WEIGHTINGS = ("none", "edm")
+TRAIN_NOISE_KINDS = ("uniform", "uniform_range", "lognormal")   # training-time noise of unlearning and L_null (method/noise.py)
 
 
 @dataclass
@@ -85,7 +86,6 @@ class Settings:
 
     def validate(self) -> "Settings":
         from .errors import MucsError
-        from .noise import TRAIN_NOISE_KINDS
         checks = [(self.noises >= 1, "noises must be ≥ 1"), (0 < self.noise_fraction <= 1, "noise fraction f must be in (0, 1]"),
                   (self.batch_size >= 1, "batch size must be ≥ 1"), (self.lam >= 0, "λ must be ≥ 0"),
                   (0 <= self.tol < 1, "tolerance τ must be in [0, 1)"), (self.max_steps >= 0, "step cap must be ≥ 0"),
@@ -179,7 +179,6 @@ def flag_for(name: str) -> str:
 
 def choices_for(name: str):
     if name == "train_noise":
-        from .noise import TRAIN_NOISE_KINDS
         return TRAIN_NOISE_KINDS
     if name == "loss_weighting":
         return LOSS_WEIGHTINGS

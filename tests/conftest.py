@@ -57,9 +57,9 @@ def tiny_npz(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_npz):
-    """A tiny class-conditional UNet trained (briefly) on tiny_npz with `mucs.train`."""
-    from mucs.data import load_dataset
-    from mucs.train import TrainOptions, train
+    """A tiny class-conditional UNet trained (briefly) on tiny_npz with `mucs.sources.train`."""
+    from mucs.sources.data import load_dataset
+    from mucs.sources.train import TrainOptions, train
     out = str(tmp_path_factory.mktemp("models") / "tiny")
     train(load_dataset(tiny_npz), out, TrainOptions(steps=300, batch_size=32, lr=2e-3, channels=(8, 16),
                                                    attention=False, warmup_steps=20, ema_decay=0.99))

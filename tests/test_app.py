@@ -15,7 +15,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
 import gradio as gr  # noqa: E402  (a dependency: a missing gradio must fail, not skip)
 import app  # noqa: E402
-from mucs.data import MAX_IMAGE_BYTES  # noqa: E402
+from mucs.sources.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.explorer import Explorer  # noqa: E402
 
 FAST = dict(noises=16, batch_size=32, null_batches=10, null_batch_size=32, max_steps=8, top_k=5)
@@ -230,7 +230,7 @@ def test_why_this_image_direct(env, two_runs):
 def test_replayed_unlearning_gives_per_noise_unlearned_losses(env, two_runs):
     """The library path behind 'Replay unlearning': the replay reproduces the run (its per-noise L_u
     averages to the stored mean L_u) and only the last KEEP_UNLEARNED models stay in memory."""
-    from mucs.explorer import KEEP_UNLEARNED
+    from mucs.explorer.state import KEEP_UNLEARNED
     ex, _, _, _ = env
     rid = two_runs[1]
     info = ex.replay(rid)
@@ -263,7 +263,7 @@ def test_methods_and_runs_side_by_side_direct(env, two_runs):
 
 
 def ov_shared(ex, ids):
-    from mucs import overlap as ov
+    from mucs.method import overlap as ov
     return ov.shared_counts([list(map(int, ex.store.load(r).top)) for r in ids])
 
 
@@ -277,7 +277,7 @@ def test_report_download_direct(env, two_runs):
 
 
 def test_history_shows_main_settings_and_marks_the_papers(env, two_runs):
-    from mucs.explorer import paper_mark
+    from mucs.explorer.state import paper_mark
     from mucs.settings import Settings
     ex, _, _, _ = env
     rows = {r[0]: r for r in ex.history_table()}

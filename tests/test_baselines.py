@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from mucs import baselines
-from mucs.data import QueryImage, load_dataset
+from mucs.method import baselines
+from mucs.sources.data import QueryImage, load_dataset
 from mucs.errors import MucsError
 
 
 @pytest.fixture(scope="module")
 def ctx(tiny_model_dir, tiny_npz, tmp_path_factory):
-    from mucs.models import load_model
+    from mucs.sources.models import load_model
     from mucs.settings import Settings
     s = Settings(noises=8, batch_size=16, null_batches=4, null_batch_size=16, max_steps=5, top_k=5)
     return baselines.Context(load_model(tiny_model_dir), load_dataset(tiny_npz), s,

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from mucs import Attributor, load_dataset, load_model
-from mucs import losses as losses_mod
+from mucs.method import losses as losses_mod
 from mucs.cache import atomic_write, load_arrays, save_arrays
-from mucs.data import TrainingSet
+from mucs.sources.data import TrainingSet
 
 
 @pytest.fixture()
@@ -19,7 +19,7 @@ def counted(monkeypatch):
     def wrapped(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    monkeypatch.setattr("mucs.attribute.loss_matrix", wrapped)
+    monkeypatch.setattr("mucs.method.attribute.loss_matrix", wrapped)
     return calls
 
 

@@ -133,7 +133,7 @@ def test_python_dash_m_entry_point(tiny_model_dir, tmp_path):
 # --- one run format, --list-classes, logging (issue 11) -------------------------------------------------
 def test_cli_runs_are_listed_and_reopened_by_the_apps_run_store(tiny_model_dir, tiny_npz, tmp_path, fast_env,
                                                                 monkeypatch, capsys):
-    from mucs.history import RunStore
+    from mucs.explorer.history import RunStore
     runs = tmp_path / "runs"
     monkeypatch.setenv("MUCS_RUNS_DIR", str(runs))
     base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from mucs import Attributor, MucsError, QueryImage, Settings, load_dataset, load_model, load_query_image
-from mucs.data import MAX_IMAGE_BYTES
-from mucs.models import per_item_loss
-from mucs.train import TrainOptions, train
+from mucs.sources.data import MAX_IMAGE_BYTES
+from mucs.sources.models import per_item_loss
+from mucs.sources.train import TrainOptions, train
 
 from conftest import make_images
 

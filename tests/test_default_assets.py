@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mucs import Attributor, QueryImage, load_dataset, load_model
-from mucs.data import to_model_range
+from mucs.sources.data import to_model_range
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, cache_dir_for, settings_for
-from mucs.generate import generate
+from mucs.sources.generate import generate
 from conftest import need
 
 sys.path.insert(0, os.path.dirname(DEFAULT_DATA))
@@ -79,7 +79,7 @@ def test_training_images_attribute_to_themselves_with_distinct_scores(model, dat
     three training images used as queries rank themselves in the top 3, their top-10 scores are
     distinct (≥ 8 values at 4 decimals) and fewer than 60 % of their class score within 5 % of the
     top (on the scheduler's σ 32–20,000 grid: ranks 26, 1, 51, one distinct value, 100 %)."""
-    from mucs.diagnostics import tie_stats
+    from mucs.explorer.diagnostics import tie_stats
     s = settings_for(DEFAULT_MODEL)
     att = Attributor(model, data, s, cache_dir=cache_dir_for(DEFAULT_MODEL))
     for i in (3, 512, 907):

@@ -18,7 +18,7 @@ def _free_port() -> int:
 
 def _rank(rank, world, port, model_dir, npz, settings, out):
     import torch.distributed as dist
-    from mucs.distributed import Group
+    from mucs.method.distributed import Group
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mucs import evaluate as ev_mod
+from mucs import evaluation as ev_mod
 from mucs.cache import cache_key
 from mucs.errors import MucsError
 
@@ -102,7 +102,7 @@ def test_verdict_takes_its_target_as_an_input(first_run):
 
 
 def test_overlap_statistics_come_from_the_top_k_sets(first_run):
-    from mucs.overlap import between_methods, mean_pairwise_overlap
+    from mucs.method.overlap import between_methods, mean_pairwise_overlap
     ev, result = first_run["ev"], first_run["result"]
     model_a = ev.load(ev.model_dir([]))
     before = ev.generated(ev.model_dir([]))
@@ -185,7 +185,7 @@ def test_cached_only_reports_what_exists(first_run, tmp_path):
 
 def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_npz, tmp_path):
     """Work folders made by earlier versions (a long evaluation may be running with one) stay usable:
-    the keys below were computed by the lock-file version of mucs/evaluate.py."""
+    the keys below were computed by the lock-file version of mucs/evaluation/."""
     ev = first_run["ev"]
     assert ev.model_key([]) == "3a7d66e0b97dc5f31b55a6da225e3eff"
     assert ev.model_key([1, 3]) == "f2e9d6d51d3710e0406b02019be34745"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mucs.data import is_hf_dataset, load_dataset
+from mucs.sources.data import is_hf_dataset, load_dataset
 from mucs.errors import MucsError
 from conftest import need
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from mucs.attribute import Attribution
+from mucs.method.attribute import Attribution
 from mucs.errors import MucsError
-from mucs.history import RunStore
+from mucs.explorer.history import RunStore
 
 
 def fake_attribution(n=20, k=5, seed=0, label=1):

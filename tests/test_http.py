@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is 
 import gradio as gr  # noqa: E402
 
 import app  # noqa: E402
-from mucs.attribute import Attribution  # noqa: E402
+from mucs.method.attribute import Attribution  # noqa: E402
 from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
 from mucs.explorer import Explorer  # noqa: E402
 
@@ -229,7 +229,7 @@ def test_step_cap_and_memory_limits_are_clean_errors(served):
 
 
 def test_job_registry_stays_bounded(served):
-    from mucs.explorer import MAX_JOBS
+    from mucs.explorer.state import MAX_JOBS
     ex = served["ex"]
     jobs = [ex.start_job(f"s{i}", None) for i in range(MAX_JOBS + 40)]
     assert len(ex.running_jobs()) == MAX_JOBS

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mucs.errors import MucsError
-from mucs.models import load_model, per_item_loss
+from mucs.sources.models import load_model, per_item_loss
 
 
 def tiny_unet(num_class_embeds=None):
@@ -173,8 +173,8 @@ def test_train_lr_and_column_flags_on_attribute():
 def test_mucs_train_saves_a_pipeline_folder(tmp_path):
     from diffusers import DDPMPipeline
 
-    from mucs.data import TrainingSet
-    from mucs.train import TrainOptions, train
+    from mucs.sources.data import TrainingSet
+    from mucs.sources.train import TrainOptions, train
     rng = np.random.default_rng(0)
     data = TrainingSet(images=rng.integers(0, 256, (8, 8, 8, 1)).astype(np.uint8), labels=np.arange(8) % 2,
                        class_names=["a", "b"])
@@ -192,7 +192,7 @@ def test_mucs_train_saves_a_pipeline_folder(tmp_path):
 
 def test_missing_default_assets_are_a_clear_error(tmp_path, monkeypatch):
     import mucs.defaults as d
-    from mucs.data import load_dataset
+    from mucs.sources.data import load_dataset
     monkeypatch.setattr(d, "DEFAULT_MODEL", str(tmp_path / "assets" / "fashion16"))
     monkeypatch.setattr(d, "DEFAULT_DATA", str(tmp_path / "assets" / "fashion.npz"))
     with pytest.raises(MucsError, match="ships with the repository.*MUCS_ASSETS"):

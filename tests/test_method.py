@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from mucs import Attributor, QueryImage, Settings, load_dataset, load_model
-from mucs.losses import loss_matrix
-from mucs.models import alphas_cumprod, per_item_loss
-from mucs.noise import karras_sigmas, make_noise_set, scheduler_sigmas
-from mucs.unlearn import forget_loss, should_stop, skew, top_k, unlearn
+from mucs.method.losses import loss_matrix
+from mucs.sources.models import alphas_cumprod, per_item_loss
+from mucs.method.noise import karras_sigmas, make_noise_set, scheduler_sigmas
+from mucs.method.unlearn import forget_loss, should_stop, skew, top_k, unlearn
 
 
 def test_noise_set_karras_high_noise_fraction(tiny_model_dir):
@@ -59,7 +59,7 @@ def test_training_noise_kinds(kind):
     """uniform: every step; uniform_range: only steps with σ in [σ_min, σ_max]; lognormal: ln σ
     centred on p_mean. Seeded: the same generator seed gives the same draws."""
     from diffusers import DDPMScheduler
-    from mucs.noise import TrainingNoise
+    from mucs.method.noise import TrainingNoise
     ac = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod
     sig = scheduler_sigmas(ac)
     tn = TrainingNoise(ac, kind, 0.002, 80.0, p_mean=-1.2, p_std=1.2)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mucs import metrics
+from mucs.evaluation import metrics
 
 
 def _img(seed, n=3, size=16, c=1):
@@ -67,7 +67,7 @@ def test_mean_relative_change():
 
 
 def test_feature_cosine_of_identical_images_is_one(tiny_model_dir):
-    from mucs.models import load_model
+    from mucs.sources.models import load_model
     model = load_model(tiny_model_dir)
     a, b = _img(5, n=2, size=8), _img(6, n=2, size=8)
     assert np.allclose(metrics.feature_cosine(model, a, a, [0, 1]), 1.0)

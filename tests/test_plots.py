@@ -1,7 +1,7 @@
 """Plotly figures: each builds from realistic inputs and carries the expected traces."""
 import numpy as np
 
-from mucs import plots
+from mucs.explorer import plots
 
 
 def test_all_figures():

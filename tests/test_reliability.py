@@ -377,7 +377,7 @@ def test_stale_staging_of_a_crash_is_removed_but_a_live_one_is_kept(tmp_path):
 def test_unwritable_out_and_cache_fail_before_computing(tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env,
                                                         monkeypatch):
     calls = []
-    monkeypatch.setattr("mucs.models.load_model", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("mucs.sources.models.load_model", lambda *a, **k: calls.append(1))
     q = _query(tmp_path, tiny_npz)
     base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0"] + FAST
     _refused(base + ["--out", str(work / "thesis.tex" / "run")], work, capsys, "not a folder")
@@ -455,7 +455,7 @@ def test_folder_at_a_cache_path_and_failed_cache_writes(tmp_path, caplog):
 
 
 def test_run_store_on_a_file_is_one_clear_error(tmp_path):
-    from mucs.history import RunStore
+    from mucs.explorer.history import RunStore
     (tmp_path / "file").write_text("x")
     with pytest.raises(MucsError, match="run folder"):
         RunStore(str(tmp_path / "file"), examples=None)
@@ -484,10 +484,10 @@ def test_require_finite_and_strict_json():
 @pytest.fixture(scope="module")
 def default_attributor(tmp_path_factory):
     """An Attributor on the embedded default model (loads in seconds; nothing is trained)."""
-    from mucs.attribute import Attributor
-    from mucs.data import load_dataset
+    from mucs.method.attribute import Attributor
+    from mucs.sources.data import load_dataset
     from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL
-    from mucs.models import load_model
+    from mucs.sources.models import load_model
     return Attributor(load_model(DEFAULT_MODEL, "cpu"), load_dataset(DEFAULT_DATA),
                       cache_dir=str(tmp_path_factory.mktemp("cache")))
 
@@ -519,7 +519,7 @@ def test_memory_estimate_grows_with_the_request_and_refuses_what_does_not_fit(de
 
 
 def test_attribution_that_does_not_fit_is_refused_before_any_work(default_attributor, monkeypatch):
-    from mucs.data import QueryImage, to_model_range
+    from mucs.sources.data import QueryImage, to_model_range
     from mucs.settings import Settings
     a = default_attributor
     monkeypatch.setenv("MUCS_AVAILABLE_MEMORY", "64M")
@@ -545,9 +545,9 @@ def test_cli_attribute_that_does_not_fit_is_one_error_line(tmp_path, work, capsy
 def test_noise_set_memo_is_bounded_and_drops_a_failed_requests_sets(default_attributor):
     import threading as th
 
-    from mucs.attribute import MEMO_ENTRIES
+    from mucs.method.attribute import MEMO_ENTRIES
     from mucs.cache import BoundedMemo
-    from mucs.data import QueryImage, to_model_range
+    from mucs.sources.data import QueryImage, to_model_range
     from mucs.errors import Cancelled
     from mucs.settings import Settings
     a = default_attributor
@@ -584,7 +584,7 @@ def test_noise_grid_of_a_tiny_fraction_allocates_only_what_is_kept():
     """f = 1e-9 once asked numpy for a grid of K/f points (tens of GiB); only the K kept are made."""
     import torch
 
-    from mucs.noise import karras_sigmas, make_noise_set
+    from mucs.method.noise import karras_sigmas, make_noise_set
     for n, k in ((10, 4), (143, 100), (7, 7), (2, 1)):
         full = np.linspace(0, 1, n)
         ref = (80.0 ** (1 / 7) + full * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
@@ -600,7 +600,7 @@ def test_pickle_only_weights_are_never_loaded(tmp_path, monkeypatch):
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from mucs.models import load_model
+    from mucs.sources.models import load_model
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=8)

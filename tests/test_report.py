@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import make_images
-from mucs import compare, svg
-from mucs import overlap as ov
+from mucs.explorer import compare
+from mucs.explorer import svg
+from mucs.method import overlap as ov
 from mucs.__main__ import main
-from mucs.attribute import Attribution
-from mucs.data import load_dataset
-from mucs.report import render_report, report_for_dir
+from mucs.method.attribute import Attribution
+from mucs.sources.data import load_dataset
+from mucs.explorer.report import render_report, report_for_dir
 
 
 @pytest.fixture()

@@ -100,7 +100,7 @@ def test_app_widgets_cover_every_user_facing_setting():
     missing = set(FIELDS) - keys - set(APP_EXCLUDED)
     assert not missing, f"settings neither shown in the app nor listed in mucs.settings.APP_EXCLUDED: {missing}"
     assert not keys & set(APP_EXCLUDED), f"shown in the app but listed as excluded: {keys & set(APP_EXCLUDED)}"
-    from mucs.explorer import USER_SETTINGS
+    from mucs.explorer.state import USER_SETTINGS
     assert keys <= set(USER_SETTINGS) <= set(FIELDS)
 
 
@@ -164,7 +164,7 @@ def test_verbose_sets_up_logging_and_undoes_it(capsys, tmp_path, tiny_npz):
     from mucs.__main__ import setup_logging
     undo = setup_logging(1)
     try:
-        from mucs.data import load_dataset
+        from mucs.sources.data import load_dataset
         load_dataset(tiny_npz)
     finally:
         undo()
@@ -182,7 +182,7 @@ def test_verbose_sets_up_logging_and_undoes_it(capsys, tmp_path, tiny_npz):
 
 # --- one run format ---------------------------------------------------------------------------------
 def _fake_attribution(model_path, data_path, n=6):
-    from mucs.attribute import Attribution
+    from mucs.method.attribute import Attribution
     rng = np.random.default_rng(0)
     scores = rng.normal(size=n)
     return Attribution(scores=scores, top=np.argsort(-scores)[:3], loss_original=rng.random(n),
@@ -195,7 +195,7 @@ def _fake_attribution(model_path, data_path, n=6):
 
 def test_write_run_is_the_store_format_and_paths_in_the_repo_are_relative(tmp_path):
     from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL, REPO, shown_path
-    from mucs.history import RunStore, is_run, write_run
+    from mucs.explorer.history import RunStore, is_run, write_run
     att = _fake_attribution(DEFAULT_MODEL, str(tmp_path / "mine.npz"))
     root = tmp_path / "runs"
     path = write_run(att, str(root / "cli-run"), dict(kind="cli", model=DEFAULT_MODEL, data=DEFAULT_DATA))
@@ -222,10 +222,10 @@ def test_write_run_is_the_store_format_and_paths_in_the_repo_are_relative(tmp_pa
 
 def test_one_default_runs_dir():
     import mucs.defaults
-    import mucs.history
-    assert mucs.history.default_runs_dir is mucs.defaults.default_runs_dir
-    assert mucs.history.REPO == mucs.defaults.REPO
-    src = open(os.path.join(ROOT, "mucs", "history.py")).read()
+    import mucs.explorer.history
+    assert mucs.explorer.history.default_runs_dir is mucs.defaults.default_runs_dir
+    assert mucs.explorer.history.REPO == mucs.defaults.REPO
+    src = open(os.path.join(ROOT, "mucs", "explorer", "history.py")).read()
     assert "def default_runs_dir" not in src
 
 

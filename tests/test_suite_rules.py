@@ -20,3 +20,59 @@ def test_missing_prerequisite_skips_locally_and_fails_in_ci(tmp_path):
     assert local.returncode == 0 and "1 skipped" in local.stdout
     ci = _run(tmp_path, require=True)
     assert ci.returncode == 1 and "MUCS_REQUIRE_ALL=1" in ci.stdout and "1 failed" in ci.stdout
+
+
+# The layout's layers, lowest first (README, "Code map"): a module may import its own layer and the ones below.
+LAYERS = {"shared": 0, "sources": 1, "method": 2, "explorer": 3, "evaluation": 3}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) >= 2 and parts[1] in LAYERS else "shared"
+
+
+def _imports(path: str, module: str):
+    """(line, imported module) for every import of a `mucs` module in `path`, absolute or relative."""
+    import ast
+    tree = ast.parse(open(path).read())
+    pkg = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target] + [f"{target}.{a.name}" for a in node.names]
+            for t in names:
+                if t.startswith("mucs."):
+                    yield node.lineno, t
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("mucs."):
+                    yield node.lineno, a.name
+
+
+def test_imports_point_downwards_only():
+    """No module imports from a higher layer or a sibling one (explorer and evaluation are siblings),
+    and nothing in mucs/ imports the CLI; the public API (mucs/__init__.py) and the CLI sit on top."""
+    root = os.path.join(os.path.dirname(HERE), "mucs")
+    bad, seen = [], 0
+    for dp, _, files in os.walk(root):
+        for f in files:
+            if not f.endswith(".py") or f == "__main__.py" or (f == "cli.py" and dp.endswith("evaluation")):  # noqa: E501
+                continue   # the CLI sits on top of everything
+            if dp == root and f == "__init__.py":
+                continue   # mucs/__init__.py: the public API, re-exports from every layer
+            path = os.path.join(dp, f)
+            rel = os.path.relpath(path, os.path.dirname(root))[:-3].replace(os.sep, ".")
+            module = rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+            own = _layer(module)
+            for line, target in _imports(path, module):
+                seen += 1
+                other = _layer(target)
+                if target.startswith(("mucs.__main__", "mucs.evaluation.cli")) or \
+                        (other != own and LAYERS[other] >= LAYERS[own]):
+                    bad.append(f"{module}:{line} imports {target}")
+    assert seen > 50, "the import scan found too few imports to be checking anything"
+    assert not bad, "imports against the layering:\n" + "\n".join(bad)

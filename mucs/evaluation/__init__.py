@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import baselines
+from ..method import baselines
 from . import run as _run
 from . import steps
 from .config import DEFAULT_METHODS, GROUPS, METRICS, PRESETS, EvalConfig, preset

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from .. import baselines
+from ..method import baselines
 from ..errors import MucsError
 from .config import DEFAULT_METHODS, PRESETS, preset
 
@@ -61,7 +61,7 @@ def cmd_evaluate(a):
     import torch
 
     from ..defaults import DEFAULT_DATA
-    from ..models import pick_device
+    from ..sources.models import pick_device
     from . import Evaluation
     from .engine import SerialEngine, make_engine
     from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict

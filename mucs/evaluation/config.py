@@ -6,7 +6,7 @@ from typing import Optional
 
 from ..errors import MucsError
 from ..settings import Settings
-from ..train import TrainOptions
+from ..sources.train import TrainOptions
 
 GROUPS = ("targets", "controls")
 METRICS = ("ssim", "mse", "feature_cosine")

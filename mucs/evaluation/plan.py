@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import baselines
+from ..method import baselines
 from ..cache import atomic_write, cache_key, load_arrays
 from ..errors import MucsError
 from .config import GROUPS, EvalConfig
@@ -52,7 +52,7 @@ class Job:
 
     # --- data and items -----------------------------------------------------------------------
     def data(self):
-        from ..data import load_dataset
+        from ..sources.data import load_dataset
         if self.data_path not in _DATA:
             _DATA.clear()
             _DATA[self.data_path] = load_dataset(self.data_path)
@@ -136,7 +136,7 @@ class Job:
 
     # --- removal sets -------------------------------------------------------------------------
     def top_sets(self, scores: np.ndarray) -> list:
-        from ..unlearn import top_k
+        from ..method.unlearn import top_k
         return [top_k(s, self.k()) for s in scores]
 
     def random_sets(self, r: int) -> list:
@@ -167,7 +167,7 @@ def settings_key(s) -> dict:
 def make_job(cfg: EvalConfig, work: str, device: str = "cpu", threads: Optional[int] = None,
              verbose: bool = True) -> Job:
     """The job for `cfg` in `work`; writes the balanced training subset into the work folder once."""
-    from ..data import load_dataset
+    from ..sources.data import load_dataset
     cfg = cfg.validate()
     work = os.path.abspath(work)
     os.makedirs(work, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import baselines
+from ..method import baselines
 from ..errors import MucsError
 from . import steps
 from .plan import Job, check_methods, method_scores, random_names, union

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .. import baselines
+from ..method import baselines
 from ..cache import atomic_write, save_arrays
 from ..errors import MucsError
 from .plan import CTX_SEED, Job, groups_of
@@ -27,8 +27,8 @@ _CONTEXTS = {}   # per process: one baselines.Context (model A, attributor with 
 
 
 def train_without(data, removed, options, out_dir, device: str = "cpu") -> str:
-    """The default retrain: `mucs.train` from scratch, same seed and recipe, without `removed`."""
-    from ..train import train
+    """The default retrain: `mucs.sources.train` from scratch, same seed and recipe, without `removed`."""
+    from ..sources.train import train
     train(data, out_dir, options, device=device, exclude=np.asarray(removed, np.int64))
     return out_dir
 
@@ -69,13 +69,13 @@ def retrained(job: Job, removed, why: str = "", retrain=None) -> dict:
 
 
 def load_model(job: Job, model):
-    from ..models import load_model as load
+    from ..sources.models import load_model as load
     return load(_path(model), job.device)
 
 
 def generated(job: Job, model) -> dict:
     """{group: (n, H, W, C) uint8} sampled by `model` (a path or retrained()'s dict), cached."""
-    from ..generate import generate
+    from ..sources.generate import generate
     path = _path(model)
     hit = job.cached_generation(path)
     computed = hit is None
@@ -130,7 +130,7 @@ def attributed(job: Job, method: str, i: int, model_a, before, *after) -> dict:
     data and MUCS settings. `before` is model A's generated() result (or its images); `after`
     only orders the task (the first target of a MUCS-type method fills the shared loss caches)."""
     from ..cache import load_arrays
-    from ..data import QueryImage, to_model_range
+    from ..sources.data import QueryImage, to_model_range
     images = before["images"] if "images" in before else before
     img = images["targets"][i]
     model = _model_a(job, model_a)
@@ -158,7 +158,7 @@ def attributed(job: Job, method: str, i: int, model_a, before, *after) -> dict:
 
 def measured(job: Job, model_a, before, after) -> dict:
     """{group: {metric: (n,) similarity}} between model A's items and another model's."""
-    from ..metrics import similarities
+    from .metrics import similarities
     _threads(job)
     b = before["images"] if "images" in before else before
     a = after["images"] if "images" in after else after

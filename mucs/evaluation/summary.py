@@ -16,8 +16,8 @@ DESCRIPTION = ("Counterfactual test: AUC = P(sim after random removal > sim afte
 
 
 def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
-    from ..metrics import summarise as compare
-    from ..overlap import between_methods, mean_pairwise_overlap, random_overlaps, recurring
+    from .metrics import summarise as compare
+    from ..method.overlap import between_methods, mean_pairwise_overlap, random_overlaps, recurring
     methods, _ = check_methods(methods)
     cfg = job.cfg
     N, k = len(job.data()), job.k()

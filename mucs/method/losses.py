@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from .models import alphas_cumprod, per_item_loss
+from ..sources.models import alphas_cumprod, per_item_loss
 from .noise import NoiseSet, TrainingNoise
 
 

@@ -5,8 +5,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data import TrainingSet
-from .models import alphas_cumprod
+from ..sources.data import TrainingSet
+from ..sources.models import alphas_cumprod
 
 
 def pixel_features(x: torch.Tensor) -> np.ndarray:

@@ -10,8 +10,8 @@ from typing import Optional
 
 import torch
 
-from .checks import read_json_object
-from .errors import MucsError
+from ..checks import read_json_object
+from ..errors import MucsError
 
 log = logging.getLogger("mucs")
 TRAIN_CONFIG = "mucs_train.json"   # training options written by `mucs train` (the lr among them)
@@ -128,7 +128,7 @@ def resolve_model_path(path: str) -> str:
     """A local folder as given, or the snapshot folder of a Hub id ("org/name") in the local Hugging
     Face cache. Never downloads: fetch a model first (`hf download org/name`); HF_HUB_OFFLINE is the
     user's choice and is left alone."""
-    from .defaults import check_default_present
+    from ..defaults import check_default_present
     path = os.fspath(path)
     if os.path.isdir(path):
         return path

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from . import svg
-from .attribute import Attribution
-from .errors import MucsError
+from ..method.attribute import Attribution
+from ..errors import MucsError
 
 METHOD = (
     "MUCS (mirrored unlearning and noise-consistent skew; Serrà et al., 2026) copies the trained model and "
@@ -271,7 +271,7 @@ def load_run(run_dir: str) -> tuple:
 def report_for_dir(run_dir: str, data_path: Optional[str] = None) -> str:
     """Render the report of a run folder, with the training images when its training set is found
     (and matches the run's fingerprint)."""
-    from .data import load_dataset
+    from ..sources.data import load_dataset
     att, meta = load_run(run_dir)
     given = data_path is not None
     path = data_path if given else _find_data(att.info.get("data"), run_dir)
@@ -291,7 +291,7 @@ def report_for_dir(run_dir: str, data_path: Optional[str] = None) -> str:
 
 
 def write_report(path: str, text: str) -> str:
-    from .cache import atomic_write
+    from ..cache import atomic_write
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     atomic_write(path, text.encode("utf-8"))
@@ -309,7 +309,7 @@ def _is_report(path: str) -> bool:
 
 
 def cmd_report(a) -> None:
-    from .cache import check_out_file
+    from ..cache import check_out_file
     out = a.out or "report.html"
     check_out_file(out, force=getattr(a, "force", False), ours=_is_report,
                    protect=[os.path.join(a.run_dir, f) for f in ("result.json", "losses.npz", "scores.csv", "query.png")])

@@ -1,7 +1,7 @@
 """Side by side: one query's top-k under MUCS and the baselines (pixel NN, feature NN, rank-averaged
 ensembles), and two or more runs' top-k grids with the images they share highlighted.
 
-The baselines come from `mucs.baselines`; a stored run's MUCS scores are reused, never recomputed:
+The baselines come from `mucs.method.baselines`; a stored run's MUCS scores are reused, never recomputed:
 they are placed in the baselines memo under a query id made from the run id, so an ensemble such as
 ``mucs+pixel_nn`` ranks the run's own MUCS scores."""
 import base64
@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from . import baselines
-from . import overlap as ov
-from .data import QueryImage, to_model_range
-from .errors import MucsError
-from .unlearn import top_k
+from ..method import baselines
+from ..method import overlap as ov
+from ..sources.data import QueryImage, to_model_range
+from ..errors import MucsError
+from ..method.unlearn import top_k
 
 METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
 LABELS = {"mucs": "MUCS", "pixel_nn": "pixel NN", "feature_nn": "feature NN (model features)",

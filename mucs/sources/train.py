@@ -12,12 +12,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, staging_dir
+from ..cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, staging_dir
 from .data import TrainingSet
-from .defaults import shown_path
-from .errors import MucsError
+from ..defaults import shown_path
+from ..errors import MucsError
 from .models import TRAIN_CONFIG, per_item_loss, training_noise
-from .progress import Reporter
+from ..progress import Reporter
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainOptions:
 
     def validate(self) -> "TrainOptions":
         """Raise one clear MucsError for options that would fail late or train garbage."""
-        from .checks import check_seed
+        from ..checks import check_seed
 
         def integer(name, v, lo, hi):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
@@ -193,7 +193,7 @@ def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict
 def save_model(unet, scheduler, record: dict, out_dir: str, force: bool = False) -> None:
     """Save unet/ (safetensors) + scheduler/ + model_index.json (a DDPMPipeline folder that
     `DDPMPipeline.from_pretrained` opens) + mucs_train.json; the folder appears whole or not at all."""
-    from .checks import dumps_strict
+    from ..checks import dumps_strict
     tmp = staging_dir(out_dir)   # .tmp-<name>-*: recover_dir knows it
     try:
         unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)

@@ -15,12 +15,12 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import MucsError
-from .losses import loss_matrix
-from .settings import Settings
+from ..errors import MucsError
+from ..method.losses import loss_matrix
+from ..settings import Settings
 
 MATCH_RTOL = 2e-3       # recomputed row means agree with the stored means to this relative tolerance
-FRESH_NOISE_OFFSET = 1_000_003   # the fresh-noise ablation's second noise set (mucs.attribute)
+FRESH_NOISE_OFFSET = 1_000_003   # the fresh-noise ablation's second noise set (mucs.method.attribute)
 
 
 class Subset:
@@ -60,9 +60,9 @@ def loss_rows(unet, model, data, noise_set, indices, s: Settings) -> np.ndarray:
 def replay_unlearning(model, data, att, s: Settings, progress=None, cancel=None):
     """The run's unlearned UNet, recomputed: the same query pixels, label, settings, seed, learning
     rate and L_null. Refuses a run made with another model."""
-    from .data import to_model_range
-    from .progress import Reporter
-    from .unlearn import unlearn
+    from ..sources.data import to_model_range
+    from ..progress import Reporter
+    from ..method.unlearn import unlearn
     fp = (att.info or {}).get("model_fingerprint")
     if fp and fp != model.fingerprint():
         raise MucsError("this run was made with another model: its unlearning cannot be replayed here")
@@ -168,7 +168,7 @@ def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_
             ranks[name] = int(ranks_of(sc)[i])
     neighbours = []
     if neighbour_index is not None:
-        from .neighbours import pixel_features
+        from ..method.neighbours import pixel_features
         d, idx = neighbour_index.search(pixel_features(data.tensor([i])), k_neighbours + 1)
         neighbours = [(int(j), float(dd)) for dd, j in zip(d[0], idx[0]) if int(j) != i][:k_neighbours]
     ts = ns.timestep_sigmas if ns.timestep_sigmas is not None else ns.sigmas

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from .losses import train_noise_for
-from .models import alphas_cumprod, per_item_loss
-from .settings import Settings
+from ..sources.models import alphas_cumprod, per_item_loss
+from ..settings import Settings
 
 
 @dataclass

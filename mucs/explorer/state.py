@@ -15,17 +15,17 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from . import overlap as ov
-from .attribute import Attribution, Attributor
-from .data import QueryImage, load_dataset, load_query_image, to_model_range
-from .defaults import cache_dir_for, settings_for
-from .errors import Cancelled, MucsError
-from .generate import generate
+from ..method import overlap as ov
+from ..method.attribute import Attribution, Attributor
+from ..sources.data import QueryImage, load_dataset, load_query_image, to_model_range
+from ..defaults import cache_dir_for, settings_for
+from ..errors import Cancelled, MucsError
+from ..sources.generate import generate
 from .history import RunStore
-from .models import load_model
-from .neighbours import NeighbourIndex, pixel_features
-from .progress import Overall, OverallProgress, ProgressEvent
-from .settings import Settings
+from ..sources.models import load_model
+from ..method.neighbours import NeighbourIndex, pixel_features
+from ..progress import Overall, OverallProgress, ProgressEvent
+from ..settings import Settings
 
 log = logging.getLogger("mucs.explorer")
 KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
@@ -124,7 +124,7 @@ class Explorer:
         self.model = load_model(model_path, device)
         self.data = load_dataset(data_path)
         self.data.check_matches(self.model)
-        from .checks import check_settings_dict
+        from ..checks import check_settings_dict
         self.settings = settings_for(model_path, **check_settings_dict(overrides or {}, "settings")).validate()
         if self.settings.top_k > len(self.data):
             raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
@@ -469,7 +469,7 @@ class Explorer:
         """The baselines' Context, on a private copy of the UNet: the feature baseline hooks the UNet's
         mid-block, which must not catch the forward passes of an attribution running at the same time."""
         import copy
-        from .baselines import Context
+        from ..method.baselines import Context
         with self._baseline_lock:
             if self._ctx is None:
                 model = copy.copy(self.model)
@@ -483,7 +483,7 @@ class Explorer:
         return self._neigh
 
     def why(self, run_id: str, index, with_baselines: bool = True):
-        """`mucs.why.Why` for training item `index` of run `run_id` (per-noise L_u when the run's
+        """`mucs.explorer.why.Why` for training item `index` of run `run_id` (per-noise L_u when the run's
         unlearned model is in memory)."""
         from .compare import method_scores
         from .why import explain
@@ -504,7 +504,7 @@ class Explorer:
         return out
 
     def compare_methods(self, run_id: str, methods=None) -> dict:
-        """Methods side by side for a run's query (see mucs.compare.methods_side_by_side), with an HTML grid."""
+        """Methods side by side for a run's query (see mucs.explorer.compare.methods_side_by_side), with an HTML grid."""
         from .compare import METHODS, grid_html, methods_side_by_side
         att = self.load_run(run_id)
         with self._baseline_lock:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from .data import to_uint8
-from .errors import MucsError
-from .progress import Reporter
+from ..errors import MucsError
+from ..progress import Reporter
 
 MAX_STEPS = 1000
 PNG_KEY = "mucs"   # PNG text chunk that marks an image written by `mucs generate`
@@ -30,7 +30,7 @@ def save_generated_png(img: np.ndarray, path: str, info: dict) -> None:
     steps) that lets a later `generate --out` recognise the file as ours and replace it."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
-    from .cache import atomic_write
+    from ..cache import atomic_write
     meta = PngInfo()
     meta.add_text(PNG_KEY, json.dumps(dict(info, written_by="mucs generate"), allow_nan=False))
     buf = io.BytesIO()

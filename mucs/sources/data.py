@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import MucsError
+from ..errors import MucsError
 
 log = logging.getLogger("mucs")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -114,7 +114,7 @@ def load_dataset(path: str, image_column: Optional[str] = None, label_column: Op
     folder (one subfolder per class gives labels; a flat folder is unconditional) or a Hugging Face
     dataset saved with `save_to_disk` (`image_column`/`label_column` pick its columns; by default
     the first Image feature and a ClassLabel feature, whose names become the class names)."""
-    from .defaults import check_default_present
+    from ..defaults import check_default_present
     check_default_present(path)
     if not os.path.exists(path):
         raise MucsError(f"dataset not found: {path}")
@@ -392,7 +392,7 @@ def load_query_image(src, channels: int, size: int) -> QueryImage:
 
 def save_png(arr_uint8: np.ndarray, path: str) -> None:
     """Save (H, W, C) uint8 as a lossless PNG, atomically."""
-    from .cache import atomic_write
+    from ..cache import atomic_write
     im = Image.fromarray(arr_uint8[..., 0] if arr_uint8.shape[-1] == 1 else arr_uint8)
     buf = io.BytesIO()
     im.save(buf, format="PNG")

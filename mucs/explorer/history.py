@@ -20,11 +20,11 @@ from typing import Optional
 
 import numpy as np
 
-from .attribute import Attribution
-from .cache import MARKER, atomic_write, atomic_write_dir, check_writable_dir, marker_bytes
-from .checks import dumps_strict
-from .defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
-from .errors import MucsError
+from ..method.attribute import Attribution
+from ..cache import MARKER, atomic_write, atomic_write_dir, check_writable_dir, marker_bytes
+from ..checks import dumps_strict
+from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
+from ..errors import MucsError
 
 META = "meta.json"
 RUN_FILES = ("result.json", "losses.npz", "scores.csv", META)   # what makes a folder a run

@@ -12,18 +12,18 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__
-from .cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
-from .cache import save_arrays_best_effort as save_arrays
-from .checks import check_request_memory, dumps_strict, require_finite
-from .data import QueryImage, TrainingSet, to_model_range, to_uint8
+from .. import __version__
+from ..cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
+from ..cache import save_arrays_best_effort as save_arrays
+from ..checks import check_request_memory, dumps_strict, require_finite
+from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
-from .errors import MucsError
+from ..errors import MucsError
 from .losses import loss_matrix, null_loss, screen_columns, train_noise_for
-from .models import public_config
+from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
-from .progress import Reporter
-from .settings import Settings
+from ..progress import Reporter
+from ..settings import Settings
 from .unlearn import skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
@@ -306,7 +306,7 @@ class Attributor:
         generated from seeds fragile_seed + j (`fragile_refs` per class, or in total when the model is
         unconditional), each unlearned and scored like a query. Cached on disk like L_o.
         Returns ((R, N) skews, (R,) labels or None, was_cached)."""
-        from .generate import generate
+        from ..sources.generate import generate
         C = self.model.num_classes
         labels = [c for c in range(C) for _ in range(s.fragile_refs)] if C else [None] * s.fragile_refs
         seeds = [s.fragile_seed + j for j in range(len(labels))]

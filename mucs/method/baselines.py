@@ -23,8 +23,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .errors import MucsError
-from .settings import Settings
+from ..errors import MucsError
+from ..settings import Settings
 
 # ablations of MUCS that the paper studies, as Settings changes
 ABLATIONS = {

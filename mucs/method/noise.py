@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..settings import TRAIN_NOISE_KINDS
+
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0     # EDM's sampler range (Karras et al., 2022), data in [-1, 1]
-TRAIN_NOISE_KINDS = ("uniform", "uniform_range", "lognormal")
 
 
 @dataclass
