@@ -117,19 +117,16 @@ def _list_classes(a):
     """--list-classes: print `index: name` for every class of the model (names from the data when
     given, else from the model's mucs_train.json), then stop."""
     from .sources.data import load_dataset
-    from .sources.models import load_model
+    from .sources.models import class_names_for, load_model
     model = load_model(a.model, a.device or "cpu", train_lr=a.train_lr)
-    names = None
     data_path = a.data or (_resolve_data(a) if os.path.abspath(a.model) == _default_model() else None)
-    if data_path:
-        data = load_dataset(data_path, image_column=a.image_column, label_column=a.label_column)
-        names = data.class_names
-    names = names or model.class_names
-    if model.num_classes is None:
+    data = load_dataset(data_path, image_column=a.image_column, label_column=a.label_column) if data_path else None
+    names = class_names_for(model, data)
+    if names is None:
         print("the model is unconditional: it has no classes (attribute without --label)")
         return
-    for i in range(model.num_classes):
-        print(f"{i}: {names[i] if names and i < len(names) else i}")
+    for i, name in enumerate(names):
+        print(f"{i}: {name}")
 
 
 def _default_model():
@@ -141,7 +138,7 @@ def cmd_attribute(a):
     from .method.attribute import Attributor
     from .sources.data import load_dataset, load_query_image
     from .defaults import cache_dir_for, default_runs_dir, settings_for
-    from .sources.models import load_model
+    from .sources.models import class_names_for, load_model
     from .progress import TextBar
     from .settings import Settings, cli_overrides
     from .cache import check_out_dir, check_writable_dir
@@ -190,10 +187,10 @@ def cmd_attribute(a):
     from .explorer.history import RunStore, write_run
     meta = dict(kind="cli", source=os.path.abspath(a.image), model=model.path, data=data.source)
     if a.out:
-        out = write_run(res, a.out, meta, force=a.force)
+        out = write_run(res, a.out, meta, force=a.force, class_names=class_names_for(model, data))
     else:
         store = RunStore(runs_root, examples=None)
-        out = store.path(store.save(res, meta))
+        out = store.path(store.save(res, meta, class_names=class_names_for(model, data)))
     print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))

@@ -42,18 +42,20 @@ def test_attribute_writes_scores_and_result(tiny_model_dir, tiny_npz, tmp_path, 
                "--label", "0", "--out", str(out), "--seed", "0", "--lr-factor", "4"] + FAST)
     assert rc == 0
     rows = list(csv.reader(open(out / "scores.csv")))
-    assert rows[0] == ["index", "score", "label"] and len(rows) == 33
-    scores = [float(r[1]) for r in rows[1:]]
+    assert rows[0] == ["rank", "index", "score", "label", "class", "loss_original", "loss_unlearned"] and len(rows) == 33
+    assert [int(r[0]) for r in rows[1:]] == list(range(1, 33))
+    scores = [float(r[2]) for r in rows[1:]]
     assert scores == sorted(scores, reverse=True)
-    assert sorted(int(r[0]) for r in rows[1:]) == list(range(32))
+    assert sorted(int(r[1]) for r in rows[1:]) == list(range(32))
     labels = np.load(tiny_npz)["labels"]
-    assert all(int(r[2]) == labels[int(r[0])] for r in rows[1:])
+    names = ["a", "b", "c", "d"]                 # the fixture's class names, written beside each label
+    assert all(int(r[3]) == labels[int(r[1])] and r[4] == names[int(r[3])] for r in rows[1:])
     res = json.load(open(out / "result.json"))
     for key in ("settings", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k"):
         assert key in res
     assert res["settings"]["noises"] == 8 and res["unlearning_steps"] <= 3 and res["settings"]["lr_factor"] == 4
     assert res["unlearning_lr"] == pytest.approx(2e-3 / 4)
-    assert res["top_k"] == [int(r[0]) for r in rows[1:5]]
+    assert res["top_k"] == [int(r[1]) for r in rows[1:5]]
     assert set(res["stage_times"]) >= {"original_losses", "null_loss", "unlearning", "unlearned_losses"}
     assert res["query"]["conversions"] == []
     assert "top-k:" in capsys.readouterr().out

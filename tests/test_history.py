@@ -57,7 +57,7 @@ def test_newest_first_and_delete(tmp_path):
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     store = RunStore(str(tmp_path), examples=None)
 
-    def boom(self, out_dir):
+    def boom(self, out_dir, class_names=None):
         os.makedirs(out_dir)
         open(os.path.join(out_dir, "result.json"), "w").write("{")
         raise OSError("disk full")
@@ -103,3 +103,26 @@ def test_export_csv_and_json(tmp_path):
     assert j["meta"]["index"] == 4 and j["result"]["top_k"] == [int(i) for i in a.top]
     with pytest.raises(MucsError):
         store.export(rid, "xml")
+
+
+def test_one_csv_format_and_labels_survive_both_run_formats(tmp_path):
+    """The run folder's scores.csv and the CSV export come from one writer (same bytes for the same
+    class names), and a reopened run gets its labels back from losses.npz, or, for a run written
+    before labels were stored there, from the old three-column scores.csv."""
+    import shutil
+    store = RunStore(str(tmp_path / "runs"), examples=None)
+    a = fake_attribution()
+    names = ["a", "b", "c", "d"]
+    rid = store.save(a, dict(kind="training", index=4), class_names=names)
+    run_csv = open(os.path.join(store.path(rid), "scores.csv")).read()
+    assert run_csv == open(store.export(rid, "csv", str(tmp_path), class_names=names)).read()
+    assert Attribution.load(store.path(rid)).labels.tolist() == a.labels.tolist()
+    old = tmp_path / "old"                       # the format before: labels only in a 3-column CSV
+    shutil.copytree(store.path(rid), old)
+    with np.load(old / "losses.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "labels"}
+    np.savez(old / "losses.npz", **arrays)
+    order = np.argsort(-a.scores, kind="stable")
+    (old / "scores.csv").write_text("index,score,label\n" + "".join(
+        f"{i},{a.scores[i]:.8g},{a.labels[i]}\n" for i in order))
+    assert Attribution.load(str(old)).labels.tolist() == a.labels.tolist()

@@ -6,9 +6,7 @@ The one run format, shared by the app and `mucs attribute`: a folder holding res
 scores.csv, losses.npz, query.png, meta.json and the `.mucs` marker. `RunStore.save` writes a new
 run under the store's root; `write_run` writes the same layout into a folder of the caller's
 choosing (`mucs attribute --out DIR`), so a run folder inside an app's runs folder is listed by it."""
-import csv
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -72,7 +70,8 @@ def _meta_bytes(m: dict) -> bytes:
     return dumps_strict(m, "the run's meta.json", indent=1, default=_json_default).encode()
 
 
-def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: bool = False) -> str:
+def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: bool = False,
+              class_names=None) -> str:
     """Write `att` into the folder `path` in the run format (result.json, scores.csv, losses.npz,
     query.png, meta.json, marker), atomically: a new or empty folder, or an earlier run (replaced);
     anything else only with `force`. Returns the absolute path."""
@@ -80,7 +79,7 @@ def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: b
     staging = tempfile.mkdtemp(prefix="mucs-run-")   # Attribution.save's files, read back (small)
     try:
         inner = os.path.join(staging, "run")
-        _portable(att).save(inner)
+        _portable(att).save(inner, class_names)
         files = {}
         for name in os.listdir(inner):
             with open(os.path.join(inner, name), "rb") as f:
@@ -132,7 +131,7 @@ class RunStore:
         return str(run_id).startswith(EXAMPLE_PREFIX)
 
     # --- write -----------------------------------------------------------------------------------
-    def save(self, att: Attribution, meta: Optional[dict] = None) -> str:
+    def save(self, att: Attribution, meta: Optional[dict] = None, class_names=None) -> str:
         """Store a finished attribution; returns its id. The run folder appears complete or not at all."""
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -140,7 +139,7 @@ class RunStore:
         staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
         try:
             inner = os.path.join(staging, "run")
-            _portable(att).save(inner)
+            _portable(att).save(inner, class_names)
             atomic_write(os.path.join(inner, META), _meta_bytes(m))
             if not os.path.exists(os.path.join(inner, MARKER)):
                 atomic_write(os.path.join(inner, MARKER), marker_bytes("run"))
@@ -217,23 +216,8 @@ class RunStore:
             data = dict(meta=meta, result=att.result_json())
             atomic_write(path, dumps_strict(data, "the JSON export", indent=1, default=_json_default).encode())
         else:
-            atomic_write(path, scores_table_csv(att, class_names).encode())
+            atomic_write(path, att.scores_csv(class_names).encode())
         return path
-
-
-def scores_table_csv(att: Attribution, class_names=None) -> str:
-    order = np.argsort(-att.scores, kind="stable")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["rank", "index", "score", "label", "class", "loss_original", "loss_unlearned"])
-    for rank, i in enumerate(order, 1):
-        lab = "" if att.labels is None else int(att.labels[i])
-        name = ""
-        if lab != "" and class_names and 0 <= lab < len(class_names):
-            name = class_names[lab]
-        w.writerow([rank, int(i), f"{att.scores[i]:.8g}", lab, name, f"{att.loss_original[i]:.8g}",
-                    f"{att.loss_unlearned[i]:.8g}"])
-    return buf.getvalue()
 
 
 def _json_default(o):

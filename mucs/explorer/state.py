@@ -22,7 +22,7 @@ from ..defaults import cache_dir_for, settings_for
 from ..errors import Cancelled, MucsError
 from ..sources.generate import generate
 from .history import RunStore
-from ..sources.models import load_model
+from ..sources.models import class_names_for, load_model
 from ..method.neighbours import NeighbourIndex, pixel_features
 from ..progress import Overall, OverallProgress, ProgressEvent
 from ..settings import Settings
@@ -146,10 +146,7 @@ class Explorer:
     # --- description -----------------------------------------------------------------------------
     @property
     def class_names(self) -> Optional[list]:
-        if self.model.num_classes is None:
-            return None
-        names = self.data.class_names or self.model.class_names
-        return [str(names[i]) if names and i < len(names) else str(i) for i in range(self.model.num_classes)]
+        return class_names_for(self.model, self.data)
 
     def class_choices(self) -> list:
         return [(f"{i}: {n}", i) for i, n in enumerate(self.class_names or [])]
@@ -274,7 +271,8 @@ class Explorer:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
         run_id = self.store.save(att, dict(q.meta, kind=q.meta.get("kind"), source=_source(q),
-                                           model=self.model.path, data=self.data.source))
+                                           model=self.model.path, data=self.data.source),
+                                 class_names=self.class_names)
         self._last_times = dict(att.stage_times)
         unet = getattr(att, "unlearned_unet", None)     # kept when the Attributor hands it over
         if unet is not None:

@@ -1,5 +1,6 @@
 """MUCS end to end: noise set → original losses (cached) → null loss (cached) → mirrored
 unlearning → unlearned losses → skew → top-k."""
+import csv
 import hashlib
 import io
 import json
@@ -55,20 +56,27 @@ class Attribution:
                     top_k=[int(i) for i in self.top], top_k_scores=[float(self.scores[i]) for i in self.top],
                     curve=self.curve, **self.info)
 
-    def scores_csv(self) -> str:
+    def scores_csv(self, class_names=None) -> str:
+        """Every training item, best first: rank, index, score, label, class, L_o, L_u (the run
+        folder's scores.csv and the app's CSV export; the one CSV writer)."""
         order = top_k(self.scores, len(self.scores))
-        lines = ["index,score,label"]
-        for i in order:
-            lab = "" if self.labels is None else str(int(self.labels[i]))
-            lines.append(f"{int(i)},{self.scores[i]:.8g},{lab}")
-        return "\n".join(lines) + "\n"
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(SCORES_CSV_COLUMNS)
+        for rank, i in enumerate(order, 1):
+            lab = "" if self.labels is None else int(self.labels[i])
+            name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
+            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
+                        f"{self.loss_unlearned[i]:.8g}"])
+        return buf.getvalue()
 
-    def save(self, out_dir: str) -> None:
+    def save(self, out_dir: str, class_names=None) -> None:
         """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
         from PIL import Image
         buf = io.BytesIO()
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
-        files = {"scores.csv": self.scores_csv().encode(),
+        labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
+        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned, **labels)
+        files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
         if self.query_image is not None:
@@ -86,13 +94,9 @@ class Attribution:
             r = json.load(f)
         with np.load(os.path.join(out_dir, "losses.npz")) as z:
             scores, lo, lu = z["scores"], z["loss_original"], z["loss_unlearned"]
-        labels = None
-        with open(os.path.join(out_dir, "scores.csv")) as f:
-            rows = [line.strip().split(",") for line in f.readlines()[1:]]
-        if rows and rows[0][2] != "":
-            labels = np.zeros(len(rows), np.int64)
-            for i, _, lab in rows:
-                labels[int(i)] = int(lab)
+            labels = z["labels"] if "labels" in z.files else None
+        if labels is None:   # a run written before labels went into losses.npz: read scores.csv's column
+            labels = _csv_labels(os.path.join(out_dir, "scores.csv"), len(scores))
         q = None
         qp = os.path.join(out_dir, "query.png")
         if os.path.exists(qp):
@@ -104,6 +108,21 @@ class Attribution:
                    loss_null=r["loss_null"], steps=r["unlearning_steps"], converged=r["converged"], curve=r["curve"],
                    stage_times=r["stage_times"], settings=r["settings"], query=r["query"], query_image=q,
                    labels=labels, info={k: v for k, v in r.items() if k not in keys})
+
+
+SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
+
+
+def _csv_labels(path: str, n: int):
+    """Labels from a scores.csv of any version (by column name), or None when it has none."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or rows[0].get("label", "") == "":
+        return None
+    labels = np.zeros(n, np.int64)
+    for r in rows:
+        labels[int(r["index"])] = int(r["label"])
+    return labels
 
 
 @dataclass

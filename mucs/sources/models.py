@@ -284,3 +284,12 @@ def training_noise(n: int, shape, num_train_timesteps: int, generator: torch.Gen
     t = torch.randint(0, num_train_timesteps, (n,), generator=generator)
     eps = torch.randn((n, *shape), generator=generator)
     return t.to(device), eps.to(device)
+
+
+def class_names_for(model, data=None) -> Optional[list]:
+    """The names of `model`'s classes, index by index: the training set's names when it has them,
+    else those in the model folder, else the index itself; None for an unconditional model."""
+    if model.num_classes is None:
+        return None
+    names = (data.class_names if data is not None else None) or model.class_names
+    return [str(names[i]) if names and i < len(names) else str(i) for i in range(model.num_classes)]
