@@ -150,21 +150,26 @@ def cmd_attribute(a):
         raise MucsError("--image is required (or --list-classes to see the model's classes)")
     if a.out and a.runs:
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
+    images, labels = list(a.image), list(a.label or [])
+    if len(labels) > 1 and len(labels) != len(images):
+        raise MucsError(f"give one --label for every --image ({len(images)}), or a single one for all of them")
+    labels = labels * len(images) if len(labels) == 1 else (labels or [None] * len(images))
     cache_dir = a.cache_dir or cache_dir_for(a.model)
     runs_root = None if a.out else os.path.abspath(a.runs or default_runs_dir())
-    # before anything is loaded or computed: --out must be new, empty or an earlier run (or --force),
-    # never one of this command's inputs; the cache and runs folders must be writable
-    if a.out:
-        check_out_dir(a.out, "run", force=a.force, protect=[a.model, a.data, a.image, cache_dir])
-    else:
+    outs = _query_outs(a.out, images)
+    # before anything is loaded or computed: every --out must be new, empty or an earlier run (or
+    # --force), never one of this command's inputs; the cache and runs folders must be writable
+    for out in outs if a.out else ():
+        check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir] + images)
+    if not a.out:
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     from .method.distributed import device_for_rank
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
-    label = model.check_label(a.label)
+    labels = [model.check_label(lab) for lab in labels]
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
     data.check_matches(model)
-    query = load_query_image(a.image, model.channels, model.size)
+    queries = [load_query_image(im, model.channels, model.size) for im in images]   # every one read before any work
     base = Settings() if a.paper_settings else settings_for(model.path if os.path.isdir(model.path or "") else a.model)
     s = base.replace(**overrides)
     s.validate()
@@ -175,22 +180,45 @@ def cmd_attribute(a):
         raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
     from .method.distributed import init_from_env
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
-    bar = TextBar() if group is None or group.rank == 0 else None
-    res = Attributor(model, data, s, cache_dir=cache_dir).attribute(
-        query, label, progress=bar, source=os.path.abspath(a.image))
-    if bar is not None:
-        bar.close()
-    if group is not None and group.rank != 0:
-        return                  # rank 0 writes the run
+    # one Attributor for every query: the noise set, L_o and L_null are computed (or read) once
+    attributor = Attributor(model, data, s, cache_dir=cache_dir)
+    class_names = class_names_for(model, data)
+    for n, (image, query, label, out) in enumerate(zip(images, queries, labels, outs)):
+        if len(images) > 1 and (group is None or group.rank == 0):
+            print(f"query {n + 1}/{len(images)}: {image}")
+        bar = TextBar() if group is None or group.rank == 0 else None
+        res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image))
+        if bar is not None:
+            bar.close()
+        if group is None or group.rank == 0:   # rank 0 writes the runs
+            _write_cli_run(res, out, runs_root, a.force, image, model, data, class_names)
+
+
+def _query_outs(out, images) -> list:
+    """Where each query's run goes: --out itself for one image; for several, a subfolder of --out
+    per image, named after it (with its position when two images share a name); None: the runs folder."""
+    if not out:
+        return [None] * len(images)
+    if len(images) == 1:
+        return [out]
+    from .cache import folder_kind
+    if os.path.isdir(out) and folder_kind(out) == "run":
+        raise MucsError(f"--out {out} is a run folder; with several --image give a folder for their runs")
+    stems = [os.path.splitext(os.path.basename(im))[0] or "query" for im in images]
+    return [os.path.join(out, st if stems.count(st) == 1 else f"{n + 1}-{st}") for n, st in enumerate(stems)]
+
+
+def _write_cli_run(res, out, runs_root, force, image, model, data, class_names):
+    """Write one query's run (into `out`, or a new run in `runs_root`) and print what it found."""
     for note in res.query["conversions"]:
         print(f"note: query {note}")
     from .explorer.history import RunStore, write_run
-    meta = dict(kind="cli", source=os.path.abspath(a.image), model=model.path, data=data.source)
-    if a.out:
-        out = write_run(res, a.out, meta, force=a.force, class_names=class_names_for(model, data))
+    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source)
+    if out:
+        out = write_run(res, out, meta, force=force, class_names=class_names)
     else:
         store = RunStore(runs_root, examples=None)
-        out = store.path(store.save(res, meta, class_names=class_names_for(model, data)))
+        out = store.path(store.save(res, meta, class_names=class_names))
     print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
@@ -242,8 +270,12 @@ def build_parser():
 
     p = sub.add_parser("attribute", help="rank the training images by their MUCS skew for a query image")
     _add_model_args(p)
-    p.add_argument("--image", default=None, help="the query image (required unless --list-classes)")
-    p.add_argument("--label", type=int, default=None, help="the query's class (class-conditional models; see --list-classes)")
+    p.add_argument("--image", nargs="+", default=None,
+                   help="the query image, or several (they share the noise set, L_o and L_null; one run each); "
+                        "required unless --list-classes")
+    p.add_argument("--label", type=int, nargs="+", default=None,
+                   help="the query's class (class-conditional models; see --list-classes); with several --image, "
+                        "one per image or one for all")
     p.add_argument("--list-classes", action="store_true", help="print the class index and name of every class, then exit")
     p.add_argument("--paper-settings", action="store_true",
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
@@ -254,8 +286,8 @@ def build_parser():
     p.add_argument("--cache-dir", default=None,
                    help="where L_o and L_null caches are written (default $MUCS_CACHE_DIR, else ~/.cache/mucs)")
     p.add_argument("--out", default=None,
-                   help="write the run into this folder (new, empty, or an earlier run's: replaced); default: a new run "
-                        "in the runs folder")
+                   help="write the run into this folder (new, empty, or an earlier run's: replaced); with several "
+                        "--image, one run per image in subfolders named after them; default: a new run in the runs folder")
     p.add_argument("--runs", default=None,
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")

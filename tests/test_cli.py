@@ -205,3 +205,33 @@ def test_fallbacks_and_cache_rebuilds_are_logged(tiny_model_dir, tiny_npz, tmp_p
     with caplog.at_level(logging.INFO, logger="mucs"):
         assert main(base + ["--model", str(bare), "--train-lr", "2e-3", "--out", str(tmp_path / "e")]) == 0
     assert "no training learning rate" not in caplog.text
+
+
+def test_several_images_in_one_call_share_the_setup_and_match_single_runs(tiny_model_dir, tiny_npz, tmp_path,
+                                                                          fast_env, capsys):
+    """`--image a b` writes one run per image under --out, computes L_o and L_null once (the second
+    query finds them cached), and each run equals the same query attributed on its own."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    qa = _query(tmp_path / "a", tiny_npz, i=0)
+    qb = str(tmp_path / "b" / "q0.png")                  # the same file name in another folder, another image
+    os.rename(_query(tmp_path / "b", tiny_npz, i=5), qb)
+    out = tmp_path / "runs"
+    rc = main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", qa, qb, "--label", "0", "1",
+               "--out", str(out), "--seed", "0", "--lr-factor", "4"] + FAST)
+    assert rc == 0
+    runs = sorted(os.listdir(out))
+    assert len(runs) == 2 and runs[0].startswith("1-") and runs[1].startswith("2-"), runs
+    first, second = (json.load(open(out / r / "result.json")) for r in runs)
+    assert second["cache_hits"] == {"original_losses": True, "null_loss": True}
+    assert first["query"]["label"] == 0 and second["query"]["label"] == 1
+    single = tmp_path / "single"
+    assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", qb, "--label", "1",
+                 "--out", str(single), "--seed", "0", "--lr-factor", "4"] + FAST) == 0
+    both = np.load(out / runs[1] / "losses.npz")["scores"]
+    np.testing.assert_allclose(both, np.load(single / "losses.npz")["scores"], rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    before = set(os.listdir(tmp_path))
+    assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", qa, qb, "--label", "0", "1", "2",
+                 "--out", str(tmp_path / "x")] + FAST) == 2
+    assert "one --label for every --image" in capsys.readouterr().err and set(os.listdir(tmp_path)) == before
