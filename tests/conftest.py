@@ -6,6 +6,10 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# caches a test does not place itself (e.g. decoded image folders) go to a throwaway folder, not ~/.cache/mucs
+if "MUCS_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["MUCS_CACHE_DIR"] = tempfile.mkdtemp(prefix="mucs-test-cache-")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

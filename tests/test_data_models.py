@@ -1,5 +1,6 @@
 """Datasets (npz, class folders, flat folders), query conversion, model kinds and objectives."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +28,35 @@ def test_class_folder_dataset_gives_stable_indices_and_labels(tmp_path):
     assert ds.files[:2] == ["cats/000.png", "cats/002.png"]
     assert np.array_equal(ds.images[0], images[0]) and np.array_equal(ds.images[3], images[1])
     assert load_dataset(str(tmp_path)).fingerprint() == ds.fingerprint()
+
+
+def test_image_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, monkeypatch):
+    """The second load of an image folder reads the decoded cache (memory-mapped, same pixels and
+    fingerprint) without decoding any file; a changed file's bytes change the key and it decodes again."""
+    import mucs.sources.data as data_mod
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    images, labels = make_images(n=8, classes=2)
+    root = tmp_path / "set"
+    for i, (im, y) in enumerate(zip(images, labels)):
+        (root / f"c{y}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im[..., 0]).save(root / f"c{y}" / f"{i}.png")
+    first = load_dataset(str(root))
+    assert not isinstance(first.images, np.memmap)
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded a file although the folder is cached")
+    monkeypatch.setattr(data_mod.Image, "open", no_decoding)
+    again = load_dataset(str(root))
+    assert isinstance(again.images, np.memmap) and np.array_equal(again.images, first.images)
+    assert again.labels.tolist() == first.labels.tolist() and again.files == first.files
+    assert again.fingerprint() == first.fingerprint()
+    monkeypatch.undo()
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    changed = np.full_like(images[0][..., 0], 7)
+    Image.fromarray(changed).save(root / first.files[0])      # same name, new content
+    third = load_dataset(str(root))
+    assert np.array_equal(third.images[0][..., 0], changed) and third.fingerprint() != first.fingerprint()
+    assert len(os.listdir(tmp_path / "cache" / "decoded")) == 2
 
 
 def test_flat_folder_is_unconditional_and_rgb_npz(tmp_path):

@@ -58,7 +58,9 @@ class TrainingSet:
         """sha256 of pixels and labels: a cache key that changes whenever the content does."""
         if self._fingerprint is None:
             h = hashlib.sha256(str(self.images.shape).encode())
-            h.update(np.ascontiguousarray(self.images).tobytes())
+            step = max(1, (64 << 20) // max(1, self.images[0].nbytes if len(self.images) else 1))
+            for i in range(0, len(self.images), step):   # in slices: a memory-mapped set is never copied whole
+                h.update(np.ascontiguousarray(self.images[i:i + step]).tobytes())
             if self.labels is not None:
                 h.update(np.ascontiguousarray(self.labels.astype(np.int64)).tobytes())
             self._fingerprint = h.hexdigest()
@@ -128,9 +130,9 @@ def load_dataset(path: str, image_column: Optional[str] = None, label_column: Op
             raise MucsError("--image-column/--label-column apply to Hugging Face datasets (saved with save_to_disk) only")
         kind = ".npz" if os.path.isfile(path) else "image folder"
         data = _load_npz(path) if os.path.isfile(path) else _load_folder(path)
-    # decoded pixels are not cached on disk: every load decodes the source again (L_o and L_null
-    # caches are keyed by the decoded content's fingerprint, so they survive a re-encoding)
-    log.info("dataset %s (%s): decoded %d images %s in %.2f s (not cached: decoded on every load); %s", path, kind,
+    # image folders keep their decoded pixels in the cache folder (keyed by the files' bytes); L_o and
+    # L_null caches are keyed by the decoded content's fingerprint, so they survive a re-encoding
+    log.info("dataset %s (%s): %d images %s loaded in %.2f s; %s", path, kind,
              len(data), "x".join(str(d) for d in data.images.shape[1:]) if len(data) else "-", time.perf_counter() - t0,
              "unconditional" if data.labels is None else
              f"{len(np.unique(data.labels))} classes" + (" with names" if data.class_names else " without names"))
@@ -261,28 +263,78 @@ def _load_npz(path: str) -> TrainingSet:
 
 
 def _load_folder(path: str) -> TrainingSet:
+    """An image folder: one subfolder per class (labels, class names) or a flat folder. The decoded
+    set is cached (see _decoded_cache), so a later load reads the files' bytes but decodes nothing."""
     subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    if subdirs:
-        groups = [(i, os.path.join(path, d)) for i, d in enumerate(subdirs)]
-    else:
-        groups = [(None, path)]
-    images, labels, files = [], [], []
+    groups = [(i, os.path.join(path, d)) for i, d in enumerate(subdirs)] if subdirs else [(None, path)]
+    labels, files = [], []
     for label, folder in groups:
         for name in sorted(os.listdir(folder)):
-            if not name.lower().endswith(IMAGE_EXTS):
-                continue
-            f = os.path.join(folder, name)
+            if name.lower().endswith(IMAGE_EXTS):
+                labels.append(label)
+                files.append(os.path.relpath(os.path.join(folder, name), path))
+    if not files:
+        return TrainingSet(images=np.zeros((0, 1, 1, 1), np.uint8), source=path)
+    cache, images = _decoded_cache(path, files)
+    if images is None:
+        decoded = []
+        for rel in files:
+            f = os.path.join(path, rel)
             try:
                 with Image.open(f) as im:
-                    images.append(np.asarray(_normalise_mode(im)[0]))
+                    decoded.append(np.asarray(_normalise_mode(im)[0]))
             except Exception as e:
                 raise MucsError(f"cannot read training image {f}: {e}") from e
-            labels.append(label)
-            files.append(os.path.relpath(f, path))
-    if not images:
-        return TrainingSet(images=np.zeros((0, 1, 1, 1), np.uint8), source=path)
-    return TrainingSet(images=_stack_images(images, path), labels=np.array(labels, np.int64) if subdirs else None,
+        images = _stack_images(decoded, path)
+        _save_decoded(cache, images)
+    return TrainingSet(images=images, labels=np.array(labels, np.int64) if subdirs else None,
                        class_names=subdirs or None, source=os.path.abspath(path), files=files)
+
+
+def _decoded_cache(path: str, files: list):
+    """(cache file, images or None) for the decoded pixels of `files` in the folder `path`. The key
+    is the files' names and bytes (hashing them is far cheaper than decoding), so any change to a
+    file, a rename or a new file decodes again. Hits are opened memory-mapped: a large set is not
+    read into memory until its items are used."""
+    from ..cache import default_cache_dir
+    h = hashlib.sha256(f"decoded-folder-v1 {len(files)}".encode())
+    try:
+        for rel in files:
+            with open(os.path.join(path, rel), "rb") as f:
+                body = f.read()
+            h.update(f"\0{rel}\0{len(body)}\0".encode())
+            h.update(body)
+    except OSError as e:
+        raise MucsError(f"cannot read training image {os.path.join(path, rel)}: {e}") from e
+    cache = os.path.join(default_cache_dir(), "decoded", h.hexdigest()[:32] + ".npy")
+    if not os.path.exists(cache):
+        return cache, None
+    try:
+        images = np.load(cache, mmap_mode="r")
+        if images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(files):
+            log.info("image folder %s: %d decoded images from the cache %s", path, len(files), cache)
+            return cache, images
+    except (OSError, ValueError) as e:
+        log.info("image folder %s: the decoded cache %s is unreadable (%s): decoding again", path, cache, e)
+    return cache, None
+
+
+def _save_decoded(cache: str, images: np.ndarray) -> None:
+    """Write the decoded set as a .npy beside nothing else, atomically; best effort (a read-only
+    cache folder only costs the next load a decode)."""
+    import tempfile
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(images))
+            os.replace(tmp, cache)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except OSError as e:
+        log.info("could not cache the decoded images in %s (%s); the next load decodes again", cache, e)
 
 
 def _stack_images(images: list, where: str) -> np.ndarray:
