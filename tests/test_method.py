@@ -120,6 +120,37 @@ def test_loss_matrix_uses_the_same_noise_for_every_item(tiny_model_dir, tiny_npz
                 assert L[i, k] == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
 
 
+def test_loss_matrix_through_loader_workers_and_into_a_memmap_is_unchanged(tiny_model_dir, tiny_npz, tmp_path,
+                                                                          monkeypatch, fast_settings):
+    """The loss loop's DataLoader gives bit-identical rows with worker processes, for a subset of
+    rows, and when the Attributor writes a large matrix into a memory-mapped file."""
+    import mucs.method.attribute as attribute_mod
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    ns = make_noise_set(m.scheduler.alphas_cumprod, (1, 8, 8), K=5, seed=0)
+    L0 = loss_matrix(m.unet, m, d, ns, batch_size=7, workers=0)
+    assert np.array_equal(loss_matrix(m.unet, m, d, ns, batch_size=7, workers=2), L0)
+    rows = np.array([31, 2, 17])
+    assert np.array_equal(loss_matrix(m.unet, m, d, ns, batch_size=7, items=rows), L0[rows])
+    a = Attributor(m, d, fast_settings, cache_dir=str(tmp_path))
+    small = a.loss_matrix(m.unet, ns, fast_settings)
+    monkeypatch.setattr(attribute_mod, "MEMMAP_BYTES", 1)
+    big = a.loss_matrix(m.unet, ns, fast_settings)
+    assert isinstance(big, np.memmap) and not isinstance(small, np.memmap)
+    assert np.array_equal(np.asarray(big), small)
+
+
+def test_neighbour_vectors_in_slices_equal_the_whole_set(tiny_model_dir, tiny_npz):
+    """Neighbour indexes are built slice by slice (never a whole-set float copy) with the same vectors."""
+    from mucs.method import neighbours
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    whole = neighbours.pixel_features(d.tensor())
+    assert np.array_equal(neighbours._in_slices(d, lambda idx: neighbours.pixel_features(d.tensor(idx)), rows=5), whole)
+    feats = neighbours.model_features(m, d.tensor(), d.label_tensor(), batch_size=4)
+    sliced = neighbours._in_slices(d, lambda idx: neighbours.model_features(m, d.tensor(idx), d.label_tensor(idx),
+                                                                            batch_size=4), rows=8)
+    assert np.allclose(sliced, feats, rtol=1e-5, atol=1e-6)
+
+
 def test_consistent_noise_gives_zero_skew_for_an_unchanged_model(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
     """With a step cap of 0 the 'unlearned' model is the original: consistent noise must give
     exactly zero skew; fresh noise (the ablation) does not."""

@@ -35,6 +35,9 @@ class Subset:
     def tensor(self, idx=None):
         return self.data.tensor(self.indices if idx is None else self.indices[np.asarray(idx)])
 
+    def uint8_tensor(self, idx):
+        return self.data.uint8_tensor(self.indices[np.asarray(idx)])
+
     def label_tensor(self, idx=None):
         return self.data.label_tensor(self.indices if idx is None else self.indices[np.asarray(idx)])
 

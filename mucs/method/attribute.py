@@ -110,6 +110,7 @@ class Attribution:
                    labels=labels, info={k: v for k, v in r.items() if k not in keys})
 
 
+MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items × K = 100) are memory-mapped
 SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
 
 
@@ -175,8 +176,17 @@ class Attributor:
         group = Group.current()
         part = rows if group is None else group.shard(rows)
         L = loss_matrix(unet, self.model, self.data, ns, s.eval_batch_size, report, stage, s.loss_weighting,
-                        s.sigma_data, items=part)
+                        s.sigma_data, items=part, out=self._matrix(len(part), len(ns)))
         return L if group is None else group.gather_rows(L, len(rows))
+
+    def _matrix(self, n: int, k: int):
+        """Where an (n, k) loss matrix is written: memory, or for a large one (≥ MEMMAP_BYTES) a
+        memory-mapped anonymous temporary file in the cache folder, gone when the array is."""
+        if n * k * 4 < MEMMAP_BYTES:
+            return None
+        import tempfile
+        os.makedirs(self.cache_dir, exist_ok=True)
+        return np.memmap(tempfile.TemporaryFile(dir=self.cache_dir), np.float32, "w+", shape=(n, k))
 
     def _cache_path(self, kind: str, key: str) -> str:
         return os.path.join(self.cache_dir, f"{kind}-{key}.npz")

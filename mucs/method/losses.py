@@ -1,4 +1,7 @@
 """Steps 1, 2 and 4: loss matrices over (training item, noise) and the null loss."""
+import os
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -11,14 +14,39 @@ def train_noise_for(model, s) -> TrainingNoise:
     return TrainingNoise(model.scheduler.alphas_cumprod, s.train_noise, s.sigma_min, s.sigma_max, s.p_mean, s.p_std)
 
 
+class _Chunks(torch.utils.data.Dataset):
+    """Chunk c of the rows as (positions, uint8 images (n, H, W, C), labels or None): what the
+    DataLoader hands to the loss loop, so the set travels as uint8 and becomes float on the device."""
+
+    def __init__(self, data, rows: np.ndarray, per_chunk: int):
+        self.data, self.rows, self.per_chunk = data, rows, per_chunk
+
+    def __len__(self):
+        return (len(self.rows) + self.per_chunk - 1) // self.per_chunk
+
+    def __getitem__(self, c):
+        pos = np.arange(c * self.per_chunk, min(len(self.rows), (c + 1) * self.per_chunk))
+        idx = self.rows[pos]
+        return torch.from_numpy(pos), self.data.uint8_tensor(idx), self.data.label_tensor(idx)
+
+
+def loader_workers(device) -> int:
+    """DataLoader workers for the loss loop: none on the CPU (they would take cores from the
+    forward passes), a few on a GPU (decoding and pinning overlap the device's work)."""
+    return 0 if torch.device(device).type == "cpu" else min(4, os.cpu_count() or 1)
+
+
 @torch.inference_mode()
 def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
-                stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5, items=None) -> np.ndarray:
+                stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5, items=None,
+                workers: Optional[int] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i (or the rows `items`) and every
     noise k of the set.
 
     Items are processed in chunks, each repeated K times, so one forward pass covers many
-    (item, noise) pairs; the noise tensors are exactly the noise set's, shared by all items.
+    (item, noise) pairs; the noise tensors are exactly the noise set's, shared by all items. The
+    chunks come through a DataLoader (`workers` processes, pinned memory on a GPU) as uint8 and are
+    scaled to [-1, 1] on the device; `out` may be a preallocated (e.g. memory-mapped) array.
     """
     dev = next(unet.parameters()).device
     ac = alphas_cumprod(model).to(dev)
@@ -26,19 +54,21 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
     K, N = len(noise_set), len(rows)
     t_all, eps_all = noise_set.timesteps.to(dev), noise_set.eps.to(dev)
     per_chunk = max(1, batch_size // K)
-    out = np.empty((N, K), np.float32)
-    for start in range(0, N, per_chunk):
-        pos = np.arange(start, min(N, start + per_chunk))
-        idx = rows[pos]
-        x0 = data.tensor(idx).to(dev).repeat_interleave(K, 0)
-        y = data.label_tensor(idx)
+    out = np.empty((N, K), np.float32) if out is None else out
+    workers = loader_workers(dev) if workers is None else workers
+    loader = torch.utils.data.DataLoader(_Chunks(data, rows, per_chunk), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=dev.type == "cuda")
+    for pos, u8, y in loader:
+        n = len(pos)
+        # the same arithmetic as sources.data.to_model_range, done where the model is
+        x0 = u8.to(dev, non_blocking=True).float().div(127.5).sub(1.0).movedim(-1, -3).repeat_interleave(K, 0)
         y = y.to(dev).repeat_interleave(K, 0) if (y is not None and model.num_classes) else None
-        t = t_all.repeat(len(idx))
-        eps = eps_all.repeat(len(idx), 1, 1, 1)
+        t = t_all.repeat(n)
+        eps = eps_all.repeat(n, 1, 1, 1)
         loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
-        out[pos] = loss.view(len(idx), K).float().cpu().numpy()
+        out[pos.numpy()] = loss.view(n, K).float().cpu().numpy()
         if report is not None:
-            report(stage, (pos[-1] + 1) / N)
+            report(stage, (int(pos[-1]) + 1) / N)
     return out
 
 

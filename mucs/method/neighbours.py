@@ -36,6 +36,13 @@ def model_features(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None
     return torch.cat(feats).numpy().astype(np.float32)
 
 
+def _in_slices(data, vectors_of, rows: int = 4096) -> np.ndarray:
+    """Vectors of every item, computed `rows` items at a time: the set is never converted to float
+    as a whole (a large or memory-mapped set stays uint8 until its slice is needed)."""
+    parts = [vectors_of(np.arange(s, min(len(data), s + rows))) for s in range(0, len(data), rows)]
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
 class NeighbourIndex:
     """An exact L2 faiss index over training-item vectors (pixels or model features)."""
 
@@ -47,11 +54,11 @@ class NeighbourIndex:
 
     @classmethod
     def pixels(cls, data: TrainingSet) -> "NeighbourIndex":
-        return cls(pixel_features(data.tensor()))
+        return cls(_in_slices(data, lambda idx: pixel_features(data.tensor(idx))))
 
     @classmethod
     def features(cls, model, data: TrainingSet, timestep: int = 100) -> "NeighbourIndex":
-        return cls(model_features(model, data.tensor(), data.label_tensor(), timestep))
+        return cls(_in_slices(data, lambda idx: model_features(model, data.tensor(idx), data.label_tensor(idx), timestep)))
 
     def search(self, queries: np.ndarray, k: int) -> tuple:
         """(distances, indices), each (n_queries, k), nearest first (squared L2)."""
