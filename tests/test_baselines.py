@@ -25,6 +25,26 @@ def test_ranks_and_rank_average():
         baselines.rank_average([np.zeros(2), np.zeros(3)])
 
 
+
+def _old_ranks(scores):
+    """Frozen copy of the hand-written average ranks that built the published ensemble rows."""
+    s = np.asarray(scores, np.float64)
+    n = len(s)
+    if n <= 1:
+        return np.ones(n)
+    uniq, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts) - 1
+    avg = ends - (counts - 1) / 2.0
+    return avg[inv] / (n - 1)
+
+
+def test_ranks_by_scipy_equal_the_hand_written_ones_bit_for_bit():
+    rng = np.random.default_rng(0)
+    cases = [rng.normal(size=500), rng.integers(0, 7, 500).astype(float), np.zeros(4), np.array([2.0]),
+             np.array([]), np.array([1.0, -0.0, 0.0, 3.0]), rng.normal(size=2)]
+    for s in cases:
+        assert np.array_equal(baselines.ranks(s), _old_ranks(s))
+
 def test_components_and_unknown_methods():
     assert baselines.components("mucs+pixel_nn") == ["mucs", "pixel_nn"]
     with pytest.raises(MucsError):

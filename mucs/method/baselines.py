@@ -114,14 +114,12 @@ REGISTRY.update(random=_random, pixel_nn=_pixel_nn, feature_nn=_feature_nn)
 
 def ranks(scores: np.ndarray) -> np.ndarray:
     """Normalised ranks in [0, 1] (1 = highest score), ties sharing their average rank."""
+    from scipy.stats import rankdata
     s = np.asarray(scores, np.float64)
     n = len(s)
     if n <= 1:
         return np.ones(n)
-    uniq, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts) - 1          # 0-based rank of the last copy of each unique value
-    avg = ends - (counts - 1) / 2.0       # average 0-based rank of each tie group
-    return avg[inv] / (n - 1)
+    return (rankdata(s, method="average") - 1) / (n - 1)
 
 
 def rank_average(score_lists) -> np.ndarray:
