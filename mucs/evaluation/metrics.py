@@ -48,6 +48,7 @@ def ssim(a, b, window: int = 7, sigma: float = 1.5, data_range: float = 1.0) -> 
 
     `a`, `b`: uint8 (n, H, W, C) (scaled to [0, 1]) or float arrays already in [0, 1].
     The window shrinks (odd size) when the images are smaller than it."""
+    # Ours, not skimage/torchmetrics: both filter with 11 taps at σ 1.5; at 16×16 the nearest is up to 0.031 off
     x, y = _as_float01(a), _as_float01(b)
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
