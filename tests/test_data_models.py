@@ -115,6 +115,31 @@ def test_per_item_loss_targets(pred):
     assert torch.allclose(got, ((target - xt) ** 2).flatten(1).mean(1))
 
 
+
+def test_ema_by_diffusers_follows_the_hand_written_rule():
+    """train() averages with diffusers' EMAModel (mucs.sources.train.ema_averager); the decays and the
+    averages are those of the rule it replaced (frozen here): d = min(decay, (1+s)/(10+s)) at step s."""
+    import copy
+    from mucs.sources.train import ema_averager
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Conv2d(4, 2, 1))
+    old = copy.deepcopy(net)
+    av = ema_averager(net.parameters(), 0.9)
+    for step in range(40):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        av.step(net.parameters())
+        with torch.no_grad():       # the old update rule
+            d = min(0.9, (1 + step) / (10 + step))
+            for pe, p in zip(old.parameters(), net.parameters()):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        assert av.cur_decay_value == pytest.approx(d, rel=1e-12)
+    got = copy.deepcopy(net)
+    av.copy_to(got.parameters())
+    for a, b in zip(got.parameters(), old.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
 @pytest.mark.parametrize("pred", ["v_prediction", "sample"])
 def test_unconditional_rgb_model_end_to_end(tmp_path, pred):
     images, _ = make_images(n=12, channels=3)

@@ -109,6 +109,15 @@ def build_unet(opts: TrainOptions, size: int, channels: int, num_classes: Option
                        num_class_embeds=num_classes, norm_num_groups=min(32, min(opts.channels)))
 
 
+def ema_averager(parameters, decay: float):
+    """diffusers' EMAModel over `parameters`, with the recipe's decay: min(decay, k/(9+k)) at the k-th
+    update (1 − (1 + k/9)^−1 with update_after_step=−1, inv_gamma=9, power=1). Its default warm-up
+    would use decay 0 at the first update and (1+s)/(10+s) one update late."""
+    from diffusers.training_utils import EMAModel
+    return EMAModel(parameters, decay=float(decay), min_decay=0.0, update_after_step=-1, use_ema_warmup=True,
+                    inv_gamma=9.0, power=1.0, foreach=True)
+
+
 def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cpu", progress=None, cancel=None,
           exclude: Optional[np.ndarray] = None, force: bool = False) -> dict:
     """Train from scratch, deterministically for a given seed and `exclude` set (indices left out),
@@ -136,9 +145,10 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
         raise MucsError(f"cannot build a UNet with channels {','.join(map(str, opts.channels))}: "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
     unet = unet.to(device).train()
-    ema = copy.deepcopy(unet).eval()
+    ema = copy.deepcopy(unet).eval()      # the saved model: the averages are copied into it before each save
     for p in ema.parameters():
         p.requires_grad_(False)
+    averager = ema_averager(unet.parameters(), opts.ema_decay)
     sched = DDPMScheduler(num_train_timesteps=opts.num_train_timesteps, beta_schedule=opts.beta_schedule,
                           prediction_type=opts.prediction_type)
     ac = sched.alphas_cumprod.to(torch.float32).to(device)
@@ -160,10 +170,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         warm.step()
-        with torch.no_grad():
-            d = min(opts.ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        averager.step(unet.parameters())
         window.append(float(loss.detach()))
         if not math.isfinite(window[-1]):
             raise MucsError(f"non-finite values in the training loss during training (step {step + 1}: "
@@ -174,10 +181,12 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
             window = []
             report("training", (step + 1) / opts.steps, step=step + 1, loss=losses[-1]["loss"])
         if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < opts.steps:
+            averager.copy_to(ema.parameters())
             save_model(ema, sched, _record(opts, data, keep, losses, t_start, unet, device, step + 1), out_dir,
                        force=force)
             force = False   # replaced once: from now on out_dir holds our model
     record = _record(opts, data, keep, losses, t_start, unet, device, opts.steps)
+    averager.copy_to(ema.parameters())
     save_model(ema.cpu(), sched, record, out_dir, force=force)
     return record
 
