@@ -153,6 +153,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
                           prediction_type=opts.prediction_type)
     ac = sched.alphas_cumprod.to(torch.float32).to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    # torch's LambdaLR, not diffusers' constant_with_warmup: that one takes its first step at lr 0 (weights 0.003 off in 15 steps)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, opts.warmup_steps)))
     shape = (data.channels, data.size, data.size)
     images = data.tensor(keep)
