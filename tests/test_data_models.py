@@ -116,6 +116,26 @@ def test_per_item_loss_targets(pred):
 
 
 
+@pytest.mark.parametrize("kind", ["DDPMScheduler", "DDIMScheduler"])
+def test_per_item_loss_noises_as_diffusers_add_noise_and_get_velocity(kind):
+    """per_item_loss keeps its own x_t and v (see the comment there); for the DDPM/DDIM schedulers they
+    are diffusers' add_noise and get_velocity bit for bit."""
+    import diffusers
+    sched = getattr(diffusers, kind)(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    seen = []
+
+    class Zero(torch.nn.Module):    # records x_t, predicts 0: the loss is then mean(target²)
+        def forward(self, x, t, class_labels=None):
+            seen.append(x)
+            return type("O", (), {"sample": torch.zeros_like(x)})()
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(16, 3, 8, 8, generator=g) * 2 - 1, torch.randn(16, 3, 8, 8, generator=g)
+    t = torch.randint(0, 1000, (16,), generator=g)
+    ac = sched.alphas_cumprod.to(torch.float32)
+    got_v = per_item_loss(Zero(), ac, "v_prediction", x0, None, t, eps)
+    assert torch.equal(seen[0], sched.add_noise(x0, eps, t))
+    assert torch.equal(got_v, (sched.get_velocity(x0, eps, t) ** 2).flatten(1).mean(1))
+
 def test_ema_by_diffusers_follows_the_hand_written_rule():
     """train() averages with diffusers' EMAModel (mucs.sources.train.ema_averager); the decays and the
     averages are those of the rule it replaced (frozen here): d = min(decay, (1+s)/(10+s)) at step s."""

@@ -255,6 +255,7 @@ def per_item_loss(unet: torch.nn.Module, ac: torch.Tensor, prediction_type: str,
     through the model's own error: for ε it is (1 + σ²/σ_d²)·‖ε̂ − ε‖² (MUCS.md, "Reference details").
     """
     a = ac[t].view(-1, 1, 1, 1)
+    # Not scheduler.add_noise/get_velocity: an Euler scheduler gives x0 + σε; add_noise moves the scheduler's ᾱ to x0's device
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     pred = unet(x_t, t, class_labels=y).sample
     if prediction_type == "epsilon":
