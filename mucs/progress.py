@@ -1,4 +1,4 @@
-"""One progress interface for the CLI (a text bar) and the app (live plots), and an overall,
+"""One progress interface for the CLI (a text bar, drawn by tqdm) and the app (live plots), and an overall,
 never-decreasing progress with a remaining-time estimate over the stages of one attribution."""
 import sys
 import threading
@@ -36,30 +36,34 @@ class Reporter:
 
 
 class TextBar:
-    """A progress callback drawing one bar per stage on stderr (used by the CLI)."""
+    """A progress callback drawing one bar per stage (tqdm) on `stream`, stderr by default (used by the
+    CLI): the stage, the bar, the percentage, the stage's figures and tqdm's elapsed<remaining time."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
+    def __init__(self, stream=None, width: int = 30):
         self.stream, self.width = stream, width
-        self.stage, self.last = None, 0.0
+        self.stage, self.bar = None, None
 
     def __call__(self, ev: ProgressEvent):
-        now = time.monotonic()
-        if ev.stage != self.stage:
-            if self.stage is not None:
-                self.stream.write("\n")
-            self.stage, self.last = ev.stage, 0.0
-        elif ev.fraction < 1.0 and now - self.last < 0.2:
-            return
-        self.last = now
-        filled = int(ev.fraction * self.width)
+        from tqdm import tqdm
+        new = ev.stage != self.stage
+        if new:
+            self.close()
+            self.stage = ev.stage
+            self.bar = tqdm(total=1.0, desc=f"{ev.stage:<18}", file=self.stream or sys.stderr, ascii=".#",
+                            mininterval=0.2, miniters=0, dynamic_ncols=False,
+                            bar_format="{desc} [{bar:%d}] {percentage:5.1f}%%{postfix}  {elapsed}<{remaining}" % self.width)
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.info.items())
-        self.stream.write(f"\r{ev.stage:<18} [{'#' * filled}{'.' * (self.width - filled)}] {ev.fraction:6.1%} {extra}   ")
-        self.stream.flush()
+        self.bar.set_postfix_str(extra, refresh=False)
+        if new or ev.fraction >= 1.0:          # a stage's first and last report are always drawn
+            self.bar.n = ev.fraction
+            self.bar.refresh()
+        else:                                  # tqdm draws at most every 0.2 s
+            self.bar.update(ev.fraction - self.bar.n)
 
     def close(self):
-        if self.stage is not None:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # The stages of one attribution, in the order they run, with their usual share of the time on a CPU

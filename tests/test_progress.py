@@ -28,6 +28,50 @@ def test_progress_events_and_text_bar(tiny_model_dir, tiny_npz, fast_settings, t
     assert "unlearning" in buf.getvalue() and "100.0%" in buf.getvalue()
 
 
+
+class _OldTextBar:
+    """Frozen copy of the hand-written bar that tqdm replaced (its throttle left out)."""
+
+    def __init__(self, stream, width=30):
+        self.stream, self.width, self.stage = stream, width, None
+
+    def __call__(self, ev):
+        if ev.stage != self.stage:
+            if self.stage is not None:
+                self.stream.write("\n")
+            self.stage = ev.stage
+        filled = int(ev.fraction * self.width)
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.info.items())
+        self.stream.write(f"\r{ev.stage:<18} [{'#' * filled}{'.' * (self.width - filled)}] {ev.fraction:6.1%} {extra}   ")
+
+
+def _last_frames(text):
+    """(stage, bar, percentage, figures) of the last frame drawn for each stage."""
+    import re
+    out = {}
+    for frame in text.replace("\n", "\r").split("\r"):
+        m = re.match(r"(.{18}) \[([#.]+)\] +([\d.]+%),? ?(.*?)(?: +\d\d:\d\d<.*)?\s*$", frame)
+        if m:
+            out[m.group(1).strip()] = (m.group(2), m.group(3), m.group(4).strip())
+    return out
+
+
+def test_tqdm_bar_shows_what_the_hand_written_bar_showed():
+    from mucs.progress import ProgressEvent
+    events = [ProgressEvent("original losses", f, {}) for f in (0.0, 0.37, 1.0)]
+    events += [ProgressEvent("unlearning", f, dict(step=i, loss_f=0.5 / (i + 1), loss_null=1.25))
+               for i, f in enumerate((0.1, 0.4, 0.9, 0.85, 1.0))]
+    events += [ProgressEvent("unlearned losses", 0.999, {})]      # a stage that ends before reaching 100 %
+    old, new = io.StringIO(), io.StringIO()
+    bar, ref = TextBar(stream=new), _OldTextBar(old)
+    for e in events:
+        bar(e)
+        ref(e)
+    bar.close()
+    got, want = _last_frames(new.getvalue()), _last_frames(old.getvalue())
+    assert got == want and set(got) == {"original losses", "unlearning", "unlearned losses"}
+    assert got["unlearning"] == ("#" * 30, "100.0%", "step=4 loss_f=0.1 loss_null=1.25")
+
 def test_cancel_raises_and_writes_no_cache(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
     m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
     cancel = threading.Event()
