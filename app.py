@@ -9,7 +9,8 @@ Every callback calls the library (mucs.explorer: state, why, compare, report); h
 (sampling, attribution, replaying an unlearning) shares one queue slot; a heavy request that runs
 longer than --max-request-seconds (default 900) is stopped, and an attribution shows a job id that
 any client can cancel it by (`/cancel` with that id). Runs are stored in --runs (default runs/ in the
-repository, or $MUCS_RUNS_DIR).
+repository, or $MUCS_RUNS_DIR). HTTP API (README, "HTTP API"): /attribute takes (label, settings), settings
+being one dict of mucs.Settings fields; the page's settings widgets (SETTING_WIDGETS) fill in that dict.
 """
 import argparse
 import functools
@@ -29,6 +30,7 @@ from mucs.explorer import texts
 from mucs.sources.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
 from mucs.explorer.state import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
+from mucs.settings import LOSS_WEIGHTINGS, TRAIN_NOISE_KINDS  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
@@ -36,6 +38,37 @@ IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"
 HISTORY_HEADERS = HISTORY_COLUMNS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger("mucs.app")
+
+# The settings the page shows, row by row: (mucs.Settings field, its widget given the settings in force
+# and the training-set size). The page gathers them into ONE dict by field name, the `settings` parameter
+# of /attribute, so a row added here adds a widget and leaves the API's parameters as they are
+# (tests/test_app.py checks it; tests/test_settings_source.py checks the fields against mucs.Settings).
+SETTING_WIDGETS = [
+    [("top_k", lambda s, n: gr.Number(s.top_k, precision=0, label=f"top-k (1..{n})", elem_id="set-top-k")),
+     ("noises", lambda s, n: gr.Number(s.noises, precision=0, label="noises K", elem_id="set-noises")),
+     ("noise_fraction", lambda s, n: gr.Number(s.noise_fraction, label="noise fraction f", elem_id="set-f")),
+     ("lam", lambda s, n: gr.Number(s.lam, label="λ (forget weight)", elem_id="set-lam")),
+     ("tol", lambda s, n: gr.Number(s.tol, label="τ (stop tolerance)", elem_id="set-tol")),
+     ("max_steps", lambda s, n: gr.Number(s.max_steps, precision=0, label="step cap", elem_id="set-max-steps")),
+     ("seed", lambda s, n: gr.Number(s.seed, precision=0, label="seed", elem_id="set-seed"))],
+    [("bounded", lambda s, n: gr.Checkbox(s.bounded, label="bounded forget loss", elem_id="set-bounded")),
+     ("retain", lambda s, n: gr.Checkbox(s.retain, label="retain term", elem_id="set-retain")),
+     ("consistent_noise", lambda s, n: gr.Checkbox(s.consistent_noise, label="consistent noise",
+                                                   elem_id="set-consistent")),
+     ("normalised", lambda s, n: gr.Checkbox(s.normalised, label="normalised skew", elem_id="set-normalised"))],
+    [("sigma_min", lambda s, n: gr.Number(s.sigma_min, label="σ min of the noise grid", elem_id="set-sigma-min")),
+     ("sigma_max", lambda s, n: gr.Number(s.sigma_max, label="σ max of the noise grid", elem_id="set-sigma-max")),
+     ("train_noise", lambda s, n: gr.Dropdown(list(TRAIN_NOISE_KINDS), value=s.train_noise,
+                                              label="training-time noise (unlearning, L_null)",
+                                              elem_id="set-train-noise")),
+     ("loss_weighting", lambda s, n: gr.Dropdown(list(LOSS_WEIGHTINGS), value=s.loss_weighting,
+                                                 label="loss weighting", elem_id="set-loss-weighting"))],
+]
+
+
+def setting_keys() -> list:
+    """The Settings fields the page shows a widget for, in page order."""
+    return [name for row in SETTING_WIDGETS for name, _ in row]
 
 
 def _user_error(fn, e) -> gr.Error:
@@ -155,15 +188,19 @@ def build(ex: Explorer) -> gr.Blocks:
         return f"{head} · overall {o.fraction:.0%} `{bar}`" + (
             f" · about {_secs(o.remaining)} left" if o.remaining is not None and o.fraction < 1 else "")
 
+    def on_settings(*values):
+        """The page's settings widgets gathered into the one settings dict /attribute takes (an emptied
+        box is left out: the model's recommended value)."""
+        return {k: v for k, v in zip(setting_keys(), values) if v is not None}
+
     @user_errors
-    def on_attribute(q, label, top_k, noises, fraction, lam, tol, max_steps, seed, bounded, retain, consistent,
-                     normalised, sigma_min=None, sigma_max=None, train_noise=None, loss_weighting=None,
-                     request: gr.Request = None, progress=gr.Progress()):
+    def on_attribute(q, label, settings=None, request: gr.Request = None, progress=gr.Progress()):
+        """Attribute the session's query (made by /generate, /upload or /use_training) as class `label`;
+        `settings` is a dict of mucs.Settings overrides by field name (missing: the model's
+        recommended value; an unknown or wrong one: an error, nothing run). Streams the stage, then the
+        results; the first update carries the job id that /cancel takes."""
+        st = ex.user_settings(settings)
         q = ex.with_label(q, label)
-        st = ex.user_settings(dict(top_k=top_k, noises=noises, noise_fraction=fraction, lam=lam, tol=tol,
-                                   max_steps=max_steps, seed=seed, bounded=bounded, retain=retain,
-                                   consistent_noise=consistent, normalised=normalised, sigma_min=sigma_min,
-                                   sigma_max=sigma_max, train_noise=train_noise, loss_weighting=loss_weighting))
         with ex.job(_session(request)) as job:
             # the job id first: any client can cancel this attribution with /cancel and this id
             yield {status: f"**starting**: job `{job.id}`", job_box: job.id}
@@ -344,27 +381,13 @@ def build(ex: Explorer) -> gr.Blocks:
                         query_class = gr.Dropdown(choices, value=None, label="Query class", visible=conditional,
                                                   elem_id="query-class")
                 with gr.Accordion("Settings", open=False, elem_id="settings"):
-                    with gr.Row():
-                        top_k = gr.Number(s.top_k, precision=0, label=f"top-k (1..{n_train})", elem_id="set-top-k")
-                        noises = gr.Number(s.noises, precision=0, label="noises K", elem_id="set-noises")
-                        fraction = gr.Number(s.noise_fraction, label="noise fraction f", elem_id="set-f")
-                        lam = gr.Number(s.lam, label="λ (forget weight)", elem_id="set-lam")
-                        tol = gr.Number(s.tol, label="τ (stop tolerance)", elem_id="set-tol")
-                        max_steps = gr.Number(s.max_steps, precision=0, label="step cap", elem_id="set-max-steps")
-                        seed = gr.Number(s.seed, precision=0, label="seed", elem_id="set-seed")
-                    with gr.Row():
-                        bounded = gr.Checkbox(s.bounded, label="bounded forget loss", elem_id="set-bounded")
-                        retain = gr.Checkbox(s.retain, label="retain term", elem_id="set-retain")
-                        consistent = gr.Checkbox(s.consistent_noise, label="consistent noise", elem_id="set-consistent")
-                        normalised = gr.Checkbox(s.normalised, label="normalised skew", elem_id="set-normalised")
-                    with gr.Row():
-                        sigma_min = gr.Number(s.sigma_min, label="σ min of the noise grid", elem_id="set-sigma-min")
-                        sigma_max = gr.Number(s.sigma_max, label="σ max of the noise grid", elem_id="set-sigma-max")
-                        train_noise = gr.Dropdown(["uniform", "uniform_range", "lognormal"], value=s.train_noise,
-                                                  label="training-time noise (unlearning, L_null)",
-                                                  elem_id="set-train-noise")
-                        loss_weighting = gr.Dropdown(["none", "edm"], value=s.loss_weighting, label="loss weighting",
-                                                     elem_id="set-loss-weighting")
+                    setting_widgets = []
+                    for row in SETTING_WIDGETS:
+                        with gr.Row():
+                            setting_widgets += [widget(s, n_train) for _, widget in row]
+                # the one settings value /attribute takes: the widgets' values by field name, gathered at
+                # each click (an API client passes its own dict; {} = the model's recommended settings)
+                settings_box = gr.JSON({}, label="settings", visible="hidden", elem_id="settings-json")
                 with gr.Row():
                     attr_btn = gr.Button("Attribute", variant="primary", elem_id="attribute-btn")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -482,12 +505,11 @@ def build(ex: Explorer) -> gr.Blocks:
         upload.upload(on_upload, [upload], query_outputs, api_name="upload", show_progress="hidden").failure(
             on_upload_refused, None, [upload], api_name="clear_upload", queue=False)
         train_btn.click(on_training, [train_index], query_outputs, api_name="use_training")
-        attr_ev = attr_btn.click(on_attribute, [query_state, query_class, top_k, noises, fraction, lam, tol, max_steps,
-                                                seed, bounded, retain, consistent, normalised, sigma_min, sigma_max,
-                                                train_noise, loss_weighting],
-                                 [status, live_curve, tabs] + result_components + history_components + [job_box],
-                                 api_name="attribute", concurrency_id=HEAVY, concurrency_limit=1,
-                                 show_progress="minimal")
+        attr_ev = attr_btn.click(on_settings, setting_widgets, [settings_box], api_name="page_settings",
+                                 api_visibility="private", queue=False, show_progress="hidden").success(
+            on_attribute, [query_state, query_class, settings_box],
+            [status, live_curve, tabs] + result_components + history_components + [job_box],
+            api_name="attribute", concurrency_id=HEAVY, concurrency_limit=1, show_progress="minimal")
         replay_ev = replay_btn.click(on_replay, [run_box, why_index], why_components, api_name="why_replay",
                                      concurrency_id=HEAVY, concurrency_limit=1)
         cancel_btn.click(on_cancel, [job_box], [status], api_name="cancel", cancels=[gen_ev, attr_ev, replay_ev],

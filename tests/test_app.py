@@ -1,5 +1,6 @@
 """The Gradio app: event functions called directly, and a launched app driven with gradio_client
 (generate → attribute → overlap of two queries → export), on a tiny model."""
+import contextlib
 import csv
 import json
 import os
@@ -19,7 +20,10 @@ from mucs.sources.data import MAX_IMAGE_BYTES  # noqa: E402
 from mucs.explorer import Explorer  # noqa: E402
 
 FAST = dict(noises=16, batch_size=32, null_batches=10, null_batch_size=32, max_steps=8, top_k=5)
-ATTR_ARGS = (5, 16, 0.7, 0.2, 0.05, 8, 0, True, True, True, True)   # top_k .. normalised as the UI sends them
+# the settings dict /attribute takes (mucs.Settings field: value), here as the page sends it
+ATTR = dict(top_k=5, noises=16, noise_fraction=0.7, lam=0.2, tol=0.05, max_steps=8, seed=0, bounded=True,
+            retain=True, consistent_noise=True, normalised=True)
+LONG_RUN = dict(ATTR, tol=0.0, max_steps=10_000)    # τ = 0: runs to the step cap, a long run to cancel
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +130,13 @@ def test_missing_class_and_missing_query_are_refused(env):
     before = runs_on_disk(ex)
     q = ex.training_item(3)
     with pytest.raises(gr.Error, match="class"):
-        list(fns["attribute"].fn(q, None, *ATTR_ARGS, request=request()))
+        list(fns["attribute"].fn(q, None, ATTR, request=request()))
     with pytest.raises(gr.Error, match="no query"):
-        list(fns["attribute"].fn(None, 1, *ATTR_ARGS, request=request()))
+        list(fns["attribute"].fn(None, 1, ATTR, request=request()))
     with pytest.raises(gr.Error, match="out of range"):
-        list(fns["attribute"].fn(q, 9, *ATTR_ARGS, request=request()))
+        list(fns["attribute"].fn(q, 9, ATTR, request=request()))
     with pytest.raises(gr.Error, match="top-k"):
-        list(fns["attribute"].fn(q, 1, 0, *ATTR_ARGS[1:], request=request()))
+        list(fns["attribute"].fn(q, 1, dict(ATTR, top_k=0), request=request()))
     with pytest.raises(gr.Error, match="choose a class"):
         fns["generate"].fn(None, 0, 1, 5, request())
     with pytest.raises(gr.Error, match="out of range"):
@@ -144,8 +148,7 @@ def test_cancel_leaves_nothing_half_written(env):
     ex, _, fns, _ = env
     before = runs_on_disk(ex)
     q = ex.training_item(1)
-    long_run = (5, 16, 0.7, 0.2, 0.0, 10_000, 0, True, True, True, True)
-    gen = fns["attribute"].fn(q, int(q.label), *long_run, request=request())
+    gen = fns["attribute"].fn(q, int(q.label), LONG_RUN, request=request())
     first = next(gen)
     assert first
     assert fns["cancel"].fn(request()).startswith("**cancelled")
@@ -176,7 +179,7 @@ def test_attribute_open_export_direct(env, tmp_path):
     ex, _, fns, _ = env
     qs, gallery, q, img, info, cls = fns["generate"].fn(2, 5, 2, 10, request())
     assert len(qs) == 2 and len(gallery) == 2 and gallery[0][0].size == (128, 128) and cls["value"] == 2
-    outs = list(fns["attribute"].fn(q, 2, *ATTR_ARGS, request=request()))
+    outs = list(fns["attribute"].fn(q, 2, ATTR, request=request()))
     final = by_id(outs[-1])
     run_id = final["run-id"]
     assert run_id in ex.store.ids() and len(final["topk-gallery"]) == 5
@@ -299,7 +302,7 @@ def test_settings_are_validated_with_clear_messages(env, tiny_model_dir, tiny_np
             Explorer(tiny_model_dir, tiny_npz, bad, runs_dir=str(tmp_path / "r"), examples_dir=None)
     q = ex.training_item(3)
     with pytest.raises(gr.Error, match="more than the 32 training images"):
-        list(fns["attribute"].fn(q, 3, 33, *ATTR_ARGS[1:], request=request()))
+        list(fns["attribute"].fn(q, 3, dict(ATTR, top_k=33), request=request()))
 
 
 def test_user_errors_are_one_log_line(env, caplog, tmp_path):
@@ -357,7 +360,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
             assert len(gallery) == 2 and "generated" in info
             with Image.open(query_png) as im:
                 assert im.format == "PNG"
-            out = c.predict(label, *ATTR_ARGS, api_name="/attribute")
+            out = c.predict(label, ATTR, api_name="/attribute")
             assert out[0].startswith("**done**")
             run_ids.append(out[2])
         table, run_select, _ = c.predict(api_name="/list_runs")
@@ -392,7 +395,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         assert runs_on_disk(ex) == before
         assert c.predict(5, api_name="/use_training")[1].startswith("Query: training")
         # cancel a long attribution from the same session: it stops, nothing is saved
-        job = c.submit(1, 5, 16, 0.7, 0.2, 0.0, 10_000, 0, True, True, True, True, api_name="/attribute")
+        job = c.submit(1, LONG_RUN, api_name="/attribute")
         t0 = time.time()
         while not list(job.outputs()) and time.time() - t0 < 30:   # wait for the first live update
             time.sleep(0.1)
@@ -406,6 +409,89 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         assert runs_on_disk(ex) == before
     finally:
         demo.close()
+
+
+@contextlib.contextmanager
+def launched(ex, tmp_path):
+    """The app of `ex` served on a free port, and a gradio_client Client of it."""
+    from gradio_client import Client
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+    finally:
+        demo.close()
+
+
+def attribute_parameters(c) -> list:
+    """/attribute's parameters as a client sees them (gradio_client's view_api)."""
+    return c.view_api(print_info=False, return_format="dict")["named_endpoints"]["/attribute"]["parameters"]
+
+
+def run_settings(ex, out) -> dict:
+    assert out[0].startswith("**done**"), out[0]
+    return ex.store.load(out[2]).settings
+
+
+def test_client_attribute_takes_one_settings_dict(env, tmp_path):
+    """/attribute takes (label, settings): settings is a dict of mucs.Settings fields, {} (or nothing)
+    means the model's recommended settings, a partial dict changes only what it names; an unknown
+    key, a wrong type or a setting the app does not take per run is one clear error and runs nothing."""
+    from mucs.explorer.state import USER_SETTINGS
+    ex, _, _, _ = env
+    recommended = {k: getattr(ex.settings, k) for k in USER_SETTINGS}
+    with launched(ex, tmp_path) as c:
+        params = attribute_parameters(c)
+        assert [p["parameter_name"] for p in params] == ["label", "settings"]
+        assert params[1]["component"] == "Json" and params[1]["parameter_has_default"]
+        assert params[1]["parameter_default"] == {}
+        assert "/page_settings" not in c.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        label = int(ex.training_item(5).label)
+        c.predict(5, api_name="/use_training")
+        got = run_settings(ex, c.predict(label, {}, api_name="/attribute"))
+        assert {k: got[k] for k in USER_SETTINGS} == recommended
+        got = run_settings(ex, c.predict(label, {"top_k": 3, "lam": 0.3}, api_name="/attribute"))
+        assert {k: got[k] for k in USER_SETTINGS} == dict(recommended, top_k=3, lam=0.3)
+        got = run_settings(ex, c.predict(label=label, api_name="/attribute"))      # settings left out
+        assert {k: got[k] for k in USER_SETTINGS} == recommended
+        before = runs_on_disk(ex)
+        for bad, msg in (({"nosies": 4}, r"settings: unknown setting 'nosies' \(did you mean 'noises'\?\)"),
+                         ({"top_k": "many"}, 'settings: top_k must be an integer, got "many"'),
+                         ({"batch_size": 8}, "settings: batch_size is not chosen per run in this app"),
+                         ([5, 16], "settings must be a JSON object")):
+            with pytest.raises(Exception, match=msg) as e:
+                c.predict(label, bad, api_name="/attribute")
+            assert "\n" not in str(e.value).strip()
+        assert runs_on_disk(ex) == before and ex.running_jobs() == []
+
+
+def test_adding_a_setting_keeps_clients_working(env, tmp_path, monkeypatch):
+    """A client written against /attribute keeps working, unchanged, when the page gets a widget for
+    one more setting (here ρ, put first): the endpoint's parameters stay (label, settings) and the
+    same call gives the same settings; only a client that names the new setting gets it."""
+    from mucs.explorer import state
+    ex, _, _, _ = env
+    label = int(ex.training_item(6).label)
+
+    def client_calls(c):
+        c.predict(6, api_name="/use_training")
+        return run_settings(ex, c.predict(label, {"top_k": 4}, api_name="/attribute"))
+
+    with launched(ex, tmp_path) as c:
+        before_params, before = attribute_parameters(c), client_calls(c)
+    rho = ("rho", lambda s, n: gr.Number(s.rho, label="ρ of the noise grid", elem_id="set-rho"))
+    monkeypatch.setattr(app, "SETTING_WIDGETS", [[rho] + app.SETTING_WIDGETS[0]] + app.SETTING_WIDGETS[1:])
+    monkeypatch.setattr(state, "USER_SETTINGS", state.USER_SETTINGS + ("rho",))
+    demo = app.build(ex)
+    page = {f.api_name: f for f in demo.fns.values()}["page_settings"]
+    widgets = [b.value for b in page.inputs]
+    assert len(page.inputs) == len(app.setting_keys()) and page.fn(*widgets)["rho"] == ex.settings.rho
+    with launched(ex, tmp_path) as c:
+        assert attribute_parameters(c) == before_params
+        after = client_calls(c)
+        assert after == before and after["top_k"] == 4
+        assert run_settings(ex, c.predict(label, {"rho": 5.0}, api_name="/attribute"))["rho"] == 5.0
 
 
 def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):

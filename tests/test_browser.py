@@ -129,6 +129,13 @@ def test_browser_flow(served, tmp_path):
             page.locator("#query-image img").wait_for()
             sync_api.expect(page.locator("#query-info")).to_contain_text("generated")
             shot(page, "01-query.png")
+            # the settings widgets feed the one settings dict of /attribute: an edited widget reaches the run
+            settings = page.locator("#settings").get_by_text("Settings", exact=True).first
+            settings.click()
+            lam = page.locator("#set-lam input")
+            lam.fill("0.25")
+            lam.press("Tab")
+            sync_api.expect(lam).to_have_value("0.25")
             # attribute: the overall progress only grows; the Results tab opens with gallery and plots
             page.locator("#attribute-btn").click()
             seen, polls = [], 0
@@ -147,6 +154,7 @@ def test_browser_flow(served, tmp_path):
             sync_api.expect(page.locator("#results-empty")).to_be_hidden()
             # captions: rank · index · class · score, whole (not cut with an ellipsis)
             att = ex.store.load(run_id)
+            assert (att.settings["lam"], att.settings["top_k"]) == (0.25, ex.settings.top_k), (att.settings, lam.input_value())
             cap = page.locator("#topk-gallery .caption-label").first
             sync_api.expect(cap).to_contain_text(f"#1 · {int(att.top[0])}")
             sync_api.expect(cap).to_contain_text(f"{att.scores[att.top[0]]:.4f}")
@@ -191,6 +199,7 @@ def test_browser_flow(served, tmp_path):
             # a text file named .png: a clear message, no Python reprs, the file box emptied, nothing saved
             before = sorted(ex.store.ids())
             page.get_by_role("tab", name="Query & attribute").click()
+            settings.click()                       # close the Settings opened above (as on the screenshots)
             page.get_by_role("tab", name="Upload").click()
             bad = tmp_path / "notes.png"
             bad.write_text("this is not an image\n")

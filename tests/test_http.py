@@ -5,6 +5,7 @@ another client, the per-request time and step limits, and a bounded load test (n
 import http.client
 import json
 import os
+import re
 import socket
 import statistics
 import threading
@@ -24,7 +25,7 @@ from mucs.explorer import Explorer  # noqa: E402
 
 AUTH = ("alice", "s3cret-pass")
 SMALL = dict(noises=8, null_batches=2, null_batch_size=16, batch_size=16, max_steps=4, top_k=5)
-LONG = (5, 16, 0.7, 0.2, 0.0, 10_000, 0, True, True, True, True)    # top_k .. normalised: τ = 0, a long run
+LONG = dict(top_k=5, noises=16, tol=0.0, max_steps=10_000)    # the settings dict of /attribute: τ = 0, a long run
 SECRET = "top secret: never served"
 
 
@@ -168,6 +169,35 @@ def test_run_ids_made_after_start_up_work_without_a_list_call(served):
         c.predict([a, "../../etc"], api_name="/overlap")
 
 
+# --- /attribute over plain HTTP (the README's curl example) -------------------------------------------
+def call(port, api, data, cookie, session):
+    """One call as the README's curl example makes it: POST /gradio_api/call/<api> with the data and a
+    session of the caller's choosing, then GET its event stream. (last event, its data)."""
+    h = {"Cookie": cookie, "Content-Type": "application/json"}
+    status, body, _ = raw(port, "POST", f"/gradio_api/call/{api}", h, json.dumps(dict(data=data, session_hash=session)))
+    assert status == 200, body[:300]
+    status, body, _ = raw(port, "GET", f"/gradio_api/call/{api}/{json.loads(body)['event_id']}", h)
+    events = [e for e in re.findall(r"event: (\w+)\ndata: (.*)", body.decode()) if e[0] != "heartbeat"]
+    assert status == 200 and events, body[:300]
+    return events[-1][0], json.loads(events[-1][1])
+
+
+def test_attribute_over_plain_http_takes_a_settings_dict(served):
+    port, ex = served["port"], served["ex"]
+    _, cookie = login(port)
+    session = "curl-example"            # the query made by /use_training stays in this session
+    assert call(port, "use_training", [5], cookie, session)[0] == "complete"
+    label, before = int(ex.training_item(5).label), set(ex.store.ids())
+    event, data = call(port, "attribute", [label, {"nosies": 4}], cookie, session)
+    assert event == "error" and "unknown setting 'nosies' (did you mean 'noises'?)" in json.dumps(data)
+    assert set(ex.store.ids()) == before
+    event, data = call(port, "attribute", [label, {"top_k": 3}], cookie, session)
+    assert event == "complete" and data[0].startswith("**done**")
+    (rid,) = set(ex.store.ids()) - before
+    assert rid in data and ex.store.load(rid).settings["top_k"] == 3
+    assert ex.store.load(rid).settings["noises"] == SMALL["noises"]      # the rest: the recommended settings
+
+
 # --- cancel by job id, time and step limits -------------------------------------------------------------
 def _no_worker_left(timeout=60):
     t0 = time.time()
@@ -181,7 +211,7 @@ def test_cancel_by_job_id_from_another_client(served):
     before = ex.store.ids()
     c1, c2 = client(served), client(served)
     c1.predict(5, api_name="/use_training")
-    job = c1.submit(1, *LONG, api_name="/attribute")
+    job = c1.submit(1, LONG, api_name="/attribute")
     job_id, t0 = None, time.time()
     while job_id is None and time.time() - t0 < 120:      # the job id comes with the first update
         ids = [o[-1] for o in job.outputs() if o and o[-1]]
@@ -202,7 +232,7 @@ def test_request_time_limit_stops_a_runaway_attribution_and_frees_the_slot(serve
     monkeypatch.setattr(ex, "max_request_seconds", 1.0)
     q = ex.training_item(5)
     with pytest.raises(gr.Error, match=r"stopped after 1 s: .*longer than 1 s .*--max-request-seconds"):
-        for _ in fns["attribute"].fn(q, int(q.label), *LONG, request=gr.Request()):
+        for _ in fns["attribute"].fn(q, int(q.label), LONG, request=gr.Request()):
             pass
     assert _no_worker_left() and ex.running_jobs() == [] and ex.store.ids() == before
     # the heavy slot is free again: the next heavy request over HTTP runs
@@ -213,14 +243,14 @@ def test_request_time_limit_stops_a_runaway_attribution_and_frees_the_slot(serve
 def test_step_cap_and_memory_limits_are_clean_errors(served):
     ex, fns = served["ex"], served["fns"]
     q = ex.training_item(5)
-    for args, msg in (((5, 16, 0.7, 0.2, 0.0, 10**12, 0, True, True, True, True), "above this app's limit of 10000"),
-                      ((5, 10**9, 0.7, 0.2, 0.05, 8, 0, True, True, True, True), r"needs ~[\d.]+ [KMGT]iB"),
-                      ((5, 16, 1e-300, 0.2, 0.05, 8, 0, True, True, True, True), "")):
+    for settings, msg in ((dict(top_k=5, noises=16, tol=0.0, max_steps=10**12), "above this app's limit of 10000"),
+                          (dict(top_k=5, noises=10**9), r"needs ~[\d.]+ [KMGT]iB"),
+                          (dict(noises=16, noise_fraction=1e-300), "")):
         if not msg:     # a tiny f is fine now: the fine grid is never materialised
             assert ex.user_settings(dict(noises=16, noise_fraction=1e-300)).noise_fraction == 1e-300
             continue
         with pytest.raises(gr.Error, match=msg):
-            list(fns["attribute"].fn(q, int(q.label), *args, request=gr.Request()))
+            list(fns["attribute"].fn(q, int(q.label), settings, request=gr.Request()))
     assert ex.running_jobs() == []
     with pytest.raises(SystemExit):
         app.parse_args(["--max-request-seconds", "0"])

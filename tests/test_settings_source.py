@@ -80,22 +80,20 @@ def test_existing_flag_names_are_kept():
 
 
 def _app_setting_keys():
-    """The setting names app.py hands to Explorer.user_settings (its settings widgets)."""
-    tree = ast.parse(open(os.path.join(ROOT, "app.py")).read())
-    keys = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "user_settings":
-            for arg in node.args:
-                if isinstance(arg, ast.Call) and getattr(arg.func, "id", "") == "dict":
-                    keys |= {kw.arg for kw in arg.keywords}
-                elif isinstance(arg, ast.Dict):
-                    keys |= {k.value for k in arg.keys if isinstance(k, ast.Constant)}
-    return keys
+    """The setting names the app's settings widgets edit (app.SETTING_WIDGETS: the page gathers them
+    into the one settings dict that /attribute takes)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import app
+    keys = app.setting_keys()
+    assert len(keys) == len(set(keys)), "a setting has two widgets in app.SETTING_WIDGETS"
+    return set(keys)
 
 
 def test_app_widgets_cover_every_user_facing_setting():
     keys = _app_setting_keys()
-    assert keys, "app.py no longer calls ex.user_settings(dict(...)): update this test"
+    assert keys, "app.SETTING_WIDGETS lists no settings: update this test"
     assert keys <= set(FIELDS), f"app.py passes unknown settings: {keys - set(FIELDS)}"
     missing = set(FIELDS) - keys - set(APP_EXCLUDED)
     assert not missing, f"settings neither shown in the app nor listed in mucs.settings.APP_EXCLUDED: {missing}"

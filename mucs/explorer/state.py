@@ -160,13 +160,18 @@ class Explorer:
                 f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images.")
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
-        ov_ = {k: v for k, v in (overrides or {}).items() if k in USER_SETTINGS and v is not None}
-        for k in ("top_k", "noises", "max_steps", "seed"):
-            if k in ov_:
-                try:
-                    ov_[k] = int(ov_[k])
-                except (TypeError, ValueError):
-                    raise MucsError(f"{k.replace('_', '-')} must be a whole number, got {ov_[k]!r}") from None
+        """The settings of one run asked for in the app or through its API. `overrides`: a dict of
+        mucs.Settings values by field name; a missing (or null) field keeps the model's recommended
+        value. An unknown field, a value of the wrong type, a field that is not a per-run choice
+        (USER_SETTINGS), settings over the app's limits or too big for memory: one MucsError."""
+        from ..checks import check_settings_dict
+        if isinstance(overrides, dict):
+            overrides = {k: v for k, v in overrides.items() if v is not None}
+        ov_ = check_settings_dict({} if overrides is None else overrides, what="settings")
+        fixed = [k for k in ov_ if k not in USER_SETTINGS]
+        if fixed:
+            raise MucsError(f"settings: {fixed[0]} is not chosen per run in this app (it comes from the model's "
+                            f"mucs_settings.json or the app's --settings); per run: {', '.join(USER_SETTINGS)}")
         s = self.settings.replace(**ov_).validate()
         if s.top_k > len(self.data):
             raise MucsError(f"top-k {s.top_k} is more than the {len(self.data)} training images: choose at most "
