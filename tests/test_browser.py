@@ -136,6 +136,7 @@ def test_browser_flow(served, tmp_path):
             lam.fill("0.25")
             lam.press("Tab")
             sync_api.expect(lam).to_have_value("0.25")
+            page.wait_for_timeout(500)   # let the number widget commit its value before the click reads it
             # attribute: the overall progress only grows; the Results tab opens with gallery and plots
             page.locator("#attribute-btn").click()
             seen, polls = [], 0
