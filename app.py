@@ -27,14 +27,15 @@ import gradio as gr  # noqa: E402
 
 from mucs.explorer import plots
 from mucs.explorer import texts
-from mucs.sources.data import MAX_IMAGE_BYTES  # noqa: E402
+from mucs.defaults import DATA_REQUIRED  # noqa: E402
+from mucs.sources.data import IMAGE_EXTS, MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
 from mucs.explorer.state import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
 from mucs.settings import LOSS_WEIGHTINGS, TRAIN_NOISE_KINDS  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
-IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+IMAGE_TYPES = list(IMAGE_EXTS)   # what the upload box offers: every format the loaders read
 HISTORY_HEADERS = HISTORY_COLUMNS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger("mucs.app")
@@ -130,6 +131,12 @@ CSS = """
   .tab-container button { font-size: 12.5px !important; padding: 4px 7px !important; }
 }
 """
+
+
+def plot_row(hint: str, *plots_spec) -> list:
+    """A row of plots, each (title, label, elem_id), empty with `hint` until their callback fills them."""
+    with gr.Row():
+        return [gr.Plot(plots.empty(title, hint), label=label, elem_id=elem_id) for title, label, elem_id in plots_spec]
 
 
 def build(ex: Explorer) -> gr.Blocks:
@@ -440,17 +447,14 @@ def build(ex: Explorer) -> gr.Blocks:
                                                interactive=False, allow_preview=False)
                 with gr.Accordion("What the plots show (axes and how to read them)", open=False, elem_id="help-plots"):
                     gr.Markdown(texts.PLOTS)
-                with gr.Row():
-                    hist_plot = gr.Plot(plots.empty("Skew of every training item", "appears after a run"),
-                                        label="Skew histogram (x: skew, y: images, log)", elem_id="plot-histogram")
-                    scatter_plot = gr.Plot(plots.empty("L_o vs L_u", "appears after a run"),
-                                           label="L_o vs L_u (mean loss before / after unlearning, log axes)",
-                                           elem_id="plot-scatter")
-                with gr.Row():
-                    curve_plot = gr.Plot(plots.empty("Mirrored unlearning", "appears after a run"),
-                                         label="Unlearning curve (x: step, y: loss)", elem_id="plot-curve")
-                    class_plot = gr.Plot(plots.empty("Top-k classes", "appears after a run"),
-                                         label="Top-k classes (x: class, y: images)", elem_id="plot-classes")
+                hist_plot, scatter_plot = plot_row(
+                    "appears after a run",
+                    ("Skew of every training item", "Skew histogram (x: skew, y: images, log)", "plot-histogram"),
+                    ("L_o vs L_u", "L_o vs L_u (mean loss before / after unlearning, log axes)", "plot-scatter"))
+                curve_plot, class_plot = plot_row(
+                    "appears after a run",
+                    ("Mirrored unlearning", "Unlearning curve (x: step, y: loss)", "plot-curve"),
+                    ("Top-k classes", "Top-k classes (x: class, y: images)", "plot-classes"))
                 with gr.Accordion("Methods side by side: MUCS, pixel NN, feature NN, MUCS + pixel NN", open=True,
                                   elem_id="methods-panel"):
                     gr.Markdown(texts.METHODS, elem_classes=["plot-note"])
@@ -480,12 +484,9 @@ def build(ex: Explorer) -> gr.Blocks:
                 overlap_text = gr.Markdown("Choose two or more runs above and press *Compare runs*.",
                                            elem_id="overlap-summary")
                 runs_html = gr.HTML("", elem_id="runs-grid")
-                with gr.Row():
-                    overlap_heat = gr.Plot(plots.empty("Overlap matrix", "compare two or more runs"),
-                                           label="Overlap matrix", elem_id="plot-overlap")
-                    overlap_dist = gr.Plot(plots.empty("Overlap vs random", "compare two or more runs"),
-                                           label="Overlap vs random (x: overlap, y: fraction of pairs)",
-                                           elem_id="plot-overlap-dist")
+                overlap_heat, overlap_dist = plot_row(
+                    "compare two or more runs", ("Overlap matrix", "Overlap matrix", "plot-overlap"),
+                    ("Overlap vs random", "Overlap vs random (x: overlap, y: fraction of pairs)", "plot-overlap-dist"))
                 recurring_gallery = gr.Gallery(label="Training images in two or more of the chosen runs' top-k sets",
                                                columns=12, height="auto", format="png", object_fit="contain",
                                                elem_id="recurring-gallery", elem_classes=GALLERY, interactive=False,
@@ -569,7 +570,7 @@ def parse_args(argv=None):
         p.error(f"--port must be in 0..65535, got {a.port}")
     if a.data is None:
         if os.path.abspath(a.model) != DEFAULT_MODEL:
-            p.error("--data is required with a model other than the embedded default")
+            p.error(DATA_REQUIRED)
         a.data = DEFAULT_DATA
     if a.host not in LOCAL_HOSTS and not a.auth:
         p.error(f"refusing to serve on {a.host} without --auth user:password")

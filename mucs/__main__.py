@@ -55,12 +55,12 @@ def _add_model_args(p, data=True):
 
 
 def _resolve_data(a):
-    from .defaults import DEFAULT_DATA, DEFAULT_MODEL
+    from .defaults import DATA_REQUIRED, DEFAULT_DATA, DEFAULT_MODEL
     if a.data:
         return a.data
     if os.path.abspath(a.model) == DEFAULT_MODEL:
         return DEFAULT_DATA
-    raise MucsError("--data is required with a model other than the embedded default")
+    raise MucsError(DATA_REQUIRED)
 
 
 def cmd_train(a):

@@ -29,6 +29,7 @@ def assets_dir() -> str:
 ASSETS = assets_dir()
 DEFAULT_MODEL = os.path.join(ASSETS, DEFAULT_MODEL_NAME)
 DEFAULT_DATA = os.path.join(ASSETS, DEFAULT_DATA_NAME)
+DATA_REQUIRED = "--data is required with a model other than the embedded default"   # the CLI's and the app's
 MISSING_DEFAULT = ("the embedded default model is not at {path}: the embedded default ships with the repository; "
                    "pass --model/--data or set MUCS_ASSETS to the repository's assets/ folder")
 

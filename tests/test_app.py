@@ -390,7 +390,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         files, _ = bad_files(tmp_path / "bad")
         with pytest.raises(Exception, match="not a readable image"):
             c.predict(handle_file(files["corrupt"]), api_name="/upload")
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="larger than"):
             c.predict(handle_file(files["huge"]), api_name="/upload")
         assert runs_on_disk(ex) == before
         assert c.predict(5, api_name="/use_training")[1].startswith("Query: training")
@@ -400,8 +400,10 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         while not list(job.outputs()) and time.time() - t0 < 30:   # wait for the first live update
             time.sleep(0.1)
         c.predict(api_name="/cancel")
-        with pytest.raises(Exception):
+        with pytest.raises(Exception) as stopped:
             job.result(timeout=60)
+        # cancelled, not merely slow: a timeout would satisfy a bare pytest.raises(Exception)
+        assert not isinstance(stopped.value, TimeoutError), stopped.value
         t0 = time.time()
         while [t for t in threading.enumerate() if t.name == "mucs-attribute"] and time.time() - t0 < 30:
             time.sleep(0.1)

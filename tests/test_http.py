@@ -109,9 +109,10 @@ def test_every_api_route_needs_the_login(served):
         assert status in (401, 403), (path, status, data[:200])
         assert b"index,score" not in data and rid.encode() not in data
     assert login(port, AUTH[0], "wrong")[0] == 400 and login(port, "", "")[0] in (400, 422)
-    with pytest.raises(Exception):
+    from gradio_client.exceptions import AuthenticationError
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(served["url"], verbose=False)
-    with pytest.raises(Exception):
+    with pytest.raises((AuthenticationError, ValueError), match="Could not login"):
         Client(served["url"], auth=(AUTH[0], "wrong"), verbose=False)
     status, cookie = login(port)
     assert status == 200 and cookie
