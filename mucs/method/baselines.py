@@ -11,6 +11,8 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
   sampler's σ range / log-normal with EDM's loss weighting;
 - ``mucs_fragile`` / ``mucs_unnormalised_fragile``: minus each item's mean skew over one generated
   reference query per other class (the fragile-item correction);
+- ``mucs_frozen_emb``: unlearning with the class/time embedding pathway frozen as well as the biases;
+- ``mucs_tol02``: unlearning to a tighter tolerance, τ = 0.02;
 - ``random``: uniform random scores (seeded by ctx.seed and the query id);
 - ``pixel_nn`` / ``feature_nn``: −squared L2 distance to the query in pixel space / in the model's
   own mid-block features (faiss, no pretrained network);
@@ -40,6 +42,10 @@ ABLATIONS = {
     # beyond the paper: subtract each item's mean skew over generated references of other classes
     "mucs_fragile": dict(fragile_refs=1),
     "mucs_unnormalised_fragile": dict(fragile_refs=1, normalised=False),
+    # issue 9's remaining options: keep the class/time embedding pathway fixed during unlearning (so the
+    # ascent cannot raise the loss of a whole class through the label), and a tighter tolerance τ
+    "mucs_frozen_emb": dict(frozen=("bias", "time_embedding", "class_embedding", "time_emb_proj")),
+    "mucs_tol02": dict(tol=0.02),
 }
 
 
