@@ -178,7 +178,7 @@ def test_fallbacks_and_cache_rebuilds_are_logged(tiny_model_dir, tiny_npz, tmp_p
         assert main(base + ["--model", tiny_model_dir, "--out", str(tmp_path / "a")]) == 0
     text = caplog.text
     for expect in ("noise set: building K=8", "loss_original: cache miss", "loss_original: rebuilt and cached",
-                   "loss_null: cache miss", "loss_null: rebuilt", "decoded 32 images"):
+                   "loss_null: cache miss", "loss_null: rebuilt", "32 images 8x8x1 loaded"):
         assert expect in text, expect
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="mucs"):

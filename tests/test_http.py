@@ -129,7 +129,7 @@ def test_file_route_serves_nothing_outside_the_run_folders(served):
     rid = fake_run(ex, 2)
     inside = os.path.join(ex.store.path(rid), "scores.csv")
     status, body, _ = raw(port, "GET", f"/gradio_api/file={inside}", h)
-    assert status == 200 and body.startswith(b"index,score")      # the route works for a run's own files
+    assert status == 200 and body.startswith(b"rank,index,score")      # the route works for a run's own files
     runs, secret = ex.store.root, str(root / "secret.txt")
     q = urllib.parse.quote
     probes = [f"/gradio_api/file={secret}", f"/gradio_api/file={q(secret, safe='')}",

@@ -167,7 +167,7 @@ def test_verbose_sets_up_logging_and_undoes_it(capsys, tmp_path, tiny_npz):
     finally:
         undo()
     err = capsys.readouterr().err
-    assert "INFO mucs: dataset" in err and "decoded 32 images" in err and "not cached" in err
+    assert "INFO mucs: dataset" in err and "32 images 8x8x1 loaded" in err
     undo = setup_logging(0)                                            # default: warnings only
     try:
         load_dataset(tiny_npz)
