@@ -245,3 +245,11 @@ def test_fragile_correction_subtracts_other_class_reference_skews(tiny_model_dir
     expected = plain.scores - refs[labels != 2].mean(0)
     np.testing.assert_allclose(fixed.scores, expected, rtol=1e-6, atol=1e-9)
     assert not np.allclose(fixed.scores, plain.scores)
+
+
+def test_loader_workers_only_for_a_gpu_and_a_training_set():
+    """Worker processes help only where they overlap a device's work on many items."""
+    from mucs.method.losses import LOADER_MIN_ITEMS, loader_workers
+    assert loader_workers("cpu", 10 * LOADER_MIN_ITEMS) == 0
+    assert loader_workers("cuda", 5) == 0                      # why-this-image's few rows
+    assert loader_workers("cuda:0", LOADER_MIN_ITEMS) >= 1

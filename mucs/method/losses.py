@@ -30,10 +30,16 @@ class _Chunks(torch.utils.data.Dataset):
         return torch.from_numpy(pos), self.data.uint8_tensor(idx), self.data.label_tensor(idx)
 
 
-def loader_workers(device) -> int:
+LOADER_MIN_ITEMS = 4096   # below this, starting worker processes costs more than it overlaps
+
+
+def loader_workers(device, n_items: int) -> int:
     """DataLoader workers for the loss loop: none on the CPU (they would take cores from the
-    forward passes), a few on a GPU (decoding and pinning overlap the device's work)."""
-    return 0 if torch.device(device).type == "cpu" else min(4, os.cpu_count() or 1)
+    forward passes) or for a few items (e.g. why-this-image's rows), a few on a GPU for a
+    training set (slicing and pinning overlap the device's work)."""
+    if torch.device(device).type == "cpu" or n_items < LOADER_MIN_ITEMS:
+        return 0
+    return min(4, os.cpu_count() or 1)
 
 
 @torch.inference_mode()
@@ -55,7 +61,7 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
     t_all, eps_all = noise_set.timesteps.to(dev), noise_set.eps.to(dev)
     per_chunk = max(1, batch_size // K)
     out = np.empty((N, K), np.float32) if out is None else out
-    workers = loader_workers(dev) if workers is None else workers
+    workers = loader_workers(dev, N) if workers is None else workers
     loader = torch.utils.data.DataLoader(_Chunks(data, rows, per_chunk), batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=dev.type == "cuda")
     for pos, u8, y in loader:
