@@ -133,10 +133,15 @@ def test_browser_flow(served, tmp_path):
             settings = page.locator("#settings").get_by_text("Settings", exact=True).first
             settings.click()
             lam = page.locator("#set-lam input")
-            lam.fill("0.25")
-            lam.press("Tab")
+            # the page's load event fills the widgets with the recommended settings and may land after
+            # the first typing: type until the value has stayed 0.25 for a second
+            for _ in range(20):
+                lam.fill("0.25")
+                lam.press("Tab")
+                page.wait_for_timeout(1000)
+                if lam.input_value() == "0.25":
+                    break
             sync_api.expect(lam).to_have_value("0.25")
-            page.wait_for_timeout(500)   # let the number widget commit its value before the click reads it
             # attribute: the overall progress only grows; the Results tab opens with gallery and plots
             page.locator("#attribute-btn").click()
             seen, polls = [], 0
