@@ -118,6 +118,14 @@ def check_out_dir(path: str, kind: str, force: bool = False, what: str = "--out"
         if p and os.path.exists(p) and (_same_or_inside(p, path)):
             raise MucsError(f"{what} {path} would replace the input {p}: choose another folder")
     recover_dir(path)
+    # Read the folder under the swap lock: a concurrent writer's swap briefly leaves `path` missing
+    # or half-listed, which would read as "not ours" and refuse a run that is ours.
+    with _swap_lock(path):
+        _check_existing_out(path, kind, force, what)
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
+
+
+def _check_existing_out(path: str, kind: str, force: bool, what: str) -> None:
     if os.path.lexists(path):
         if os.path.islink(path) and not force:
             raise MucsError(f"{what} {path} is a symbolic link: nothing was written; choose a new folder "
@@ -137,7 +145,6 @@ def check_out_dir(path: str, kind: str, force: bool = False, what: str = "--out"
             count = f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
             raise MucsError(f"{what} {path} exists and does not hold a MUCS {kind} ({count}: {shown}): "
                             "nothing was written; choose a new folder or pass --force to replace it")
-    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
 
 
 def adopt_dir(path: str, kind: str) -> bool:

@@ -360,6 +360,30 @@ def test_concurrent_writers_neither_fail_nor_leak(tmp_path):
     assert sorted(os.listdir(out)) == [MARKER, "result.json", "scores.csv"]
 
 
+def test_out_check_waits_for_a_swap_in_progress(tmp_path):
+    """CI caught it once: a check that read the folder between a concurrent writer's two renames saw
+    the run half-gone and refused it as "not a MUCS run". The check now reads under the swap lock."""
+    from mucs.cache import _swap_lock
+    out = str(tmp_path / "run")
+    atomic_write_dir(out, {"result.json": b"1", "scores.csv": b"x"})
+    done, errors = threading.Event(), []
+
+    def check():
+        try:
+            check_out_dir(out, "run")
+        except MucsError as e:
+            errors.append(e)
+        done.set()
+    with _swap_lock(out):   # a writer between its two renames: `out` is briefly missing
+        os.rename(out, str(tmp_path / "aside"))
+        t = threading.Thread(target=check)
+        t.start()
+        assert not done.wait(0.3), "the check read the folder while a swap was under way"
+        os.rename(str(tmp_path / "aside"), out)
+    t.join(10)
+    assert done.is_set() and errors == []
+
+
 def test_stale_staging_of_a_crash_is_removed_but_a_live_one_is_kept(tmp_path):
     out = tmp_path / "run"
     atomic_write_dir(str(out), {"result.json": b"1"})
