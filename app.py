@@ -552,6 +552,9 @@ def parse_args(argv=None):
     p.add_argument("--settings", default=None,
                    help="MUCS setting overrides as a JSON object or a path to a JSON file, e.g. "
                         "'{\"noises\": 16, \"max_steps\": 40}' (default: the model's recommended settings)")
+    p.add_argument("--fast", action="store_true",
+                   help="serve the fast settings profile (half the unlearning batch at twice the lr, screened "
+                        "scoring; README, Speed) instead of the recommended one; --settings applies on top")
     p.add_argument("--runs", default=None, help="run history folder (default: $MUCS_RUNS_DIR or runs/ in the repo)")
     p.add_argument("--examples", default="default",
                    help="folder of read-only example runs (default: assets/examples; '' for none)")
@@ -614,7 +617,7 @@ def main(argv=None):
         _check_device(a.device)
         ex = Explorer(a.model, a.data, load_overrides(a.settings), runs_dir=a.runs,
                       examples_dir=a.examples or None, device=a.device, max_request_seconds=a.max_request_seconds,
-                      max_steps_limit=a.max_steps_limit)
+                      max_steps_limit=a.max_steps_limit, profile="fast" if a.fast else "recommended")
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

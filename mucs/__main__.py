@@ -140,7 +140,7 @@ def cmd_attribute(a):
     from .defaults import cache_dir_for, default_runs_dir, settings_for
     from .sources.models import class_names_for, load_model
     from .progress import TextBar
-    from .settings import Settings, cli_overrides
+    from .settings import cli_overrides
     from .cache import check_out_dir, check_writable_dir
     _check_device(a.device)
     overrides = cli_overrides(a)        # unknown keys and wrong types: one error before anything is loaded
@@ -150,6 +150,8 @@ def cmd_attribute(a):
         raise MucsError("--image is required (or --list-classes to see the model's classes)")
     if a.out and a.runs:
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
+    if a.paper_settings and a.fast:
+        raise MucsError("--fast and --paper-settings are two different starting points: pass one")
     images, labels = list(a.image), list(a.label or [])
     if len(labels) > 1 and len(labels) != len(images):
         raise MucsError(f"give one --label for every --image ({len(images)}), or a single one for all of them")
@@ -170,7 +172,8 @@ def cmd_attribute(a):
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
     data.check_matches(model)
     queries = [load_query_image(im, model.channels, model.size) for im in images]   # every one read before any work
-    base = Settings() if a.paper_settings else settings_for(model.path if os.path.isdir(model.path or "") else a.model)
+    profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
+    base = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile)
     s = base.replace(**overrides)
     s.validate()
     names = [n for n, _ in model.unet.named_parameters()]
@@ -279,6 +282,9 @@ def build_parser():
     p.add_argument("--list-classes", action="store_true", help="print the class index and name of every class, then exit")
     p.add_argument("--paper-settings", action="store_true",
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
+    p.add_argument("--fast", action="store_true",
+                   help="start from the fast profile: the recommended settings with half the unlearning batch at "
+                        "twice the lr and screened scoring (README, Speed: how far its top-k moves)")
     p.add_argument("--train-lr", type=float, default=None,
                    help="the model's training learning rate, when its folder has no mucs_train.json (or to override it)")
     p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")

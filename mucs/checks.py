@@ -287,7 +287,9 @@ def request_memory(model, num_train: int, s) -> dict:
     act_train = _activation_floats(config, H, True) * 4
     batches = {
         "loss-matrix batch": fb * (sample * 6 + act_eval),
-        "unlearning batch": params * 4 + 2 * int(s.batch_size) * (sample * 6 + act_train),
+        # a micro-batched step (unlearn_chunk) holds one chunk's activations; its inputs stay whole
+        "unlearning batch": params * 4 + 2 * int(s.batch_size) * sample * 6
+        + _unlearn_items(s) * act_train,
         "null-loss batch": params + int(s.null_batch_size) * (sample * 6 + act_eval),
     }
     work_name = max(batches, key=batches.get)
@@ -300,6 +302,12 @@ def request_memory(model, num_train: int, s) -> dict:
         host.update(device)
         device = {}
     return dict(host=host, device=device, host_total=sum(host.values()), device_total=sum(device.values()))
+
+
+def _unlearn_items(s) -> int:
+    """Items whose activations one unlearning forward+backward holds: 2·B, or the micro-batch."""
+    chunk = int(getattr(s, "unlearn_chunk", 0) or 0)
+    return min(2 * int(s.batch_size), chunk) if chunk > 0 else 2 * int(s.batch_size)
 
 
 def check_request_memory(model, num_train: int, s, what: str = "this request") -> dict:
@@ -315,5 +323,6 @@ def check_request_memory(model, num_train: int, s, what: str = "this request") -
         raise MucsError(f"{what} needs ~{format_bytes(total)} of {'GPU ' if part == 'device' else ''}memory "
                         f"(mostly the {biggest}: {format_bytes(est[part][biggest])}), {where} "
                         f"{format_bytes(avail)} available: lower noises K (now {s.noises}), the batch size "
-                        f"(now {s.batch_size}) or the eval batch size (now {s.eval_batch_size})")
+                        f"(now {s.batch_size}; or micro-batch it with unlearn_chunk, now {getattr(s, 'unlearn_chunk', 0)}) "
+                        f"or the eval batch size (now {s.eval_batch_size})")
     return est

@@ -42,6 +42,8 @@ class Settings:
     tol: float = 0.05            # τ: stop once L_f ≥ (1 − τ)·L_null
     max_steps: int = 200         # step cap (the reference has none; `converged` says which stopped)
     frozen: tuple = ("bias",)    # parameter-name substrings that are not updated
+    unlearn_chunk: int = 0       # items per forward+backward of an unlearning step (gradient accumulation,
+                                 #   same step to float tolerance); 0 = the whole 2·B batch at once
     # Step 5 — scoring
     top_k: int = 10
     # Screened scoring (beyond the paper): score every item on `screen_noises` of the K levels, keep the
@@ -97,6 +99,7 @@ class Settings:
                   (self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting must be 'none' or 'edm'"),
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
                   (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
+                  (self.unlearn_chunk >= 0, "unlearn_chunk must be ≥ 0 (0 = the whole batch at once)"),
                   (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
         import math
         for f in fields(self):
@@ -134,6 +137,8 @@ HELP = {
     "tol": "τ, stop once L_f ≥ (1−τ)·L_null",
     "max_steps": "unlearning step cap",
     "frozen": "comma-separated parameter-name substrings to freeze",
+    "unlearn_chunk": "micro-batch of an unlearning step: items per forward+backward, gradients accumulated "
+                     "(for a large model on a small GPU; 0 = the whole batch)",
     "top_k": "how many training images to report",
     "screen_noises": "screened scoring: noise levels every item is scored on first (0 = off)",
     "screen_keep": "screened scoring: items kept for scoring on all K levels",
@@ -164,7 +169,8 @@ APP_EXCLUDED = {
     "frozen": "the reference's constant", "screen_noises": "a per-model speed choice (mucs_settings.json)",
     "screen_keep": "a per-model speed choice (mucs_settings.json)",
     "fragile_refs": "a per-model choice (mucs_settings.json)", "fragile_seed": "a per-model choice (mucs_settings.json)",
-    "eval_batch_size": "a machine choice, not a result-changing one", "default_lr": "--train-lr / mucs_train.json",
+    "eval_batch_size": "a machine choice, not a result-changing one",
+    "unlearn_chunk": "a machine choice (memory), not a result-changing one", "default_lr": "--train-lr / mucs_train.json",
 }
 
 

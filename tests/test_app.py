@@ -321,6 +321,18 @@ def test_user_errors_are_one_log_line(env, caplog, tmp_path):
     assert "on_upload" in recs[0].getMessage()
 
 
+def test_fast_profile_is_served_and_said_on_the_page(tiny_model_dir, tiny_npz, tmp_path):
+    """app.py --fast serves the fast profile (the CLI's --fast); the model description says which."""
+    from mucs.defaults import FAST
+    assert app.parse_args(["--fast"]).fast and not app.parse_args([]).fast
+    ex = Explorer(tiny_model_dir, tiny_npz, {"noises": 4}, runs_dir=str(tmp_path / "r"), examples_dir=None,
+                  profile="fast")
+    assert ex.settings.screen_noises == FAST["screen_noises"] and ex.settings.batch_size == FAST["batch_size"]
+    assert ex.settings.noises == 4 and "the fast profile" in ex.describe()
+    rec = Explorer(tiny_model_dir, tiny_npz, None, runs_dir=str(tmp_path / "r"), examples_dir=None)
+    assert rec.settings.screen_noises == 0 and "the recommended profile" in rec.describe()
+
+
 def test_parse_args():
     with pytest.raises(SystemExit):
         app.parse_args(["--host", "0.0.0.0"])

@@ -36,6 +36,23 @@ def _query(tmp_path, tiny_npz, i=0, size=None, mode=None):
     return str(p)
 
 
+def test_fast_profile_screens_and_refuses_paper_settings_with_it(tiny_model_dir, tiny_npz, tmp_path, fast_env, capsys):
+    """--fast starts from the fast profile (screened scoring, half batch, twice the lr); flags still win;
+    --fast with --paper-settings is one clear error before anything runs."""
+    from mucs.defaults import FAST as PROFILE
+    q = _query(tmp_path, tiny_npz)
+    base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0"]
+    assert main(base + ["--out", str(tmp_path / "fast"), "--fast", "--noises", "8", "--max-steps", "3",
+                        "--screen-keep", "6", "--top-k", "4"]) == 0
+    r = json.load(open(tmp_path / "fast" / "result.json"))
+    assert r["settings"]["screen_noises"] == PROFILE["screen_noises"] and r["settings"]["screen_keep"] == 6
+    assert r["settings"]["batch_size"] == PROFILE["batch_size"] and r["settings"]["lr_factor"] == PROFILE["lr_factor"]
+    assert r["screening"]["kept"] == 6
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "both"), "--fast", "--paper-settings"] + FAST) == 2
+    assert "--fast and --paper-settings" in capsys.readouterr().err and not (tmp_path / "both").exists()
+
+
 def test_attribute_writes_scores_and_result(tiny_model_dir, tiny_npz, tmp_path, fast_env, capsys):
     out = tmp_path / "out"
     rc = main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),

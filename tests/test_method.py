@@ -253,3 +253,78 @@ def test_loader_workers_only_for_a_gpu_and_a_training_set():
     assert loader_workers("cpu", 10 * LOADER_MIN_ITEMS) == 0
     assert loader_workers("cuda", 5) == 0                      # why-this-image's few rows
     assert loader_workers("cuda:0", LOADER_MIN_ITEMS) >= 1
+
+
+def test_one_forward_over_forget_and_retain_gives_each_batch_its_own_losses(tiny_model_dir, tiny_npz):
+    """Unlearning sends the forget and retain batches through the UNet together; that is the same
+    computation only if an item's loss does not depend on the rest of the batch (eval mode, GroupNorm)."""
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    ac = alphas_cumprod(m)
+    g = torch.Generator().manual_seed(0)
+    xf, xr = d.tensor([0])[0].expand(6, *d.tensor([0])[0].shape), d.tensor(list(range(6)))
+    yf, yr = torch.zeros(6, dtype=torch.long), d.label_tensor(list(range(6)))
+    tf, tr = torch.randint(0, 1000, (6,), generator=g), torch.randint(0, 1000, (6,), generator=g)
+    ef, er = torch.randn(xf.shape, generator=g), torch.randn(xr.shape, generator=g)
+    with torch.no_grad():
+        apart = torch.cat([per_item_loss(m.unet, ac, m.prediction_type, xf, yf, tf, ef),
+                           per_item_loss(m.unet, ac, m.prediction_type, xr, yr, tr, er)])
+        together = per_item_loss(m.unet, ac, m.prediction_type, torch.cat([xf, xr]), torch.cat([yf, yr]),
+                                 torch.cat([tf, tr]), torch.cat([ef, er]))
+    torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-6)
+
+
+def test_screened_scoring_scores_only_the_kept_items_and_agrees_with_full_scoring(tiny_model_dir, tiny_npz,
+                                                                                   fast_settings, tmp_path,
+                                                                                   monkeypatch):
+    """Screening: every item on S levels, the M most skewed on all K; their L_u equals full scoring's
+    (same unlearned model, same noise), the top-k comes from the kept items, and the forwards add up.
+    The evaluation's L_u cache gives the same screened result without unlearning again."""
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    s = fast_settings.replace(max_steps=6)
+    q = QueryImage(d.tensor([4])[0], [])
+    a = Attributor(m, d, s, cache_dir=str(tmp_path))
+    full = a.attribute(q, 0)
+    scr = a.attribute(q, 0, settings=s.replace(screen_noises=2, screen_keep=8))
+    N, K = len(d), s.noises
+    info = scr.info["screening"]
+    assert info["kept"] == 8 and len(info["noises"]) == 2
+    assert info["forwards"] == N * 2 + 8 * (K - 2) and info["saving"] == pytest.approx(N * K / info["forwards"])
+    # the kept items' mean L_u over all K is full scoring's, to float tolerance (the others average S levels)
+    fully = np.flatnonzero(np.isclose(scr.loss_unlearned, full.loss_unlearned, rtol=1e-4))
+    assert len(fully) >= 8 and np.isfinite(scr.scores).all()
+    assert set(scr.top.tolist()) <= set(fully.tolist())
+    np.testing.assert_allclose(scr.scores[scr.top], full.scores[scr.top], rtol=1e-4, atol=1e-6)
+    assert full.info["screening"] is None
+    # the evaluation's path: a cached full L_u is screened without a new unlearning, to the same result
+    c = Attributor(m, d, s, cache_dir=str(tmp_path / "c"))
+    c.cache_unlearned = True
+    c.attribute(q, 0)
+    import mucs.method.attribute as attribute_module
+    calls, real = [], attribute_module.unlearn
+    monkeypatch.setattr(attribute_module, "unlearn", lambda *a_, **k_: calls.append(1) or real(*a_, **k_))
+    cached = c.attribute(q, 0, settings=s.replace(screen_noises=2, screen_keep=8))
+    assert calls == [] and cached.info["screening"] == info
+    assert cached.top.tolist() == scr.top.tolist()
+    np.testing.assert_allclose(cached.scores, scr.scores, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("changes", [dict(), dict(bounded=False, retain=False)])
+def test_micro_batched_unlearning_takes_the_same_steps(tiny_model_dir, tiny_npz, fast_settings, changes, monkeypatch):
+    """unlearn_chunk splits each step's forget + retain items into micro-batches whose gradients add up:
+    the same curve and weights as the whole batch at once, to float tolerance (here 2·B = 64 items in
+    chunks of 10: the last one short, and chunks straddle the forget/retain boundary). The weights are
+    compared under plain SGD: AdamW divides each gradient by its own running size, which turns float
+    noise in a near-zero gradient into a full-size step (seen on time_emb_proj weights)."""
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr * 100))
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    x = d.tensor([1])[0]
+    s = fast_settings.replace(max_steps=3, tol=0.0, **changes)
+    whole = unlearn(m, d, x, 1, loss_null=5.0, s=s)
+    parts = unlearn(m, d, x, 1, loss_null=5.0, s=s.replace(unlearn_chunk=10))
+    assert whole.steps == parts.steps == 3
+    for a, b in zip(whole.curve, parts.curve):
+        assert a["loss_f"] == pytest.approx(b["loss_f"], rel=1e-5) and a["loss_r"] == pytest.approx(b["loss_r"], rel=1e-5, abs=1e-7)
+    for (n, p), q in zip(whole.unet.named_parameters(), parts.unet.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+    moved = max((p - q).abs().max().item() for p, q in zip(whole.unet.parameters(), m.unet.parameters()))
+    assert moved > 1e-4      # the steps did change the weights (so the comparison means something)

@@ -73,7 +73,7 @@ def test_existing_flag_names_are_kept():
     opts = build_parser()._subparsers._group_actions[0].choices["attribute"]._option_string_actions
     for flag in ("--noises", "--top-k", "--seed", "--lam", "--tol", "--max-steps", "--noise-fraction", "--batch-size",
                  "--sigma-min", "--sigma-max", "--train-noise", "--loss-weighting", "--lr-factor", "--frozen",
-                 "--unbounded", "--no-retain", "--fresh-noise", "--unnormalised", "--paper-settings", "--train-lr",
+                 "--unbounded", "--no-retain", "--fresh-noise", "--unnormalised", "--paper-settings", "--fast", "--train-lr",
                  "--image-column", "--label-column", "--list-classes", "--settings", "--out", "--runs", "--cache-dir"):
         assert flag in opts, flag
     assert opts["--unbounded"].dest == "bounded" and opts["--unlearning-lr"].dest == "lr"
@@ -142,6 +142,33 @@ def test_malformed_mucs_settings_json_is_a_clear_error(tmp_path, body, expect):
         settings_for(str(tmp_path))
     (tmp_path / RECOMMENDED).write_text('{"settings": {"noises": 4}}')
     assert settings_for(str(tmp_path), top_k=3) == Settings(noises=4, top_k=3)
+
+
+def test_settings_profiles_recommended_fast_and_paper(tmp_path):
+    """recommended = paper defaults + the folder's "settings"; fast = those + the folder's "fast" (else
+    mucs.defaults.FAST); paper = the paper's defaults alone; explicit overrides always win."""
+    from mucs.defaults import FAST, RECOMMENDED, settings_for
+    (tmp_path / RECOMMENDED).write_text('{"settings": {"noises": 4, "lr_factor": 5}}')
+    assert settings_for(str(tmp_path)) == Settings(noises=4, lr_factor=5.0)
+    assert settings_for(str(tmp_path), "paper") == Settings()
+    assert settings_for(str(tmp_path), "fast") == Settings(noises=4, lr_factor=5.0).replace(**FAST)
+    assert settings_for(str(tmp_path), "fast", top_k=3).top_k == 3
+    (tmp_path / RECOMMENDED).write_text('{"settings": {"noises": 4}, "fast": {"screen_noises": 1}}')
+    f = settings_for(str(tmp_path), "fast")
+    assert f.screen_noises == 1 and f.batch_size == Settings().batch_size and f.noises == 4
+    (tmp_path / RECOMMENDED).write_text('{"settings": {}, "fast": {"screen_noise": 1}}')
+    with pytest.raises(MucsError, match="unknown setting 'screen_noise'"):
+        settings_for(str(tmp_path), "fast")
+    with pytest.raises(MucsError, match="unknown settings profile 'quick'"):
+        settings_for(str(tmp_path), "quick")
+
+
+def test_embedded_default_fast_profile_is_the_measured_one():
+    """The fast profile README's speed table measured: B 50, lr ÷ 2.5, screening 2 levels / 50 items."""
+    from mucs.defaults import DEFAULT_MODEL, settings_for
+    rec, fast = settings_for(DEFAULT_MODEL), settings_for(DEFAULT_MODEL, "fast")
+    assert (fast.batch_size, fast.lr_factor, fast.screen_noises, fast.screen_keep) == (50, 2.5, 2, 50)
+    assert fast.replace(batch_size=rec.batch_size, lr_factor=rec.lr_factor, screen_noises=0, screen_keep=100) == rec
 
 
 def test_dropped_settings_keys_are_logged(caplog):
@@ -301,7 +328,7 @@ def test_readme_links_stay_in_the_repository_and_the_cli_reference_is_complete()
     for cmd, p in sub.items():
         assert f"`mucs {cmd}" in text, f"README's CLI reference lacks `mucs {cmd}`"
     for flag in ("--verbose", "--list-classes", "--train-lr", "--image-column", "--label-column", "--settings",
-                 "--runs", "--out", "--paper-settings", "--cache-dir", "--force"):
+                 "--runs", "--out", "--paper-settings", "--fast", "--cache-dir", "--force"):
         assert flag in text, flag
     for name in FIELDS:                      # every settings flag is named
         if name not in CLI_SETTINGS_ONLY:

@@ -113,7 +113,7 @@ class Explorer:
     def __init__(self, model_path: str, data_path: str, overrides: Optional[dict] = None,
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
-                 max_steps_limit: Optional[int] = MAX_STEPS_LIMIT):
+                 max_steps_limit: Optional[int] = MAX_STEPS_LIMIT, profile: str = "recommended"):
         self.model_path = model_path
         if max_request_seconds is not None and not (0 < float(max_request_seconds) < float("inf")):
             raise MucsError(f"the request time limit must be a positive number of seconds, got {max_request_seconds}")
@@ -125,7 +125,9 @@ class Explorer:
         self.data = load_dataset(data_path)
         self.data.check_matches(self.model)
         from ..checks import check_settings_dict
-        self.settings = settings_for(model_path, **check_settings_dict(overrides or {}, "settings")).validate()
+        # the settings profile (recommended, fast or paper; mucs.defaults.PROFILES), then the app's --settings
+        self.profile = profile
+        self.settings = settings_for(model_path, profile, **check_settings_dict(overrides or {}, "settings")).validate()
         if self.settings.top_k > len(self.data):
             raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
         self.attributor = Attributor(self.model, self.data, self.settings, cache_dir_for(model_path))
@@ -157,7 +159,10 @@ class Explorer:
         params = sum(p.numel() for p in m.unet.parameters())
         return (f"**Model** `{os.path.basename(m.path)}`: {m.size}×{m.size}, {m.channels} channel(s), {cond}, "
                 f"{params / 1e6:.2f} M parameters, {m.prediction_type} prediction, device {m.device}.  \n"
-                f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images.")
+                f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images.  \n"
+                f"**Settings**: the {self.profile} profile" + (
+                    " (half the unlearning batch at twice the lr, screened scoring: faster, top-k close to the "
+                    "recommended one; README, Speed)." if self.profile == "fast" else "."))
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
         """The settings of one run asked for in the app or through its API. `overrides`: a dict of

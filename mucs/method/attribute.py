@@ -265,32 +265,39 @@ class Attributor:
             self.original_losses(s, report)
             self.null_loss(s, report)
 
-    def unlearned_losses(self, unet, ns: NoiseSet, lo: np.ndarray, s: Settings, report=None) -> tuple:
+    def unlearned_losses(self, unet, ns: NoiseSet, lo: np.ndarray, s: Settings, report=None,
+                         full_lu: Optional[np.ndarray] = None) -> tuple:
         """L_u on the noise set `ns`: every item on every level, or (screened scoring) every item on a
         few levels and only the `screen_keep` most skewed ones on the rest. Returns (L_u with NaN where
-        not computed, mask of fully scored items, screening record or None)."""
+        not computed, mask of fully scored items, screening record or None). With `full_lu` (a full L_u
+        of the same unlearned model, from the cache) the entries are read from it instead of computed:
+        an (item, level) loss does not depend on which other pairs are computed."""
         N, K = lo.shape
         full = not s.screen_noises or s.screen_noises >= K or s.screen_keep >= N
 
-        def losses(noise, stage, items=None):
-            return self.loss_matrix(unet, noise, s, report, stage, items)
+        def losses(cols, stage, items=None):
+            if full_lu is not None:
+                rows = full_lu if items is None else full_lu[np.asarray(items)]
+                return rows[:, cols]
+            return self.loss_matrix(unet, ns if len(cols) == K else ns.subset(cols), s, report, stage, items)
         if full:
-            return losses(ns, "unlearned losses"), np.ones(N, bool), None
+            return losses(np.arange(K), "unlearned losses"), np.ones(N, bool), None
         cols = screen_columns(K, s.screen_noises)
         rest = np.setdiff1d(np.arange(K), cols)
         lu = np.full((N, K), np.nan, np.float32)
-        lu[:, cols] = losses(ns.subset(cols), "screening")
+        lu[:, cols] = losses(cols, "screening")
         keep = top_k(skew(lu[:, cols], lo[:, cols], s.normalised), s.screen_keep)
-        lu[np.ix_(keep, rest)] = losses(ns.subset(rest), "unlearned losses", keep)
+        lu[np.ix_(keep, rest)] = losses(rest, "unlearned losses", keep)
         mask = np.zeros(N, bool)
         mask[keep] = True
         forwards = N * len(cols) + len(keep) * len(rest)
         return lu, mask, dict(noises=[int(c) for c in cols], kept=int(len(keep)), forwards=int(forwards),
                               forwards_full=int(N * K), saving=float(N * K / forwards))
 
-    # settings that change only how L_u and L_o are turned into scores, not the unlearned model or L_u
+    # settings that change only how L_u and L_o are turned into scores, not the unlearned model or L_u, and
+    # the batching choices that change them only to float tolerance (eval_batch_size, unlearn_chunk)
     SCORING_ONLY = ("normalised", "top_k", "fragile_refs", "fragile_seed", "screen_noises", "screen_keep",
-                    "eval_batch_size")
+                    "eval_batch_size", "unlearn_chunk")
 
     def unlearned(self, x: torch.Tensor, label, lnull: float, lo: np.ndarray, s: Settings, report=None,
                   times: Optional[dict] = None) -> tuple:
@@ -303,7 +310,7 @@ class Attributor:
         t0 = time.perf_counter()
         ns = self.noise_set(s, 0 if s.consistent_noise else 1_000_003)
         key = None
-        if self.cache_unlearned and not s.screen_noises:
+        if self.cache_unlearned:
             lr = unlearning_lr(self.model, s)
             fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
             key = cache_key(kind="loss_unlearned", model=self.model.fingerprint(), data=self.data.fingerprint(),
@@ -312,8 +319,10 @@ class Attributor:
             hit = self._load_cached("loss_unlearned", key)
             if hit is not None:
                 rec = json.loads(str(hit["record"]))
+                # screened variants read their entries off the cached full matrix (same unlearned model)
+                lu, mask, screening = self.unlearned_losses(None, ns, lo, s, full_lu=hit["loss"])
                 times.update(unlearning=0.0, unlearned_losses=time.perf_counter() - t0)
-                return UnlearnRecord(**rec), hit["loss"], np.ones(len(hit["loss"]), bool), None
+                return UnlearnRecord(**rec), lu, mask, screening
         u = unlearn(self.model, self.data, x, label, lnull, s, report)
         group = Group.current()
         if group is not None:      # every rank unlearned the same way; score exactly rank 0's model
@@ -325,7 +334,7 @@ class Attributor:
         require_finite("L_u", lu[:, :][~np.isnan(lu)], "unlearned losses")
         times["unlearned_losses"] = time.perf_counter() - t0
         rec = UnlearnRecord(steps=u.steps, converged=u.converged, curve=u.curve, lr=u.lr)
-        if key is not None:
+        if key is not None and screening is None:   # only full matrices: the key leaves screening out
             save_arrays(self._cache_path("loss_unlearned", key), key, loss=lu,
                         record=np.array(json.dumps(dict(rec.__dict__))))
         return rec, lu, mask, screening
@@ -340,7 +349,7 @@ class Attributor:
         labels = [c for c in range(C) for _ in range(s.fragile_refs)] if C else [None] * s.fragile_refs
         seeds = [s.fragile_seed + j for j in range(len(labels))]
         base = s.replace(fragile_refs=0, screen_noises=0)
-        fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "eval_batch_size", "screen_keep")}
+        fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "eval_batch_size", "screen_keep", "unlearn_chunk")}
         lr = unlearning_lr(self.model, base)
         key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
                         settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)

@@ -25,6 +25,32 @@ def forget_loss(losses: torch.Tensor, loss_null: float, bounded: bool = True) ->
     return losses.clamp(max=loss_null).mean() if bounded else losses.mean()
 
 
+def _segments(forget, retain):
+    """The step's items as (x, y, t, ε, is_forget) segments: one segment when the forget and retain
+    batches can share a forward (both labelled or both not), which runs faster than two halves and
+    gives each item the same loss (eval mode; GroupNorm normalises per item)."""
+    def mark(part, value):
+        return (*part, torch.full((len(part[0]),), value, dtype=torch.bool, device=part[0].device))
+    if retain is None:
+        return [mark(forget, True)]
+    if (forget[1] is None) != (retain[1] is None):
+        return [mark(forget, True), mark(retain, False)]
+    f, r = mark(forget, True), mark(retain, False)
+    return [tuple(None if a is None else torch.cat([a, b]) for a, b in zip(f, r))]
+
+
+def _slices(n: int, chunk):
+    return [slice(0, n)] if not chunk else [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
+def _sums(losses: torch.Tensor, is_forget: torch.Tensor, loss_null: float, bounded: bool):
+    """Σ min(ℓ, L_null) over the forget items (Σ ℓ when unbounded) and Σ ℓ over the retain items: the
+    objective is a sum of per-item terms, so micro-batches add up to the whole batch's gradient."""
+    f = losses[is_forget]
+    f = f.clamp(max=loss_null) if bounded else f
+    return f.sum(), losses[~is_forget].sum()
+
+
 def should_stop(loss_f: float, loss_null: float, tol: float) -> bool:
     """The stop rule, checked before every step: the query is forgotten to within τ of L_null."""
     return loss_f >= (1 - tol) * loss_null
@@ -60,33 +86,45 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
     xq = query_x.to(dev).unsqueeze(0).expand(B, *shape)
     yq = torch.full((B,), int(query_y), dtype=torch.long, device=dev) if query_y is not None else None
     curve, step, converged = [], 0, False
+    chunk = s.unlearn_chunk if s.unlearn_chunk > 0 else None
     while True:
         # forget batch: the query B times, fresh training-time noise
         t_f, eps_f = noise.sample(B, shape, g, dev)
-        loss_f = forget_loss(per_item_loss(unet, ac, model.prediction_type, xq, yq, t_f, eps_f, s.loss_weighting,
-                                           s.sigma_data), loss_null, s.bounded)
+        forget = (xq, yq, t_f, eps_f)
         # retain batch: B random training items with their own labels, independent noise
+        retain = None
         if s.retain:
             idx = torch.randint(0, len(data), (B,), generator=g).numpy()
             t_r, eps_r = noise.sample(B, shape, g, dev)
             y = data.label_tensor(idx)
             y = y.to(dev) if (y is not None and model.num_classes) else None
-            loss_r = per_item_loss(unet, ac, model.prediction_type, data.tensor(idx).to(dev), y, t_r, eps_r,
-                                   s.loss_weighting, s.sigma_data).mean()
-        else:
-            loss_r = torch.zeros((), device=dev)
-        lf, lr_ = float(loss_f.detach()), float(loss_r.detach())
+            retain = (data.tensor(idx).to(dev), y, t_r, eps_r)
+        may_step = step < s.max_steps
+        opt.zero_grad(set_to_none=True)
+        sum_f, sum_r, pending = 0.0, 0.0, []
+        for x, yy, t, eps, is_f in _segments(forget, retain):
+            for sl in _slices(len(x), chunk):
+                losses = per_item_loss(unet, ac, model.prediction_type, x[sl], None if yy is None else yy[sl], t[sl],
+                                       eps[sl], s.loss_weighting, s.sigma_data)
+                lf_sum, lr_sum = _sums(losses, is_f[sl], loss_null, s.bounded)
+                sum_f, sum_r = sum_f + float(lf_sum.detach()), sum_r + float(lr_sum.detach())
+                objective = (lr_sum - s.lam * lf_sum) / B      # L = L_r − λ·L_f, one term per item
+                if chunk is None:
+                    pending.append(objective)    # whole batch: step after the stop check
+                elif may_step:
+                    objective.backward()         # micro-batch: accumulate now, free its activations
+        lf, lr_ = sum_f / B, sum_r / B
         curve.append(dict(step=step, loss_f=lf, loss_r=lr_))
         if report is not None:
             report("unlearning", min(1.0, lf / ((1 - s.tol) * loss_null)) if loss_null > 0 else 1.0,
                    step=step, loss_f=lf, loss_r=lr_, loss_null=loss_null)
         if should_stop(lf, loss_null, s.tol):
-            converged = True
+            converged = True     # (a micro-batched step's gradients were computed and are dropped)
             break
-        if step >= s.max_steps:
+        if not may_step:
             break
-        opt.zero_grad(set_to_none=True)
-        (loss_r - s.lam * loss_f).backward()
+        if pending:
+            sum(pending).backward()
         opt.step()
         step += 1
     for p in unet.parameters():
