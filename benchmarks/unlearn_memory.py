@@ -87,8 +87,8 @@ def main():
         if checks[str(chunk)]:
             print(f"mucs.checks.request_memory, unlearning batch with unlearn_chunk={chunk}: "
                   f"~{checks[str(chunk)] / 2**30:.1f} GiB")
-    out = dict(date=time.strftime("%Y-%m-%d"), parameters=P, request_memory_unlearning_bytes=checks, config={k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in DDPM_CIFAR10.items()},
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in DDPM_CIFAR10.items()}
+    out = dict(date=time.strftime("%Y-%m-%d"), parameters=P, request_memory_unlearning_bytes=checks, config=config,
                saved_bytes={str(b1): s1, str(b2): s2}, per_item_bytes=per_item, weights_bytes=weights,
                margin=MARGIN, rows=rows, torch=torch.__version__)
     if a.out:
