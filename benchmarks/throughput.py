@@ -58,6 +58,26 @@ def stage_rate(model, data, att, s) -> float:
     return len(data) * len(ns) / (time.perf_counter() - t0)
 
 
+def precision_check(model, data, att, s, precision: str, k: int = 10) -> dict:
+    """One query (training item 7) unlearned once, its L_o and L_u computed in fp32 and in `precision`:
+    the loss-stage rate of each and the top-k agreement of the two scorings."""
+    from mucs.method.overlap import overlap
+    from mucs.method.unlearn import skew, top_k
+    ns = att.noise_set(s)
+    q, y = data.tensor([7])[0], None if data.labels is None else int(data.labels[7])
+    u = unlearn(model, data, q, y, 1.0, s.replace(max_steps=10, tol=0.0))
+    out = {}
+    for p in ("fp32", precision):
+        t0 = time.perf_counter()
+        lo = loss_matrix(model.unet, model, data, ns, s.eval_batch_size, precision=p)
+        lu = loss_matrix(u.unet, model, data, ns, s.eval_batch_size, precision=p)
+        out[p] = dict(rate=2 * len(data) * len(ns) / (time.perf_counter() - t0), top=top_k(skew(lu, lo), k))
+    agree = overlap(out["fp32"]["top"], out[precision]["top"])
+    print(f"{precision} loss matrices: {out[precision]['rate']:.0f} forwards/s against fp32 {out['fp32']['rate']:.0f}; "
+          f"top-{k} agreement with fp32 {agree:.2f} (one query, 10 unlearning steps)", flush=True)
+    return dict(precision=precision, rate=out[precision]["rate"], fp32_rate=out["fp32"]["rate"], top_agreement=agree)
+
+
 def bare_step_seconds(model, data, B, steps=10) -> float:
     """One forward+backward+AdamW step on 2·B items (the forget and retain batches together)."""
     import copy
@@ -92,6 +112,8 @@ def main():
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--large", type=int, default=50_000, help="synthetic training-set size (0: skip)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--precision", default=None, choices=["bf16"],
+                    help="also compare the loss matrices in this precision with fp32 (rate and top-10 agreement)")
     ap.add_argument("--unlearning-only", action="store_true",
                     help="measure only the unlearning step; with --out, update that entry of an existing file")
     a = ap.parse_args()
@@ -112,6 +134,9 @@ def main():
         out["sizes"][name] = dict(stage_forwards_per_s=rate, ratio=rate / peak, seconds=len(d) * s.noises / rate)
         print(f"{name}: loss stage {rate:.0f} forwards/s = {rate / peak:.2f} of peak "
               f"({len(d) * s.noises / rate:.1f} s for {len(d)}x{s.noises})", flush=True)
+    if a.precision:
+        att = Attributor(model, data, s, cache_dir=os.path.join("/tmp", "mucs-throughput-cache"))
+        out["precision"] = precision_check(model, data, att, s, a.precision)
     lnull = 1.0
     q, y = data.tensor([7])[0], None if data.labels is None else int(data.labels[7])
     unlearn(model, data, q, y, lnull, s.replace(max_steps=1, tol=0.0))      # warm-up (first-call allocations)

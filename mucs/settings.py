@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 
 log = logging.getLogger("mucs")
 LOSS_WEIGHTINGS = ("none", "edm")
+PRECISIONS = ("fp32", "bf16")   # of the loss-matrix forwards (unlearning always runs in fp32)
 TRAIN_NOISE_KINDS = ("uniform", "uniform_range", "lognormal")   # training-time noise of unlearning and L_null (method/noise.py)
 
 
@@ -63,6 +64,7 @@ class Settings:
     normalised: bool = True      # False: score = mean_k (L_u − L_o)
     # Engineering
     eval_batch_size: int = 512   # (item, noise) pairs per forward pass when computing losses
+    precision: str = "fp32"      # loss matrices L_o/L_u: fp32 | bf16 (autocast; for GPUs: check top-k vs fp32)
     default_lr: float = 1e-4     # training lr assumed when the model folder does not record one
 
     def to_dict(self) -> dict:
@@ -99,6 +101,7 @@ class Settings:
                   (self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting must be 'none' or 'edm'"),
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
                   (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
+                  (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
                   (self.unlearn_chunk >= 0, "unlearn_chunk must be ≥ 0 (0 = the whole batch at once)"),
                   (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
         import math
@@ -137,6 +140,8 @@ HELP = {
     "tol": "τ, stop once L_f ≥ (1−τ)·L_null",
     "max_steps": "unlearning step cap",
     "frozen": "comma-separated parameter-name substrings to freeze",
+    "precision": "loss matrices in fp32 or under bf16 autocast (faster on GPUs with bf16 units; slower on most "
+                 "CPUs; benchmarks/throughput.py --precision bf16 reports its top-k agreement with fp32)",
     "unlearn_chunk": "micro-batch of an unlearning step: items per forward+backward, gradients accumulated "
                      "(for a large model on a small GPU; 0 = the whole batch)",
     "top_k": "how many training images to report",
@@ -170,7 +175,9 @@ APP_EXCLUDED = {
     "screen_keep": "a per-model speed choice (mucs_settings.json)",
     "fragile_refs": "a per-model choice (mucs_settings.json)", "fragile_seed": "a per-model choice (mucs_settings.json)",
     "eval_batch_size": "a machine choice, not a result-changing one",
-    "unlearn_chunk": "a machine choice (memory), not a result-changing one", "default_lr": "--train-lr / mucs_train.json",
+    "unlearn_chunk": "a machine choice (memory), not a result-changing one",
+    "precision": "a machine choice (GPU speed), set per model or by the app's --settings",
+    "default_lr": "--train-lr / mucs_train.json",
 }
 
 
@@ -188,6 +195,8 @@ def choices_for(name: str):
         return TRAIN_NOISE_KINDS
     if name == "loss_weighting":
         return LOSS_WEIGHTINGS
+    if name == "precision":
+        return PRECISIONS
     return None
 
 

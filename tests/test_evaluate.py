@@ -204,7 +204,7 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
     img = ev.generated(ev.model_dir([]))["targets"][1]
     s = first_run["cfg"].mucs_settings()
     old_settings = {k: v for k, v in s.to_dict().items() if k not in ("screen_noises", "screen_keep", "fragile_refs",
-                                                                     "fragile_seed")}
+                                                                     "fragile_seed", "unlearn_chunk", "precision")}
     key = cache_key(kind="scores", method="mucs", model=model_a.fingerprint(), data=ev.data().fingerprint(),
                     settings=old_settings, ctx_seed=0, label=1, seed=1001,
                     image=cache_key(img=np.asarray(img).tobytes().hex()))
@@ -214,6 +214,7 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
     assert os.path.isfile(os.path.join(ev.work, "attributions", "pixel_nn", f"target001-{pix[:16]}.npz"))
     from mucs.evaluation.plan import settings_key
     assert "screen_noises" not in settings_key(s) and settings_key(s.replace(screen_noises=2))["screen_noises"] == 2
+    assert "unlearn_chunk" not in settings_key(s) and settings_key(s.replace(precision="bf16"))["precision"] == "bf16"
 
 
 def test_training_is_deterministic_for_a_seed_and_removed_set(first_run, tmp_path):

@@ -329,3 +329,22 @@ def test_micro_batched_unlearning_takes_the_same_steps(tiny_model_dir, tiny_npz,
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
     moved = max((p - q).abs().max().item() for p, q in zip(whole.unet.parameters(), m.unet.parameters()))
     assert moved > 1e-4      # the steps did change the weights (so the comparison means something)
+
+
+def test_bf16_loss_matrix_is_close_to_fp32_and_cached_apart(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
+    """precision="bf16" runs the loss-matrix forwards under bf16 autocast (for GPUs): close to fp32, the
+    same item order, and never read from or written to an fp32 cache entry."""
+    from scipy.stats import spearmanr
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    ns = make_noise_set(m.scheduler.alphas_cumprod, (m.channels, m.size, m.size), K=8, seed=0)
+    full = loss_matrix(m.unet, m, d, ns, 64)
+    half = loss_matrix(m.unet, m, d, ns, 64, precision="bf16")
+    assert half.dtype == np.float32 and np.isfinite(half).all() and not np.array_equal(full, half)
+    assert np.abs(half - full).max() / np.abs(full).max() < 0.05
+    assert spearmanr(full.mean(1), half.mean(1)).statistic > 0.95
+    a = Attributor(m, d, fast_settings, cache_dir=str(tmp_path))
+    lo32, _ = a.original_losses(fast_settings)
+    lo16, cached = a.original_losses(fast_settings.replace(precision="bf16"))
+    assert not cached and not np.array_equal(lo32, lo16)
+    with pytest.raises(Exception, match="precision must be one of fp32, bf16"):
+        fast_settings.replace(precision="fp16").validate()

@@ -176,7 +176,7 @@ class Attributor:
         group = Group.current()
         part = rows if group is None else group.shard(rows)
         L = loss_matrix(unet, self.model, self.data, ns, s.eval_batch_size, report, stage, s.loss_weighting,
-                        s.sigma_data, items=part, out=self._matrix(len(part), len(ns)))
+                        s.sigma_data, items=part, out=self._matrix(len(part), len(ns)), precision=s.precision)
         return L if group is None else group.gather_rows(L, len(rows))
 
     def _matrix(self, n: int, k: int):
@@ -212,7 +212,7 @@ class Attributor:
         ns = self.noise_set(s)
         key = cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
                         noise=ns.params, prediction=self.model.prediction_type,
-                        **self._weighting_key(s))
+                        **self._weighting_key(s), **self._precision_key(s))
         hit = self._lo.get(key)
         if hit is not None:
             return hit, True
@@ -247,6 +247,10 @@ class Attributor:
     def _weighting_key(s: Settings) -> dict:
         # only non-default choices enter the keys, so caches made before these options existed stay valid
         return {} if s.loss_weighting == "none" else dict(weighting=s.loss_weighting, sigma_data=s.sigma_data)
+
+    @staticmethod
+    def _precision_key(s: Settings) -> dict:
+        return {} if s.precision == "fp32" else dict(precision=s.precision)   # fp32 caches keep their keys
 
     @staticmethod
     def _train_noise_key(s: Settings) -> dict:

@@ -45,7 +45,7 @@ def loader_workers(device, n_items: int) -> int:
 @torch.inference_mode()
 def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
                 stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5, items=None,
-                workers: Optional[int] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
+                workers: Optional[int] = None, out: Optional[np.ndarray] = None, precision: str = "fp32") -> np.ndarray:
     """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i (or the rows `items`) and every
     noise k of the set.
 
@@ -53,6 +53,7 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
     (item, noise) pairs; the noise tensors are exactly the noise set's, shared by all items. The
     chunks come through a DataLoader (`workers` processes, pinned memory on a GPU) as uint8 and are
     scaled to [-1, 1] on the device; `out` may be a preallocated (e.g. memory-mapped) array.
+    precision="bf16" runs the UNet under bf16 autocast (the losses are still formed in fp32).
     """
     dev = next(unet.parameters()).device
     ac = alphas_cumprod(model).to(dev)
@@ -71,7 +72,8 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
         y = y.to(dev).repeat_interleave(K, 0) if (y is not None and model.num_classes) else None
         t = t_all.repeat(n)
         eps = eps_all.repeat(n, 1, 1, 1)
-        loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
         out[pos.numpy()] = loss.view(n, K).float().cpu().numpy()
         if report is not None:
             report(stage, (int(pos[-1]) + 1) / N)
