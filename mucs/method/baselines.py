@@ -46,6 +46,7 @@ ABLATIONS = {
     # ascent cannot raise the loss of a whole class through the label), and a tighter tolerance τ
     "mucs_frozen_emb": dict(frozen=("bias", "time_embedding", "class_embedding", "time_emb_proj")),
     "mucs_tol02": dict(tol=0.02),
+    "mucs_lam05": dict(lam=0.5),   # λ = 0.5: a stronger forget term against the retain term (fewer steps)
     # issue 10: screened scoring (every item on 2 levels, the 50 most skewed on all K), read off the cached
     # full L_u of `mucs` when there is one (the same unlearned model and noise; see Attributor.unlearned)
     "mucs_screened": dict(screen_noises=2, screen_keep=50),
