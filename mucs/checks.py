@@ -306,7 +306,7 @@ def request_memory(model, num_train: int, s) -> dict:
 
 def _unlearn_items(s) -> int:
     """Items whose activations one unlearning forward+backward holds: 2·B, or the micro-batch."""
-    chunk = int(getattr(s, "unlearn_chunk", 0) or 0)
+    chunk = int(s.unlearn_chunk)
     return min(2 * int(s.batch_size), chunk) if chunk > 0 else 2 * int(s.batch_size)
 
 
@@ -323,6 +323,6 @@ def check_request_memory(model, num_train: int, s, what: str = "this request") -
         raise MucsError(f"{what} needs ~{format_bytes(total)} of {'GPU ' if part == 'device' else ''}memory "
                         f"(mostly the {biggest}: {format_bytes(est[part][biggest])}), {where} "
                         f"{format_bytes(avail)} available: lower noises K (now {s.noises}), the batch size "
-                        f"(now {s.batch_size}; or micro-batch it with unlearn_chunk, now {getattr(s, 'unlearn_chunk', 0)}) "
+                        f"(now {s.batch_size}; or micro-batch it with unlearn_chunk, now {s.unlearn_chunk}) "
                         f"or the eval batch size (now {s.eval_batch_size})")
     return est

@@ -527,6 +527,12 @@ def test_memory_estimate_grows_with_the_request_and_refuses_what_does_not_fit(de
     assert small["host_total"] < 2**30 < big["host_total"]
     assert available_host_memory() > 0 and parse_bytes("8G") == 8 * 2**30 and parse_bytes("512M") == 2**29
     check_request_memory(a.model, len(a.data), Settings())   # the defaults fit on any machine that runs the tests
+    # micro-batching (unlearn_chunk) counts one chunk's activations: a huge B fits again, and the refusal says so
+    huge = request_memory(a.model, len(a.data), Settings(batch_size=200_000))
+    chunked = request_memory(a.model, len(a.data), Settings(batch_size=200_000, unlearn_chunk=64))
+    assert huge["host"]["unlearning batch"] > 4 * chunked["host"]["unlearning batch"]
+    with pytest.raises(MucsError, match="micro-batch it with unlearn_chunk, now 0"):
+        a.check_memory(Settings(batch_size=10**8))
     # a request far beyond any machine: refused on the real figures, with both numbers in one line
     with pytest.raises(MucsError, match=r"needs ~[\d.]+ [KMGT]iB of memory .*this machine has [\d.]+ [KMGT]iB available"):
         a.check_memory(Settings(noises=10**9))
