@@ -195,6 +195,9 @@ def test_unlearning_stops_before_the_step_when_forgotten(tiny_model_dir, tiny_np
     for n, p in m.unet.named_parameters():                       # the original is untouched
         assert torch.equal(p, before[n])
     assert u.lr == pytest.approx(2e-3 / 10)                      # training lr ÷ lr factor
+    from mucs.errors import MucsError
+    with pytest.raises(MucsError, match="class-conditional model needs the query's label"):
+        unlearn(m, d, x, None, loss_null=1.0, s=fast_settings)
 
 
 def test_skew_and_top_k():

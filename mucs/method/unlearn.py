@@ -8,6 +8,7 @@ import torch
 
 from .losses import train_noise_for
 from ..sources.models import alphas_cumprod, per_item_loss
+from ..errors import MucsError
 from ..settings import Settings
 
 
@@ -20,23 +21,27 @@ class UnlearnResult:
     lr: float = 0.0
 
 
+def forget_terms(losses: torch.Tensor, loss_null: float, bounded: bool = True) -> torch.Tensor:
+    """min(ℓ_b, L_null) per forget item (ℓ_b when unbounded): an item already as bad as an untrained
+    model gives no gradient."""
+    return losses.clamp(max=loss_null) if bounded else losses
+
+
 def forget_loss(losses: torch.Tensor, loss_null: float, bounded: bool = True) -> torch.Tensor:
-    """L_f = mean_b min(ℓ_b, L_null): an item already as bad as an untrained model gives no gradient."""
-    return losses.clamp(max=loss_null).mean() if bounded else losses.mean()
+    """L_f = mean_b min(ℓ_b, L_null)."""
+    return forget_terms(losses, loss_null, bounded).mean()
 
 
-def _segments(forget, retain):
-    """The step's items as (x, y, t, ε, is_forget) segments: one segment when the forget and retain
-    batches can share a forward (both labelled or both not), which runs faster than two halves and
-    gives each item the same loss (eval mode; GroupNorm normalises per item)."""
+def _one_batch(forget, retain):
+    """The step's items as one (x, y, t, ε, is_forget) batch: the forget and retain batches share a
+    forward, which runs faster than two halves and gives each item the same loss (eval mode; GroupNorm
+    normalises per item)."""
     def mark(part, value):
         return (*part, torch.full((len(part[0]),), value, dtype=torch.bool, device=part[0].device))
+    f = mark(forget, True)
     if retain is None:
-        return [mark(forget, True)]
-    if (forget[1] is None) != (retain[1] is None):
-        return [mark(forget, True), mark(retain, False)]
-    f, r = mark(forget, True), mark(retain, False)
-    return [tuple(None if a is None else torch.cat([a, b]) for a, b in zip(f, r))]
+        return f
+    return tuple(None if a is None else torch.cat([a, b]) for a, b in zip(f, mark(retain, False)))
 
 
 def _slices(n: int, chunk):
@@ -46,9 +51,7 @@ def _slices(n: int, chunk):
 def _sums(losses: torch.Tensor, is_forget: torch.Tensor, loss_null: float, bounded: bool):
     """Σ min(ℓ, L_null) over the forget items (Σ ℓ when unbounded) and Σ ℓ over the retain items: the
     objective is a sum of per-item terms, so micro-batches add up to the whole batch's gradient."""
-    f = losses[is_forget]
-    f = f.clamp(max=loss_null) if bounded else f
-    return f.sum(), losses[~is_forget].sum()
+    return forget_terms(losses[is_forget], loss_null, bounded).sum(), losses[~is_forget].sum()
 
 
 def should_stop(loss_f: float, loss_null: float, tol: float) -> bool:
@@ -84,7 +87,10 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
     g = torch.Generator().manual_seed(int(s.seed) + 2)
     B = s.batch_size
     xq = query_x.to(dev).unsqueeze(0).expand(B, *shape)
-    yq = torch.full((B,), int(query_y), dtype=torch.long, device=dev) if query_y is not None else None
+    if bool(model.num_classes) != (query_y is not None):
+        raise MucsError("a class-conditional model needs the query's label, an unconditional one none")
+    # labels exactly as for the retain items below (both present or both None), so the two share a forward
+    yq = torch.full((B,), int(query_y), dtype=torch.long, device=dev) if model.num_classes else None
     curve, step, converged = [], 0, False
     chunk = s.unlearn_chunk if s.unlearn_chunk > 0 else None
     while True:
@@ -101,18 +107,16 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
             retain = (data.tensor(idx).to(dev), y, t_r, eps_r)
         may_step = step < s.max_steps
         opt.zero_grad(set_to_none=True)
-        sum_f, sum_r, pending = 0.0, 0.0, []
-        for x, yy, t, eps, is_f in _segments(forget, retain):
-            for sl in _slices(len(x), chunk):
-                losses = per_item_loss(unet, ac, model.prediction_type, x[sl], None if yy is None else yy[sl], t[sl],
-                                       eps[sl], s.loss_weighting, s.sigma_data)
-                lf_sum, lr_sum = _sums(losses, is_f[sl], loss_null, s.bounded)
-                sum_f, sum_r = sum_f + float(lf_sum.detach()), sum_r + float(lr_sum.detach())
-                objective = (lr_sum - s.lam * lf_sum) / B      # L = L_r − λ·L_f, one term per item
-                if chunk is None:
-                    pending.append(objective)    # whole batch: step after the stop check
-                elif may_step:
-                    objective.backward()         # micro-batch: accumulate now, free its activations
+        sum_f, sum_r = 0.0, 0.0
+        x, yy, t, eps, is_f = _one_batch(forget, retain)
+        for sl in _slices(len(x), chunk):
+            losses = per_item_loss(unet, ac, model.prediction_type, x[sl], None if yy is None else yy[sl], t[sl],
+                                   eps[sl], s.loss_weighting, s.sigma_data)
+            lf_sum, lr_sum = _sums(losses, is_f[sl], loss_null, s.bounded)
+            sum_f, sum_r = sum_f + float(lf_sum.detach()), sum_r + float(lr_sum.detach())
+            objective = (lr_sum - s.lam * lf_sum) / B      # L = L_r − λ·L_f, one term per item
+            if chunk is not None and may_step:
+                objective.backward()         # micro-batch: accumulate now, free its activations
         lf, lr_ = sum_f / B, sum_r / B
         curve.append(dict(step=step, loss_f=lf, loss_r=lr_))
         if report is not None:
@@ -123,8 +127,8 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
             break
         if not may_step:
             break
-        if pending:
-            sum(pending).backward()
+        if chunk is None:
+            objective.backward()             # whole batch: one backward, after the stop check
         opt.step()
         step += 1
     for p in unet.parameters():
