@@ -247,6 +247,10 @@ def test_cli_user_errors_exit_2(tiny_npz, tmp_path, capsys):
     assert main(base + ["--n-train", "1000"]) == 2
     assert main(base + ["--target-auc", "1.5"]) == 2
     assert main(base + ["--engine", "serial", "--address", "auto"]) == 2
+    assert main(base + ["--retrain-seeds", "1,x"]) == 2
+    assert "--retrain-seeds" in capsys.readouterr().err
+    assert main(base + ["--retrain-seeds", "-1"]) == 2
+    assert not os.path.exists(tmp_path / "o.json")
     with pytest.raises(SystemExit):
         main(["evaluate", "--preset", "huge"])
 
@@ -355,3 +359,44 @@ def test_target_blocks_retrain_per_block_and_block_zero_reuses_the_smaller_run(f
     merged = merge_blocks([[0, 1], [2, 3]], per)
     assert merged["targets"]["ssim"].tolist() == [0, 1, 12, 13]
     assert merged["controls"]["ssim"].tolist() == [0, 1, 10, 11]
+
+
+def test_replicate_seeds_average_each_items_similarity_over_their_own_retrains(first_run, tmp_path):
+    """--retrain-seeds 1: seed 1 trains its own model A and retrains every removal (same removed sets,
+    the attributions of seed 0's model A); seed 0's chain is the one-seed run's (cached); each item's
+    similarity is the mean of the two replicates, and each replicate alone is reported."""
+    from mucs.evaluation import run as run_mod
+    from mucs.evaluation.engine import SerialEngine
+    work = str(tmp_path / "copy")
+    shutil.copytree(first_run["work"], work)
+    cfg = first_run["cfg"].replace(retrain_seeds=(1, 0, 1))
+    assert cfg.seeds() == [0, 1]
+    spy = RetrainSpy()
+    ev = ev_mod.Evaluation(cfg, work, log=lambda m: None, retrain=spy, threads=1)
+    result = ev.run(["pixel_nn"])
+    small = first_run["result"]["methods"]
+    pix_sets = first_run["ev"].top_sets(first_run["ev"].target_scores(
+        "pixel_nn", ev.load(ev.model_dir([])), ev.generated(ev.model_dir([]))["targets"]))
+    removed = sorted(set(np.concatenate(pix_sets).tolist()))
+    # seed 1 only: model A, pixel_nn's union (the same set as seed 0's) and each random removal
+    assert len(spy.calls) == 2 + cfg.random_repeats and [] in spy.calls and removed in spy.calls
+    assert ev.model_dir([], 1) != ev.model_dir([]) and ev.model_dir([], 0) == ev.model_dir([])
+    with open(os.path.join(ev.model_dir(removed, 1), "mucs_train.json")) as f:
+        assert json.load(f)["seed"] == 1
+    st = run_mod.run(ev.job, ["pixel_nn"], SerialEngine(), cached_only=True)
+    for name in ["pixel_nn"] + [f"random#{r}" for r in range(cfg.random_repeats)]:
+        for g in ("targets", "controls"):
+            for metric, sim in st.sims[name][g].items():
+                reps = [st.by_seed[name][s][g][metric] for s in (0, 1)]
+                assert np.allclose(sim, (reps[0] + reps[1]) / 2)
+        assert not np.array_equal(st.by_seed[name][0]["targets"]["ssim"], st.by_seed[name][1]["targets"]["ssim"])
+    t = result["methods"]["pixel_nn"]["targets"]["ssim"]
+    assert t["auc_per_seed"]["0"] == pytest.approx(small["pixel_nn"]["targets"]["ssim"]["auc"])
+    assert result["seeds"]["replicate_seeds"] == [0, 1] and result["scale"]["retrain_seeds"] == [1, 0, 1]
+    assert "per seed 0:" in ev_mod.ci_table(result)
+    # the one-seed table is unchanged by the replicate's artefacts next to it
+    again = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, threads=1)
+    assert again.run(METHODS)["methods"]["pixel_nn"] == json.loads(json.dumps(small["pixel_nn"]))
+    # a replicate whose model A is not in the work folder: --cached-only says so
+    with pytest.raises(MucsError, match="seed 2"):
+        ev_mod.Evaluation(cfg.replace(retrain_seeds=(2,)), work, log=lambda m: None, cached_only=True).run(["pixel_nn"])

@@ -71,11 +71,11 @@ class Evaluation:
     def items(self) -> dict:
         return self.job.items()
 
-    def model_key(self, removed) -> str:
-        return self.job.model_key(removed)
+    def model_key(self, removed, seed: Optional[int] = None) -> str:
+        return self.job.model_key(removed, seed)
 
-    def model_dir(self, removed) -> str:
-        return self.job.model_dir(removed)
+    def model_dir(self, removed, seed: Optional[int] = None) -> str:
+        return self.job.model_dir(removed, seed)
 
     def top_sets(self, scores: np.ndarray) -> list:
         return self.job.top_sets(scores)

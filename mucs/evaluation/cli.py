@@ -30,6 +30,9 @@ def add_parser(sub):
     p.add_argument("--target-block", type=int, default=None,
                    help="targets per removal block (one retrain per block; 0: one block). E.g. --targets 40 "
                         "--target-block 20 replicates the 20-target protocol on 20 more targets")
+    p.add_argument("--retrain-seeds", default=None,
+                   help="comma-separated extra training seeds (replicates): each trains its own model A and "
+                        "retrains every removal; an item's similarity is its mean over the seeds. E.g. 1,2")
     p.add_argument("--k-frac", type=float, default=None, help="top-k per target as a fraction of N")
     p.add_argument("--random-repeats", type=int, default=None)
     p.add_argument("--noises", type=int, default=None, help="MUCS K")
@@ -65,7 +68,13 @@ def cmd_evaluate(a):
     from . import Evaluation
     from .engine import SerialEngine, make_engine
     from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict
-    cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
+    retrain_seeds = None
+    if a.retrain_seeds is not None:
+        try:
+            retrain_seeds = tuple(int(x) for x in a.retrain_seeds.split(",") if x.strip())
+        except ValueError:
+            raise MucsError(f"--retrain-seeds takes comma-separated integers, got {a.retrain_seeds!r}") from None
+    cfg = preset(a.preset, retrain_seeds=retrain_seeds, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  targets=a.targets, controls=a.controls, target_block=a.target_block, k_frac=a.k_frac,
                  random_repeats=a.random_repeats,
                  noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor,

@@ -4,6 +4,8 @@ the MUCS settings) makes the evaluation compute new artefacts; the work folder k
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+import numpy as np
+
 from ..errors import MucsError
 from ..settings import Settings
 from ..sources.train import TrainOptions
@@ -29,6 +31,11 @@ class EvalConfig:
     ema_decay: float = 0.995
     warmup: int = 50
     train_seed: int = 0
+    # replicates: more training seeds. Seed s trains its own model A (nothing removed) and retrains every
+    # removal with seed s; an item's similarity is its mean over the replicates (train_seed first), so one
+    # retrain's noise (its data order changes with the removed set) weighs less. Attributions stay on
+    # train_seed's model A, the one that generated the targets. () = one replicate (every earlier table)
+    retrain_seeds: tuple = ()
     # generated items: targets (attributed) and controls (never attributed)
     targets: int = 10
     controls: int = 10
@@ -57,8 +64,18 @@ class EvalConfig:
     null_batch_size: int = 64
     mucs_seed: int = 0
 
-    def train_options(self) -> TrainOptions:
-        return TrainOptions(steps=self.train_steps, batch_size=self.train_batch, lr=self.lr, seed=self.train_seed,
+    def seeds(self) -> list:
+        """The training seed of each replicate: train_seed, then retrain_seeds (without repeats)."""
+        out = [int(self.train_seed)]
+        for s in self.retrain_seeds:
+            if int(s) not in out:
+                out.append(int(s))
+        return out
+
+    def train_options(self, seed: Optional[int] = None) -> TrainOptions:
+        """The training recipe; `seed`: a replicate's seed (default train_seed)."""
+        seed = self.train_seed if seed is None else int(seed)
+        return TrainOptions(steps=self.train_steps, batch_size=self.train_batch, lr=self.lr, seed=seed,
                             ema_decay=self.ema_decay, channels=tuple(self.channels), attention=self.attention,
                             warmup_steps=self.warmup, log_every=max(1, min(50, self.train_steps)))
 
@@ -75,12 +92,14 @@ class EvalConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        d["retrain_seeds"] = list(self.retrain_seeds)
         return d
 
     def replace(self, **changes) -> "EvalConfig":
         d = self.to_dict()
         d.update({k: v for k, v in changes.items() if v is not None})
         d["channels"] = tuple(d["channels"])
+        d["retrain_seeds"] = tuple(d["retrain_seeds"])
         return EvalConfig(**{k: v for k, v in d.items() if k in {f.name for f in fields(EvalConfig)}})
 
     def validate(self) -> "EvalConfig":
@@ -90,7 +109,9 @@ class EvalConfig:
                   (self.train_steps >= 1, "training steps must be ≥ 1"), (self.sample_steps >= 1, "sampling steps must be ≥ 1"),
                   (self.n_train is None or self.n_train >= 2, "n_train must be ≥ 2"),
                   (self.control_design in ("shared", "disjoint"), "control design must be 'shared' or 'disjoint'"),
-                  (self.target_block >= 0, "target block must be ≥ 0 (0: one block)")]
+                  (self.target_block >= 0, "target block must be ≥ 0 (0: one block)"),
+                  (all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 <= x < 2 ** 31
+                       for x in self.retrain_seeds), "retrain seeds must be integers in [0, 2^31)")]
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)

@@ -77,15 +77,16 @@ class Job:
                                   seeds=[self.cfg.control_seed + i for i in range(self.cfg.controls)]))
 
     # --- models -------------------------------------------------------------------------------
-    def model_key(self, removed) -> str:
-        opts = asdict(self.cfg.train_options())
+    def model_key(self, removed, seed: Optional[int] = None) -> str:
+        """The key of the model trained without `removed` (seed: a replicate's, default train_seed)."""
+        opts = asdict(self.cfg.train_options(seed))
         opts["channels"] = list(opts["channels"])
         opts.pop("log_every", None)
         return cache_key(kind="retrain", data=self.data().fingerprint(), opts=opts,
                          removed=sorted(int(i) for i in removed))
 
-    def model_dir(self, removed) -> str:
-        return os.path.join(self.work, "models", self.model_key(removed)[:16])
+    def model_dir(self, removed, seed: Optional[int] = None) -> str:
+        return os.path.join(self.work, "models", self.model_key(removed, seed)[:16])
 
     def model_record(self, model_path: str) -> Optional[dict]:
         """The training record of a finished model in `model_path`, else None (missing or unfinished)."""

@@ -42,6 +42,8 @@ def ci_table(result: dict) -> str:
         t, c = r["targets"]["ssim"], r.get("controls", {}).get("ssim", {})
         ci = (f"single repeats {min(t['auc_per_repeat']):.2f}–{max(t['auc_per_repeat']):.2f}" if m == "random"
               else f"{t['auc_ci95'][0]:.2f}–{t['auc_ci95'][1]:.2f}")
+        if t.get("auc_per_seed"):
+            ci += "; per seed " + ", ".join(f"{s}: {v:.2f}" for s, v in t["auc_per_seed"].items())
         lines.append(f"| `{m}` | {t['auc']:.2f} | {ci} | {t['mean']:.3f} | {c.get('auc', float('nan')):.2f} |")
     return "\n".join(lines)
 

@@ -9,7 +9,9 @@ Model A, its items, the random removals and every attribution are submitted at o
 depending on what it needs (engine handles: Ray ObjectRefs); a method's retrain → generate →
 measure chain is submitted as soon as all of its targets' scores are in, because its removed set
 (the union of their top-k sets) decides which model it needs. Two names with the same removed set
-share one chain. The first target of each MUCS-type method waits for the previous one, so that
+share one chain. With replicates (`retrain_seeds`) every seed has its own model A, items and
+retrains, and each item's similarity is averaged over the seeds; attributions use the first seed's
+model A only. The first target of each MUCS-type method waits for the previous one, so that
 the shared loss caches (L_o, L_null) are computed once, by the first, as in a serial run.
 """
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ class State:
     seconds: dict = field(default_factory=dict)    # (stage, artefact) -> compute seconds recorded with it
     computed: dict = field(default_factory=lambda: dict(retrains=0, generations=0, attributions=0))
     random: list = field(default_factory=list)     # the measured random removals, in seed order
+    by_seed: dict = field(default_factory=dict)    # name -> {training seed: sims of that replicate alone}
 
     def compute_seconds(self) -> dict:
         """Seconds per stage (train, generate, attribute:<method>) summed over the artefacts used."""
@@ -53,51 +56,64 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
     st = State()
     rnames = random_names(job.cfg)
     watch = {}                    # handle -> (kind, info)
+    seeds = job.cfg.seeds()
     a_dir = job.model_dir([])
-    if cached_only and (job.model_record(a_dir) is None or job.cached_generation(a_dir) is None):
-        raise MucsError(f"--cached-only: nothing to report yet: model A or its generated items are not in {job.work}")
+    for s in seeds:
+        path = job.model_dir([], s)
+        if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
+            raise MucsError(f"--cached-only: nothing to report yet: model A (training seed {s}) or its generated "
+                            f"items are not in {job.work}")
 
     def submit(kind, info, fn, *args, name=""):
         h = engine.submit(fn, *args, name=name)
         watch[h] = (kind, info)
         return h
 
-    a = submit("train", None, steps.retrained, job, [], "model A", retrain, name="retrain model A")
-    ga = submit("generate", None, steps.generated, job, a, name="generate model A")
+    def seed_tag(s):
+        return "" if len(seeds) == 1 else f", seed {s}"
+    models_a = {s: submit("train", None, steps.retrained, job, [], f"model A{seed_tag(s)}", retrain, s,
+                          name=f"retrain model A{seed_tag(s)}") for s in seeds}
+    gens_a = {s: submit("generate", None, steps.generated, job, models_a[s], name=f"generate model A{seed_tag(s)}")
+              for s in seeds}
+    a, ga = models_a[seeds[0]], gens_a[seeds[0]]      # the attributed model and its items
 
-    names_of, sims_of = {}, {}    # model key -> (name, block) pairs sharing its chain / its measured similarities
+    names_of, sims_of = {}, {}    # model key -> (name, block, seed) sharing its chain / its measured similarities
     blocks = job.cfg.blocks()
-    per_block = {}                # name -> {block: similarities measured on that block's retrain}
+    per_block = {}                # name -> {(block, seed): similarities measured on that retrain}
 
-    def measured_block(name, b, val):
-        per_block.setdefault(name, {})[b] = val
-        if len(per_block[name]) == len(blocks):
-            st.sims[name] = merge_blocks(blocks, per_block[name])
+    def measured_block(name, b, s, val):
+        per_block.setdefault(name, {})[(b, s)] = val
+        if len(per_block[name]) == len(blocks) * len(seeds):
+            st.by_seed[name] = {t: merge_blocks(blocks, {c: per_block[name][(c, t)] for c in range(len(blocks))})
+                                for t in seeds}
+            st.sims[name] = mean_over_seeds(list(st.by_seed[name].values()))
 
     def chain(name, sets, why):
         """Retrain without the union of `sets` (per block), regenerate, measure."""
         todo = []
         for b, idx in enumerate(blocks):
             removed = union([sets[i] for i in idx])
-            key, path = job.model_key(removed), job.model_dir(removed)
-            if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
-                return
-            todo.append((b, removed, key, path))
+            for s in seeds:
+                key, path = job.model_key(removed, s), job.model_dir(removed, s)
+                if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
+                    return
+                todo.append((b, s, removed, key, path))
         st.sets[name] = sets
-        sizes = [int(len(r)) for _, r, _, _ in todo]
+        sizes = [int(len(t[2])) for t in todo if t[1] == seeds[0]]
         st.removed[name] = sizes[0] if len(sizes) == 1 else float(np.mean(sizes))
-        st.paths[name] = todo[0][3] if len(todo) == 1 else [t[3] for t in todo]
-        for b, removed, key, path in todo:
-            tag = why if len(blocks) == 1 else f"{why} (block {b})"
+        paths = [t[4] for t in todo if t[1] == seeds[0]]
+        st.paths[name] = paths[0] if len(paths) == 1 else paths
+        for b, s, removed, key, path in todo:
+            tag = (why if len(blocks) == 1 else f"{why} (block {b})") + seed_tag(s)
             if key in sims_of:
-                measured_block(name, b, sims_of[key])
+                measured_block(name, b, s, sims_of[key])
             elif key in names_of:
-                names_of[key].append((name, b))
+                names_of[key].append((name, b, s))
             else:
-                names_of[key] = [(name, b)]
-                r = submit("train", None, steps.retrained, job, removed, tag, retrain, name=f"retrain {tag}")
+                names_of[key] = [(name, b, s)]
+                r = submit("train", None, steps.retrained, job, removed, tag, retrain, s, name=f"retrain {tag}")
                 g = submit("generate", None, steps.generated, job, r, name=f"generate {tag}")
-                submit("measure", key, steps.measured, job, a, ga, g, name=f"measure {tag}")
+                submit("measure", key, steps.measured, job, models_a[s], gens_a[s], g, name=f"measure {tag}")
 
     for r, name in enumerate(rnames):
         chain(name, job.random_sets(r), f"random removal {r}")
@@ -139,8 +155,8 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
                 st.computed["attributions"] += val["computed"]
             elif kind == "measure":
                 sims_of[info] = val
-                for name, b in names_of[info]:
-                    measured_block(name, b, val)
+                for name, b, s in names_of[info]:
+                    measured_block(name, b, s, val)
                 st.random = [n for n in rnames if n in st.sims]
                 if on_progress is not None and len(st.random) >= 2:
                     on_progress(st)
@@ -154,6 +170,14 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
     if len(st.random) < 2:
         raise MucsError(f"--cached-only: nothing to report yet: fewer than two random removals are in {job.work}")
     return st
+
+
+def mean_over_seeds(replicates: list) -> dict:
+    """{group: {metric: per-item mean}} of replicates measured on the same items (one: itself)."""
+    if len(replicates) == 1:
+        return replicates[0]
+    return {g: {m: np.mean([np.asarray(r[g][m], np.float64) for r in replicates], axis=0) for m in replicates[0][g]}
+            for g in replicates[0]}
 
 
 def merge_blocks(blocks: list, per_block: dict) -> dict:

@@ -47,20 +47,22 @@ def _path(model) -> str:
     return model["path"] if isinstance(model, dict) else model
 
 
-def retrained(job: Job, removed, why: str = "", retrain=None) -> dict:
-    """The model trained without `removed` (cached by removed set + recipe + data)."""
+def retrained(job: Job, removed, why: str = "", retrain=None, seed=None) -> dict:
+    """The model trained without `removed` (cached by removed set + recipe + data); `seed`: a
+    replicate's training seed (default the recipe's train_seed)."""
     removed = np.array(sorted(int(i) for i in removed), np.int64)
-    out = job.model_dir(removed)
+    out = job.model_dir(removed, seed)
     rec = job.model_record(out)
     computed = False
     if rec is None:
         job.refuse(f"the model {why or out}")
         _threads(job)
-        steps = job.cfg.train_options().steps
+        options = job.cfg.train_options(seed)
+        steps = options.steps
         job.say(f"training {why or 'model'}: {len(job.data()) - len(removed)} images ({len(removed)} removed), "
                 f"{steps} steps")
         t0 = time.perf_counter()
-        (retrain or default_retrain(job.device))(job.data(), removed, job.cfg.train_options(), out)
+        (retrain or default_retrain(job.device))(job.data(), removed, options, out)
         seconds = time.perf_counter() - t0
         atomic_write(out + ".json", json.dumps(dict(removed=removed.tolist(), why=why, seconds=seconds)).encode())
         rec = job.model_record(out) or dict(train_seconds=seconds)
@@ -109,7 +111,8 @@ def context(job: Job, model_a) -> baselines.Context:
     return ctx
 
 
-_MODEL = {}      # per process: the last model A loaded by _model_a (tasks of one run share it)
+_MODEL = {}      # per process: the last few models A loaded by _model_a (tasks of one run share them;
+                 # one per replicate seed, so alternating measurements do not reload the attributed one)
 
 
 def _model_a(job: Job, model_a):
@@ -120,7 +123,8 @@ def _model_a(job: Job, model_a):
     rec = os.path.join(path, "mucs_train.json")
     key = (path, str(job.device), os.path.getmtime(rec) if os.path.exists(rec) else None)
     if key not in _MODEL:      # a folder trained again since is loaded again
-        _MODEL.clear()
+        for old in [k for k in _MODEL if k[0] == path] + list(_MODEL)[:max(0, len(_MODEL) - 3)]:
+            _MODEL.pop(old, None)
         _MODEL[key] = load_model(job, path)
     return _MODEL[key]
 

@@ -12,7 +12,9 @@ from .run import State
 
 DESCRIPTION = ("Counterfactual test: AUC = P(sim after random removal > sim after the method's removal) "
                "(for mse, a distance: P(mse_random < mse_method)); 0.5 = no better than random. "
-               "mean_relative_change = 100*(mean(sim_method)/median(sim_random) - 1) %.")
+               "mean_relative_change = 100*(mean(sim_method)/median(sim_random) - 1) %. With several "
+               "replicate seeds, each item's similarity is its mean over the seeds' retrains (auc_per_seed: "
+               "each seed alone).")
 
 
 def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
@@ -40,10 +42,16 @@ def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
                                             note="each random repeat against the others; the mean is 0.5 by construction, "
                                                  "auc_per_repeat shows the spread of a single random removal")
     done = [m for m in methods if m in sims]
+    seeds = cfg.seeds()
     for m in done:
         res[m] = dict(removed=st.removed[m])
         for g in groups:
             res[m][g] = {metric: compare(pooled(rnames, g, metric), sims[m][g][metric], metric) for metric in METRICS}
+            if len(seeds) > 1:      # each replicate alone, against the random removals of the same seed
+                for metric in METRICS:
+                    res[m][g][metric]["auc_per_seed"] = {
+                        str(t): compare(np.concatenate([st.by_seed[n][t][g][metric] for n in rnames]),
+                                        st.by_seed[m][t][g][metric], metric)["auc"] for t in seeds}
     rand_exp = (float(random_overlaps(N, [k] * cfg.targets, pairs=2000, seed=0).mean()) if cfg.targets > 1
                 else float("nan"))
     within = {m: dict(mean_pairwise=mean_pairwise_overlap(st.sets[m]), random_expected=rand_exp,
@@ -54,7 +62,7 @@ def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
         description=DESCRIPTION,
         complete=len(done) == len(methods), missing=[m for m in methods if m not in sims],
         scale=dict(cfg.to_dict(), data=shown_path(cfg.data), n_train_actual=N, k=k, data_fingerprint=job.data().fingerprint()),
-        seeds=dict(train_seed=cfg.train_seed, target_seeds=it["targets"]["seeds"], target_labels=it["targets"]["labels"],
+        seeds=dict(train_seed=cfg.train_seed, replicate_seeds=seeds, target_seeds=it["targets"]["seeds"], target_labels=it["targets"]["labels"],
                    control_seeds=it["controls"]["seeds"], control_labels=it["controls"]["labels"],
                    random_removal_seeds=[int(n.split("#")[1]) for n in rnames], mucs_seed=cfg.mucs_seed),
         methods=res, overlap=dict(within=within, between=between),
