@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 log = logging.getLogger("mucs")
 LOSS_WEIGHTINGS = ("none", "edm")
 PRECISIONS = ("fp32", "bf16")   # of the loss-matrix forwards (unlearning always runs in fp32)
+MEMORY_FORMATS = ("contiguous", "channels_last")   # of the loss-matrix forwards
+COMPILE_BACKENDS = ("off", "inductor", "aot_eager")   # torch.compile of the loss-matrix forwards
 TRAIN_NOISE_KINDS = ("uniform", "uniform_range", "lognormal")   # training-time noise of unlearning and L_null (method/noise.py)
 
 
@@ -65,6 +67,8 @@ class Settings:
     # Engineering
     eval_batch_size: int = 512   # (item, noise) pairs per forward pass when computing losses
     precision: str = "fp32"      # loss matrices L_o/L_u: fp32 | bf16 (autocast; for GPUs: check top-k vs fp32)
+    memory_format: str = "contiguous"   # loss matrices: contiguous | channels_last (weights and inputs; for GPUs)
+    compile: str = "off"         # loss matrices: torch.compile backend (off | inductor | aot_eager); compiles once
     default_lr: float = 1e-4     # training lr assumed when the model folder does not record one
 
     def to_dict(self) -> dict:
@@ -102,6 +106,8 @@ class Settings:
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
                   (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
                   (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+                  (self.memory_format in MEMORY_FORMATS, f"memory_format must be one of {', '.join(MEMORY_FORMATS)}"),
+                  (self.compile in COMPILE_BACKENDS, f"compile must be one of {', '.join(COMPILE_BACKENDS)}"),
                   (self.unlearn_chunk >= 0, "unlearn_chunk must be ≥ 0 (0 = the whole batch at once)"),
                   (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
         import math
@@ -142,6 +148,10 @@ HELP = {
     "frozen": "comma-separated parameter-name substrings to freeze",
     "precision": "loss matrices in fp32 or under bf16 autocast (faster on GPUs with bf16 units; slower on most "
                  "CPUs; benchmarks/throughput.py --precision bf16 reports its top-k agreement with fp32)",
+    "memory_format": "loss matrices with channels-last weights and inputs (often faster on GPUs with tensor cores; "
+                     "the same losses to float tolerance)",
+    "compile": "torch.compile the loss-matrix forward with this backend (inductor: compiles once per shape, "
+               "minutes on a CPU; pays off on large N or a GPU), or off",
     "unlearn_chunk": "micro-batch of an unlearning step: items per forward+backward, gradients accumulated "
                      "(for a large model on a small GPU; 0 = the whole batch)",
     "top_k": "how many training images to report",
@@ -177,6 +187,8 @@ APP_EXCLUDED = {
     "eval_batch_size": "a machine choice, not a result-changing one",
     "unlearn_chunk": "a machine choice (memory), not a result-changing one",
     "precision": "a machine choice (GPU speed), set per model or by the app's --settings",
+    "memory_format": "a machine choice (GPU speed), set per model or by the app's --settings",
+    "compile": "a machine choice (speed on large runs), set per model or by the app's --settings",
     "default_lr": "--train-lr / mucs_train.json",
 }
 
@@ -197,6 +209,10 @@ def choices_for(name: str):
         return LOSS_WEIGHTINGS
     if name == "precision":
         return PRECISIONS
+    if name == "memory_format":
+        return MEMORY_FORMATS
+    if name == "compile":
+        return COMPILE_BACKENDS
     return None
 
 

@@ -351,3 +351,38 @@ def test_bf16_loss_matrix_is_close_to_fp32_and_cached_apart(tiny_model_dir, tiny
     assert not cached and not np.array_equal(lo32, lo16)
     with pytest.raises(Exception, match="precision must be one of fp32, bf16"):
         fast_settings.replace(precision="fp16").validate()
+
+
+def test_channels_last_and_compiled_loss_matrices_equal_the_plain_one(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
+    """memory_format="channels_last" and compile="aot_eager" (dynamo + AOTAutograd: what inductor
+    compiles, without the C++ build) give the plain losses to float tolerance; the UNet's weights are
+    put back contiguous and stay trainable; an unlearned L_u cached by a plain run serves them."""
+    m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
+    ns = make_noise_set(m.scheduler.alphas_cumprod, (m.channels, m.size, m.size), K=8, seed=0)
+    plain = loss_matrix(m.unet, m, d, ns, 56)          # 7 items per chunk: a smaller last chunk too
+    cl = loss_matrix(m.unet, m, d, ns, 56, memory_format="channels_last")
+    assert all(p.is_contiguous() for p in m.unet.parameters())
+    # compiled: chunks of 8 items, one shape to compile (each new shape or stride compiles again)
+    comp = loss_matrix(m.unet, m, d, ns, 64, compile="aot_eager")
+    both = loss_matrix(m.unet, m, d, ns, 64, memory_format="channels_last", compile="aot_eager")
+    for other in (cl, comp, both):
+        assert other.shape == plain.shape and np.allclose(other, plain, rtol=1e-4, atol=1e-6)
+    # still a trainable module (no inference tensors left behind by the conversion)
+    x = torch.randn(2, m.channels, m.size, m.size)
+    m.unet(x, torch.tensor([5, 9]), class_labels=torch.tensor([0, 1])).sample.pow(2).mean().backward()
+    assert all(p.grad is not None for p in m.unet.parameters() if p.requires_grad)
+    m.unet.zero_grad(set_to_none=True)
+    # a plain run's cached L_u is read back under the other machine choices (the same matrix)
+    s = fast_settings.replace(max_steps=2)
+    a = Attributor(m, d, s, cache_dir=str(tmp_path))
+    a.cache_unlearned = True
+    q = QueryImage(d.tensor([3])[0], [])
+    first = a.attribute(q, label=int(d.labels[3]))
+    second = Attributor(m, d, s.replace(memory_format="channels_last", compile="aot_eager"), cache_dir=str(tmp_path))
+    second.cache_unlearned = True
+    again = second.attribute(q, label=int(d.labels[3]))
+    assert np.array_equal(first.scores, again.scores)
+    with pytest.raises(Exception, match="compile must be one of off, inductor, aot_eager"):
+        s.replace(compile="tvm").validate()
+    with pytest.raises(Exception, match="memory_format must be one of"):
+        s.replace(memory_format="nhwc").validate()

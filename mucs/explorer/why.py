@@ -57,7 +57,8 @@ def loss_rows(unet, model, data, noise_set, indices, s: Settings) -> np.ndarray:
     """(len(indices), K) losses of `unet` for the given items on `noise_set` (exactly the
     computation of the run's L_o / L_u matrices, restricted to these rows)."""
     return loss_matrix(unet, model, Subset(data, indices), noise_set, s.eval_batch_size, None, "why",
-                       s.loss_weighting, s.sigma_data, precision=s.precision)
+                       s.loss_weighting, s.sigma_data, precision=s.precision, memory_format=s.memory_format,
+                       compile=s.compile)
 
 
 def replay_unlearning(model, data, att, s: Settings, progress=None, cancel=None):

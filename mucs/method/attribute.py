@@ -28,6 +28,9 @@ from ..settings import Settings
 from .unlearn import skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
+# machine choices that change L_o/L_u only to float tolerance: left out of the L_u and reference-skew keys
+# (L_o's key never held them), so a cached matrix serves any batching, memory format or compile backend
+FLOAT_TOLERANCE_ONLY = ("eval_batch_size", "unlearn_chunk", "memory_format", "compile")
 MEMO_ENTRIES, MEMO_BYTES = 4, 1 << 30   # noise sets and L_o matrices kept in memory (the newest always)
 log = logging.getLogger("mucs")
 
@@ -176,7 +179,8 @@ class Attributor:
         group = Group.current()
         part = rows if group is None else group.shard(rows)
         L = loss_matrix(unet, self.model, self.data, ns, s.eval_batch_size, report, stage, s.loss_weighting,
-                        s.sigma_data, items=part, out=self._matrix(len(part), len(ns)), precision=s.precision)
+                        s.sigma_data, items=part, out=self._matrix(len(part), len(ns)), precision=s.precision,
+                        memory_format=s.memory_format, compile=s.compile)
         return L if group is None else group.gather_rows(L, len(rows))
 
     def _matrix(self, n: int, k: int):
@@ -299,9 +303,9 @@ class Attributor:
                               forwards_full=int(N * K), saving=float(N * K / forwards))
 
     # settings that change only how L_u and L_o are turned into scores, not the unlearned model or L_u, and
-    # the batching choices that change them only to float tolerance (eval_batch_size, unlearn_chunk)
+    # the machine choices that change them only to float tolerance (FLOAT_TOLERANCE_ONLY)
     SCORING_ONLY = ("normalised", "top_k", "fragile_refs", "fragile_seed", "screen_noises", "screen_keep",
-                    "eval_batch_size", "unlearn_chunk")
+                    *FLOAT_TOLERANCE_ONLY)
 
     def unlearned(self, x: torch.Tensor, label, lnull: float, lo: np.ndarray, s: Settings, report=None,
                   times: Optional[dict] = None) -> tuple:
@@ -353,7 +357,7 @@ class Attributor:
         labels = [c for c in range(C) for _ in range(s.fragile_refs)] if C else [None] * s.fragile_refs
         seeds = [s.fragile_seed + j for j in range(len(labels))]
         base = s.replace(fragile_refs=0, screen_noises=0)
-        fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "eval_batch_size", "screen_keep", "unlearn_chunk")}
+        fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "screen_keep", *FLOAT_TOLERANCE_ONLY)}
         lr = unlearning_lr(self.model, base)
         key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
                         settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)

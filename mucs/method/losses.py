@@ -42,10 +42,38 @@ def loader_workers(device, n_items: int) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-@torch.inference_mode()
+class _Output:
+    def __init__(self, sample):
+        self.sample = sample
+
+
+def _forward(unet, x, t, y):
+    return unet(x, t, class_labels=y).sample
+
+
+_COMPILED = {}   # per process: torch.compile'd _forward per backend. The UNet is an argument, not captured,
+                 # so each query's unlearned copy reuses the compiled graph and nothing keeps it alive
+
+
+class Forward:
+    """`unet(x, t, class_labels=y).sample` through torch.compile (`backend`: inductor, aot_eager) or
+    as is ("off"). The first call of a shape compiles (minutes for inductor on a CPU); later calls reuse it."""
+
+    def __init__(self, unet, backend: str = "off"):
+        self.unet, self.fn = unet, _forward
+        if backend != "off":
+            if backend not in _COMPILED:
+                _COMPILED[backend] = torch.compile(_forward, backend=backend, dynamic=False)
+            self.fn = _COMPILED[backend]
+
+    def __call__(self, x, t, class_labels=None):
+        return _Output(self.fn(self.unet, x, t, class_labels))
+
+
 def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
                 stage: str = "losses", weighting: str = "none", sigma_data: float = 0.5, items=None,
-                workers: Optional[int] = None, out: Optional[np.ndarray] = None, precision: str = "fp32") -> np.ndarray:
+                workers: Optional[int] = None, out: Optional[np.ndarray] = None, precision: str = "fp32",
+                memory_format: str = "contiguous", compile: str = "off") -> np.ndarray:
     """L[i, k] = ℓ(x_i, y_i; t_k, ε_k) for every training item i (or the rows `items`) and every
     noise k of the set.
 
@@ -53,9 +81,25 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
     (item, noise) pairs; the noise tensors are exactly the noise set's, shared by all items. The
     chunks come through a DataLoader (`workers` processes, pinned memory on a GPU) as uint8 and are
     scaled to [-1, 1] on the device; `out` may be a preallocated (e.g. memory-mapped) array.
-    precision="bf16" runs the UNet under bf16 autocast (the losses are still formed in fp32).
+    precision="bf16" runs the UNet under bf16 autocast (the losses are still formed in fp32);
+    memory_format="channels_last" runs it with channels-last weights and inputs (the weights are
+    put back afterwards); compile: a torch.compile backend, or "off". All three are machine choices:
+    the losses agree with the defaults to float tolerance (bf16: to bf16's).
     """
-    dev = next(unet.parameters()).device
+    channels_last = memory_format == "channels_last"
+    if channels_last:       # outside inference mode: converted weights must stay usable for training
+        unet.to(memory_format=torch.channels_last)
+    try:
+        return _loss_matrix(Forward(unet, compile), next(unet.parameters()).device, model, data, noise_set, batch_size,
+                            report, stage, weighting, sigma_data, items, workers, out, precision, channels_last)
+    finally:
+        if channels_last:
+            unet.to(memory_format=torch.contiguous_format)
+
+
+@torch.inference_mode()
+def _loss_matrix(forward, dev, model, data, noise_set, batch_size, report, stage, weighting, sigma_data, items,
+                 workers, out, precision, channels_last) -> np.ndarray:
     ac = alphas_cumprod(model).to(dev)
     rows = np.arange(len(data)) if items is None else np.asarray(items, np.int64)
     K, N = len(noise_set), len(rows)
@@ -72,8 +116,10 @@ def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, r
         y = y.to(dev).repeat_interleave(K, 0) if (y is not None and model.num_classes) else None
         t = t_all.repeat(n)
         eps = eps_all.repeat(n, 1, 1, 1)
+        if channels_last:
+            x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
+            loss = per_item_loss(forward, ac, model.prediction_type, x0, y, t, eps, weighting, sigma_data)
         out[pos.numpy()] = loss.view(n, K).float().cpu().numpy()
         if report is not None:
             report(stage, (int(pos[-1]) + 1) / N)
