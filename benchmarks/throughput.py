@@ -9,6 +9,9 @@ bare forward+backward of the same batch — measured in one run, on this machine
   same 2·B items.
 At N = 1,000 (the embedded set) and at a larger synthetic N (images drawn from the embedded set with
 noise, labels cycled), default 50,000.
+- variants (--precision bf16, --memory-format channels_last, --compile inductor): the loss matrices of one
+  query with that machine choice against the plain fp32 ones (rate after the compiling first call,
+  largest relative difference, top-10 agreement).
 Usage: python benchmarks/throughput.py [--large 50000] [--out benchmarks/results/throughput.json]
 """
 import argparse
@@ -58,24 +61,39 @@ def stage_rate(model, data, att, s) -> float:
     return len(data) * len(ns) / (time.perf_counter() - t0)
 
 
-def precision_check(model, data, att, s, precision: str, k: int = 10) -> dict:
-    """One query (training item 7) unlearned once, its L_o and L_u computed in fp32 and in `precision`:
-    the loss-stage rate of each and the top-k agreement of the two scorings."""
+def variant_check(model, data, att, s, changes: dict, k: int = 10) -> dict:
+    """One query (training item 7) unlearned once; its L_o and L_u computed plainly and with the settings
+    `changes` (precision, memory_format, compile): the loss-stage rate of each, measured after a first
+    call that compiles (its seconds are reported apart), the largest relative difference of the
+    matrices and the top-k agreement of the two scorings."""
     from mucs.method.overlap import overlap
     from mucs.method.unlearn import skew, top_k
     ns = att.noise_set(s)
     q, y = data.tensor([7])[0], None if data.labels is None else int(data.labels[7])
     u = unlearn(model, data, q, y, 1.0, s.replace(max_steps=10, tol=0.0))
+    plain = dict(precision="fp32", memory_format="contiguous", compile="off")
     out = {}
-    for p in ("fp32", precision):
+    for name, kw in (("plain", plain), ("variant", dict(plain, **changes))):
+        first = {}
+        for which, unet in (("L_o", model.unet), ("L_u", u.unet)):       # first calls: compile, warm up
+            t0 = time.perf_counter()
+            loss_matrix(unet, model, data, ns, s.eval_batch_size, **kw)
+            first[which] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        lo = loss_matrix(model.unet, model, data, ns, s.eval_batch_size, precision=p)
-        lu = loss_matrix(u.unet, model, data, ns, s.eval_batch_size, precision=p)
-        out[p] = dict(rate=2 * len(data) * len(ns) / (time.perf_counter() - t0), top=top_k(skew(lu, lo), k))
-    agree = overlap(out["fp32"]["top"], out[precision]["top"])
-    print(f"{precision} loss matrices: {out[precision]['rate']:.0f} forwards/s against fp32 {out['fp32']['rate']:.0f}; "
-          f"top-{k} agreement with fp32 {agree:.2f} (one query, 10 unlearning steps)", flush=True)
-    return dict(precision=precision, rate=out[precision]["rate"], fp32_rate=out["fp32"]["rate"], top_agreement=agree)
+        lo = loss_matrix(model.unet, model, data, ns, s.eval_batch_size, **kw)
+        lu = loss_matrix(u.unet, model, data, ns, s.eval_batch_size, **kw)
+        out[name] = dict(rate=2 * len(data) * len(ns) / (time.perf_counter() - t0), first_call_seconds=first,
+                         top=top_k(skew(lu, lo), k), lo=lo, lu=lu)
+    agree = overlap(out["plain"]["top"], out["variant"]["top"])
+    diff = max(float(np.abs(out["variant"][m] - out["plain"][m]).max() / np.abs(out["plain"][m]).max()) for m in ("lo", "lu"))
+    label = ", ".join(f"{k}={v}" for k, v in changes.items())
+    print(f"{label}: loss matrices {out['variant']['rate']:.0f} forwards/s against plain fp32 {out['plain']['rate']:.0f} "
+          f"(first calls L_o {out['variant']['first_call_seconds']['L_o']:.1f} s, L_u "
+          f"{out['variant']['first_call_seconds']['L_u']:.1f} s); largest relative difference {diff:.1e}; "
+          f"top-{k} agreement {agree:.2f} (one query, 10 unlearning steps)", flush=True)
+    return dict(changes=changes, rate=out["variant"]["rate"], plain_rate=out["plain"]["rate"],
+                speedup=out["variant"]["rate"] / out["plain"]["rate"], first_call_seconds=out["variant"]["first_call_seconds"],
+                max_relative_difference=diff, top_agreement=agree)
 
 
 def bare_step_seconds(model, data, B, steps=10) -> float:
@@ -114,6 +132,10 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--precision", default=None, choices=["bf16"],
                     help="also compare the loss matrices in this precision with fp32 (rate and top-10 agreement)")
+    ap.add_argument("--memory-format", default=None, choices=["channels_last"],
+                    help="also compare the loss matrices with channels-last tensors with the plain ones")
+    ap.add_argument("--compile", default=None, choices=["inductor", "aot_eager"],
+                    help="also compare the loss matrices through torch.compile (this backend) with the plain ones")
     ap.add_argument("--unlearning-only", action="store_true",
                     help="measure only the unlearning step; with --out, update that entry of an existing file")
     a = ap.parse_args()
@@ -134,9 +156,15 @@ def main():
         out["sizes"][name] = dict(stage_forwards_per_s=rate, ratio=rate / peak, seconds=len(d) * s.noises / rate)
         print(f"{name}: loss stage {rate:.0f} forwards/s = {rate / peak:.2f} of peak "
               f"({len(d) * s.noises / rate:.1f} s for {len(d)}x{s.noises})", flush=True)
-    if a.precision:
+    checks = [dict(precision=a.precision)] if a.precision else []
+    checks += [dict(memory_format=a.memory_format)] if a.memory_format else []
+    checks += [dict(compile=a.compile)] if a.compile else []
+    if a.memory_format and a.compile:
+        checks.append(dict(memory_format=a.memory_format, compile=a.compile))
+    if checks:
         att = Attributor(model, data, s, cache_dir=os.path.join("/tmp", "mucs-throughput-cache"))
-        out["precision"] = precision_check(model, data, att, s, a.precision)
+        out["variants"] = {", ".join(f"{k}={v}" for k, v in c.items()): variant_check(model, data, att, s, c)
+                           for c in checks}
     lnull = 1.0
     q, y = data.tensor([7])[0], None if data.labels is None else int(data.labels[7])
     unlearn(model, data, q, y, lnull, s.replace(max_steps=1, tol=0.0))      # warm-up (first-call allocations)
