@@ -159,8 +159,6 @@ def main():
     checks = [dict(precision=a.precision)] if a.precision else []
     checks += [dict(memory_format=a.memory_format)] if a.memory_format else []
     checks += [dict(compile=a.compile)] if a.compile else []
-    if a.memory_format and a.compile:
-        checks.append(dict(memory_format=a.memory_format, compile=a.compile))
     if checks:
         att = Attributor(model, data, s, cache_dir=os.path.join("/tmp", "mucs-throughput-cache"))
         out["variants"] = {", ".join(f"{k}={v}" for k, v in c.items()): variant_check(model, data, att, s, c)
