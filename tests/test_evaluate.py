@@ -394,6 +394,11 @@ def test_replicate_seeds_average_each_items_similarity_over_their_own_retrains(f
     t = result["methods"]["pixel_nn"]["targets"]["ssim"]
     assert t["auc_per_seed"]["0"] == pytest.approx(small["pixel_nn"]["targets"]["ssim"]["auc"])
     assert result["seeds"]["replicate_seeds"] == [0, 1] and result["scale"]["retrain_seeds"] == [1, 0, 1]
+    # how much the training seed alone moves the items: model A of seed 1 against model A of seed 0
+    rep = result["replicates"]["1"]
+    assert set(rep) == {"targets", "controls"} and 0 < rep["targets"]["ssim"] < 1
+    assert np.isclose(rep["targets"]["ssim"], st.seed_sims[1]["targets"]["ssim"].mean())
+    assert "replicates" in first_run["result"] and first_run["result"]["replicates"] == {}
     assert "per seed 0:" in ev_mod.ci_table(result)
     # the one-seed table is unchanged by the replicate's artefacts next to it
     again = ev_mod.Evaluation(first_run["cfg"], work, log=lambda m: None, cached_only=True, threads=1)

@@ -36,6 +36,7 @@ class State:
     computed: dict = field(default_factory=lambda: dict(retrains=0, generations=0, attributions=0))
     random: list = field(default_factory=list)     # the measured random removals, in seed order
     by_seed: dict = field(default_factory=dict)    # name -> {training seed: sims of that replicate alone}
+    seed_sims: dict = field(default_factory=dict)  # seed -> sims between model A's items and that seed's model A's
 
     def compute_seconds(self) -> dict:
         """Seconds per stage (train, generate, attribute:<method>) summed over the artefacts used."""
@@ -76,6 +77,8 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
     gens_a = {s: submit("generate", None, steps.generated, job, models_a[s], name=f"generate model A{seed_tag(s)}")
               for s in seeds}
     a, ga = models_a[seeds[0]], gens_a[seeds[0]]      # the attributed model and its items
+    for s in seeds[1:]:     # how much the training seed alone changes the items (nothing removed)
+        submit("seed", s, steps.measured, job, a, ga, gens_a[s], name=f"measure model A{seed_tag(s)}")
 
     names_of, sims_of = {}, {}    # model key -> (name, block, seed) sharing its chain / its measured similarities
     blocks = job.cfg.blocks()
@@ -153,6 +156,8 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
                 scores[info][val["i"]] = val["scores"]
                 st.seconds[(f"attribute:{info}", val["i"])] = val["seconds"]
                 st.computed["attributions"] += val["computed"]
+            elif kind == "seed":
+                st.seed_sims[info] = val
             elif kind == "measure":
                 sims_of[info] = val
                 for name, b, s in names_of[info]:

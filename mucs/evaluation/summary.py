@@ -14,7 +14,8 @@ DESCRIPTION = ("Counterfactual test: AUC = P(sim after random removal > sim afte
                "(for mse, a distance: P(mse_random < mse_method)); 0.5 = no better than random. "
                "mean_relative_change = 100*(mean(sim_method)/median(sim_random) - 1) %. With several "
                "replicate seeds, each item's similarity is its mean over the seeds' retrains (auc_per_seed: "
-               "each seed alone).")
+               "each seed alone; replicates: mean similarity of each extra seed's model A items to model A's, "
+               "nothing removed — how much the training seed alone changes them).")
 
 
 def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
@@ -67,6 +68,8 @@ def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
                    control_seeds=it["controls"]["seeds"], control_labels=it["controls"]["labels"],
                    random_removal_seeds=[int(n.split("#")[1]) for n in rnames], mucs_seed=cfg.mucs_seed),
         methods=res, overlap=dict(within=within, between=between),
+        replicates={str(t): {g: {metric: float(np.mean(v)) for metric, v in st.seed_sims[t][g].items()}
+                             for g in st.seed_sims[t]} for t in seeds[1:] if t in st.seed_sims},
         metrics_skipped=skipped_metrics(),
         timing=dict(compute_seconds=st.compute_seconds(), torch_threads=job.threads or torch.get_num_threads(),
                     device=str(job.device), engine=engine,
