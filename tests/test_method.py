@@ -355,8 +355,9 @@ def test_bf16_loss_matrix_is_close_to_fp32_and_cached_apart(tiny_model_dir, tiny
 
 def test_channels_last_and_compiled_loss_matrices_equal_the_plain_one(tiny_model_dir, tiny_npz, fast_settings, tmp_path):
     """memory_format="channels_last" and compile="aot_eager" (dynamo + AOTAutograd: what inductor
-    compiles, without the C++ build) give the plain losses to float tolerance; the UNet's weights are
-    put back contiguous and stay trainable; an unlearned L_u cached by a plain run serves them."""
+    compiles, without the C++ build) give the plain losses to float tolerance; a second UNet of the
+    same architecture runs through the same compiled graph with its own weights; the UNet's weights
+    are put back contiguous and stay trainable; an unlearned L_u cached by a plain run serves them."""
     m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
     ns = make_noise_set(m.scheduler.alphas_cumprod, (m.channels, m.size, m.size), K=8, seed=0)
     plain = loss_matrix(m.unet, m, d, ns, 56)          # 7 items per chunk: a smaller last chunk too
@@ -364,9 +365,20 @@ def test_channels_last_and_compiled_loss_matrices_equal_the_plain_one(tiny_model
     assert all(p.is_contiguous() for p in m.unet.parameters())
     # compiled: chunks of 8 items, one shape to compile (each new shape or stride compiles again)
     comp = loss_matrix(m.unet, m, d, ns, 64, compile="aot_eager")
-    both = loss_matrix(m.unet, m, d, ns, 64, memory_format="channels_last", compile="aot_eager")
-    for other in (cl, comp, both):
+    for other in (cl, comp):
         assert other.shape == plain.shape and np.allclose(other, plain, rtol=1e-4, atol=1e-6)
+    # another UNet of the same architecture (as each query's unlearned copy) reuses the compiled graph
+    import copy
+    from torch._dynamo.utils import counters
+    other_unet = copy.deepcopy(m.unet)
+    with torch.no_grad():
+        for p in other_unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    graphs = counters["stats"]["unique_graphs"]
+    moved = loss_matrix(other_unet, m, d, ns, 64, compile="aot_eager")
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert np.allclose(moved, loss_matrix(other_unet, m, d, ns, 64), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(moved, plain, rtol=1e-4, atol=1e-6)      # its own weights, not the template's
     # still a trainable module (no inference tensors left behind by the conversion)
     x = torch.randn(2, m.channels, m.size, m.size)
     m.unet(x, torch.tensor([5, 9]), class_labels=torch.tensor([0, 1])).sample.pow(2).mean().backward()

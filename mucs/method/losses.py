@@ -51,23 +51,37 @@ def _forward(unet, x, t, y):
     return unet(x, t, class_labels=y).sample
 
 
-_COMPILED = {}   # per process: torch.compile'd _forward per backend. The UNet is an argument, not captured,
-                 # so each query's unlearned copy reuses the compiled graph and nothing keeps it alive
+def _functional_forward(template, state, x, t, y):
+    return torch.func.functional_call(template, state, (x, t), dict(class_labels=y)).sample
+
+
+# per process: per (backend, architecture) a template UNet and its torch.compile'd functional forward. The
+# weights are inputs of the compiled graph, not constants, so every UNet of that architecture (each query's
+# unlearned copy) runs through the graph compiled once, without guards on the module object
+_COMPILED = {}
 
 
 class Forward:
     """`unet(x, t, class_labels=y).sample` through torch.compile (`backend`: inductor, aot_eager) or
-    as is ("off"). The first call of a shape compiles (minutes for inductor on a CPU); later calls reuse it."""
+    as is ("off"). The first call of a shape compiles (minutes for inductor on a CPU); later calls
+    reuse it, for this UNet and for any other of the same architecture."""
 
     def __init__(self, unet, backend: str = "off"):
-        self.unet, self.fn = unet, _forward
+        self.unet, self.compiled = unet, None
         if backend != "off":
-            if backend not in _COMPILED:
-                _COMPILED[backend] = torch.compile(_forward, backend=backend, dynamic=False)
-            self.fn = _COMPILED[backend]
+            arch = (backend, type(unet).__name__,
+                    tuple((n, tuple(p.shape), p.dtype, str(p.device)) for n, p in unet.state_dict().items()))
+            if arch not in _COMPILED:
+                _COMPILED[arch] = (unet, torch.compile(_functional_forward, backend=backend, dynamic=False))
+            self.template, self.compiled = _COMPILED[arch]
 
     def __call__(self, x, t, class_labels=None):
-        return _Output(self.fn(self.unet, x, t, class_labels))
+        if self.compiled is None:
+            return _Output(_forward(self.unet, x, t, class_labels))
+        # plain tensors (detached views, no copy): dynamo guards an nn.Parameter input by identity
+        state = {n: p.detach() for n, p in self.unet.named_parameters()}
+        state.update((n, b.detach()) for n, b in self.unet.named_buffers())
+        return _Output(self.compiled(self.template, state, x, t, class_labels))
 
 
 def loss_matrix(unet, model, data, noise_set: NoiseSet, batch_size: int = 512, report=None,
