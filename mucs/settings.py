@@ -16,6 +16,9 @@ PRECISIONS = ("fp32", "bf16")   # of the loss-matrix forwards (unlearning always
 MEMORY_FORMATS = ("contiguous", "channels_last")   # of the loss-matrix forwards
 COMPILE_BACKENDS = ("off", "inductor", "aot_eager")   # torch.compile of the loss-matrix forwards
 TRAIN_NOISE_KINDS = ("uniform", "uniform_range", "lognormal")   # training-time noise of unlearning and L_null (method/noise.py)
+# the fields that take one of a fixed set of values: checked by validate, offered as CLI choices
+CHOICES = {"train_noise": TRAIN_NOISE_KINDS, "loss_weighting": LOSS_WEIGHTINGS, "precision": PRECISIONS,
+           "memory_format": MEMORY_FORMATS, "compile": COMPILE_BACKENDS}
 
 
 @dataclass
@@ -100,16 +103,13 @@ class Settings:
                   (self.top_k >= 1, "top-k must be ≥ 1"), (self.null_batches >= 1, "null batches must be ≥ 1"),
                   (self.lr_factor > 0, "lr factor must be > 0"),
                   (0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max"),
-                  (self.train_noise in TRAIN_NOISE_KINDS, f"train_noise must be one of {', '.join(TRAIN_NOISE_KINDS)}"),
                   (self.p_std > 0, "p_std must be > 0"), (self.sigma_data > 0, "sigma_data must be > 0"),
-                  (self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting must be 'none' or 'edm'"),
                   (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
                   (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
-                  (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-                  (self.memory_format in MEMORY_FORMATS, f"memory_format must be one of {', '.join(MEMORY_FORMATS)}"),
-                  (self.compile in COMPILE_BACKENDS, f"compile must be one of {', '.join(COMPILE_BACKENDS)}"),
                   (self.unlearn_chunk >= 0, "unlearn_chunk must be ≥ 0 (0 = the whole batch at once)"),
                   (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
+        checks += [(getattr(self, name) in allowed, f"{name} must be one of {', '.join(allowed)}")
+                   for name, allowed in CHOICES.items()]
         import math
         for f in fields(self):
             v = getattr(self, f.name)
@@ -203,17 +203,7 @@ def flag_for(name: str) -> str:
 
 
 def choices_for(name: str):
-    if name == "train_noise":
-        return TRAIN_NOISE_KINDS
-    if name == "loss_weighting":
-        return LOSS_WEIGHTINGS
-    if name == "precision":
-        return PRECISIONS
-    if name == "memory_format":
-        return MEMORY_FORMATS
-    if name == "compile":
-        return COMPILE_BACKENDS
-    return None
+    return CHOICES.get(name)
 
 
 def add_cli_options(parser, group_title: str = "MUCS settings (mucs.Settings; default: the model's mucs_settings.json, "
