@@ -245,7 +245,36 @@ def available_device_memory(device):
         return None
 
 
+def _condition_floats(model) -> int:
+    """Floats of one item's condition: a caption embedding (L × D) for a text model, else ~0."""
+    if getattr(model, "conditioning", "none") != "text":
+        return 0
+    cfg = model.unet.config
+    dim = int(cfg.get("cross_attention_dim") or cfg.get("caption_channels") or 768)
+    length = int(getattr(model.tokenizer, "model_max_length", 77) or 77)
+    return min(length, 512) * dim
+
+
+def _transformer_floats(config: dict, size: int, training: bool) -> float:
+    """Rough float count of one sample's activations in a DiT/PixArt transformer: per block about 20
+    token × hidden tensors for the backward (norms, attention projections, MLP at 4× width), plus the
+    attention maps (heads × tokens²) when attention is not memory-efficient."""
+    patch = int(config.get("patch_size") or 2)
+    tokens = max(1, size // patch) ** 2
+    heads = int(config.get("num_attention_heads") or 16)
+    hidden = heads * int(config.get("attention_head_dim") or 72)
+    layers = int(config.get("num_layers") or 28)
+    per_block = tokens * hidden * 20 + heads * tokens * tokens * 2
+    return per_block * layers if training else per_block * 2
+
+
 def _activation_floats(config: dict, size: int, training: bool) -> float:
+    if "num_layers" in config and "patch_size" in config:     # a transformer (DiT, PixArt)
+        return _transformer_floats(config, size, training)
+    return _unet_floats(config, size, training)
+
+
+def _unet_floats(config: dict, size: int, training: bool) -> float:
     """Rough float count of one sample's activations in a diffusers UNet2DModel: every resnet keeps
     about 15 feature-map-sized tensors for the backward pass (norms, activations, convs, time
     embedding sums; measured on the embedded model), at each level, down
@@ -253,16 +282,21 @@ def _activation_floats(config: dict, size: int, training: bool) -> float:
     attention. Without gradients only the skip connections and a few maps are alive at once."""
     chans = list(config.get("block_out_channels") or [64])
     layers = int(config.get("layers_per_block") or 1)
-    head_dim = int(config.get("attention_head_dim") or 8) or 8
+    hd = config.get("attention_head_dim") or 8
+    head_dim = int(hd[0] if isinstance(hd, (list, tuple)) else hd) or 8
     kinds = list(config.get("down_block_types") or []) + list(config.get("up_block_types") or [])
     attn = any("Attn" in str(k) for k in kinds)
     total, skips = 0.0, 0.0
+    down = list(config.get("down_block_types") or [])
+    cross = bool(config.get("cross_attention_dim"))   # a text UNet: (cross-)attention at every "Attn" level
     for i, c in enumerate(chans):
         hw = max(1, size // (2 ** i)) ** 2
         total += hw * c * (2 * layers + 1) * 15
         skips += hw * c * (layers + 1)
-        if attn and i == len(chans) - 1:     # attention usually sits at the lowest resolutions
-            total += hw * hw * max(1, c // head_dim) * 3 * 2 + hw * c * 8 * 2
+        level_attn = "Attn" in str(down[i]) if cross and i < len(down) else attn and i == len(chans) - 1
+        if level_attn:     # a pixel UNet's attention usually sits at the lowest resolutions
+            heads = head_dim if cross else max(1, c // head_dim)   # diffusers' SD configs give heads here
+            total += hw * hw * heads * 3 * 2 + hw * c * 8 * 2
     return total if training else skips + total / (2 * layers + 1) / 2
 
 
@@ -275,10 +309,14 @@ def request_memory(model, num_train: int, s) -> dict:
     batch). A rough figure: good to refuse what cannot fit, not to predict the exact peak."""
     unet = model.unet
     config = dict(getattr(unet, "config", {}) or {})
-    C, H = int(model.channels), int(model.size)
+    C, H, _ = (int(v) for v in getattr(model, "x0_shape", (model.channels, model.size, model.size)))
     sample = C * H * H * 4
     K, N = int(s.noises), int(num_train)
     params = sum(p.numel() for p in unet.parameters()) * 4
+    # the frozen parts stay resident beside the denoiser: a VAE and a text encoder
+    frozen = sum(p.numel() for part in (getattr(model, "vae", None), getattr(model, "text_encoder", None))
+                 if part is not None for p in part.parameters()) * 4
+    cond = _condition_floats(model) * 4           # one item's condition (a caption embedding) on the device
     noise = K * sample * (1 if s.consistent_noise else 2) + K * 8 * 4
     matrices = N * K * 4 * 6                      # L_o, L_u, mask/NaN copies, skew temporaries
     per_chunk = max(1, int(s.eval_batch_size) // K)
@@ -286,16 +324,18 @@ def request_memory(model, num_train: int, s) -> dict:
     act_eval = _activation_floats(config, H, False) * 4
     act_train = _activation_floats(config, H, True) * 4
     batches = {
-        "loss-matrix batch": fb * (sample * 6 + act_eval),
+        "loss-matrix batch": fb * (sample * 6 + cond + act_eval),
         # a micro-batched step (unlearn_chunk) holds one chunk's activations; its inputs stay whole
-        "unlearning batch": params * 4 + 2 * int(s.batch_size) * sample * 6
+        "unlearning batch": params * 4 + 2 * int(s.batch_size) * (sample * 6 + cond)
         + _unlearn_items(s) * act_train,
-        "null-loss batch": params + int(s.null_batch_size) * (sample * 6 + act_eval),
+        "null-loss batch": params + int(s.null_batch_size) * (sample * 6 + cond + act_eval),
     }
     work_name = max(batches, key=batches.get)
     on_cuda = getattr(model.device, "type", str(model.device)) == "cuda"
     host = {"noise set": noise, "loss matrices": matrices}
     device = {work_name: batches[work_name]}
+    if frozen:
+        device["VAE and text encoder"] = frozen
     if on_cuda:
         device["noise set on the device"] = K * sample
     else:

@@ -75,3 +75,59 @@ def fast_settings():
     """Small but complete MUCS settings for the tiny model."""
     from mucs.settings import Settings
     return Settings(noises=16, batch_size=32, null_batches=10, null_batch_size=32, max_steps=40, top_k=5)
+
+
+# --- a tiny text-conditional latent model (Stable Diffusion's layout) ------------------------------------
+WORDS = (("dark", "light"), ("ring", "square"))
+
+
+def _tiny_text_settings():
+    from mucs.settings import Settings
+    return Settings(noises=4, batch_size=8, null_batches=2, null_batch_size=16, max_steps=3, top_k=3, eval_batch_size=64)
+
+
+TINY_TEXT = _tiny_text_settings()
+
+
+def captioned(n=24, size=8, seed=0):
+    """n grayscale images and captions "a <dark|light> <ring|square>" (4 caption groups), as a TrainingSet."""
+    from mucs.sources.data import TrainingSet
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, size // 2, size // 2, 1))
+    images = coarse.repeat(2, 1).repeat(2, 2).astype(np.uint8)
+    caps = [f"a {WORDS[0][i % 2]} {WORDS[1][(i // 2) % 2]}" for i in range(n)]
+    return TrainingSet(images=images, captions=caps, source="captioned")
+
+
+def build_sd(folder, data, steps=120, seed=0):
+    """A tiny Stable-Diffusion-layout pipeline (CLIP tokenizer + text encoder, VAE, UNet2DConditionModel),
+    trained `steps` steps on `data` (latents and captions), saved as a pipeline folder."""
+    import shutil
+    from diffusers import DDPMScheduler
+    from mucs.sources import tiny
+    from mucs.sources.finetune import fit, save_pipeline
+    from mucs.sources.models import DiffusionModel
+    tok = tiny.write_clip_tokenizer(folder + "-tok", tiny.words_of(data.captions), 16)
+    m = DiffusionModel(unet=tiny.unet_condition(size=data.size // 2, channels=4, cross_dim=32, seed=seed),
+                       scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"),
+                       vae=tiny.vae(data.channels, 4, (16, 32), seed=seed),
+                       text_encoder=tiny.clip_text_encoder(len(tok), 32, seed=seed), tokenizer=tok)
+    losses = fit(m, data, steps, batch_size=16, lr=3e-3, seed=seed, cond_dropout=0.1)
+    save_pipeline(m, folder, dict(lr=3e-3, steps=steps, final_loss=float(np.mean(losses[-10:]))))
+    shutil.rmtree(folder + "-tok")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_captions_npz(tmp_path_factory):
+    """24 grayscale 8x8 images with 4 distinct captions, as an .npz with a `captions` array."""
+    d = captioned()
+    path = tmp_path_factory.mktemp("captions") / "captioned.npz"
+    np.savez(path, images=d.images[..., 0], captions=np.array(d.captions))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory):
+    """A tiny Stable-Diffusion-layout pipeline folder trained briefly on tiny_captions_npz's set."""
+    return build_sd(str(tmp_path_factory.mktemp("text-models") / "sd"), captioned())

@@ -78,7 +78,7 @@ def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
     for name in ("generate", "attribute", "why_replay"):
         assert fns[name].concurrency_id == app.HEAVY and fns[name].concurrency_limit == 1
     for name in ("generate", "pick_generated", "upload", "use_training", "attribute", "cancel", "open_run",
-                 "list_runs", "delete_run", "overlap") + NEW_ENDPOINTS:
+                 "list_runs", "delete_run", "overlap", "query_prompt") + NEW_ENDPOINTS:
         assert name in fns
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert {"generate-btn", "attribute-btn", "cancel-btn", "query-image", "topk-gallery", "history-table",
@@ -106,7 +106,7 @@ def test_bad_uploads_raise_gr_error_and_save_nothing(env, tmp_path):
     # the app keeps working: a good upload after the bad ones
     good = tmp_path / "good.png"
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(good)
-    q, img, info, cls = fns["upload"].fn(str(good))
+    q, img, info, cls, _ = fns["upload"].fn(str(good))
     assert q.image.shape == (8, 8, 1) and img.size[0] >= 64 and cls["value"] is None
     assert runs_on_disk(ex) == before
 
@@ -117,11 +117,11 @@ def test_alpha_and_16bit_images_are_converted_and_say_so(env, tmp_path):
     a = np.zeros((32, 32, 4), np.uint8)
     a[..., 3] = 0   # fully transparent → white
     Image.fromarray(a, "RGBA").save(rgba)
-    q, _, info, _ = fns["upload"].fn(str(rgba))
+    q, _, info, _, _ = fns["upload"].fn(str(rgba))
     assert "alpha" in info and q.image.min() == 255
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(deep)
-    q, _, info, _ = fns["upload"].fn(str(deep))
+    q, _, info, _, _ = fns["upload"].fn(str(deep))
     assert "8 bits" in info and q.image.max() == 255
 
 
@@ -138,7 +138,7 @@ def test_missing_class_and_missing_query_are_refused(env):
     with pytest.raises(gr.Error, match="top-k"):
         list(fns["attribute"].fn(q, 1, dict(ATTR, top_k=0), request=request()))
     with pytest.raises(gr.Error, match="choose a class"):
-        fns["generate"].fn(None, 0, 1, 5, request())
+        fns["generate"].fn(None, 0, 1, 5, request=request())
     with pytest.raises(gr.Error, match="out of range"):
         fns["use_training"].fn(10_000)
     assert runs_on_disk(ex) == before
@@ -177,7 +177,7 @@ def by_id(out: dict) -> dict:
 
 def test_attribute_open_export_direct(env, tmp_path):
     ex, _, fns, _ = env
-    qs, gallery, q, img, info, cls = fns["generate"].fn(2, 5, 2, 10, request())
+    qs, gallery, q, img, info, cls, prompt = fns["generate"].fn(2, 5, 2, 10, request=request())
     assert len(qs) == 2 and len(gallery) == 2 and gallery[0][0].size == (128, 128) and cls["value"] == 2
     outs = list(fns["attribute"].fn(q, 2, ATTR, request=request()))
     final = by_id(outs[-1])
@@ -368,7 +368,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
         run_ids = []
         for label, seed in ((0, 1), (3, 2)):
-            gallery, query_png, info, cls = c.predict(label, seed, 2, 10, api_name="/generate")
+            gallery, query_png, info, cls, prompt = c.predict(label, seed, 2, 10, api_name="/generate")
             assert len(gallery) == 2 and "generated" in info
             with Image.open(query_png) as im:
                 assert im.format == "PNG"

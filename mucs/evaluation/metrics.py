@@ -86,9 +86,9 @@ def feature_cosine(model, a, b, labels: Optional[Sequence[int]] = None, timestep
     """Cosine of `model`'s mid-block features (mucs.method.neighbours.model_features) of two image sets."""
     from ..sources.data import to_model_range
     from ..method.neighbours import model_features
-    y = None if labels is None or model.num_classes is None else torch.as_tensor(list(labels), dtype=torch.long)
-    fa = model_features(model, to_model_range(np.asarray(a)), y, timestep)
-    fb = model_features(model, to_model_range(np.asarray(b)), y, timestep)
+    y = None if labels is None or model.num_classes is None else model.label_cond(list(labels))
+    fa = model_features(model, model.encode_images(to_model_range(np.asarray(a))), y, timestep)
+    fb = model_features(model, model.encode_images(to_model_range(np.asarray(b))), y, timestep)
     return cosine(fa, fb)
 
 

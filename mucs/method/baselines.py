@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import numpy as np
-import torch
 
 from ..errors import MucsError
 from ..settings import Settings
@@ -114,8 +113,9 @@ def _pixel_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
 
 def _feature_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
     from .neighbours import model_features
-    y = torch.tensor([int(label)]) if (label is not None and ctx.model.num_classes) else None
-    return ctx.feature_index().scores(model_features(ctx.model, query.x[None], y))
+    m = ctx.model
+    cond = m.condition(label if m.conditioning == "class" else None, getattr(query, "prompt", None))
+    return ctx.feature_index().scores(model_features(m, m.encode_images(query.x[None]), cond))
 
 
 REGISTRY: Dict[str, Callable] = {name: _mucs_variant(ch) for name, ch in ABLATIONS.items()}

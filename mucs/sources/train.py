@@ -16,6 +16,7 @@ from ..cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, st
 from .data import TrainingSet
 from ..defaults import shown_path
 from ..errors import MucsError
+from .families import family_of
 from .models import TRAIN_CONFIG, per_item_loss, training_noise
 from ..progress import Reporter
 
@@ -156,6 +157,8 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
     # torch's LambdaLR, not diffusers' constant_with_warmup: that one takes its first step at lr 0 (weights 0.003 off in 15 steps)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, opts.warmup_steps)))
     shape = (data.channels, data.size, data.size)
+    family = family_of(unet)
+    predict = lambda x, t, c: family.predict(unet, x, t, c)  # noqa: E731
     images = data.tensor(keep)
     labels = data.label_tensor(keep)
     losses, window, t_start = [], [], time.perf_counter()
@@ -165,7 +168,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
         x0 = images[idx].to(device)
         # horizontal flips would change which training image a query matches: no augmentation
         y = labels[idx].to(device) if labels is not None else None
-        loss = per_item_loss(unet, ac, opts.prediction_type, x0, y, t, eps).mean()
+        loss = per_item_loss(predict, ac, opts.prediction_type, x0, None if y is None else {"class_labels": y}, t, eps).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
