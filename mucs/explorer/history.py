@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..method.attribute import Attribution
-from ..cache import MARKER, atomic_write, atomic_write_dir, check_writable_dir, marker_bytes
+from ..cache import atomic_write, atomic_write_dir, check_writable_dir, write_tree
 from ..checks import dumps_strict
 from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from ..errors import MucsError
@@ -73,22 +73,21 @@ def _meta_bytes(m: dict) -> bytes:
 def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: bool = False,
               class_names=None) -> str:
     """Write `att` into the folder `path` in the run format (result.json, scores.csv, losses.npz,
-    query.png, meta.json, marker), atomically: a new or empty folder, or an earlier run (replaced);
-    anything else only with `force`. Returns the absolute path."""
+    query.png, meta.json, marker), atomically: a new or empty folder, or an earlier run (its files
+    replaced, files the user added kept); a folder we did not make only with `force`, beside its
+    files (mucs.cache.check_out_dir). Returns the absolute path."""
     path = os.path.abspath(path)
-    staging = tempfile.mkdtemp(prefix="mucs-run-")   # Attribution.save's files, read back (small)
-    try:
-        inner = os.path.join(staging, "run")
-        _portable(att).save(inner, class_names)
-        files = {}
-        for name in os.listdir(inner):
-            with open(os.path.join(inner, name), "rb") as f:
-                files[name] = f.read()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    files[META] = _meta_bytes(run_meta(att, os.path.basename(path), meta))
+    files = run_files(att, os.path.basename(path), meta, class_names)
     atomic_write_dir(path, files, kind="run", force=force)
     return path
+
+
+def run_files(att: Attribution, run_id: str, meta: Optional[dict] = None, class_names=None,
+              now: Optional[datetime] = None) -> dict:
+    """{name: bytes} of a run folder (without the marker)."""
+    files = _portable(att).files(class_names)
+    files[META] = _meta_bytes(run_meta(att, run_id, meta, now))
+    return files
 
 
 class RunStore:
@@ -135,14 +134,11 @@ class RunStore:
         """Store a finished attribution; returns its id. The run folder appears complete or not at all."""
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        m = run_meta(att, run_id, meta, now)
+        files = run_files(att, run_id, meta, class_names, now)
         staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
         try:
             inner = os.path.join(staging, "run")
-            _portable(att).save(inner, class_names)
-            atomic_write(os.path.join(inner, META), _meta_bytes(m))
-            if not os.path.exists(os.path.join(inner, MARKER)):
-                atomic_write(os.path.join(inner, MARKER), marker_bytes("run"))
+            write_tree(inner, files, kind="run")
             os.rename(inner, os.path.join(self.root, run_id))   # a new, unique name: never replaces anything
         finally:
             shutil.rmtree(staging, ignore_errors=True)

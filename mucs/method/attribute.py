@@ -75,6 +75,10 @@ class Attribution:
 
     def save(self, out_dir: str, class_names=None) -> None:
         """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
+        atomic_write_dir(out_dir, self.files(class_names))
+
+    def files(self, class_names=None) -> dict:
+        """The run files {name: bytes}: scores.csv, result.json, losses.npz and query.png (when known)."""
         from PIL import Image
         buf = io.BytesIO()
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
@@ -87,7 +91,7 @@ class Attribution:
             q = self.query_image
             Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q).save(png, format="PNG")
             files["query.png"] = png.getvalue()
-        atomic_write_dir(out_dir, files)
+        return files
 
     @classmethod
     def load(cls, out_dir: str) -> "Attribution":
