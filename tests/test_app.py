@@ -518,3 +518,31 @@ def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):
     assert ex.model.unet.mid_block._forward_hooks == {}
     ex.compare_methods(two_runs[0])
     assert ex.model.unet.mid_block._forward_hooks == {} and ctx is ex.baselines_context()
+
+
+# --- issue 21, point 2: one malformed run folder never takes the app down -----------------------------
+def test_malformed_run_folders_are_listed_as_damaged_and_never_fatal(env, two_runs, tiny_model_dir, tiny_npz,
+                                                                     tmp_path):
+    from conftest import damaged_runs
+    import shutil
+    ex, _, _, _ = env
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(ex.store.path(two_runs[0]), runs / "good")
+    broken = damaged_runs(str(runs / "good"), runs)
+    ex2 = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(runs), examples_dir=None)
+    demo = app.build(ex2)                             # the app starts: no run can stop it
+    fns = {f.api_name: f for f in demo.fns.values()}
+    fns["list_runs"].fn()
+    table = {r[0]: r for r in ex2.history_table()}
+    assert set(table) == set(broken) | {"good"}
+    assert "good" in ex2.store.ids() and table["good"][2] != "damaged"
+    for name, phrase in broken.items():
+        row = table[name]
+        if row[2] == "damaged":                        # meta.json / result.json: caught by the listing
+            assert phrase in row[3], (name, row)
+            assert name not in ex2.store.ids()
+        with pytest.raises(gr.Error) as e:
+            fns["open_run"].fn(name)
+        assert phrase in str(e.value), (name, str(e.value))
+    assert fns["open_run"].fn("good")                 # the good run still opens

@@ -308,3 +308,27 @@ def test_bounded_load_on_list_runs(served):
     q = statistics.quantiles(times, n=20)
     print(f"\nload: 50 /list_runs calls (100 HTTP requests), 5 threads, {wall:.2f} s; "
           f"p50 {statistics.median(times) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+
+
+# --- issue 21, point 2: malformed run folders are listed as damaged, for every client -----------------------
+def test_list_runs_survives_malformed_run_folders(served):
+    import shutil
+
+    from conftest import damaged_runs
+    ex = served["ex"]
+    good = fake_run(ex, 21)
+    broken = damaged_runs(ex.store.path(good), ex.store.root)
+    try:
+        c = client(served)
+        table, choices, _ = c.predict(api_name="/list_runs")
+        rows = {r[0]: r for r in table["data"]}
+        assert set(broken) <= set(rows) and good in rows
+        for name in ("result-list", "settings-list", "meta-list", "result-deep", "meta-deep"):
+            assert rows[name][2] == "damaged" and broken[name] in rows[name][3]
+        for name in ("result-deep", "scores-nan", "query-huge"):
+            with pytest.raises(Exception, match="damaged"):
+                c.predict(name, api_name="/open_run")
+        assert good in c.predict(good, api_name="/open_run")
+    finally:
+        for name in broken:
+            shutil.rmtree(os.path.join(ex.store.root, name), ignore_errors=True)

@@ -791,3 +791,30 @@ def test_pickle_only_weights_are_never_loaded(tmp_path, monkeypatch):
     with pytest.raises(MucsError, match="cannot load the model"):
         load_model(str(folder), "cpu")
     assert loads == []
+
+
+# --- issue 21, points 2 and 8: damaged runs are one error line in `mucs report` ------------------------------
+def test_report_of_a_damaged_run_is_one_error_line(tiny_npz, tmp_path, capsys):
+    from conftest import damaged_runs
+
+    from mucs.explorer.history import write_run
+    from mucs.method.attribute import Attribution
+    z = np.load(tiny_npz)
+    n = len(z["labels"])
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=n)
+    att = Attribution(scores=scores, top=np.argsort(-scores)[:3], loss_original=rng.random(n) + 0.1,
+                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=2, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings={}, query=dict(label=1, conversions=[], source="t"),
+                      query_image=z["images"][0][..., None], labels=z["labels"], info=dict(data=tiny_npz))
+    good = write_run(att, str(tmp_path / "good"))
+    broken = damaged_runs(good, tmp_path / "runs")
+    out = tmp_path / "r.html"
+    for name, phrase in broken.items():
+        rc = main(["report", str(tmp_path / "runs" / name), "--out", str(out)])
+        err = capsys.readouterr().err
+        if name.startswith("meta-"):                  # the metadata is optional: left out, and said
+            assert rc == 0 and phrase in err and "leaves the run's metadata out" in err, (name, err)
+        elif name != "query-wrong-size":              # (the report needs no model: that query is shown as it is)
+            assert rc == 2 and phrase in err and err.count("error:") == 1 and "Traceback" not in err, (name, err)
+    assert main(["report", good, "--out", str(out)]) == 0 and out.read_text().startswith("<!doctype html>")
