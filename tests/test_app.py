@@ -546,3 +546,31 @@ def test_malformed_run_folders_are_listed_as_damaged_and_never_fatal(env, two_ru
             fns["open_run"].fn(name)
         assert phrase in str(e.value), (name, str(e.value))
     assert fns["open_run"].fn("good")                 # the good run still opens
+
+
+# --- issue 21, point 5: the views work for a model of ≤ 100 training timesteps --------------------------
+def test_why_replay_and_methods_work_for_a_model_of_50_timesteps(tiny_npz, tmp_path):
+    from mucs.method.attribute import Attribution
+    from mucs.sources.data import load_dataset
+    from mucs.sources.train import TrainOptions, train
+    model = str(tmp_path / "t50")
+    train(load_dataset(tiny_npz), model, TrainOptions(steps=4, batch_size=8, lr=1e-3, channels=(8, 16), attention=False,
+                                                     num_train_timesteps=50, warmup_steps=1))
+    ex = Explorer(model, tiny_npz, FAST, runs_dir=str(tmp_path / "runs"), examples_dir=None)
+    n = len(ex.data)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=n)
+    att = Attribution(scores=scores, top=np.argsort(-scores)[:5], loss_original=rng.random(n) + 0.1,
+                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=3, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings=ex.settings.to_dict(),
+                      query=dict(label=1, class_name="b", conversions=[], source="t"), query_image=ex.data.images[0],
+                      labels=ex.data.labels, info=dict(data_fingerprint=ex.data.fingerprint(), num_train=n))
+    rid = ex.store.save(att, dict(kind="test"))
+    fns = {f.api_name: f for f in app.build(ex).fns.values()}
+    assert ex.model.scheduler.config.num_train_timesteps == 50
+    why = by_id(fns["why"].fn(rid, int(att.top[0])))
+    assert "feature NN" in why["why-text"]
+    text, grid, fig = fns["compare_methods"].fn(rid)
+    assert "feature NN" in text and "feature NN (model features)" in list(fig.data[0].x)
+    replay = by_id(fns["why_replay"].fn(rid, int(att.top[0]), request=request()))
+    assert replay["why-text"].startswith("Unlearning replayed")

@@ -14,12 +14,24 @@ def pixel_features(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().reshape(len(x), -1).numpy().astype(np.float32)
 
 
+FEATURE_FRACTION = 0.1   # features at 10 % of the schedule: timestep 100 of a 1000-step model
+
+
+def feature_timestep(model, timestep: Optional[int] = None) -> int:
+    """The timestep the features are taken at: `timestep`, or FEATURE_FRACTION of the model's
+    schedule, clamped to the timesteps it has (a 50-step model has no timestep 100)."""
+    n = len(alphas_cumprod(model))
+    t = round(FEATURE_FRACTION * n) if timestep is None else int(timestep)
+    return max(0, min(n - 1, t))
+
+
 @torch.inference_mode()
-def model_features(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None, timestep: int = 100,
+def model_features(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None, timestep: Optional[int] = None,
                    seed: int = 0, batch_size: int = 256) -> np.ndarray:
-    """Mid-block activations (spatially averaged) of x noised to `timestep` with a fixed ε."""
+    """Mid-block activations (spatially averaged) of x noised to `timestep` (feature_timestep) with a fixed ε."""
     unet, dev = model.unet, model.device
     feats = []
+    timestep = feature_timestep(model, timestep)
     hook = unet.mid_block.register_forward_hook(lambda m, i, o: feats.append(o.mean((2, 3)).float().cpu()))
     try:
         ac = alphas_cumprod(model)[timestep]
@@ -57,7 +69,7 @@ class NeighbourIndex:
         return cls(_in_slices(data, lambda idx: pixel_features(data.tensor(idx))))
 
     @classmethod
-    def features(cls, model, data: TrainingSet, timestep: int = 100) -> "NeighbourIndex":
+    def features(cls, model, data: TrainingSet, timestep: Optional[int] = None) -> "NeighbourIndex":
         return cls(_in_slices(data, lambda idx: model_features(model, data.tensor(idx), data.label_tensor(idx), timestep)))
 
     def search(self, queries: np.ndarray, k: int) -> tuple:
