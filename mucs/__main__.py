@@ -10,7 +10,10 @@ import sys
 
 from .errors import MucsError
 
-FORCE_HELP = "replace an existing --out even when it was not written by mucs (never an input of this command)"
+FORCE_HELP = ("also write into an existing --out folder that mucs did not make, beside its files: they are all kept "
+              "(without --force such a folder is refused). Never needed for a new or empty folder or an earlier "
+              "%s folder (only the files mucs wrote there are replaced; files you added are kept); never "
+              "allowed for a folder that is, holds or lies inside an input")
 
 
 def _check_device(name):
@@ -36,12 +39,6 @@ def _check_numbers(a):
             check_seed(v, flag)
 
 
-def _force_adopt(a, kind):
-    """--force: mark a foreign --out folder as ours right before the swap replaces it."""
-    from .cache import adopt_dir
-    return bool(getattr(a, "force", False)) and adopt_dir(a.out, kind)
-
-
 def _add_model_args(p, data=True):
     from .defaults import DEFAULT_MODEL
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -64,7 +61,7 @@ def _resolve_data(a):
 
 
 def cmd_train(a):
-    from .cache import check_out_dir
+    from .cache import check_out_dir, default_cache_dir
     from .sources.data import load_dataset
     from .progress import TextBar
     from .sources.train import TrainOptions, train
@@ -80,7 +77,7 @@ def cmd_train(a):
     opts.validate()
     if a.size is not None and a.size < 1:
         raise MucsError(f"--size must be ≥ 1, got {a.size}")
-    check_out_dir(a.out, "model", force=a.force, protect=[a.data])
+    check_out_dir(a.out, "model", force=a.force, protect=[a.data], inside=[default_cache_dir()])
     data = load_dataset(a.data)
     if a.size and a.size != data.size:
         raise MucsError(f"--size {a.size} does not match the dataset's {data.size}x{data.size} images")
@@ -187,7 +184,8 @@ def cmd_attribute(a):
     # before anything is loaded or computed: every --out must be new, empty or an earlier run (or
     # --force), never one of this command's inputs; the cache and runs folders must be writable
     for out in outs if a.out else ():
-        check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir, a.lora] + images)
+        check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir, a.lora] + images,
+                      exact=[default_runs_dir()])
     if not a.out:
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
@@ -300,7 +298,7 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps")
     p.add_argument("--size", type=int, default=None, help="check that the data has this resolution")
     p.add_argument("--device", default=None)
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP % "model")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("generate", help="sample one image; the same seed gives the same image")
@@ -351,12 +349,13 @@ def build_parser():
     p.add_argument("--cache-dir", default=None,
                    help="where L_o and L_null caches are written (default $MUCS_CACHE_DIR, else ~/.cache/mucs)")
     p.add_argument("--out", default=None,
-                   help="write the run into this folder (new, empty, or an earlier run's: replaced); with several "
+                   help="write the run into this folder (new, empty, or an earlier run's: its run files replaced, "
+                        "files you added kept; any other folder only with --force); with several "
                         "--image, one run per image in subfolders named after them; default: a new run in the runs folder")
     p.add_argument("--runs", default=None,
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP % "run")
     add_cli_options(p)   # one option per mucs.Settings field, plus --settings JSON
     p.set_defaults(fn=cmd_attribute)
 

@@ -3,6 +3,8 @@ finite arrays, strict JSON, seeds and user-supplied settings dictionaries."""
 import json
 import math
 import numbers
+import os
+import stat
 from dataclasses import MISSING, fields
 
 import numpy as np
@@ -94,7 +96,7 @@ def check_settings_dict(d, what: str = "settings") -> dict:
         f = known[key]
         t = f.type if isinstance(f.type, type) else type(f.default)
         default = f.default if f.default is not MISSING else None
-        bad = f"{what}: {key} must be {_type_name(t)}, got {json.dumps(value) if _jsonable(value) else repr(value)}"
+        bad = f"{what}: {key} must be {_type_name(t)}, got {_shown(value)}"
         if value is None:
             if default is None:
                 out[key] = None
@@ -131,24 +133,92 @@ def check_settings_dict(d, what: str = "settings") -> dict:
     return out
 
 
-def _jsonable(v) -> bool:
+def _shown(v) -> str:
+    """A short text of a JSON value for an error line (a deeply nested one is not recursed into)."""
     try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+        text = json.dumps(v)
+    except (TypeError, ValueError, RecursionError):
+        text = type(v).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+MAX_JSON_BYTES = 16 << 20   # settings and metadata files: far larger is not a settings file
+
+
+def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES):
+    """The JSON value in the regular file `path`. Not a regular file (a FIFO would block), larger than
+    `max_bytes`, unreadable, bad JSON or nested too deeply: one MucsError, nothing hangs or recurses."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise MucsError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MucsError(f"cannot read {path}: not a regular file")
+        if st.st_size > max_bytes:
+            raise MucsError(f"cannot read {path}: {st.st_size} bytes, more than a {what} file holds "
+                            f"(at most {max_bytes})")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise MucsError(f"cannot read {path}: {e.strerror or e}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return parse_json(data, f"{path}")
+
+
+def parse_json(text, where: str = "JSON"):
+    """json.loads(text); bad JSON, bad UTF-8 or nesting too deep for Python is one MucsError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise MucsError(f"cannot read {where}: its JSON is nested too deeply") from None
+    except ValueError as e:   # JSONDecodeError and bad UTF-8
+        raise MucsError(f"cannot read {where}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
 
 
 def read_json_object(path: str, what: str = "a JSON object"):
     """The JSON object in `path`; an unreadable file, bad JSON or a non-object is one MucsError."""
-    try:
-        with open(path) as f:
-            body = json.load(f)
-    except (OSError, ValueError) as e:   # ValueError: JSONDecodeError and bad UTF-8
-        raise MucsError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
+    body = read_json(path)
     if not isinstance(body, dict):
         raise MucsError(f"{path} must be {what}, got {type(body).__name__}")
     return body
+
+
+def npz_headers(path: str) -> dict:
+    """{array name: (shape, dtype)} of an .npz archive, read from each member's .npy header without
+    decompressing the data: sizes are checked before anything is loaded. MucsError for a file that
+    is not a readable archive of plain (non-object) arrays."""
+    import zipfile
+    out = {}
+    try:
+        if not os.path.isfile(path):
+            raise OSError("not a regular file")
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise MucsError(f"{path}: {info.filename[:-4]} holds Python objects (pickled data is never loaded)")
+                out[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+    except MucsError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError) as e:
+        raise MucsError(f"cannot read {path}: not an .npz archive ({type(e).__name__}: {str(e)[:120]})") from None
+    return out
+
+
+def npz_nbytes(heads: dict) -> int:
+    """Bytes the arrays of npz_headers take once loaded."""
+    return sum(int(np.prod(shape, dtype=np.float64)) * dtype.itemsize for shape, dtype in heads.values())
 
 
 # --- memory: estimate what a request needs and refuse what will not fit ----------------------------

@@ -518,3 +518,59 @@ def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):
     assert ex.model.unet.mid_block._forward_hooks == {}
     ex.compare_methods(two_runs[0])
     assert ex.model.unet.mid_block._forward_hooks == {} and ctx is ex.baselines_context()
+
+
+# --- issue 21, point 2: one malformed run folder never takes the app down -----------------------------
+def test_malformed_run_folders_are_listed_as_damaged_and_never_fatal(env, two_runs, tiny_model_dir, tiny_npz,
+                                                                     tmp_path):
+    from conftest import damaged_runs
+    import shutil
+    ex, _, _, _ = env
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(ex.store.path(two_runs[0]), runs / "good")
+    broken = damaged_runs(str(runs / "good"), runs)
+    ex2 = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(runs), examples_dir=None)
+    demo = app.build(ex2)                             # the app starts: no run can stop it
+    fns = {f.api_name: f for f in demo.fns.values()}
+    fns["list_runs"].fn()
+    table = {r[0]: r for r in ex2.history_table()}
+    assert set(table) == set(broken) | {"good"}
+    assert "good" in ex2.store.ids() and table["good"][2] != "damaged"
+    for name, phrase in broken.items():
+        row = table[name]
+        if row[2] == "damaged":                        # meta.json / result.json: caught by the listing
+            assert phrase in row[3], (name, row)
+            assert name not in ex2.store.ids()
+        with pytest.raises(gr.Error) as e:
+            fns["open_run"].fn(name)
+        assert phrase in str(e.value), (name, str(e.value))
+    assert fns["open_run"].fn("good")                 # the good run still opens
+
+
+# --- issue 21, point 5: the views work for a model of ≤ 100 training timesteps --------------------------
+def test_why_replay_and_methods_work_for_a_model_of_50_timesteps(tiny_npz, tmp_path):
+    from mucs.method.attribute import Attribution
+    from mucs.sources.data import load_dataset
+    from mucs.sources.train import TrainOptions, train
+    model = str(tmp_path / "t50")
+    train(load_dataset(tiny_npz), model, TrainOptions(steps=4, batch_size=8, lr=1e-3, channels=(8, 16), attention=False,
+                                                     num_train_timesteps=50, warmup_steps=1))
+    ex = Explorer(model, tiny_npz, FAST, runs_dir=str(tmp_path / "runs"), examples_dir=None)
+    n = len(ex.data)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=n)
+    att = Attribution(scores=scores, top=np.argsort(-scores)[:5], loss_original=rng.random(n) + 0.1,
+                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=3, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings=ex.settings.to_dict(),
+                      query=dict(label=1, class_name="b", conversions=[], source="t"), query_image=ex.data.images[0],
+                      labels=ex.data.labels, info=dict(data_fingerprint=ex.data.fingerprint(), num_train=n))
+    rid = ex.store.save(att, dict(kind="test"))
+    fns = {f.api_name: f for f in app.build(ex).fns.values()}
+    assert ex.model.scheduler.config.num_train_timesteps == 50
+    why = by_id(fns["why"].fn(rid, int(att.top[0])))
+    assert "feature NN" in why["why-text"]
+    text, grid, fig = fns["compare_methods"].fn(rid)
+    assert "feature NN" in text and "feature NN (model features)" in list(fig.data[0].x)
+    replay = by_id(fns["why_replay"].fn(rid, int(att.top[0]), request=request()))
+    assert replay["why-text"].startswith("Unlearning replayed")

@@ -82,7 +82,8 @@ def cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def feature_cosine(model, a, b, labels: Optional[Sequence[int]] = None, timestep: int = 100) -> np.ndarray:
+def feature_cosine(model, a, b, labels: Optional[Sequence[int]] = None,
+                   timestep: Optional[int] = None) -> np.ndarray:
     """Cosine of `model`'s mid-block features (mucs.method.neighbours.model_features) of two image sets."""
     from ..sources.data import to_model_range
     from ..method.neighbours import model_features

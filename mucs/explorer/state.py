@@ -1,6 +1,5 @@
 """The explorer session behind the app: one model, its training set, an Attributor and a run
 store. Every app callback calls one method here; nothing here knows about Gradio."""
-import json
 import logging
 import os
 import queue
@@ -145,7 +144,6 @@ class Explorer:
         self._unlearned = OrderedDict()     # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
         self._ctx = None                    # baselines Context (faiss indexes shared across queries)
         self._baseline_lock = threading.RLock()   # one baseline computation at a time (shared memo and hooks)
-        self._settings_cache = {}           # run id -> settings dict (runs never change)
         self._last_times = None             # stage times of the last run here: weights of the overall progress
         self._downloads = None              # one folder for the files offered for download (replaced, not piled up)
 
@@ -426,6 +424,10 @@ class Explorer:
         fp = att.info.get("data_fingerprint")
         if len(att.scores) != len(self.data) or (fp and fp != self.data.fingerprint()):
             raise MucsError("this run was made with another training set; open it with the matching --data")
+        m, q = self.model, att.query_image
+        if q is not None and q.shape != (m.size, m.size, m.channels):
+            raise MucsError(f"this run's query.png is {'x'.join(map(str, q.shape))}, not the model's "
+                            f"{m.size}x{m.size}x{m.channels}: the run was made with another model or edited")
 
     def summary(self, att: Attribution, run_id: str = "") -> str:
         q = att.query
@@ -479,13 +481,11 @@ class Explorer:
 
     # --- history with the main settings -------------------------------------------------------------
     def run_settings_dict(self, run_id: str) -> dict:
-        if run_id not in self._settings_cache:
-            try:
-                with open(os.path.join(self.store.path(run_id), "result.json")) as f:
-                    self._settings_cache[run_id] = dict(json.load(f).get("settings") or {})
-            except (OSError, ValueError, MucsError):
-                return {}
-        return self._settings_cache[run_id]
+        """The settings a stored run recorded ({} when its files are damaged or gone)."""
+        try:
+            return self.store.settings(run_id)
+        except MucsError:
+            return {}
 
     def history_table(self) -> list:
         """The store's rows plus the main settings of each run: K, lr factor, step cap, and whether it

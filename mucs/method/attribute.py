@@ -79,6 +79,10 @@ class Attribution:
 
     def save(self, out_dir: str, class_names=None) -> None:
         """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
+        atomic_write_dir(out_dir, self.files(class_names))
+
+    def files(self, class_names=None) -> dict:
+        """The run files {name: bytes}: scores.csv, result.json, losses.npz and query.png (when known)."""
         from PIL import Image
         buf = io.BytesIO()
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
@@ -93,25 +97,16 @@ class Attribution:
             q = self.query_image
             Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q).save(png, format="PNG")
             files["query.png"] = png.getvalue()
-        atomic_write_dir(out_dir, files)
+        return files
 
     @classmethod
     def load(cls, out_dir: str) -> "Attribution":
-        """Reopen a saved run (as written by `save`)."""
-        from PIL import Image
-        with open(os.path.join(out_dir, "result.json")) as f:
-            r = json.load(f)
-        with np.load(os.path.join(out_dir, "losses.npz")) as z:
-            scores, lo, lu = z["scores"], z["loss_original"], z["loss_unlearned"]
-            labels = z["labels"] if "labels" in z.files else None
-            captions = [str(c) for c in z["captions"]] if "captions" in z.files else None
-        if labels is None:   # a run written before labels went into losses.npz: read scores.csv's column
-            labels = _csv_labels(os.path.join(out_dir, "scores.csv"), len(scores))
-        q = None
-        qp = os.path.join(out_dir, "query.png")
-        if os.path.exists(qp):
-            q = np.asarray(Image.open(qp))
-            q = q[..., None] if q.ndim == 2 else q
+        """Reopen a saved run (as written by `save`); every file's shape is checked (mucs.runfiles)."""
+        from ..runfiles import read_run
+        r, arrays, q = read_run(out_dir)
+        scores, lo, lu, labels = (arrays["scores"], arrays["loss_original"], arrays["loss_unlearned"],
+                                  arrays.get("labels"))
+        captions = [str(c) for c in arrays["captions"]] if "captions" in arrays else None
         keys = ("settings", "query", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k",
                 "top_k_scores", "curve")
         return cls(scores=scores, top=np.array(r["top_k"], np.int64), loss_original=lo, loss_unlearned=lu,
@@ -122,18 +117,6 @@ class Attribution:
 
 MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items × K = 100) are memory-mapped
 SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
-
-
-def _csv_labels(path: str, n: int):
-    """Labels from a scores.csv of any version (by column name), or None when it has none."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or rows[0].get("label", "") == "":
-        return None
-    labels = np.zeros(n, np.int64)
-    for r in rows:
-        labels[int(r["index"])] = int(r["label"])
-    return labels
 
 
 @dataclass

@@ -14,6 +14,17 @@ def pixel_features(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().reshape(len(x), -1).numpy().astype(np.float32)
 
 
+FEATURE_FRACTION = 0.1   # features at 10 % of the schedule: timestep 100 of a 1000-step model
+
+
+def feature_timestep(model, timestep: Optional[int] = None) -> int:
+    """The timestep the features are taken at: `timestep`, or FEATURE_FRACTION of the model's
+    schedule, clamped to the timesteps it has (a 50-step model has no timestep 100)."""
+    n = len(alphas_cumprod(model))
+    t = round(FEATURE_FRACTION * n) if timestep is None else int(timestep)
+    return max(0, min(n - 1, t))
+
+
 def _middle(net: torch.nn.Module) -> torch.nn.Module:
     """The module whose output is the feature: a UNet's mid block, a transformer's middle block."""
     if getattr(net, "mid_block", None) is not None:
@@ -25,23 +36,22 @@ def _middle(net: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def model_features(model, x0: torch.Tensor, cond: Optional[dict] = None, timestep: int = 100,
+def model_features(model, x0: torch.Tensor, cond: Optional[dict] = None, timestep: Optional[int] = None,
                    seed: int = 0, batch_size: int = 256) -> np.ndarray:
     """Middle-block activations (averaged over space or tokens) of x0 (the denoiser's input: pixels, or
-    latents for a latent model) noised to `timestep` (at most the scheduler's last) with a fixed ε,
-    each item with its condition."""
+    latents for a latent model) noised to `timestep` (feature_timestep) with a fixed ε, each item with
+    its condition."""
     from ..sources.families import cond_index, cond_to
     unet, dev = model.unet, model.device
     feats = []
+    timestep = feature_timestep(model, timestep)
 
     def keep(m, i, o):
         o = o[0] if isinstance(o, tuple) else o
         feats.append((o.mean((2, 3)) if o.dim() == 4 else o.mean(1)).float().cpu())
     hook = _middle(unet).register_forward_hook(keep)
     try:
-        ac_all = alphas_cumprod(model)
-        timestep = min(int(timestep), len(ac_all) - 1)
-        ac = ac_all[timestep]
+        ac = alphas_cumprod(model)[timestep]
         g = torch.Generator().manual_seed(seed)
         eps = torch.randn(x0.shape[1:], generator=g)
         for s in range(0, len(x0), batch_size):
@@ -75,7 +85,7 @@ class NeighbourIndex:
         return cls(_in_slices(data, lambda idx: pixel_features(data.tensor(idx))))
 
     @classmethod
-    def features(cls, model, data, timestep: int = 100) -> "NeighbourIndex":
+    def features(cls, model, data, timestep: Optional[int] = None) -> "NeighbourIndex":
         """Model features of every training item (`data`: a TrainingSet or the ModelInputs holding its latents)."""
         from ..sources.inputs import model_inputs
         inputs = model_inputs(model, data)

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, staging_dir
+from ..cache import check_out_dir, move_dir_into_place, staging_dir
 from .data import TrainingSet
 from ..defaults import shown_path
 from ..errors import MucsError
@@ -205,7 +205,8 @@ def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict
 
 def save_model(unet, scheduler, record: dict, out_dir: str, force: bool = False) -> None:
     """Save unet/ (safetensors) + scheduler/ + model_index.json (a DDPMPipeline folder that
-    `DDPMPipeline.from_pretrained` opens) + mucs_train.json; the folder appears whole or not at all."""
+    `DDPMPipeline.from_pretrained` opens) + mucs_train.json and the marker; the folder appears whole
+    or not at all, and files in `out_dir` that we did not write are kept (move_dir_into_place)."""
     from ..checks import dumps_strict
     tmp = staging_dir(out_dir)   # .tmp-<name>-*: recover_dir knows it
     try:
@@ -214,8 +215,6 @@ def save_model(unet, scheduler, record: dict, out_dir: str, force: bool = False)
         write_pipeline_index(tmp, scheduler)
         with open(os.path.join(tmp, TRAIN_CONFIG), "w") as f:
             f.write(dumps_strict(record, TRAIN_CONFIG, indent=1))
-        with open(os.path.join(tmp, MARKER), "wb") as f:
-            f.write(marker_bytes("model"))
         move_dir_into_place(tmp, out_dir, kind="model", force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
