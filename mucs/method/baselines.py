@@ -34,7 +34,7 @@ ABLATIONS = {
     "mucs_plain_ga": dict(bounded=False, retain=False),
     "mucs_unnormalised": dict(normalised=False),
     "mucs_fresh_noise": dict(consistent_noise=False),
-    # the reference's EDM choices (MUCS.md, "Reference details"), measured rather than assumed
+    # the reference's EDM choices (docs/method.md, "Reference details"), measured rather than assumed
     "mucs_lognormal": dict(train_noise="lognormal"),
     "mucs_uniform": dict(train_noise="uniform"),   # the DDPM recipe (uniform t), the default before 2026-11-30
     "mucs_range": dict(train_noise="uniform_range"),

@@ -252,7 +252,7 @@ def per_item_loss(unet: torch.nn.Module, ac: torch.Tensor, prediction_type: str,
 
     `ac` holds ᾱ on the model's device; target is ε, v or x0 per the model's prediction type.
     weighting="edm" gives EDM's weighted x0 error instead, (σ² + σ_d²)/(σ·σ_d)² · ‖x̂0 − x0‖², written
-    through the model's own error: for ε it is (1 + σ²/σ_d²)·‖ε̂ − ε‖² (MUCS.md, "Reference details").
+    through the model's own error: for ε it is (1 + σ²/σ_d²)·‖ε̂ − ε‖² (docs/method.md, "Reference details").
     """
     a = ac[t].view(-1, 1, 1, 1)
     # Not scheduler.add_noise/get_velocity: an Euler scheduler gives x0 + σε; add_noise moves the scheduler's ᾱ to x0's device
