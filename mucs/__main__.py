@@ -284,7 +284,7 @@ def build_parser():
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
     p.add_argument("--fast", action="store_true",
                    help="start from the fast profile: the recommended settings with half the unlearning batch at "
-                        "twice the lr and screened scoring (README, Speed: how far its top-k moves)")
+                        "twice the lr and screened scoring (docs/benchmarks.md: how far its top-k moves)")
     p.add_argument("--train-lr", type=float, default=None,
                    help="the model's training learning rate, when its folder has no mucs_train.json (or to override it)")
     p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")

@@ -164,7 +164,7 @@ def test_settings_profiles_recommended_fast_and_paper(tmp_path):
 
 
 def test_embedded_default_fast_profile_is_the_measured_one():
-    """The fast profile README's speed table measured: B 50, lr ÷ 2.5, screening 2 levels / 50 items."""
+    """The fast profile docs/benchmarks.md's speed table measured: B 50, lr ÷ 2.5, screening 2 levels / 50 items."""
     from mucs.defaults import DEFAULT_MODEL, settings_for
     rec, fast = settings_for(DEFAULT_MODEL), settings_for(DEFAULT_MODEL, "fast")
     assert (fast.batch_size, fast.lr_factor, fast.screen_noises, fast.screen_keep) == (50, 2.5, 2, 50)

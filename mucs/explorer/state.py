@@ -162,7 +162,7 @@ class Explorer:
                 f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images.  \n"
                 f"**Settings**: the {self.profile} profile" + (
                     " (half the unlearning batch at twice the lr, screened scoring: faster, top-k close to the "
-                    "recommended one; README, Speed)." if self.profile == "fast" else "."))
+                    "recommended one; docs/benchmarks.md, attribution speed)." if self.profile == "fast" else "."))
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
         """The settings of one run asked for in the app or through its API. `overrides`: a dict of
