@@ -226,7 +226,7 @@ def random_names(cfg: EvalConfig) -> list:
     return [f"random#{r}" for r in range(cfg.random_repeats)]
 
 
-def check_methods(methods) -> list:
+def check_methods(methods) -> tuple:
     """The methods to compare (random removal is always measured) and the single methods they need."""
     methods = [m for m in methods if m != "random"]
     singles = []

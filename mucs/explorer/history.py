@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -188,10 +188,10 @@ class RunStore:
                     continue   # unreadable metadata: skip rather than break the listing
         return out
 
-    def ids(self) -> list:
+    def ids(self) -> List:          # List: `list` here would name the method above
         return [m["id"] for m in self.list()]
 
-    def table(self) -> list:
+    def table(self) -> List:
         """Rows for a table view: id, created, source, class, steps, converged, top-k, seconds."""
         rows = []
         for m in self.list():

@@ -118,7 +118,7 @@ def ema_averager(parameters, decay: float):
                     inv_gamma=9.0, power=1.0, foreach=True)
 
 
-def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cpu", progress=None, cancel=None,
+def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str | torch.device = "cpu", progress=None, cancel=None,
           exclude: Optional[np.ndarray] = None, force: bool = False) -> dict:
     """Train from scratch, deterministically for a given seed and `exclude` set (indices left out),
     and save EMA weights to `out_dir` (written atomically). Returns the training record.
