@@ -163,7 +163,7 @@ def cmd_attribute(a):
     # --force), never one of this command's inputs; the cache and runs folders must be writable
     for out in outs if a.out else ():
         check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir] + images)
-    if not a.out:
+    if runs_root is not None:      # no --out: a new run in the runs folder
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     from .method.distributed import device_for_rank
@@ -304,7 +304,7 @@ def build_parser():
     try:  # the counterfactual evaluation lives in its own module
         from .evaluation.cli import add_parser as add_evaluate_parser
     except ImportError:
-        add_evaluate_parser = None
+        add_evaluate_parser = None   # type: ignore[assignment]
     if add_evaluate_parser is not None:
         add_evaluate_parser(sub)
         ev = sub.choices.get("evaluate")

@@ -41,7 +41,7 @@ class Settings:
     null_batch_size: int = 100
     # Step 3 — mirrored, bounded unlearning
     batch_size: int = 100        # B: retain and forget batch size
-    lr: float = None             # None: the model's training lr ÷ lr_factor
+    lr: float = None             # type: ignore[assignment]  # None: the model's training lr ÷ lr_factor (field_types reads float)
     lr_factor: float = 10.0
     weight_decay: float = 0.01
     lam: float = 0.2             # λ, weight of the forget term

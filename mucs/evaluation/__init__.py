@@ -59,7 +59,7 @@ class Evaluation:
         self.retrain = retrain
         self.engine = engine
         self.computed = dict(retrains=0, generations=0, attributions=0)
-        self.seconds = {}
+        self.seconds: dict = {}
 
     # --- the plan, for callers and tests ------------------------------------------------------
     def data(self):

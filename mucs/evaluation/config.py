@@ -118,7 +118,7 @@ class EvalConfig:
         return self
 
 
-PRESETS = {
+PRESETS: dict[str, dict] = {
     # for the tests: seconds
     "tiny": dict(n_train=None, channels=(8, 16), train_steps=40, train_batch=16, lr=2e-3, ema_decay=0.99, warmup=5,
                  targets=2, controls=2, sample_steps=4, k_frac=0.1, random_repeats=2, noises=4, unlearn_batch=8,

@@ -67,9 +67,9 @@ class Attribution:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(SCORES_CSV_COLUMNS)
         for rank, i in enumerate(order, 1):
-            lab = "" if self.labels is None else int(self.labels[i])
-            name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
+            lab = None if self.labels is None else int(self.labels[i])
+            name = class_names[lab] if lab is not None and class_names and 0 <= lab < len(class_names) else ""
+            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", "" if lab is None else lab, name, f"{self.loss_original[i]:.8g}",
                         f"{self.loss_unlearned[i]:.8g}"])
         return buf.getvalue()
 
@@ -78,7 +78,8 @@ class Attribution:
         from PIL import Image
         buf = io.BytesIO()
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned, **labels)
+        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned,
+                 **labels)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
         files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
@@ -148,7 +149,8 @@ class Attributor:
         self.settings = (settings or Settings()).validate()
         self.cache_dir = cache_dir or default_cache_dir()
         self._noise = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)   # a failed request's noise sets are dropped
-        self._lo, self._null = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES), {}
+        self._lo = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)
+        self._null: dict = {}
         self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
 
     # --- query-independent parts -------------------------------------------------------------

@@ -20,7 +20,7 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
 """
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..errors import MucsError
 from ..settings import Settings
 
 # ablations of MUCS that the paper studies, as Settings changes
-ABLATIONS = {
+ABLATIONS: Dict[str, dict] = {
     "mucs": {},
     "mucs_plain_ga": dict(bounded=False, retain=False),
     "mucs_unnormalised": dict(normalised=False),
@@ -57,16 +57,16 @@ ABLATIONS = {
 class Context:
     """What the methods need, with lazily built, shared pieces (attributor, faiss indexes) and a
     memo of scores per (method, query id) so that ensembles reuse their components' scores."""
-    model: object
-    data: object
+    model: Any                 # a DiffusionModel
+    data: Any                  # a TrainingSet
     settings: Settings = field(default_factory=Settings)
     cache_dir: Optional[str] = None
     seed: int = 0
     memo: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)   # per query: unlearning steps and convergence of the last MUCS run
-    _attributor: object = None
-    _pixels: object = None
-    _features: object = None
+    _attributor: Any = None
+    _pixels: Any = None
+    _features: Any = None
 
     def attributor(self):
         if self._attributor is None:

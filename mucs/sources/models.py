@@ -6,7 +6,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -41,8 +41,8 @@ def pick_device(name: Optional[str] = None) -> torch.device:
 @dataclass
 class DiffusionModel:
     """A noise-prediction UNet, its noise scheduler, and what training recorded about it."""
-    unet: torch.nn.Module
-    scheduler: object
+    unet: Any                  # a diffusers UNet2DModel (Any: its config attributes are dynamic)
+    scheduler: Any             # a diffusers scheduler with alphas_cumprod
     path: str = ""
     train_config: dict = field(default_factory=dict)
     _fingerprint: Optional[str] = None
