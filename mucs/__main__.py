@@ -157,13 +157,13 @@ def cmd_attribute(a):
         raise MucsError(f"give one --label for every --image ({len(images)}), or a single one for all of them")
     labels = labels * len(images) if len(labels) == 1 else (labels or [None] * len(images))
     cache_dir = a.cache_dir or cache_dir_for(a.model)
-    runs_root = None if a.out else os.path.abspath(a.runs or default_runs_dir())
+    runs_root = "" if a.out else os.path.abspath(a.runs or default_runs_dir())   # "": unused with --out
     outs = _query_outs(a.out, images)
     # before anything is loaded or computed: every --out must be new, empty or an earlier run (or
     # --force), never one of this command's inputs; the cache and runs folders must be writable
     for out in outs if a.out else ():
         check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir] + images)
-    if runs_root is not None:      # no --out: a new run in the runs folder
+    if not a.out:
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     from .method.distributed import device_for_rank
