@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -67,9 +67,9 @@ class Attribution:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(SCORES_CSV_COLUMNS)
         for rank, i in enumerate(order, 1):
-            lab = None if self.labels is None else int(self.labels[i])
-            name = class_names[lab] if lab is not None and class_names and 0 <= lab < len(class_names) else ""
-            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", "" if lab is None else lab, name, f"{self.loss_original[i]:.8g}",
+            lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
+            name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
+            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
                         f"{self.loss_unlearned[i]:.8g}"])
         return buf.getvalue()
 

@@ -64,9 +64,9 @@ class Context:
     seed: int = 0
     memo: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)   # per query: unlearning steps and convergence of the last MUCS run
-    _attributor: Any = None
-    _pixels: Any = None
-    _features: Any = None
+    _attributor: object = None
+    _pixels: object = None
+    _features: object = None
 
     def attributor(self):
         if self._attributor is None:
