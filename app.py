@@ -9,7 +9,7 @@ Every callback calls the library (mucs.explorer: state, why, compare, report); h
 (sampling, attribution, replaying an unlearning) shares one queue slot; a heavy request that runs
 longer than --max-request-seconds (default 900) is stopped, and an attribution shows a job id that
 any client can cancel it by (`/cancel` with that id). Runs are stored in --runs (default runs/ in the
-repository, or $MUCS_RUNS_DIR). HTTP API (README, "HTTP API"): /attribute takes (label, settings), settings
+repository, or $MUCS_RUNS_DIR). HTTP API (docs/api.md): /attribute takes (label, settings), settings
 being one dict of mucs.Settings fields; the page's settings widgets (SETTING_WIDGETS) fill in that dict.
 """
 import argparse
@@ -577,7 +577,7 @@ def parse_args(argv=None):
                         "'{\"noises\": 16, \"max_steps\": 40}' (default: the model's recommended settings)")
     p.add_argument("--fast", action="store_true",
                    help="serve the fast settings profile (half the unlearning batch at twice the lr, screened "
-                        "scoring; README, Speed) instead of the recommended one; --settings applies on top")
+                        "scoring; docs/benchmarks.md) instead of the recommended one; --settings applies on top")
     p.add_argument("--runs", default=None, help="run history folder (default: $MUCS_RUNS_DIR or runs/ in the repo)")
     p.add_argument("--examples", default="default",
                    help="folder of read-only example runs (default: assets/examples; '' for none)")

@@ -179,7 +179,7 @@ def cmd_attribute(a):
     labels = labels * len(images) if len(labels) == 1 else (labels or [None] * len(images))
     prompts = prompts * len(images) if len(prompts) == 1 else (prompts or [None] * len(images))
     cache_dir = a.cache_dir or cache_dir_for(a.model)
-    runs_root = None if a.out else os.path.abspath(a.runs or default_runs_dir())
+    runs_root = "" if a.out else os.path.abspath(a.runs or default_runs_dir())   # "": unused with --out
     outs = _query_outs(a.out, images)
     # before anything is loaded or computed: every --out must be new, empty or an earlier run (or
     # --force), never one of this command's inputs; the cache and runs folders must be writable
@@ -338,7 +338,7 @@ def build_parser():
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
     p.add_argument("--fast", action="store_true",
                    help="start from the fast profile: the recommended settings with half the unlearning batch at "
-                        "twice the lr and screened scoring (README, Speed: how far its top-k moves)")
+                        "twice the lr and screened scoring (docs/benchmarks.md: how far its top-k moves)")
     p.add_argument("--train-lr", type=float, default=None,
                    help="the model's training learning rate, when its folder has no mucs_train.json (or to override it)")
     p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")
@@ -362,7 +362,7 @@ def build_parser():
     try:  # the counterfactual evaluation lives in its own module
         from .evaluation.cli import add_parser as add_evaluate_parser
     except ImportError:
-        add_evaluate_parser = None
+        add_evaluate_parser = None   # type: ignore[assignment]
     if add_evaluate_parser is not None:
         add_evaluate_parser(sub)
         ev = sub.choices.get("evaluate")

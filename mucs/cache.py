@@ -519,11 +519,10 @@ def load_arrays(path: str, key: str) -> Optional[dict]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             check_cache_file(path)
             raise MucsError(f"cache path {path} is not a regular file")
-        f = os.fdopen(fd, "rb")
-        fd = None
-    finally:
-        if fd is not None:
-            os.close(fd)
+        f = os.fdopen(fd, "rb")    # f owns fd from here
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         with f, np.load(f, allow_pickle=False) as z:
             if str(z["__key__"]) != key:
@@ -558,7 +557,7 @@ class BoundedMemo:
         import threading
         from collections import OrderedDict
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
-        self._items = OrderedDict()
+        self._items: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
         self._local = threading.local()    # the keys added by the request running in this thread
 
@@ -607,7 +606,8 @@ class BoundedMemo:
     @contextlib.contextmanager
     def request(self):
         outer = getattr(self._local, "added", None)
-        self._local.added = mine = []
+        mine: list = []
+        self._local.added = mine
         try:
             yield self
         except BaseException:

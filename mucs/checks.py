@@ -86,7 +86,7 @@ def check_settings_dict(d, what: str = "settings") -> dict:
     if not isinstance(d, dict):
         raise MucsError(f"{what} must be a JSON object of setting: value, got {type(d).__name__}")
     known = {f.name: f for f in fields(Settings)}
-    out = {}
+    out: dict = {}
     for key, value in d.items():
         if key not in known:
             import difflib
@@ -400,7 +400,7 @@ def request_memory(model, num_train: int, s) -> dict:
         + _unlearn_items(s) * act_train,
         "null-loss batch": params + int(s.null_batch_size) * (sample * 6 + cond + act_eval),
     }
-    work_name = max(batches, key=batches.get)
+    work_name = max(batches, key=lambda name: batches[name])
     on_cuda = getattr(model.device, "type", str(model.device)) == "cuda"
     host = {"noise set": noise, "loss matrices": matrices}
     device = {work_name: batches[work_name]}

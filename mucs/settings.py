@@ -31,7 +31,7 @@ class Settings:
     sigma_min: float = 0.002     # the grid spans the sampler's σ range (EDM's, data in [-1, 1]),
     sigma_max: float = 80.0      #   clipped to the scheduler's; not the scheduler's extremes
     seed: int = 0                # noise set, null-loss init, unlearning batches
-    # Training-time noise of unlearning and L_null, and the loss (MUCS.md, "Reference details")
+    # Training-time noise of unlearning and L_null, and the loss (docs/method.md, "Reference details")
     train_noise: str = "lognormal" # the reference's (EDM) ln σ ~ N(p_mean, p_std²) | uniform (DDPM recipe) | uniform_range
     p_mean: float = -1.2           # lognormal: ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
@@ -42,7 +42,7 @@ class Settings:
     null_batch_size: int = 100
     # Step 3 — mirrored, bounded unlearning
     batch_size: int = 100        # B: retain and forget batch size
-    lr: float = None             # None: the model's training lr ÷ lr_factor
+    lr: float = None             # type: ignore[assignment]  # None: the model's training lr ÷ lr_factor (field_types reads float)
     lr_factor: float = 10.0
     weight_decay: float = 0.01
     lam: float = 0.2             # λ, weight of the forget term

@@ -221,9 +221,9 @@ def test_run_ids_made_after_start_up_work_without_a_list_call(served):
         c.predict([a, "../../etc"], api_name="/overlap")
 
 
-# --- /attribute over plain HTTP (the README's curl example) -------------------------------------------
+# --- /attribute over plain HTTP (the curl example of docs/api.md) -------------------------------------------
 def call(port, api, data, cookie, session):
-    """One call as the README's curl example makes it: POST /gradio_api/call/<api> with the data and a
+    """One call as the curl example of docs/api.md makes it: POST /gradio_api/call/<api> with the data and a
     session of the caller's choosing, then GET its event stream. (last event, its data)."""
     h = {"Cookie": cookie, "Content-Type": "application/json"}
     status, body, _ = raw(port, "POST", f"/gradio_api/call/{api}", h, json.dumps(dict(data=data, session_hash=session)))

@@ -6,7 +6,7 @@ the retrained model generates from the same seed and class):
 - ``mse``: pixel mean squared error in [0, 1] units — a *distance* (lower = more similar);
 - ``feature_cosine``: cosine of model A's own mid-block features of the two images.
 
-Summaries (MUCS.md, "How attribution quality is judged"):
+Summaries (docs/method.md, "How attribution quality is judged"):
 - ``auc``: P(similarity after random removal > similarity after the method's removal), ties
   counting 1/2 (scipy's Mann–Whitney U over n_random·n_method); for a distance the inequality is
   reversed, so 0.5 = no better than random and 1 = the method always changes the item more than

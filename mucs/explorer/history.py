@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -217,11 +217,11 @@ class RunStore:
                 out.append(dict(self._summary(prefix + name)[0]))
         return out
 
-    def ids(self) -> list:
+    def ids(self) -> List:          # List: `list` here would name the method above
         """Ids of the runs that can be opened (damaged ones are left out)."""
         return [m["id"] for m in self.list() if "damaged" not in m]
 
-    def table(self) -> list:
+    def table(self) -> List:
         """Rows for a table view: id, created, source, class, steps, converged, top-k, seconds (a
         damaged run: kind 'damaged' and, in place of the source, why)."""
         rows = []

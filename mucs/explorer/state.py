@@ -9,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -138,14 +138,15 @@ class Explorer:
             from .history import DEFAULT_EXAMPLES
             examples_dir = DEFAULT_EXAMPLES
         self.store = RunStore(runs_dir, examples_dir)
-        self._neigh = None
-        self._cancel = OrderedDict()        # job id -> Job, running jobs only (bounded by MAX_JOBS)
+        self._neigh: Optional[NeighbourIndex] = None
+        self._cancel: OrderedDict = OrderedDict()   # job id -> Job, running jobs only (bounded by MAX_JOBS)
         self._lock = threading.Lock()
-        self._unlearned = OrderedDict()     # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
-        self._ctx = None                    # baselines Context (faiss indexes shared across queries)
+        self._unlearned: OrderedDict = OrderedDict()   # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
+        self._ctx: Any = None               # baselines Context (faiss indexes shared across queries)
         self._baseline_lock = threading.RLock()   # one baseline computation at a time (shared memo and hooks)
-        self._last_times = None             # stage times of the last run here: weights of the overall progress
-        self._downloads = None              # one folder for the files offered for download (replaced, not piled up)
+        self._settings_cache: dict = {}     # run id -> settings dict (runs never change)
+        self._last_times: Optional[dict] = None   # stage times of the last run here: weights of the overall progress
+        self._downloads: Optional[str] = None     # one folder for the files offered for download (replaced, not piled up)
 
     # --- description -----------------------------------------------------------------------------
     @property
@@ -177,7 +178,7 @@ class Explorer:
                 f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images{caps}.  \n"
                 f"**Settings**: the {self.profile} profile" + (
                     " (half the unlearning batch at twice the lr, screened scoring: faster, top-k close to the "
-                    "recommended one; README, Speed)." if self.profile == "fast" else "."))
+                    "recommended one; docs/benchmarks.md, attribution speed)." if self.profile == "fast" else "."))
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
         """The settings of one run asked for in the app or through its API. `overrides`: a dict of
@@ -244,7 +245,7 @@ class Explorer:
                     for j in self._cancel.values()]
 
     # --- queries ------------------------------------------------------------------------------------
-    def generate(self, label: Optional[int], seed: int, count: int = 1, steps: int = 50,
+    def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,
                  progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
                  negative_prompt: str = "") -> list:
         """`count` queries from consecutive seeds with the deterministic sampler (a text model's from
@@ -335,9 +336,9 @@ class Explorer:
         """`attribute` in a worker thread, yielding an Update at most every `every` seconds and
         a final one with the result. Closing the generator cancels the run; nothing is stored then."""
         cancel = cancel or threading.Event()
-        events = queue.Queue()
-        out = {}
-        state = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={}, overall=None)
+        events: queue.Queue = queue.Queue()
+        out: dict = {}
+        state: dict[str, Any] = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={}, overall=None)
         overall = OverallProgress.from_times(self._last_times)
 
         def on_progress(ev: ProgressEvent):
@@ -572,7 +573,7 @@ class Explorer:
         with self._baseline_lock:
             m = methods_side_by_side(self.baselines_context(), att, run_id, tuple(methods or METHODS))
         mucs_top = set(m["tops"].get("mucs", []))
-        rows = []
+        rows: list = []
         for name, label in zip(m["names"], m["labels"]):
             items = m["tops"][name]
             mark = {i: ("m", "also MUCS") for i in items if name != "mucs" and i in mucs_top}

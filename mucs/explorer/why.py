@@ -30,7 +30,7 @@ def run_settings(att, base: Optional[Settings] = None) -> Settings:
     if "sigma_min" not in d:
         d.update(sigma_min=1e-12, sigma_max=1e12)
     s = (base or Settings()).replace(**{k: v for k, v in d.items() if v is not None})
-    s.lr = d.get("lr")
+    s.lr = d.get("lr")   # type: ignore[assignment]  # None: the model's training lr ÷ lr_factor
     return s
 
 
@@ -104,7 +104,7 @@ class Why:
             lines.append("Rank under other methods: " + ", ".join(f"{LABELS.get(m, m)} **{r}**"
                                                                  for m, r in self.ranks.items()) + ".")
         sk = self.per_noise_skew
-        if sk is not None:
+        if sk is not None and self.loss_unlearned is not None:
             k = int(np.argmax(sk))
             lines.append(f"The rise is largest at σ ≈ {self.sigmas[k]:.3g} (timestep {int(self.timesteps[k])}): "
                          f"L_o {self.loss_original[k]:.3g} → L_u {self.loss_unlearned[k]:.3g}.")

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class Attribution:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(SCORES_CSV_COLUMNS + (("caption",) if self.captions is not None else ()))
         for rank, i in enumerate(order, 1):
-            lab = "" if self.labels is None else int(self.labels[i])
+            lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
             name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
             row = [rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
                    f"{self.loss_unlearned[i]:.8g}"]
@@ -88,7 +88,8 @@ class Attribution:
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
         if self.captions is not None:
             labels["captions"] = np.asarray(self.captions, dtype=str)
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned, **labels)
+        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned,
+                 **labels)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
         files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
@@ -142,7 +143,8 @@ class Attributor:
         self._inputs = None
         self._trained = {}
         self._noise = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)   # a failed request's noise sets are dropped
-        self._lo, self._null = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES), {}
+        self._lo = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)
+        self._null: dict = {}
         self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
 
     # --- query-independent parts -------------------------------------------------------------

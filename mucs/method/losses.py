@@ -52,7 +52,7 @@ def _functional_forward(template, state, args, kwargs):
 # per process: per (backend, architecture) a template network and its torch.compile'd functional forward. The
 # weights are inputs of the compiled graph, not constants, so every network of that architecture (each query's
 # unlearned copy) runs through the graph compiled once, without guards on the module object
-_COMPILED = {}
+_COMPILED: dict = {}
 
 
 class Forward:

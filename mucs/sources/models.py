@@ -7,7 +7,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -47,8 +47,8 @@ class DiffusionModel:
     """A denoiser (a UNet or a transformer: `unet` keeps its first family's name), its noise
     scheduler, the pipeline parts it needs (a VAE for latent diffusion, a text encoder and tokenizer
     for captions, a LoRA adapter), and what training recorded about it."""
-    unet: torch.nn.Module
-    scheduler: object
+    unet: Any                  # a diffusers denoiser (Any: its config attributes are dynamic)
+    scheduler: Any             # a diffusers scheduler with alphas_cumprod
     path: str = ""
     train_config: dict = field(default_factory=dict)
     vae: Optional[torch.nn.Module] = None

@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ def ema_averager(parameters, decay: float):
                     inv_gamma=9.0, power=1.0, foreach=True)
 
 
-def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cpu", progress=None, cancel=None,
+def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str | torch.device = "cpu", progress=None, cancel=None,
           exclude: Optional[np.ndarray] = None, force: bool = False) -> dict:
     """Train from scratch, deterministically for a given seed and `exclude` set (indices left out),
     and save EMA weights to `out_dir` (written atomically). Returns the training record.
@@ -150,7 +150,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
     for p in ema.parameters():
         p.requires_grad_(False)
     averager = ema_averager(unet.parameters(), opts.ema_decay)
-    sched = DDPMScheduler(num_train_timesteps=opts.num_train_timesteps, beta_schedule=opts.beta_schedule,
+    sched: Any = DDPMScheduler(num_train_timesteps=opts.num_train_timesteps, beta_schedule=opts.beta_schedule,
                           prediction_type=opts.prediction_type)
     ac = sched.alphas_cumprod.to(torch.float32).to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
