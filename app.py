@@ -15,7 +15,6 @@ being one dict of mucs.Settings fields; the page's settings widgets (SETTING_WID
 import argparse
 import functools
 import inspect
-import json
 import logging
 import os
 import sys
@@ -613,20 +612,9 @@ def parse_args(argv=None):
 
 
 def load_overrides(text):
-    if not text:
-        return {}
-    try:
-        if os.path.isfile(text):
-            with open(text) as f:
-                d = json.load(f)
-        else:
-            d = json.loads(text)
-    except (OSError, ValueError) as e:
-        raise MucsError(f"--settings is neither a JSON object nor a readable JSON file: {e}") from e
-    if not isinstance(d, dict):
-        raise MucsError("--settings must be a JSON object")
-    from mucs.checks import check_settings_dict
-    return check_settings_dict(d.get("settings", d), what="--settings")
+    """--settings: a JSON object or file, checked as the CLI's (types, ranges, nesting, file kind)."""
+    from mucs.settings import load_settings_json
+    return load_settings_json(text, "--settings") if text else {}
 
 
 # What the login page itself needs (GET/HEAD), and the login: every other route answers 401 until the

@@ -82,7 +82,7 @@ def check_settings_dict(d, what: str = "settings") -> dict:
     must be a setting, every value of the setting's type (int, float, bool, str, list of str; null
     only where the default is null) and finite. Returns a normalised copy (ints as float where a
     float is expected, lists as tuples); raises MucsError naming the first bad key."""
-    from .settings import Settings
+    from .settings import Settings, check_value
     if not isinstance(d, dict):
         raise MucsError(f"{what} must be a JSON object of setting: value, got {type(d).__name__}")
     known = {f.name: f for f in fields(Settings)}
@@ -129,6 +129,10 @@ def check_settings_dict(d, what: str = "settings") -> dict:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise MucsError(bad)
             value = tuple(value)
+        try:
+            check_value(key, value)     # its range, where the setting is declared (mucs.settings.RANGES)
+        except MucsError as e:
+            raise MucsError(f"{what}: {e}") from None
         out[key] = value
     return out
 

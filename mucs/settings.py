@@ -98,29 +98,56 @@ class Settings:
         return Settings.from_dict(d)
 
     def validate(self) -> "Settings":
+        """Every field in its range (RANGES), of its choices (CHOICES), finite; σ_min < σ_max."""
         from .errors import MucsError
-        checks = [(self.noises >= 1, "noises must be ≥ 1"), (0 < self.noise_fraction <= 1, "noise fraction f must be in (0, 1]"),
-                  (self.batch_size >= 1, "batch size must be ≥ 1"), (self.lam >= 0, "λ must be ≥ 0"),
-                  (0 <= self.tol < 1, "tolerance τ must be in [0, 1)"), (self.max_steps >= 0, "step cap must be ≥ 0"),
-                  (self.top_k >= 1, "top-k must be ≥ 1"), (self.null_batches >= 1, "null batches must be ≥ 1"),
-                  (self.lr_factor > 0, "lr factor must be > 0"),
-                  (0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max"),
-                  (self.p_std > 0, "p_std must be > 0"), (self.sigma_data > 0, "sigma_data must be > 0"),
-                  (self.screen_noises >= 0, "screen_noises must be ≥ 0 (0 = off)"),
-                  (self.screen_keep >= 1, "screen_keep must be ≥ 1"),
-                  (self.unlearn_chunk >= 0, "unlearn_chunk must be ≥ 0 (0 = the whole batch at once)"),
-                  (self.fragile_refs >= 0, "fragile_refs must be ≥ 0 (0 = off)")]
-        checks += [(getattr(self, name) in allowed, f"{name} must be one of {', '.join(allowed)}")
-                   for name, allowed in CHOICES.items()]
-        import math
         for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise MucsError(f"setting {f.name} must be a finite number, got {v}")
-        for ok, msg in checks:
-            if not ok:
-                raise MucsError(msg)
+            check_value(f.name, getattr(self, f.name))
+        if not self.sigma_min < self.sigma_max:
+            raise MucsError(f"need sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         return self
+
+
+INF = float("inf")
+LR_RANGE = (1e-8, 10.0)   # a learning rate below this changes no fp32 weight; above, AdamW diverges at once
+# The range of every number setting, declared once: (low, high, low included, high included).
+# Settings.validate and mucs.checks.check_settings_dict (so --settings, every flag, mucs_settings.json
+# and the app's settings) check each value against it before anything is loaded or computed.
+RANGES = {
+    "noises": (1, INF, True, False), "noise_fraction": (0, 1, False, True), "rho": (0, 100, False, True),
+    "sigma_min": (0, INF, False, False), "sigma_max": (0, INF, False, False), "seed": (0, 2**63 - 1, True, True),
+    "p_mean": (-20, 20, True, True), "p_std": (0, 10, False, True), "sigma_data": (0, 100, False, True),
+    "null_batches": (1, INF, True, False), "null_batch_size": (1, INF, True, False),
+    "batch_size": (1, INF, True, False), "lr": LR_RANGE + (True, True), "lr_factor": (1e-3, 1e6, True, True),
+    "weight_decay": (0, 1, True, True), "lam": (0, 1000, True, True), "tol": (0, 1, True, False),
+    "max_steps": (0, 10**7, True, True), "unlearn_chunk": (0, INF, True, False), "top_k": (1, INF, True, False),
+    "screen_noises": (0, INF, True, False), "screen_keep": (1, INF, True, False),
+    "fragile_refs": (0, 10**4, True, True), "fragile_seed": (0, 2**62, True, True),
+    "eval_batch_size": (1, INF, True, False), "default_lr": LR_RANGE + (True, True),
+}
+
+
+def range_text(name: str) -> str:
+    """RANGES[name] as a reader writes it: '≥ 1', '> 0', 'in (0, 1]'."""
+    lo, hi, lo_in, hi_in = RANGES[name]
+    if hi == INF:
+        return f"{'≥' if lo_in else '>'} {lo:g}"
+    return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def check_value(name: str, value) -> None:
+    """MucsError (one line) when `value` is not a finite number in RANGES[name], or not one of
+    CHOICES[name]; None (lr's 'derive it') passes."""
+    import math
+    from .errors import MucsError
+    if name in CHOICES and value not in CHOICES[name]:
+        raise MucsError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MucsError(f"setting {name} must be a finite number, got {value}")
+    if name not in RANGES or value is None or isinstance(value, bool):
+        return
+    lo, hi, lo_in, hi_in = RANGES[name]
+    if not ((value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)):
+        raise MucsError(f"setting {name} must be {range_text(name)}, got {value:g}")
 
 
 # --- the command line, built from the fields above ------------------------------------------------
@@ -231,8 +258,9 @@ def add_cli_options(parser, group_title: str = "MUCS settings (mucs.Settings; de
             g.add_argument(flag, dest=name, default=None, help=f"{help_} (default: {','.join(d)})")
         else:
             shown = "training lr ÷ lr factor" if d is None else d
+            limits = f"; {range_text(name)}" if name in RANGES and name != "seed" else ""
             g.add_argument(flag, dest=name, type=t, default=None, choices=choices_for(name),
-                           help=f"{help_} (default {shown})")
+                           help=f"{help_} (default {shown}{limits})")
         added.append(name)
     g.add_argument("--settings", dest="settings_json", default=None, metavar="JSON",
                    help="any settings as a JSON object or a path to a JSON file, e.g. '{\"noises\": 16}'; "
@@ -269,8 +297,10 @@ def load_settings_json(text: str, what: str = "--settings") -> dict:
     else:
         try:
             d = json.loads(text)
+        except RecursionError:
+            raise MucsError(f"{what}: its JSON is nested too deeply") from None
         except ValueError as e:
-            raise MucsError(f"{what} is neither a readable JSON file nor a JSON object: {e}") from None
+            raise MucsError(f"{what} is neither a readable JSON file nor a JSON object: {str(e)[:160]}") from None
         where = what
     if isinstance(d, dict) and isinstance(d.get("settings"), dict):   # the mucs_settings.json layout
         other = sorted(str(k) for k in d if k != "settings")

@@ -113,3 +113,21 @@ def test_cli_attribute_on_a_saved_dataset(tiny_model_dir, tiny_npz, tmp_path, mo
     assert main(["attribute", "--data", tiny_npz, "--out", str(tmp_path / "b")] + fast) == 0
     a, b = (json.load(open(tmp_path / x / "result.json")) for x in "ab")
     assert a["top_k"] == b["top_k"]
+
+
+@pytest.mark.parametrize("dtype,labels,expect", [("float64", [0, 1.5, 2, 0, 1, 2], "found 1.5"),
+                                                 ("uint64", [0, 1, 2, 0, 1, 2**63 + 5], "must be class indices")])
+def test_float_or_huge_labels_are_refused_not_cast(dtype, labels, expect, tiny_model_dir, tmp_path, capsys):
+    """Issue 21, points 6 and 13: a float label is not truncated to an integer, a uint64 one above 2^63
+    does not turn negative: one error line, nothing written."""
+    from mucs.__main__ import main
+    _, ims = _rows()
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.Value(dtype)})
+    datasets.Dataset.from_dict({"img": ims, "label": np.array(labels, dtype)}, features=feats).save_to_disk(str(tmp_path / "hf"))
+    ims[0].save(tmp_path / "q.png")
+    out = tmp_path / "run"
+    assert main(["attribute", "--model", tiny_model_dir, "--data", str(tmp_path / "hf"), "--label-column", "label",
+                 "--image", str(tmp_path / "q.png"), "--label", "0", "--out", str(out), "--noises", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and expect in err[0] and "label column 'label'" in err[0], err
+    assert not out.exists()

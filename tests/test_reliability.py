@@ -112,10 +112,18 @@ ATTRIBUTE_BAD = [
     (["--out", "{w}"], "does not hold a MUCS run"), (["--out", "{model}"], "would replace the input"),
     (["--out", "{w}/thesis.tex/sub"], "not a folder"), (["--cache-dir", "{w}/thesis.tex"], "--cache-dir"),
     (["--cache-dir", "{w}/thesis.tex/c"], "not a folder"),
+    # issue 21, points 6 and 8: every setting in its declared range (mucs.settings.RANGES), refused before any work
+    (["--unlearning-lr", "0"], "setting lr must be in [1e-08, 10], got 0"), (["--unlearning-lr", "1e-300"], "lr must be in"),
+    (["--unlearning-lr", "-1"], "lr must be in"), (["--settings", '{{"default_lr": 0}}'], "default_lr must be in"),
+    (["--null-batch-size", "0"], "null_batch_size must be ≥ 1"), (["--weight-decay", "-1"], "weight_decay must be in"),
+    (["--rho", "0"], "rho must be in (0, 100]"), (["--lr-factor", "1e-300"], "lr_factor must be in"),
+    (["--p-mean", "1e308"], "p_mean must be in"), (["--train-lr", "1e308"], "--train-lr must be in"),
+    (["--train-lr", "10", "--lr-factor", "0.001"], "the unlearning lr, training lr 10 ÷ lr factor 0.001"),
+    (["--settings", "[" * 100_000 + "]" * 100_000], "nested too deeply"),
 ]
 
 
-@pytest.mark.parametrize("extra,expect", ATTRIBUTE_BAD, ids=[" ".join(e) for e, _ in ATTRIBUTE_BAD])
+@pytest.mark.parametrize("extra,expect", ATTRIBUTE_BAD, ids=[" ".join(e)[:40] for e, _ in ATTRIBUTE_BAD])
 def test_attribute_bad_options(extra, expect, tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
     q = _query(tmp_path, tiny_npz)
     argv = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0",
@@ -155,6 +163,53 @@ def test_bad_npz_labels(kind, labels, expect, tiny_npz, tmp_path, work, capsys):
     else:
         np.savez(bad, images=np.load(tiny_npz)["images"], labels=labels)
     _refused(["train", "--data", str(bad), "--out", str(work / "model"), "--steps", "1"], work, capsys, expect)
+
+
+def _broken_copy(tiny_model_dir, folder, edit):
+    """A copy of the tiny model with `edit(folder)` applied."""
+    shutil.copytree(tiny_model_dir, folder)
+    edit(folder)
+    return str(folder)
+
+
+def _nan_weight(folder):
+    from safetensors.torch import load_file, save_file
+    f = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    w = load_file(f)
+    w[sorted(w)[-1]][..., 0] = float("nan")
+    save_file(w, f)
+
+
+def _no_timesteps(folder):
+    f = folder / "scheduler" / "scheduler_config.json"
+    f.write_text(json.dumps(dict(json.loads(f.read_text()), num_train_timesteps=0)))
+
+
+@pytest.mark.parametrize("edit,expect", [(_nan_weight, "holds NaN or inf"), (_no_timesteps, "num_train_timesteps must be")])
+def test_a_model_with_nan_weights_or_no_timesteps_is_refused(edit, expect, tiny_model_dir, tiny_npz, tmp_path, work,
+                                                             capsys, fast_env):
+    """Issue 21, points 6 and 8: not an all-black PNG or a traceback, but one line before any work."""
+    model = _broken_copy(tiny_model_dir, tmp_path / "m", edit)
+    _refused(["generate", "--model", model, "--label", "1", "--seed", "1", "--steps", "2", "--out", str(work / "g.png")],
+             work, capsys, expect)
+    _refused(["attribute", "--model", model, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz), "--label", "0",
+              "--out", str(work / "run")] + FAST, work, capsys, expect)
+
+
+def test_nan_pixels_of_a_float_tiff_are_refused(tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
+    """Issue 21, point 6: a float image's NaN pixels are not turned into 0, in the training set or the query."""
+    a = np.random.default_rng(0).random((8, 8)).astype(np.float32) * 255
+    folder = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(a, "F").save(folder / c / f"{i}.tif")
+    a[3, 3] = np.nan
+    Image.fromarray(a, "F").save(folder / "b" / "1.tif")
+    _refused(["train", "--data", str(folder), "--out", str(work / "model"), "--steps", "1"], work, capsys,
+             "1 pixel(s) are NaN or inf")
+    _refused(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", str(folder / "b" / "1.tif"),
+              "--label", "0", "--out", str(work / "run")] + FAST, work, capsys, "query image: 1 pixel(s) are NaN")
 
 
 @pytest.mark.parametrize("auth", [":", "user:", ":pass", ""])

@@ -137,7 +137,7 @@ class Attributor:
                  allow_untrained: bool = False):
         data.check_matches(model)
         self.model, self.data = model, data
-        self.settings = (settings or Settings()).validate()
+        self.settings = self.checked(settings or Settings())
         self.cache_dir = cache_dir or default_cache_dir()
         self.allow_untrained = allow_untrained   # score a network that is not trained on this data (research only)
         self._inputs = None
@@ -146,6 +146,11 @@ class Attributor:
         self._lo = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)
         self._null: dict = {}
         self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
+
+    def checked(self, s: Settings) -> Settings:
+        """`s` validated, with the unlearning lr it gives this model in range: before any work."""
+        unlearning_lr(self.model, s.validate())
+        return s
 
     # --- query-independent parts -------------------------------------------------------------
     def noise_set(self, s: Settings, seed_offset: int = 0) -> NoiseSet:
@@ -267,7 +272,7 @@ class Attributor:
     def estimate(self, s: Optional[Settings] = None):
         """How long one attribution with `s` should take here (mucs.method.estimate.Estimate)."""
         from .estimate import estimate
-        return estimate(self, (s or self.settings).validate())
+        return estimate(self, self.checked(s or self.settings))
 
     @staticmethod
     def _weighting_key(s: Settings) -> dict:
@@ -288,7 +293,7 @@ class Attributor:
 
     def prepare(self, settings: Optional[Settings] = None, progress=None, cancel=None) -> None:
         """Compute (or load) everything that does not depend on the query."""
-        s = (settings or self.settings).validate()
+        s = self.checked(settings or self.settings)
         self.check_memory(s)
         report = Reporter(progress, cancel)
         with self._noise.request():
@@ -448,7 +453,7 @@ class Attributor:
         """Run MUCS for one query image with its class `label` (class-conditional models) or `prompt`
         (text-conditional ones); `progress` gets ProgressEvents, `cancel` (an Event) stops it. Settings
         whose memory will not fit are refused first; a failed run leaves no noise set in memory."""
-        s = (settings or self.settings).validate()
+        s = self.checked(settings or self.settings)
         label = self.model.check_label(label)
         prompt = self.model.check_prompt(prompt)
         self.check_memory(s)

@@ -11,7 +11,7 @@ from ..sources.families import cond_cat, cond_expand, cond_index, cond_to
 from ..sources.inputs import model_inputs
 from ..sources.models import alphas_cumprod, per_item_loss
 from ..errors import MucsError
-from ..settings import Settings
+from ..settings import LR_RANGE, Settings
 
 
 @dataclass
@@ -70,8 +70,17 @@ def frozen_names(unet: torch.nn.Module, patterns, trainable=None) -> list:
 
 
 def unlearning_lr(model, s: Settings) -> float:
-    """The unlearning learning rate: `s.lr` when given, else the model's training lr ÷ `s.lr_factor`."""
-    return s.lr if s.lr is not None else (model.learning_rate or s.default_lr) / s.lr_factor
+    """The unlearning learning rate: `s.lr` when given, else the model's training lr ÷ `s.lr_factor`;
+    one MucsError when it falls outside LR_RANGE (a no-op or a divergent unlearning saves garbage)."""
+    if s.lr is not None:
+        return s.lr
+    train = model.learning_rate or s.default_lr
+    lr = train / s.lr_factor
+    lo, hi = LR_RANGE
+    if not lo <= lr <= hi:
+        raise MucsError(f"the unlearning lr, training lr {train:g} ÷ lr factor {s.lr_factor:g} = {lr:g}, must be in "
+                        f"[{lo:g}, {hi:g}]: change --lr-factor or --train-lr, or give --unlearning-lr")
+    return lr
 
 
 def unlearn(model, data, query_x: torch.Tensor, query_cond, loss_null: float, s: Settings, report=None) -> UnlearnResult:

@@ -227,22 +227,50 @@ def _load_hf(path: str, ds, image_column: Optional[str], label_column: Optional[
                 im = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
             except TypeError as e:
                 raise MucsError(f"{path}: row {i} of column {image_column!r} is not an image ({a.shape})") from e
-        images.append(np.asarray(_normalise_mode(im)[0]))
+        try:
+            images.append(np.asarray(_normalise_mode(im)[0]))
+        except MucsError as e:
+            raise MucsError(f"{path}: row {i} of column {image_column!r}: {e}") from None
     arr = _stack_images(images, path)
     labels = names = None
     if label_column is not None:
         feat = feats[label_column]
         try:
-            labels = np.asarray(ds[label_column]).astype(np.int64)
+            labels = np.asarray(ds[label_column])
         except (TypeError, ValueError) as e:
             raise MucsError(f"{path}: label column {label_column!r} must hold integers") from e
+        labels = check_labels(labels, f"{path}: label column {label_column!r}:")
         if labels.shape != (len(arr),):
             raise MucsError(f"{path}: label column {label_column!r} must hold one integer per row")
-        if len(labels) and labels.min() < 0:
-            raise MucsError(f"{path}: label column {label_column!r} has missing labels (-1)")
         if isinstance(feat, datasets.ClassLabel):
             names = [str(n) for n in feat.names]
     return TrainingSet(images=arr, labels=labels, class_names=names, source=os.path.abspath(path))
+
+
+def check_labels(labels, where: str) -> np.ndarray:
+    """int64 class indices from `labels`, refusing what the cast would silently change: strings,
+    NaN, 1.7, negatives, unsigned values above int64's range (they would turn negative)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels)
+        if bad.any():
+            raise MucsError(f"{where} labels must be integers, found {int(bad.sum())} NaN/inf value(s)")
+        frac = labels != np.round(labels)
+        if frac.any():
+            raise MucsError(f"{where} labels must be integers, found {float(labels[frac].flat[0])} "
+                            f"({int(frac.sum())} non-integer value(s))")
+        if labels.size and np.abs(labels).max() >= 2.0**63:
+            raise MucsError(f"{where} labels must be class indices, found {float(np.abs(labels).max()):g}")
+    elif labels.dtype.kind == "u":
+        if labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+            raise MucsError(f"{where} labels must be class indices, found {int(labels.max())}")
+    elif labels.dtype.kind not in "ib":
+        raise MucsError(f"{where} labels must be integers (class indices), got {labels.dtype} values"
+                        + (f" such as {str(labels.flat[0])!r}" if labels.size else ""))
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise MucsError(f"{where} labels must be ≥ 0 (-1 is a missing label), found {int(labels.min())}")
+    return labels
 
 
 def _load_npz(path: str) -> TrainingSet:
@@ -273,22 +301,7 @@ def _load_npz(path: str) -> TrainingSet:
     if images.ndim != 4 or images.shape[3] not in (1, 3):
         raise MucsError(f"{path}: images must be (N,H,W) or (N,H,W,C) with C in (1, 3), got {images.shape}")
     if labels is not None:
-        labels = np.asarray(labels)
-        # refuse what a cast would silently change: strings, NaN, 1.7, negatives
-        if labels.dtype.kind == "f":
-            bad = ~np.isfinite(labels)
-            if bad.any():
-                raise MucsError(f"{path}: labels must be integers, found {int(bad.sum())} NaN/inf value(s)")
-            frac = labels != np.round(labels)
-            if frac.any():
-                raise MucsError(f"{path}: labels must be integers, found {float(labels[frac].flat[0])} "
-                                f"({int(frac.sum())} non-integer value(s))")
-        elif labels.dtype.kind not in "iu":
-            raise MucsError(f"{path}: labels must be integers (class indices), got {labels.dtype} values"
-                            + (f" such as {str(labels.flat[0])!r}" if labels.size else ""))
-        labels = labels.astype(np.int64)
-        if labels.size and labels.min() < 0:
-            raise MucsError(f"{path}: labels must be ≥ 0, found {int(labels.min())}")
+        labels = check_labels(labels, path)
         if labels.shape != (len(images),):
             raise MucsError(f"{path}: labels must have shape ({len(images)},), got {labels.shape}")
     return TrainingSet(images=images, labels=labels, class_names=names, source=os.path.abspath(path), captions=captions)
@@ -395,6 +408,8 @@ def _normalise_mode(im: Image.Image):
     notes = []
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im).astype(np.float64)
+        if not np.isfinite(a).all():   # np.clip keeps NaN and the uint8 cast makes it 0: refuse, not guess
+            raise MucsError(f"{int((~np.isfinite(a)).sum())} pixel(s) are NaN or inf (a float image)")
         hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         notes.append(f"{im.mode} depth rescaled to 8 bits")
         im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).round().astype(np.uint8), "L")
@@ -457,7 +472,10 @@ def load_query_image(src, channels: int, size: int) -> QueryImage:
             why = (f"{name}is damaged or truncated" + (f" ({text[:120]})" if text else "")) if name else \
                 (text[:160] or type(e).__name__)
         raise MucsError(f"not a readable image: {why}") from None
-    im, notes = _normalise_mode(im)
+    try:
+        im, notes = _normalise_mode(im)
+    except MucsError as e:
+        raise MucsError(f"query image: {e}") from None
     want = "L" if channels == 1 else "RGB"
     if im.mode != want:
         notes.append(f"{im.mode} converted to {want}")

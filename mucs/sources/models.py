@@ -4,7 +4,6 @@ own training objective."""
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -290,6 +289,10 @@ def load_scheduler(path: str, subfolder: Optional[str], class_name: Optional[str
         log.warning("unknown scheduler class %r in %s: loading it as a DDPMScheduler", name,
                     os.path.join(path, subfolder or "", "scheduler_config.json"))
         cls = diffusers.DDPMScheduler
+    config = os.path.join(path, subfolder or "", "scheduler_config.json")
+    steps = read_json_object(config).get("num_train_timesteps", 1000) if os.path.isfile(config) else 1000
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100_000:
+        raise MucsError(f"{config}: num_train_timesteps must be an integer in 1..100000, got {json.dumps(steps)}")
     scheduler = cls.from_pretrained(path, subfolder=subfolder)
     if getattr(scheduler, "alphas_cumprod", None) is None:
         raise MucsError(f"the scheduler {type(scheduler).__name__} has no alphas_cumprod (ᾱ): MUCS needs a "
@@ -341,12 +344,24 @@ def load_model(path: str, device: Optional[str] = None, train_lr: Optional[float
         model.lora = load_lora(model, lora)
         train_config.update({k: v for k, v in model.lora.get("train_config", {}).items() if k == "lr"})
     if train_lr is not None:
-        if not train_lr > 0 or not math.isfinite(train_lr):
-            raise MucsError(f"--train-lr must be a positive finite number, got {train_lr}")
+        from ..settings import LR_RANGE
+        if not LR_RANGE[0] <= train_lr <= LR_RANGE[1]:
+            raise MucsError(f"--train-lr must be in [{LR_RANGE[0]:g}, {LR_RANGE[1]:g}], got {train_lr}")
         train_config["lr"] = float(train_lr)
+    _check_finite_weights(model, path)
     log.info("loaded %s: %s, %s (%s)", path, model.describe(), type(scheduler).__name__,
              "mucs_train.json" if train_config else "no mucs_train.json")
     return model
+
+
+def _check_finite_weights(model, path: str) -> None:
+    """Refuse weights holding NaN or inf (a diverged training, a damaged file): they would sample
+    black images and attribute NaN."""
+    for what, part in (("denoiser", model.unet), ("VAE", model.vae), ("text encoder", model.text_encoder)):
+        for name, p in part.named_parameters() if part is not None else ():
+            if not bool(torch.isfinite(p).all()):
+                raise MucsError(f"the model in {path}: its {what} weight {name} holds NaN or inf (a diverged or "
+                                "damaged training); nothing can be generated or attributed with it")
 
 
 def _train_config(root: str) -> dict:
