@@ -90,6 +90,10 @@ def user_errors(fn):
                 yield from fn(*args, **kwargs)
             except (MucsError, Cancelled) as e:
                 raise _user_error(fn, e) from None
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise _unexpected(fn, e) from None
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -98,7 +102,17 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except (MucsError, Cancelled) as e:
             raise _user_error(fn, e) from None
+        except gr.Error:
+            raise
+        except Exception as e:   # a bug: the traceback once in the server log, a clean message on the page
+            raise _unexpected(fn, e) from None
     return wrapper
+
+
+def _unexpected(fn, e) -> gr.Error:
+    log.exception("unexpected error in %s", fn.__name__)
+    return gr.Error(f"unexpected {type(e).__name__} (a bug; the server log has the details): {str(e)[:200]}",
+                    title="Something went wrong", print_exception=False)
 
 
 def theme():
@@ -165,10 +179,13 @@ def build(ex: Explorer) -> gr.Blocks:
         return (qs, gallery) + show_query(qs[0], f"seed {qs[0].meta['seed']}")
 
     @user_errors
-    def on_pick_generated(qs, evt: gr.SelectData):
+    def on_pick_generated(qs, evt: gr.SelectData = None):
         if not qs:
             raise MucsError("generate images first")
-        q = qs[int(evt.index)]
+        index = getattr(evt, "index", None)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(qs):
+            raise MucsError(f"pick one of the {len(qs)} generated images (got the selection {index!r})")
+        q = qs[index]
         return show_query(q, f"seed {q.meta['seed']}")
 
     @user_errors
@@ -258,8 +275,9 @@ def build(ex: Explorer) -> gr.Blocks:
         job_id = str(job_id or "").strip()
         hit = ex.cancel(job_id) if job_id else False
         hit = ex.cancel(_session(request)) or hit
-        if job_id and not hit:
-            return f"**nothing to cancel**: no running job `{job_id}`"
+        if not hit:
+            return f"**nothing to cancel**: no running job `{job_id}`" if job_id else \
+                "**nothing to cancel**: nothing of yours is running"
         return "**cancelled**: nothing was saved"
 
     @user_errors

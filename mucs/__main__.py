@@ -5,7 +5,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 
 from .errors import MucsError
@@ -17,15 +16,8 @@ FORCE_HELP = ("also write into an existing --out folder that mucs did not make, 
 
 
 def _check_device(name):
-    """Only cpu and cuda[:N] (a 'meta' or 'xla' device would fail late with a traceback)."""
-    if name is None:
-        return
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(name)):
-        raise MucsError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda:"):
-        import torch
-        if torch.cuda.is_available() and int(name[5:]) >= torch.cuda.device_count():
-            raise MucsError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    from .checks import check_device
+    check_device(name)
 
 
 def _check_numbers(a):
@@ -201,11 +193,6 @@ def cmd_attribute(a):
     base = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile)
     s = base.replace(**overrides)
     s.validate()
-    from .method.unlearn import frozen_names
-    names = [n for n, _ in model.unet.named_parameters()]
-    if len(frozen_names(model.unet, s.frozen, model.trainable_names(s.unlearn_params))) == len(names):
-        raise MucsError(f"--frozen {','.join(s.frozen)} (with --unlearn-params {s.unlearn_params}) matches all "
-                        f"{len(names)} parameters: nothing is left to unlearn")
     if s.top_k > len(data):
         raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
     from .method.distributed import init_from_env
@@ -420,11 +407,27 @@ def main(argv=None):
         _check_numbers(a)
         a.fn(a)
     except MucsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except OSError as e:   # a disk filling, a file system refusing a write: its words, in one line
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return _error(f"{e.strerror or e}{where}", verbose=a.verbose)
+    except Exception as e:   # a bug: one line still (-v shows the traceback), not a wall of text
+        return _error(f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+                      "(please report it; -v shows the traceback)", verbose=a.verbose, status=1)
     finally:
         undo_logging()
     return 0
+
+
+def _error(text: str, verbose: int = 0, status: int = 2) -> int:
+    """Print one `error:` line on a line of its own (after any progress bar); the traceback with -v."""
+    from .progress import close_open_bars
+    close_open_bars()
+    if verbose:
+        import traceback
+        traceback.print_exc()
+    print(f"error: {text}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

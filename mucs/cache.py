@@ -248,7 +248,8 @@ def check_out_file(path: str, what: str = "--out", force: bool = False, ours=Non
 def check_writable_dir(path: str, what: str = "folder", min_free_bytes: int = 1 << 20) -> None:
     """Raise one clear MucsError, before anything is computed, when folder `path` cannot be created
     or written: a file in the way (at `path` or at a parent), no write permission, a read-only
-    file system, or less than `min_free_bytes` free. Creates nothing."""
+    file system, a folder that takes no new files (/proc), or less than `min_free_bytes` free. Leaves
+    nothing behind (a probe file is made and removed at once)."""
     path = os.path.abspath(os.fspath(path))
     probe = path
     while not os.path.lexists(probe):
@@ -265,6 +266,13 @@ def check_writable_dir(path: str, what: str = "folder", min_free_bytes: int = 1 
         raise MucsError(f"{what} {where} {reason}")
     if _read_only_fs(probe):
         raise MucsError(f"{what} {path} is on a read-only file system")
+    try:   # the one sure test: write a file (a pseudo file system such as /proc passes the checks above)
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mucs-probe-")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        where = path if probe == path else f"{path} cannot be created: {probe}"
+        raise MucsError(f"{what} {where} does not take new files ({e.strerror or e})") from None
     try:
         st = os.statvfs(probe)
     except (OSError, AttributeError):

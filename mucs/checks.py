@@ -72,6 +72,38 @@ def check_seed(seed, what: str = "--seed", limit: int = SEED_MAX) -> int:
     return int(seed)
 
 
+def check_int(value, what: str, lo: int, hi: int) -> int:
+    """An integer in lo..hi from a request's value (an int, a whole float as a number box sends, or its
+    text); None, NaN, 2.5, text or a value out of range is one MucsError."""
+    v = None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        v = int(value)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+            and float(value).is_integer():
+        v = int(value)
+    elif isinstance(value, str):
+        try:
+            v = int(value.strip())
+        except ValueError:
+            v = None
+    if v is None or not lo <= v <= hi:
+        raise MucsError(f"{what} must be an integer in {lo}..{hi}, got {_shown(value) if value is not None else 'nothing'}")
+    return v
+
+
+def check_device(name) -> None:
+    """Only cpu and cuda[:N] (a 'meta' or 'xla' device would fail late with a traceback); None passes."""
+    import re
+    if name is None:
+        return
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(name)):
+        raise MucsError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda:"):
+        import torch
+        if torch.cuda.is_available() and int(name[5:]) >= torch.cuda.device_count():
+            raise MucsError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def _type_name(t) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
             tuple: "a list of strings"}.get(t, getattr(t, "__name__", str(t)))

@@ -3,6 +3,7 @@ never-decreasing progress with a remaining-time estimate over the stages of one 
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -35,6 +36,15 @@ class Reporter:
             self.callback(ProgressEvent(stage, float(min(max(fraction, 0.0), 1.0)), info))
 
 
+_OPEN_BARS: weakref.WeakSet = weakref.WeakSet()   # TextBars with a bar on screen (the CLI ends them before an error line)
+
+
+def close_open_bars() -> None:
+    """End every text bar still drawn, so that what is printed next starts on its own line."""
+    for bar in list(_OPEN_BARS):
+        bar.close()
+
+
 class TextBar:
     """A progress callback drawing one bar per stage (tqdm) on `stream`, stderr by default (used by the
     CLI): the stage, the bar, the percentage, the stage's figures and tqdm's elapsed<remaining time."""
@@ -50,6 +60,7 @@ class TextBar:
         if new:
             self.close()
             self.stage = ev.stage
+            _OPEN_BARS.add(self)
             self.bar = tqdm(total=1.0, desc=f"{ev.stage:<18}", file=self.stream or sys.stderr, ascii=".#",
                             mininterval=0.2, miniters=0, dynamic_ncols=False,
                             bar_format="{desc} [{bar:%d}] {percentage:5.1f}%%{postfix}  {elapsed}<{remaining}" % self.width)
@@ -65,6 +76,7 @@ class TextBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        _OPEN_BARS.discard(self)
 
 
 # The stages of one attribution, in the order they run, with their usual share of the time on a CPU

@@ -383,3 +383,20 @@ def test_list_runs_survives_malformed_run_folders(served):
     finally:
         for name in broken:
             shutil.rmtree(os.path.join(ex.store.root, name), ignore_errors=True)
+
+
+def test_generate_and_pick_with_bad_values_are_clean_errors(served):
+    """Issue 21, point 8: a seed of 10^30 or None, steps NaN, a pick without a selection: one clean
+    message each (over HTTP and as app functions), never a traceback."""
+    with pytest.raises(Exception, match=r"the seed must be an integer in 0\.\."):
+        client(served).predict(1, 10**30, 1, 5, api_name="/generate")
+    fns = served["fns"]
+    for seed, steps, expect in ((None, 5, "the seed must be an integer"), (3, float("nan"), "sampler steps must be"),
+                                (3, 2.5, "sampler steps must be"), (-1, 5, "the seed must be")):
+        with pytest.raises(gr.Error, match=expect):
+            fns["generate"].fn(1, seed, 1, steps, request=gr.Request())
+    assert client(served).predict("", api_name="/cancel") == "**nothing to cancel**: nothing of yours is running"
+    q = served["ex"].training_item(5)
+    for evt in (None, gr.SelectData(None, {"index": 7, "value": None})):
+        with pytest.raises(gr.Error, match="pick one of the 1 generated images"):
+            fns["pick_generated"].fn([q], evt)

@@ -82,6 +82,7 @@ TRAIN_BAD = [
     (["--steps", "0"], "steps must be"), (["--seed", str(10**20)], "--seed must be an integer"),
     (["--seed", "-1"], "--seed must be an integer"), (["--device", "meta"], "--device must be cpu"),
     (["--ema-decay", "1.5"], "EMA decay"), (["--size", "0"], "--size"),
+    (["--out", "/proc/x"], "does not take new files"),   # issue 21, point 8: a pseudo file system
 ]
 
 
@@ -152,7 +153,8 @@ def test_malformed_model_json(name, body, expect, tiny_model_dir, tiny_npz, tmp_
 
 NPZ_BAD = [("labels", np.array([0, 1.7, 2, 3] * 8), "found 1.7"), ("labels", np.array([0, np.nan, 1, 2] * 8), "NaN"),
            ("labels", np.array(["a", "b", "c", "d"] * 8), "labels must be integers"),
-           ("labels", np.array([0, -1, 1, 2] * 8), "≥ 0"), ("text", None, "not an .npz archive")]
+           ("labels", np.array([0, -1, 1, 2] * 8), "≥ 0"), ("text", None, "not an .npz archive"),
+           ("labels", np.array([0, 1, 2, 2**63 + 5] * 8, np.uint64), "must be class indices, found 9223372036854775813")]
 
 
 @pytest.mark.parametrize("kind,labels,expect", NPZ_BAD, ids=[e for _, _, e in NPZ_BAD])
@@ -873,3 +875,137 @@ def test_report_of_a_damaged_run_is_one_error_line(tiny_npz, tmp_path, capsys):
         elif name != "query-wrong-size":              # (the report needs no model: that query is shown as it is)
             assert rc == 2 and phrase in err and err.count("error:") == 1 and "Traceback" not in err, (name, err)
     assert main(["report", good, "--out", str(out)]) == 0 and out.read_text().startswith("<!doctype html>")
+
+
+# --- issue 21, points 4, 8, 9, 11: no hang, no traceback, nothing computed before a refusal -----
+def _main_unblocked(argv, fifos=(), limit=60):
+    """main(argv) in a thread; when it still runs after `limit` s, the FIFOs it may wait on are opened
+    for writing (so a hang fails the test instead of blocking it). Returns main's status."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(rc=main(argv)), daemon=True)
+    t.start()
+    t.join(limit)
+    hung = t.is_alive()
+    for f in fifos if hung else ():
+        try:
+            os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    t.join(10)
+    assert not hung, f"{argv} blocked (on a FIFO?)"
+    return out.get("rc")
+
+
+def _one_error(capsys, expect):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_devices_and_fifos_as_data_or_decoded_cache_are_refused_without_hanging(tiny_model_dir, tmp_path, work,
+                                                                                capsys, fast_env):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    imgs = tmp_path / "imgs"
+    for n, c in enumerate("abcd"):                # the tiny model's 4 classes
+        (imgs / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i + 50 * n, np.uint8)).save(imgs / c / f"{i}.png")
+    os.mkfifo(imgs / "b" / "2.png")
+    fifos = [fifo, imgs / "b" / "2.png"]
+    for data, expect in (("/dev/zero", "neither a file nor a folder"), (str(fifo), "neither a file nor a folder"),
+                         (str(imgs), "2.png is not a regular file")):
+        before = _snapshot(work)
+        assert _main_unblocked(["train", "--data", data, "--out", str(work / "m"), "--steps", "1"], fifos) == 2
+        _one_error(capsys, expect)
+        assert _snapshot(work) == before
+    os.remove(imgs / "b" / "2.png")
+    listing = ["attribute", "--list-classes", "--model", tiny_model_dir, "--data", str(imgs)]
+    assert _main_unblocked(listing) == 0, capsys.readouterr().err
+    (cache,) = (tmp_path / "cache" / "decoded").glob("*.npy")
+    cache.write_bytes(b"")                       # a zero-length decoded cache is rebuilt, not a traceback
+    assert _main_unblocked(listing) == 0, capsys.readouterr().err
+    assert cache.stat().st_size > 0 and cache.stat().st_mode & 0o777 == 0o644    # point 13: shared like the others
+    cache.unlink()
+    os.mkfifo(cache)                             # a FIFO there is refused, not waited on
+    assert _main_unblocked(listing, [cache]) == 2
+    _one_error(capsys, "is not a regular file")
+
+
+EVALUATE_BAD = [(["--noises", "0"], "noises must be ≥ 1"), (["--max-steps", "-1"], "max_steps must be in"),
+                (["--lr-factor", "0"], "lr_factor must be in"), (["--device", "meta"], "--device must be cpu"),
+                (["--work", "{file}"], "is not a folder"), (["--train-steps", "0"], "steps must be")]
+
+
+@pytest.mark.parametrize("extra,expect", EVALUATE_BAD, ids=[" ".join(e) for e, _ in EVALUATE_BAD])
+def test_evaluate_checks_every_option_before_training_or_making_its_work_folder(extra, expect, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Issue 21, points 8 and 9: refused in one line before model A is trained; no work folder is left."""
+    import mucs.evaluation.plan as plan
+    monkeypatch.setattr(plan, "make_job", lambda *a, **k: pytest.fail("evaluate started work before refusing"))
+    (tmp_path / "file").write_text("mine")
+    work = tmp_path / "work"
+    argv = ["evaluate", "--preset", "tiny", "--engine", "serial", "--work", str(work)]
+    assert main(argv + [e.format(file=tmp_path / "file") for e in extra]) == 2
+    _one_error(capsys, expect)
+    assert not work.exists() and (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_nan_cache_with_a_valid_checksum_is_rebuilt(tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
+    """Issue 21, point 11: not "try a smaller λ" on every run, but the cache recomputed."""
+    from mucs.cache import load_arrays, save_arrays
+    argv = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
+            "--label", "0", "--out", str(work / "run")] + FAST
+    assert main(argv) == 0
+    capsys.readouterr()
+    (path,) = (tmp_path / "cache").glob("loss_original-*.npz")
+    key = path.name[len("loss_original-"):-len(".npz")]
+    good = load_arrays(str(path), key)["loss"]
+    save_arrays(str(path), key, loss=np.full_like(good, np.nan))     # its checksum is valid
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "holds NaN or inf: ignored, recomputing" in capsys.readouterr().err
+    assert np.allclose(load_arrays(str(path), key)["loss"], good)
+
+
+def test_an_error_line_starts_on_its_own_line_after_a_progress_bar(tiny_model_dir, tiny_npz, tmp_path, work, capsys,
+                                                                   fast_env, monkeypatch):
+    """Issue 21, point 11: `error:` is never glued to the end of a progress bar."""
+    import mucs.method.attribute as attribute
+
+    def failing(model, inputs, s, report=None):
+        report("null loss", 0.3)
+        raise MucsError("the null loss failed")
+    monkeypatch.setattr(attribute, "null_loss", failing)
+    assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
+                 "--label", "0", "--out", str(work / "run")] + FAST) == 2
+    _one_error(capsys, "error: the null loss failed")
+
+
+def test_class_names_and_captions_cannot_inject_formulas_into_scores_csv():
+    """Issue 21, point 13: a class name or caption starting with = + - @ is written as text."""
+    import csv
+    import io
+
+    from mucs.method.attribute import Attribution
+    n = 4
+    att = Attribution(scores=np.arange(n, dtype=float), top=np.arange(n)[::-1][:2], loss_original=np.ones(n),
+                      loss_unlearned=np.ones(n), loss_null=1.0, steps=1, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings={}, query=dict(label=0, conversions=[], source="t"),
+                      labels=np.arange(n), captions=["=HYPERLINK(\"http://x\")", "plain", "@SUM(A1)", "-2+3"])
+    rows = list(csv.DictReader(io.StringIO(att.scores_csv(["=cmd|' /C calc'!A0", "+1", "shirt", "\t=1"]))))
+    by_label = {int(r["label"]): r for r in rows}
+    assert [by_label[i]["class"] for i in range(n)] == ["'=cmd|' /C calc'!A0", "'+1", "shirt", "'\t=1"]
+    assert [by_label[i]["caption"] for i in range(n)] == ["'=HYPERLINK(\"http://x\")", "plain", "'@SUM(A1)", "'-2+3"]
+
+
+def test_the_app_refuses_settings_it_could_never_run_at_start(tiny_model_dir, tiny_npz, tmp_path, fast_env):
+    """Issue 21, point 13: at start, not on every request."""
+    from mucs.explorer.state import Explorer
+    for overrides, expect in (({"frozen": ["."]}, "nothing is left to unlearn"),
+                              ({"lr_factor": 1e6}, "the unlearning lr")):
+        with pytest.raises(MucsError, match=expect):
+            Explorer(tiny_model_dir, tiny_npz, overrides, runs_dir=str(tmp_path / "runs"), examples_dir=None)
+    with pytest.raises(MucsError, match="above this app's limit of 5"):
+        Explorer(tiny_model_dir, tiny_npz, {"max_steps": 6}, runs_dir=str(tmp_path / "runs"), examples_dir=None,
+                 max_steps_limit=5)

@@ -68,6 +68,9 @@ def cmd_evaluate(a):
     from . import Evaluation
     from .engine import SerialEngine, make_engine
     from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict
+    from ..cache import check_writable_dir
+    from ..checks import check_device
+    check_device(a.device)      # every option before anything is trained or a work folder is made
     retrain_seeds = None
     if a.retrain_seeds is not None:
         try:
@@ -88,6 +91,7 @@ def cmd_evaluate(a):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     work = a.work or os.path.join(root, "benchmarks", "work", f"counterfactual-{a.preset}")
     out = a.out or os.path.join(work, "results.json")
+    check_writable_dir(work, "--work" if a.work else "the work folder")
     check_out(out, work, a.force)
     # on a cluster the device is the workers' (this machine may have none); locally it is checked here
     device = a.device if a.address else str(pick_device(a.device))

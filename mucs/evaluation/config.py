@@ -115,6 +115,13 @@ class EvalConfig:
         for ok, msg in checks:
             if not ok:
                 raise MucsError(msg)
+        # the training recipe and the MUCS settings too, before anything is trained (issue 21, point 9)
+        self.train_options().validate()
+        from ..settings import LR_RANGE
+        s = self.mucs_settings()
+        if not LR_RANGE[0] <= self.lr / s.lr_factor <= LR_RANGE[1]:
+            raise MucsError(f"the unlearning lr, training lr {self.lr:g} ÷ lr factor {s.lr_factor:g}, must be in "
+                            f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]")
         return self
 
 

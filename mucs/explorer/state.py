@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from PIL import Image
 
+from ..checks import SEED_MAX, check_int
 from ..method import overlap as ov
 from ..method.attribute import Attribution, Attributor
 from ..sources.data import QueryImage, load_dataset, load_query_image, to_model_range
@@ -147,6 +148,7 @@ class Explorer:
         self._settings_cache: dict = {}     # run id -> settings dict (runs never change)
         self._last_times: Optional[dict] = None   # stage times of the last run here: weights of the overall progress
         self._downloads: Optional[str] = None     # one folder for the files offered for download (replaced, not piled up)
+        self.user_settings(None)   # settings this app could never run refuse the start, not every request
 
     # --- description -----------------------------------------------------------------------------
     @property
@@ -258,11 +260,9 @@ class Explorer:
         label = self.model.check_label(None if label is None else int(label))
         prompt = self.model.check_prompt(prompt if self.text else None)
         guidance = default_guidance(self.model) if guidance_scale in (None, "") else check_guidance(guidance_scale)
-        count, seed, steps = int(count), int(seed), int(steps)
-        if not 1 <= count <= 16:
-            raise MucsError("generate between 1 and 16 images at a time")
-        if not 1 <= steps <= 1000:
-            raise MucsError("sampler steps must be in 1..1000")
+        count = check_int(count, "the number of images (1..16 at a time)", 1, 16)
+        steps = check_int(steps, "sampler steps", 1, 1000)
+        seed = check_int(seed, "the seed", 0, SEED_MAX - count)
         seeds = [seed + i for i in range(count)]
         imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel,
                         prompts=[prompt] * count, guidance_scale=guidance, negative_prompt=negative_prompt or "")

@@ -26,7 +26,7 @@ from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
 from ..progress import Reporter
 from ..settings import Settings
-from .unlearn import skew, top_k, unlearn, unlearning_lr
+from .unlearn import frozen_names, skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
 # machine choices that change L_o/L_u only to float tolerance: left out of the L_u and reference-skew keys
@@ -72,9 +72,9 @@ class Attribution:
         for rank, i in enumerate(order, 1):
             lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
             name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
+            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, csv_text(name), f"{self.loss_original[i]:.8g}",
                    f"{self.loss_unlearned[i]:.8g}"]
-            w.writerow(row + ([self.captions[i]] if self.captions is not None else []))
+            w.writerow(row + ([csv_text(self.captions[i])] if self.captions is not None else []))
         return buf.getvalue()
 
     def save(self, out_dir: str, class_names=None) -> None:
@@ -129,6 +129,21 @@ class UnlearnRecord:
     lr: float
 
 
+def csv_text(text) -> str:
+    """A class name or caption for a CSV cell: one starting with = + - @ (or a tab or CR) gets a leading
+    apostrophe, so a spreadsheet shows it as text instead of running it as a formula (CSV injection)."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _finite_cache(arrays: dict, masked: bool = False) -> bool:
+    """Every float entry of a cache finite (`masked`: NaN marks a pair screened scoring skipped; inf never)."""
+    for a in arrays.values():
+        if a.dtype.kind == "f" and (np.isinf(a).any() if masked else not np.isfinite(a).all()):
+            return False
+    return True
+
+
 class Attributor:
     """Holds a model, its training set and the query-independent parts (noise set, L_o, L_null),
     computed once and cached on disk, so that each query pays only for unlearning and L_u."""
@@ -148,8 +163,13 @@ class Attributor:
         self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
 
     def checked(self, s: Settings) -> Settings:
-        """`s` validated, with the unlearning lr it gives this model in range: before any work."""
+        """`s` validated, with the unlearning lr it gives this model in range and something left to
+        unlearn: before any work."""
         unlearning_lr(self.model, s.validate())
+        names = [n for n, _ in self.model.unet.named_parameters()]
+        if len(frozen_names(self.model.unet, s.frozen, self.model.trainable_names(s.unlearn_params))) == len(names):
+            raise MucsError(f"frozen {','.join(s.frozen)} (with unlearn_params {s.unlearn_params}) matches all "
+                            f"{len(names)} parameters: nothing is left to unlearn")
         return s
 
     # --- query-independent parts -------------------------------------------------------------
@@ -208,6 +228,10 @@ class Attributor:
         for folder in (self.cache_dir, os.path.join(self.model.path, SHIPPED_CACHE)):
             path = os.path.join(folder, f"{kind}-{key}.npz")
             hit = load_arrays(path, key)
+            if hit is not None and not _finite_cache(hit, masked=kind == "loss_unlearned"):
+                # its checksum matches, so it was written so (or edited and re-summed): rebuilt, never used
+                log.warning("%s: the cache file %s holds NaN or inf: ignored, recomputing", kind, path)
+                continue
             if hit is not None:
                 log.info("%s: cache hit %s", kind, path)
                 return hit

@@ -139,6 +139,8 @@ def load_dataset(path: str, image_column: Optional[str] = None, label_column: Op
     check_default_present(path)
     if not os.path.exists(path):
         raise MucsError(f"dataset not found: {path}")
+    if not (os.path.isfile(path) or os.path.isdir(path)):
+        raise MucsError(f"dataset {path} is neither a file nor a folder (a device or FIFO is never read)")
     import time
     t0 = time.perf_counter()
     if is_hf_dataset(path):
@@ -316,6 +318,8 @@ def _load_folder(path: str) -> TrainingSet:
     for label, folder in groups:
         for name in sorted(os.listdir(folder)):
             if name.lower().endswith(IMAGE_EXTS):
+                if not os.path.isfile(os.path.join(folder, name)):   # a FIFO would block the read
+                    raise MucsError(f"training image {os.path.join(folder, name)} is not a regular file")
                 labels.append(label)
                 files.append(os.path.relpath(os.path.join(folder, name), path))
     if not files:
@@ -352,14 +356,18 @@ def _decoded_cache(path: str, files: list):
     except OSError as e:
         raise MucsError(f"cannot read training image {os.path.join(path, rel)}: {e}") from e
     cache = os.path.join(default_cache_dir(), "decoded", h.hexdigest()[:32] + ".npy")
-    if not os.path.exists(cache):
+    if not os.path.lexists(cache):
         return cache, None
+    if not os.path.isfile(cache) or os.path.islink(cache):   # a FIFO would block the read: refused, not waited on
+        raise MucsError(f"the decoded-images cache {cache} is not a regular file: remove it")
     try:
         images = np.load(cache, mmap_mode="r")
         if images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(files):
             log.info("image folder %s: %d decoded images from the cache %s", path, len(files), cache)
             return cache, images
-    except (OSError, ValueError) as e:
+        log.info("image folder %s: the decoded cache %s holds %s %s: decoding again", path, cache, images.dtype,
+                 images.shape)
+    except (OSError, ValueError, EOFError) as e:   # EOFError: a zero-length (truncated) file
         log.info("image folder %s: the decoded cache %s is unreadable (%s): decoding again", path, cache, e)
     return cache, None
 
@@ -372,6 +380,7 @@ def _save_decoded(cache: str, images: np.ndarray) -> None:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), prefix=".tmp-", suffix=".npy")
         try:
+            os.chmod(tmp, 0o644)   # mkstemp makes 0600 files; caches are meant to be shared like the others
             with os.fdopen(fd, "wb") as f:
                 np.save(f, np.ascontiguousarray(images))
             os.replace(tmp, cache)
