@@ -1009,3 +1009,17 @@ def test_the_app_refuses_settings_it_could_never_run_at_start(tiny_model_dir, ti
     with pytest.raises(MucsError, match="above this app's limit of 5"):
         Explorer(tiny_model_dir, tiny_npz, {"max_steps": 6}, runs_dir=str(tmp_path / "runs"), examples_dir=None,
                  max_steps_limit=5)
+
+
+def test_an_npz_that_decompresses_beyond_memory_is_refused_from_its_headers(tmp_path, work, capsys, monkeypatch):
+    """Issue 21, point 7: sizes from the .npy headers, before anything is decompressed."""
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, images=np.zeros((64, 64, 64), np.uint8), labels=np.zeros(64, np.int64))
+    assert bomb.stat().st_size < 10_000
+    monkeypatch.setenv("MUCS_AVAILABLE_MEMORY", "100K")
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load ran before the size check"))
+    _refused(["train", "--data", str(bomb), "--out", str(work / "m"), "--steps", "1"], work, capsys,
+             "its arrays take 256.5 KiB once decompressed, more than the 100.0 KiB")
+    np.savez_compressed(bomb, images=np.zeros((64, 8, 8), np.uint8), labels=np.zeros(10**5, np.int64))
+    _refused(["train", "--data", str(bomb), "--out", str(work / "m"), "--steps", "1"], work, capsys,
+             "labels must have shape (64,), got (100000,)")

@@ -275,6 +275,27 @@ def check_labels(labels, where: str) -> np.ndarray:
     return labels
 
 
+def _check_npz_sizes(path: str) -> None:
+    """Shapes, types and the memory the arrays take, read from their .npy headers before anything is
+    decompressed: a small archive that inflates to gigabytes is refused, not loaded."""
+    from ..checks import available_host_memory, format_bytes, npz_headers, npz_nbytes
+    heads = npz_headers(path)
+    if "images" not in heads:
+        raise MucsError(f"{path} has no 'images' array")
+    shape, dtype = heads["images"]
+    if dtype != np.uint8:
+        raise MucsError(f"{path}: images must be uint8, got {dtype}")
+    if len(shape) not in (3, 4):
+        raise MucsError(f"{path}: images must be (N,H,W) or (N,H,W,C) with C in (1, 3), got {shape}")
+    if "labels" in heads and heads["labels"][0] != (shape[0],):
+        raise MucsError(f"{path}: labels must have shape ({shape[0]},), got {heads['labels'][0]}")
+    used = {k: v for k, v in heads.items() if k in ("images", "labels", "captions", "class_names")}
+    need, avail = npz_nbytes(used), available_host_memory()
+    if avail is not None and need > avail:
+        raise MucsError(f"{path}: its arrays take {format_bytes(need)} once decompressed, more than the "
+                        f"{format_bytes(avail)} of memory available (read from the archive's headers; nothing was loaded)")
+
+
 def _load_npz(path: str) -> TrainingSet:
     try:
         with open(path, "rb") as f:
@@ -284,6 +305,7 @@ def _load_npz(path: str) -> TrainingSet:
     if magic != b"PK\x03\x04":   # np.load would call any other file "pickled data"
         raise MucsError(f"cannot read dataset {path}: not an .npz archive (expected numpy.savez output with an "
                         "'images' array, or an image folder)")
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z:
