@@ -360,6 +360,31 @@ def recover_dir(path: str, stale_seconds: float = STALE_SECONDS) -> None:
         _recover_locked(path, stale_seconds)
 
 
+def recover_for_reading(path: str) -> None:
+    """What a reader does first: a folder that an interrupted swap left moved aside (`path` missing,
+    its old copy in .old-<name>-*/x) is moved back, as the next writer would. Never raises: a folder
+    this process cannot write is left for a writer."""
+    if os.path.lexists(path) or not _leftovers(path, "old"):
+        return
+    try:
+        recover_dir(path)
+    except (OSError, MucsError) as e:
+        log.info("could not recover %s from an interrupted replacement: %s", path, e)
+
+
+def recover_moved_aside(folder: str) -> None:
+    """recover_for_reading for every entry of `folder` that an interrupted swap left moved aside."""
+    pat = re.compile(r"\.old-(.+)-" + _RAND + "$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for n in names:
+        m = pat.match(n)
+        if m:
+            recover_for_reading(os.path.join(folder, m.group(1)))
+
+
 def _recover_locked(path: str, stale_seconds: float) -> None:
     olds = sorted(_leftovers(path, "old"), key=lambda p: _mtime(p), reverse=True)
     for old in olds:

@@ -1023,3 +1023,33 @@ def test_an_npz_that_decompresses_beyond_memory_is_refused_from_its_headers(tmp_
     np.savez_compressed(bomb, images=np.zeros((64, 8, 8), np.uint8), labels=np.zeros(10**5, np.int64))
     _refused(["train", "--data", str(bomb), "--out", str(work / "m"), "--steps", "1"], work, capsys,
              "labels must have shape (64,), got (100000,)")
+
+
+def _moved_aside(folder):
+    """The state a kill between a save's two renames leaves: `folder` missing, its old copy aside."""
+    import tempfile
+    old = tempfile.mkdtemp(dir=folder.parent, prefix=f".old-{folder.name}-")
+    os.rename(folder, os.path.join(old, "x"))
+    assert not folder.exists()
+
+
+def test_readers_find_what_a_kill_between_the_two_renames_left_aside(tiny_model_dir, tmp_path, capsys):
+    """Issue 21, point 10: not only the next writer, the readers recover it (generate --model, the run list)."""
+    from mucs.explorer.history import RunStore
+    from mucs.method.attribute import Attribution
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _moved_aside(model)
+    assert main(["generate", "--model", str(model), "--label", "1", "--seed", "1", "--steps", "2",
+                 "--out", str(tmp_path / "g.png")]) == 0, capsys.readouterr().err
+    assert (model / "unet").is_dir() and not [n for n in os.listdir(tmp_path) if n.startswith(".old-")]
+    n = 4
+    att = Attribution(scores=np.arange(n, dtype=float), top=np.arange(2), loss_original=np.ones(n),
+                      loss_unlearned=np.ones(n), loss_null=1.0, steps=1, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings={}, query=dict(label=0, conversions=[], source="t"),
+                      labels=np.arange(n))
+    runs = tmp_path / "runs"
+    store = RunStore(str(runs), examples=None)
+    rid = store.save(att, dict(kind="test"))
+    _moved_aside(runs / rid)
+    assert RunStore(str(runs), examples=None).ids() == [rid]

@@ -18,7 +18,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..method.attribute import Attribution
-from ..cache import atomic_write, atomic_write_dir, check_writable_dir, write_tree
+from ..cache import atomic_write, atomic_write_dir, check_writable_dir, recover_moved_aside, write_tree
 from ..checks import dumps_strict
 from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from ..errors import MucsError
@@ -204,6 +204,7 @@ class RunStore:
         """Metadata of every run: user runs newest first, then the examples. A run whose files are
         malformed is listed as {id, example, damaged: why}, never fails the listing."""
         out = []
+        recover_moved_aside(self.root)   # a run that a killed save left moved aside is listed again
         for base, prefix in ((self.root, ""), (self.examples, EXAMPLE_PREFIX)):
             if not base or not os.path.isdir(base):
                 continue

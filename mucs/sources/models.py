@@ -309,7 +309,9 @@ def load_model(path: str, device: Optional[str] = None, train_lr: Optional[float
     Face cache (nothing is downloaded). Each network is loaded with the class its config names and
     refused when any weight is missing. `lora` adds a LoRA adapter (a folder or .safetensors file);
     `train_lr` sets the training learning rate when the folder records none (or overrides it)."""
+    from ..cache import recover_for_reading
     from .layouts import library_of, load_component, load_tokenizer
+    recover_for_reading(os.fspath(path))   # a kill between a save's two renames: the kept old copy comes back
     root = resolve_model_path(path)
     layout = model_layout(root)
     (den_sub, den_cls), (sched_sub, sched_cls) = layout["denoiser"], layout["scheduler"]
