@@ -46,6 +46,10 @@ def test_a_prompt_generated_image_attributes_to_its_caption(attributor):
     data, model = attributor.data, attributor.model
     prompt = data.captions[QUERIES[0]]
     img = generate(model, [None], [11], steps=30, prompts=[prompt])[0]
+    # a garment on Fashion-MNIST's black background, not texture (as when the sampler clipped latents
+    # to the pixels' [-1, 1]): the share of dark pixels is that of the training images
+    dark, dark_train = (img < 32).mean(), (data.images < 32).mean()
+    assert 0.5 * dark_train < dark < 1.5 * dark_train, (dark, dark_train)
     r = attributor.attribute(QueryImage(to_model_range(img), []), prompt=prompt)
     top = r.top[:10] if len(r.top) >= 10 else np.argsort(-r.scores, kind="stable")[:10]
     same = sum(data.captions[int(i)] == prompt for i in top)
