@@ -109,6 +109,11 @@ def test_text_model_cli_generate_attribute_and_reopen(sd_dir, data_npz, tmp_path
     with open(os.path.join(store.path(rid), "scores.csv")) as f:
         header = f.readline().strip().split(",")
     assert header[-1] == "caption"
+    report = str(tmp_path / "r.html")
+    assert main(["report", store.path(rid), "--data", data_npz, "--out", report]) == 0
+    html = open(report).read()      # the query's prompt, the model's family and every top-k item's caption
+    assert "prompt <b>“a dark ring”</b>" in html and "UNet2DConditionModel · unet2d_condition · text" in html
+    assert html.count("<div class='sub'>“a ") == len(att.top)
     assert main(args[:-2] + ["--prompt", "a dark ring", "a light ring"]) == 2
     assert "one --prompt for every --image" in capsys.readouterr().err
     assert main(["attribute", "--model", sd_dir, "--data", data_npz, "--list-classes"]) == 0
