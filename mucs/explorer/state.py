@@ -246,7 +246,7 @@ class Explorer:
 
     # --- queries ------------------------------------------------------------------------------------
     def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,
-                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
+                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Union[float, str, None] = None,
                  negative_prompt: str = "") -> list:
         """`count` queries from consecutive seeds with the deterministic sampler (a text model's from
         `prompt`, with classifier-free guidance)."""
@@ -265,7 +265,8 @@ class Explorer:
             raise MucsError("sampler steps must be in 1..1000")
         seeds = [seed + i for i in range(count)]
         imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel,
-                        prompts=[prompt] * count, guidance_scale=guidance, negative_prompt=negative_prompt or "")
+                        prompts=None if prompt is None else [prompt] * count, guidance_scale=guidance,
+                        negative_prompt=negative_prompt or "")
         extra = dict(prompt=prompt, guidance_scale=guidance, negative_prompt=negative_prompt or "") if self.text else {}
         return [Query(image=im, label=label, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
                                                        **extra), prompt=prompt)

@@ -20,7 +20,7 @@ from ..checks import check_request_memory, dumps_strict, require_finite
 from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from ..errors import MucsError
-from ..sources.inputs import model_inputs
+from ..sources.inputs import ModelInputs, model_inputs
 from .losses import loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
 from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
@@ -140,8 +140,8 @@ class Attributor:
         self.settings = (settings or Settings()).validate()
         self.cache_dir = cache_dir or default_cache_dir()
         self.allow_untrained = allow_untrained   # score a network that is not trained on this data (research only)
-        self._inputs = None
-        self._trained = {}
+        self._inputs: Optional[ModelInputs] = None
+        self._trained: dict = {}
         self._noise = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)   # a failed request's noise sets are dropped
         self._lo = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)
         self._null: dict = {}

@@ -45,7 +45,7 @@ def generated_info(path: str):
         return None
     try:
         with Image.open(path) as im:
-            info = json.loads(im.text[PNG_KEY])
+            info = json.loads(getattr(im, "text", {})[PNG_KEY])   # PNG text chunks (PngImageFile.text)
         return info if isinstance(info, dict) else None
     except (OSError, ValueError, KeyError, RecursionError):
         return None
@@ -155,7 +155,7 @@ def sample_grid(model, per_class: int = 10, seed: int = 0, steps: int = 50, prog
                 prompts: Optional[Sequence[str]] = None) -> np.ndarray:
     """A (rows*H, per_class*W, C) grid: one row per class (a text model: per prompt; a single row
     when unconditional)."""
-    classes = list(prompts) if prompts else list(range(model.num_classes)) if model.num_classes else [None]
+    classes: list = list(prompts) if prompts else list(range(model.num_classes)) if model.num_classes else [None]
     labels = [c for c in classes for _ in range(per_class)]
     seeds = [seed + i for i in range(len(labels))]
     imgs = (generate(model, [None] * len(labels), seeds, steps, progress, prompts=labels) if prompts

@@ -58,7 +58,7 @@ class ModelInputs:
         kind = self.model.conditioning
         if kind == "class":
             return self.model.label_cond(np.asarray(self.data.labels)[np.asarray(idx)])
-        if kind == "text":
+        if kind == "text" and self.text is not None:
             rows = self.text["index"][np.asarray(idx)]
             out = {"encoder_hidden_states": torch.from_numpy(np.array(self.text["emb"][rows], np.float32))}
             if self.text.get("mask") is not None:
