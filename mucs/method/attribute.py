@@ -21,7 +21,7 @@ from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from ..errors import MucsError
 from ..sources.inputs import ModelInputs, model_inputs
-from .losses import loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
+from .losses import LOSS_VERSION, loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
 from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
 from ..progress import Reporter
@@ -246,12 +246,13 @@ class Attributor:
         return value, hit is not None
 
     def _lo_key(self, s: Settings) -> str:
-        return cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
-                         noise=self.noise_set(s).params, prediction=self.model.prediction_type,
+        return cache_key(kind="loss_original", version=LOSS_VERSION, model=self.model.fingerprint(),
+                         data=self.data.fingerprint(), noise=self.noise_set(s).params, prediction=self.model.prediction_type,
                          **self._weighting_key(s), **self._precision_key(s))
 
     def _null_key(self, s: Settings) -> str:
-        return cache_key(kind="loss_null", config=public_config(self.model.unet.config), data=self.data.fingerprint(),
+        return cache_key(kind="loss_null", version=LOSS_VERSION, config=public_config(self.model.unet.config),
+                         data=self.data.fingerprint(),
                          scheduler=public_config(self.model.scheduler.config), batches=s.null_batches,
                          batch_size=s.null_batch_size, seed=s.seed, **self._train_noise_key(s), **self._weighting_key(s))
 
@@ -362,7 +363,8 @@ class Attributor:
         if self.cache_unlearned:
             lr = unlearning_lr(self.model, s)
             fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
-            key = cache_key(kind="loss_unlearned", model=self.model.fingerprint(), data=self.data.fingerprint(),
+            key = cache_key(kind="loss_unlearned", version=LOSS_VERSION, model=self.model.fingerprint(),
+                            data=self.data.fingerprint(),
                             noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
                             query=hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest(),
                             **({} if prompt is None else dict(prompt=prompt)))
@@ -405,7 +407,8 @@ class Attributor:
         base = s.replace(fragile_refs=0, screen_noises=0)
         fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "screen_keep", *FLOAT_TOLERANCE_ONLY)}
         lr = unlearning_lr(self.model, base)
-        key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
+        key = cache_key(kind="reference_skews", version=LOSS_VERSION, model=self.model.fingerprint(),
+                        data=self.data.fingerprint(),
                         settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)
         hit = self._load_cached("reference_skews", key)
         if hit is not None:
