@@ -163,7 +163,8 @@ def _shipped(model) -> Optional[str]:
 
 def _latents(model, data, cache_dir, report) -> np.ndarray:
     from ..cache import cache_key
-    key = cache_key(kind="latents", version=INPUTS_VERSION, vae=component_fingerprint(model.vae), data=data.fingerprint(), mode="mean",
+    key = cache_key(kind="latents", version=INPUTS_VERSION, vae=component_fingerprint(model.vae),
+                    data=data.fingerprint(), mode="mean",
                     scaling=model.vae.config.get("scaling_factor"), shift=model.vae.config.get("shift_factor"))
     shape = (len(data), *model.x0_shape)
 
