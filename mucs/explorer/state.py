@@ -129,7 +129,8 @@ class Explorer:
         from ..checks import check_settings_dict
         # the settings profile (recommended, fast or paper; mucs.defaults.PROFILES), then the app's --settings
         self.profile = profile
-        self.settings = settings_for(self.model.path or model_path, profile, **check_settings_dict(overrides or {}, "settings")).validate()
+        self.settings = settings_for(self.model.path or model_path, profile,   # a Hub id: its snapshot folder
+                                     **check_settings_dict(overrides or {}, "settings")).validate()
         if self.settings.top_k > len(self.data):
             raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
         self.attributor = Attributor(self.model, self.data, self.settings, cache_dir_for(model_path),
