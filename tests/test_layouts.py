@@ -234,3 +234,7 @@ def test_a_hub_models_recommended_settings_are_read_by_the_app_too(hf_cache, mon
     (snap.parent.parent / "refs" / "main").write_text(commit)
     ex = Explorer("someorg/tiny-cond", tiny_npz, runs_dir=str(tmp_path / "runs"), examples_dir=None)
     assert ex.settings.noises == 7
+    # one resolution for every entry point: the Python API without settings uses them too
+    from mucs.method.attribute import Attributor
+    from mucs.sources.data import load_dataset
+    assert Attributor(load_model("someorg/tiny-cond"), load_dataset(tiny_npz)).settings.noises == 7

@@ -17,6 +17,7 @@ from .. import __version__
 from ..cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
 from ..cache import save_arrays_best_effort as save_arrays
 from ..checks import check_request_memory, dumps_strict, require_finite
+from ..defaults import settings_for
 from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from ..errors import MucsError
@@ -137,7 +138,8 @@ class Attributor:
                  allow_untrained: bool = False):
         data.check_matches(model)
         self.model, self.data = model, data
-        self.settings = (settings or Settings()).validate()
+        # no settings: the model's recommended ones (its mucs_settings.json, else the paper's), as the CLI and app
+        self.settings = (settings or settings_for(model.path or "")).validate()
         self.cache_dir = cache_dir or default_cache_dir()
         self.allow_untrained = allow_untrained   # score a network that is not trained on this data (research only)
         self._inputs: Optional[ModelInputs] = None
