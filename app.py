@@ -378,7 +378,7 @@ def build(ex: Explorer) -> gr.Blocks:
                                                         visible=text_model, elem_id="gen-prompt", max_lines=2, scale=3)
                                 gen_seed = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
                                 gen_count = gr.Slider(1, 16, value=4, step=1, label="Images", elem_id="gen-count")
-                                gen_steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)",
+                                gen_steps = gr.Slider(1, 1000, value=50, step=1, label="Sampler steps (DDIM)",
                                                       elem_id="gen-steps")
                             with gr.Row(visible=text_model):
                                 gen_guidance = gr.Slider(1, 20, value=ex.default_guidance(), step=0.5,
