@@ -150,6 +150,7 @@ def cmd_attribute(a):
         raise MucsError("--image is required (or --list-classes to see the model's classes)")
     if a.out and a.runs:
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
+    method_options = _method_options(a)
     if a.paper_settings and a.fast:
         raise MucsError("--fast and --paper-settings are two different starting points: pass one")
     images, labels = list(a.image), list(a.label or [])
@@ -185,16 +186,52 @@ def cmd_attribute(a):
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
     # one Attributor for every query: the noise set, L_o and L_null are computed (or read) once
     attributor = Attributor(model, data, s, cache_dir=cache_dir)
+    ctx = None
+    if a.method != "mucs":   # another method, in the same run format (its query-independent part computed once)
+        from .method.baselines import Context
+        ctx = Context(model, data, s, cache_dir=cache_dir, options={a.method: method_options})
+        ctx._attributor = attributor
     class_names = class_names_for(model, data)
     for n, (image, query, label, out) in enumerate(zip(images, queries, labels, outs)):
         if len(images) > 1 and (group is None or group.rank == 0):
             print(f"query {n + 1}/{len(images)}: {image}")
         bar = TextBar() if group is None or group.rank == 0 else None
-        res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image))
+        if ctx is not None:
+            from .method.baselines import attribution
+            res = attribution(a.method, ctx, query, label, source=os.path.abspath(image), progress=bar)
+        else:
+            res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image))
         if bar is not None:
             bar.close()
         if group is None or group.rank == 0:   # rank 0 writes the runs
             _write_cli_run(res, out, runs_root, a.force, image, model, data, class_names)
+
+
+def _method_options(a) -> dict:
+    """--method and --method-options checked before anything is loaded (one error line)."""
+    from .method import baselines
+    baselines.components(a.method)
+    if a.method_options is None:
+        return {}
+    text = a.method_options
+    if os.path.isfile(text):
+        with open(text) as f:
+            text = f.read()
+    try:
+        opts = json.loads(text)
+    except ValueError as e:
+        raise MucsError(f"--method-options must be a JSON object: {e}") from None
+    if not isinstance(opts, dict):
+        raise MucsError("--method-options must be a JSON object, e.g. '{\"dim\": 4096}'")
+    if a.method in ("dtrak", "trak"):
+        from .method.dtrak import options_from
+        options_from(opts)
+    elif a.method == "abu":
+        from .method.abu import abu_options
+        abu_options(opts)
+    elif opts:
+        raise MucsError(f"--method-options: the method {a.method!r} takes none (MUCS takes its settings flags)")
+    return opts
 
 
 def _query_outs(out, images) -> list:
@@ -216,17 +253,22 @@ def _write_cli_run(res, out, runs_root, force, image, model, data, class_names):
     for note in res.query["conversions"]:
         print(f"note: query {note}")
     from .explorer.history import RunStore, write_run
-    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source)
+    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source,
+                method=res.info.get("method", "mucs"))
     if out:
         out = write_run(res, out, meta, force=force, class_names=class_names)
     else:
         store = RunStore(runs_root, examples=None)
         out = store.path(store.save(res, meta, class_names=class_names))
-    print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
+    if res.loss_null is None:
+        print(f"method {res.info.get('method')}: {res.info.get('method_description')}")
+    else:
+        print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
     from .explorer.diagnostics import warnings
-    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps):
+    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps) \
+            if res.loss_null is not None else ():   # the tie and saturation warnings read MUCS's skew
         print(f"warning: {w}")
     print(f"wrote {out}/scores.csv and {out}/result.json")
     print(f"run saved: {out}  (the app lists it with: python app.py --runs {os.path.dirname(out)})")
@@ -298,6 +340,13 @@ def build_parser():
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--method", default="mucs", metavar="NAME",
+                   help="attribution method: mucs (default), dtrak, trak, abu, pixel_nn, feature_nn, a MUCS ablation or an "
+                        "ensemble a+b; the run records it (docs/methods-compared.md)")
+    p.add_argument("--method-options", default=None, metavar="JSON",
+                   help="options of dtrak/trak (timesteps, dim, lam, seed, proj_type, block, batch) or abu (lr, steps, "
+                        "batch, accum, loss_timesteps, fisher_epochs, weights, seed), as JSON or a JSON file; "
+                        "default: the papers' values")
     add_cli_options(p)   # one option per mucs.Settings field, plus --settings JSON
     p.set_defaults(fn=cmd_attribute)
 

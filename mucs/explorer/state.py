@@ -377,6 +377,11 @@ class Explorer:
         q = att.query
         cls = f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else "no class"
         conv = "; ".join(q.get("conversions") or []) or "none"
+        if att.loss_null is None:   # a run of another method (mucs attribute --method dtrak|trak|abu|..)
+            times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in att.stage_times.items())
+            return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
+                    f"Method **{att.info.get('method')}**: {att.info.get('method_description', '')}.  \n"
+                    f"Time: {times}.")
         stop = "converged (L_f reached (1−τ)·L_null)" if att.converged else "**hit the step cap** (not converged)"
         st = att.stage_times
         times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in st.items())

@@ -69,8 +69,8 @@ class Attribution:
         for rank, i in enumerate(order, 1):
             lab = "" if self.labels is None else int(self.labels[i])
             name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
-                        f"{self.loss_unlearned[i]:.8g}"])
+            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", lab, name, _cell(self.loss_original[i]),
+                        _cell(self.loss_unlearned[i])])
         return buf.getvalue()
 
     def save(self, out_dir: str, class_names=None) -> None:
@@ -115,6 +115,11 @@ class Attribution:
 
 MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items × K = 100) are memory-mapped
 SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
+
+
+def _cell(v) -> str:
+    """A loss for scores.csv: empty for a method that has none (NaN: D-TRAK, TRAK, the NN baselines)."""
+    return f"{v:.8g}" if np.isfinite(v) else ""
 
 
 def _csv_labels(path: str, n: int):
