@@ -60,7 +60,8 @@ def overlap_table(result: dict) -> str:
 def paired_table(result: dict, metric: str = "ssim") -> str:
     """MUCS − each other method on the same targets: the per-target AUC difference (mean = the AUCs'
     difference) and the target-similarity drop difference, with bootstrap intervals over targets."""
-    rows = ["| MUCS − method | Δ target AUC | 95 % interval | Δ similarity drop | 95 % interval | targets favouring MUCS / other |",
+    rows = ["| MUCS − method | Δ target AUC | 95 % interval | Δ similarity drop | 95 % interval "
+            "| targets favouring MUCS / other |",
             "|---|---|---|---|---|---|"]
     for name, r in (result.get("paired") or {}).items():
         p = r[metric]
