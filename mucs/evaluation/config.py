@@ -152,8 +152,10 @@ PRESETS = {
     "full": dict(n_train=500, channels=(16, 32, 32), train_steps=1500, train_batch=32, lr=1e-3, ema_decay=0.995,
                  warmup=50, targets=20, controls=20, sample_steps=25, k_frac=0.01, random_repeats=4, noises=32,
                  unlearn_batch=32, max_steps=400, null_batches=20, null_batch_size=64, control_design="disjoint",
-                 # AbU: one step of 80 × 50 = 4,000 draws instead of the published 80 × 625 (13 min per query here)
-                 method_options={"abu": {"accum": 50}}),
+                 # for 2 CPU cores: AbU takes one step of 80 × 50 = 4,000 draws instead of the published 80 × 625
+                 # (~13 min per query here); D-TRAK/TRAK project to d = 4096 (their quickstart's value) instead of
+                 # 32768 (their CIFAR runs; 8× the projection cost) — with N = 500 ≪ d either keeps Φ's geometry
+                 method_options={"abu": {"accum": 50}, "dtrak": {"dim": 4096}, "trak": {"dim": 4096}}),
 }
 
 
