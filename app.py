@@ -337,7 +337,8 @@ def build(ex: Explorer) -> gr.Blocks:
         m = ex.compare_methods(run_id)
         lines = [f"Top-{m['k']} of each method for this run's query. Shared with MUCS: " + ", ".join(
             f"{lab} {len(m['with_mucs'][n])}/{len(m['tops'][n])}" for n, lab in zip(m["names"], m["labels"])
-            if n != "mucs") + "."]
+            if n != "mucs") + "."] + [f"- **{lab}** ({m['seconds'][n]:.1f} s): {m['descriptions'][n]}"
+                                      for n, lab in zip(m["names"], m["labels"])]
         return "\n".join(lines), m["html"], plots.methods_overlap(m["matrix"], m["labels"])
 
     WHY_START = "Click an image of the top-k (or type its training index and press *Explain*)."

@@ -249,9 +249,11 @@ def test_replayed_unlearning_gives_per_noise_unlearned_losses(env, two_runs):
 def test_methods_and_runs_side_by_side_direct(env, two_runs):
     ex, _, fns, _ = env
     text, html, fig = fns["compare_methods"].fn(two_runs[0])
-    assert "Shared with MUCS" in text and "pixel NN" in text
-    assert html.count('class="h"') == 4 and html.count("<img") == 4 * 5 + 1     # 4 methods × top-5, the query
-    assert list(fig.data[0].x) == ["MUCS", "pixel NN", "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    assert "Shared with MUCS" in text and "pixel NN" in text and "D-TRAK" in text and "AbU" in text
+    assert html.count('class="h"') == 6 and html.count("<img") == 6 * 5 + 1     # 6 methods × top-5, the query
+    assert list(fig.data[0].x) == ["MUCS", "D-TRAK", "AbU (attribution by unlearning)", "pixel NN",
+                                   "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    assert "Fisher-preconditioned" in text and " s): " in text      # one line per method, with its seconds
     m = ex.compare_methods(two_runs[0])
     assert m["tops"]["mucs"] == [int(i) for i in ex.store.load(two_runs[0]).top]   # the run's own MUCS scores
     html = fns["compare_runs"].fn(two_runs)
@@ -391,7 +393,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         index, why_text, *_ = c.predict(run_ids[0], top[0], api_name="/why_replay")
         assert "Unlearning replayed" in why_text and "L_u recomputed here: its mean matches" in why_text
         m_text, m_html, m_plot = c.predict(run_ids[0], api_name="/compare_methods")
-        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 4
+        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 6
         r_html = c.predict(run_ids, api_name="/compare_runs")
         assert r_html.count('class="h"') == 2 and all(r in r_html for r in run_ids)
         with pytest.raises(Exception, match="at least two"):

@@ -155,7 +155,7 @@ PRESETS = {
                  # for 2 CPU cores: AbU takes one step of 80 × 50 = 4,000 draws instead of the published 80 × 625
                  # (~13 min per query here); D-TRAK/TRAK project to d = 4096 (their quickstart's value) instead of
                  # 32768 (their CIFAR runs; 8× the projection cost) — with N = 500 ≪ d either keeps Φ's geometry
-                 method_options={"abu": {"accum": 50}, "dtrak": {"dim": 4096}, "trak": {"dim": 4096}}),
+                 method_options={"abu": {"accum": 50}, "dtrak": {"dim": 4096}, "trak": {"dim": 4096}}),   # = CPU_OPTIONS
 }
 
 

@@ -487,7 +487,9 @@ class Explorer:
             if self._ctx is None:
                 model = copy.copy(self.model)
                 model.unet = copy.deepcopy(self.model.unet).eval()
-                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir)
+                from ..method.baselines import CPU_OPTIONS
+                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir,
+                                    options={k: dict(v) for k, v in CPU_OPTIONS.items()})
         return self._ctx
 
     def pixel_index(self) -> NeighbourIndex:
@@ -530,8 +532,8 @@ class Explorer:
             if name == "mucs":
                 mark = {i: ("s", f"+{m['shared'][i] - 1} other list{'s' if m['shared'][i] > 2 else ''}")
                         for i in items if i in m["shared"]}
-            rows.append(dict(title=label, subtitle=f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
-                             if name != "mucs" else "the run's own scores", items=items,
+            rows.append(dict(title=label, subtitle=(f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
+                             if name != "mucs" else "the run's own scores") + f" · {m['seconds'][name]:.1f} s", items=items,
                              scores={i: _score_text(name, m["scores"][name][i]) for i in items}, mark=mark,
                              query=att.query_image if not rows else None))
         key = ('<span style="border-color:#2a9d4b;background:#e9f7ee">green: also in MUCS\'s top-k</span>'
@@ -622,6 +624,10 @@ def _score_text(method: str, score: float) -> str:
         return f"rank avg {score:.3f}"
     if method.endswith("_nn"):
         return f"d² {max(0.0, -float(score)):.3g}"
+    if method in ("dtrak", "trak"):
+        return f"score {score:.3g}"
+    if method == "abu":
+        return f"Δloss {score:.3g}"
     return f"skew {score:.4f}"
 
 

@@ -173,6 +173,9 @@ def _abu(ctx: Context, query, label, query_id=0, report=None) -> np.ndarray:
 REGISTRY: Dict[str, Callable] = {name: _mucs_variant(ch) for name, ch in ABLATIONS.items()}
 REGISTRY.update(random=_random, pixel_nn=_pixel_nn, feature_nn=_feature_nn, dtrak=_dtrak_variant("dtrak"),
                 trak=_dtrak_variant("trak"), abu=_abu)
+# D-TRAK/TRAK/AbU options for a 2-core CPU, used by the evaluation presets and the app's side-by-side view:
+# d = 4096 (the authors' quickstart) instead of 32768, AbU's step from 80 × 50 draws instead of 80 × 625
+CPU_OPTIONS = {"dtrak": {"dim": 4096}, "trak": {"dim": 4096}, "abu": {"accum": 50}}
 # one line per method, for the app, the CLI help and the report
 DESCRIPTIONS = {
     "mucs": "MUCS: unlearn the query from a copy of the model (bounded ascent, retain term), rank by the "

@@ -41,7 +41,7 @@ class DTrakOptions:
     ``uniform 10 32768``; λ = 5e6, the value of their released counterfactual scores, the best of
     their λ grid by LDS)."""
     timesteps: int = 10          # S
-    dim: int = 32768             # d, the projection dimension
+    dim: int = 32768             # d, the projection dimension (0: no projection, Φ = the gradients themselves)
     lam: float = 5e6             # λ of (ΦᵀΦ + λI)⁻¹
     seed: int = 42               # the projector's seed (theirs) and of the fixed noise
     proj_type: str = "normal"    # normal | rademacher (TRAK's projector types)
@@ -49,7 +49,7 @@ class DTrakOptions:
     batch: int = 16              # items per vmap'd gradient chunk (memory; not result-changing)
 
     def validate(self) -> "DTrakOptions":
-        checks = [(self.timesteps >= 1, "timesteps S must be ≥ 1"), (self.dim >= 1, "dim d must be ≥ 1"),
+        checks = [(self.timesteps >= 1, "timesteps S must be ≥ 1"), (self.dim >= 0, "dim d must be ≥ 0 (0: no projection)"),
                   (self.lam >= 0 and np.isfinite(self.lam), "λ must be a finite number ≥ 0"),
                   (self.proj_type in ("normal", "rademacher"), "proj_type must be normal or rademacher"),
                   (self.block >= 1 and self.batch >= 1, "block and batch must be ≥ 1")]
@@ -223,13 +223,14 @@ def training_features(model, data, output: str, o: DTrakOptions, cache_dir: str,
     key = features_key(model, data, output, o)
     folder = os.path.join(cache_dir, f"dtrak-{key}")
     N = len(data)
-    hit = _read_cached(folder, key, N, o.dim)
+    p = sum(v.numel() for v in model.unet.parameters())
+    d = o.dim or p
+    hit = _read_cached(folder, key, N, d)
     if hit is not None:
         log.info("dtrak features: cache hit %s", folder)
         return Features(hit[0], hit[1], o, output, hit[2], True)
     log.info("dtrak features: cache miss (key %s): computing them", key)
     t0 = time.perf_counter()
-    p = sum(v.numel() for v in model.unet.parameters())
     os.makedirs(cache_dir, exist_ok=True)
     tmp = staging_dir(folder)
     try:
@@ -243,20 +244,26 @@ def training_features(model, data, output: str, o: DTrakOptions, cache_dir: str,
                                     output).cpu().numpy()
             if report is not None:
                 report("gradients", (s + len(idx)) / N)
-        phi = np.lib.format.open_memmap(os.path.join(tmp, "phi.npy"), "w+", np.float32, (N, o.dim))
-        keep_back = N * p * 4 <= BACKPROJECTION_BYTES
-        back = np.lib.format.open_memmap(os.path.join(tmp, "back.npy"), "w+", np.float32, (N, p)) if keep_back else None
-        project_blocks(projector(p, o), G, phi, back)
+        if o.dim:
+            phi = np.lib.format.open_memmap(os.path.join(tmp, "phi.npy"), "w+", np.float32, (N, o.dim))
+            keep_back = N * p * 4 <= BACKPROJECTION_BYTES
+            back = np.lib.format.open_memmap(os.path.join(tmp, "back.npy"), "w+", np.float32, (N, p)) if keep_back else None
+            project_blocks(projector(p, o), G, phi, back)
+        else:                  # no projection: Φ is G itself
+            G.flush()
+            phi, back, keep_back = G, None, False
+            os.rename(os.path.join(tmp, "grads.npy"), os.path.join(tmp, "phi.npy"))
         if not np.isfinite(phi).all() or (back is not None and not np.isfinite(back).all()):
             raise MucsError("D-TRAK features are not finite (the model's gradients overflow)")
         phi.flush()
         if back is not None:
             back.flush()
         del G
-        os.unlink(os.path.join(tmp, "grads.npy"))
+        if o.dim:
+            os.unlink(os.path.join(tmp, "grads.npy"))
         seconds = time.perf_counter() - t0
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(dict(key=key, N=N, d=o.dim, p=p, back=keep_back, seconds=seconds, output=output,
+            json.dump(dict(key=key, N=N, d=d, p=p, back=keep_back, seconds=seconds, output=output,
                            options=asdict(o)), f)
         del phi, back
         move_dir_into_place(tmp, folder)
@@ -264,7 +271,7 @@ def training_features(model, data, output: str, o: DTrakOptions, cache_dir: str,
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    hit = _read_cached(folder, key, N, o.dim)
+    hit = _read_cached(folder, key, N, d)
     if hit is None:
         raise MucsError(f"D-TRAK features written to {folder} cannot be read back")
     return Features(hit[0], hit[1], o, output, seconds, False)
@@ -316,7 +323,9 @@ def query_scores(model, feats: Features, x: torch.Tensor, label, lam: Optional[f
     dev = model.device
     y = torch.tensor([int(label)], device=dev) if (label is not None and model.num_classes) else None
     g = item_gradients(model, x[None].to(dev), y, ["query"], o.timesteps, o.seed, feats.output)[0].cpu().numpy()
-    if feats.back is not None:
+    if o.dim == 0:
+        z = np.concatenate([np.asarray(feats.phi[r:r + 4096], np.float64) @ g for r in range(0, len(feats.phi), 4096)])
+    elif feats.back is not None:
         z = np.concatenate([np.asarray(feats.back[r:r + 2048], np.float64) @ g for r in range(0, len(feats.back), 2048)])
     else:
         phi_q = projector(len(g), o).project(torch.from_numpy(g[None]), model_id=0)[0].numpy().astype(np.float64)
