@@ -205,7 +205,7 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
     s = first_run["cfg"].mucs_settings()
     old_settings = {k: v for k, v in s.to_dict().items() if k not in ("screen_noises", "screen_keep", "fragile_refs",
                                                                      "fragile_seed", "unlearn_chunk", "precision",
-                                                                     "memory_format", "compile")}
+                                                                     "memory_format", "compile", "unlearn_params")}
     key = cache_key(kind="scores", method="mucs", model=model_a.fingerprint(), data=ev.data().fingerprint(),
                     settings=old_settings, ctx_seed=0, label=1, seed=1001,
                     image=cache_key(img=np.asarray(img).tobytes().hex()))

@@ -35,7 +35,9 @@ def loss_of(unet, scheduler):
     eps = torch.randn((4, 1, 8, 8), generator=g)
     ac = scheduler.alphas_cumprod.to(torch.float32)
     with torch.no_grad():
-        return per_item_loss(unet, ac, scheduler.config.prediction_type, x0, None, t, eps)
+        from mucs.sources.families import family_of
+        return per_item_loss(lambda x, t, c: family_of(unet).predict(unet, x, t, c), ac, scheduler.config.prediction_type,
+                             x0, None, t, eps)
 
 
 def save_layout(layout, unet, scheduler, folder):

@@ -67,7 +67,7 @@ def add_parser(sub):
     p.add_argument("--cached-only", action="store_true",
                    help="compute nothing: report the methods whose retrains are already in the work folder")
     p.add_argument("--target-auc", type=float, default=None,
-                   help="also print whether MUCS's target-SSIM AUC reaches this value (e.g. a target from the README)")
+                   help="also print whether MUCS's target-SSIM AUC reaches this value (e.g. a target value)")
     p.set_defaults(fn=cmd_evaluate)
 
 

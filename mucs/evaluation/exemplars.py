@@ -91,7 +91,8 @@ def finetune(base_dir: str, cand, E: int, ec: ExemplarConfig, out: str) -> str:
                               torch.randint(0, N - E, (B - B // 2,), generator=g).numpy()])
         t = torch.randint(0, len(ac), (B,), generator=g)
         eps = torch.randn((B, model.channels, model.size, model.size), generator=g)
-        loss = per_item_loss(unet, ac, model.prediction_type, cand.tensor(idx), cand.label_tensor(idx), t, eps).mean()
+        loss = per_item_loss(model.predictor(unet), ac, model.prediction_type, cand.tensor(idx),
+                             model.label_cond(cand.label_tensor(idx)), t, eps).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -8,7 +8,7 @@ opens offline in any browser and asks no host for anything.
 import base64
 import html
 import io
-import json
+import logging
 import os
 from datetime import datetime, timezone
 from typing import Optional
@@ -19,6 +19,8 @@ from PIL import Image
 from . import svg
 from ..method.attribute import Attribution
 from ..errors import MucsError
+
+log = logging.getLogger("mucs")
 
 METHOD = (
     "MUCS (mirrored unlearning and noise-consistent skew; Serrà et al., 2026) copies the trained model and "
@@ -260,13 +262,12 @@ def load_run(run_dir: str) -> tuple:
         raise MucsError(f"{run_dir} is not a readable run folder (result.json, losses.npz, scores.csv): "
                         f"{type(e).__name__}: {e}") from None
     meta = {}
-    mp = os.path.join(run_dir, "meta.json")
-    if os.path.isfile(mp):
+    if os.path.isfile(os.path.join(run_dir, "meta.json")):
+        from ..runfiles import read_meta
         try:
-            with open(mp) as f:
-                meta = json.load(f)
-        except (OSError, ValueError):
-            meta = {}
+            meta = read_meta(run_dir)
+        except MucsError as e:   # the metadata is optional: a damaged one is left out, and said
+            log.warning("%s; the report leaves the run's metadata out", e)
     return att, meta
 
 
