@@ -349,6 +349,7 @@ def build(ex: Explorer) -> gr.Blocks:
             f"{lab} {len(m['with_mucs'][n])}/{len(m['tops'][n])}" for n, lab in zip(m["names"], m["labels"])
             if n != "mucs") + "."] + [f"- **{lab}** ({m['seconds'][n]:.1f} s): {m['descriptions'][n]}"
                                       for n, lab in zip(m["names"], m["labels"])]
+        lines += [f"- **{n}**: not shown: {why}" for n, why in m.get("skipped", {}).items()]
         return "\n".join(lines), m["html"], plots.methods_overlap(m["matrix"], m["labels"])
 
     WHY_START = "Click an image of the top-k (or type its training index and press *Explain*)."

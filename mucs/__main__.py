@@ -1,6 +1,7 @@
 """Command line: `mucs [-v] {train,generate,attribute,report,evaluate} ...` (also `python -m mucs`).
 Errors: one line, exit status 2. The attribute options are generated from mucs.settings.Settings."""
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -194,6 +195,8 @@ def cmd_attribute(a):
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
     labels = [model.check_label(lab) for lab in labels]
     prompts = [model.check_prompt(p if p is not None else _png_prompt(im, model)) for p, im in zip(prompts, images)]
+    from .method.baselines import check_supported
+    check_supported(a.method, model)   # D-TRAK/TRAK/AbU: pixel UNet2DModel only, one line before any work
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
                         caption_column=a.caption_column)
     data.check_matches(model)
@@ -228,7 +231,8 @@ def cmd_attribute(a):
         bar = TextBar() if group is None or group.rank == 0 else None
         if ctx is not None:
             from .method.baselines import attribution
-            res = attribution(a.method, ctx, query, label, source=os.path.abspath(image), progress=bar)
+            res = attribution(a.method, ctx, dataclasses.replace(query, prompt=prompt), label,
+                              source=os.path.abspath(image), progress=bar)
         else:
             res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image), prompt=prompt)
         if bar is not None:

@@ -53,8 +53,9 @@ def test_dtrak_without_projection_equals_a_direct_computation(tiny, tmp_path, ou
     got = dtrak.query_scores(model, feats, x, label)
     gq = autograd_gradients(model, data, [0], 3, 7, output, x=x, label=label)[0]
     U, s, Vt = np.linalg.svd(G, full_matrices=False)
-    inv = Vt.T @ np.diag(1 / (s ** 2 + lam)) @ Vt + (np.eye(G.shape[1]) - Vt.T @ Vt) / lam   # (GᵀG + λI)⁻¹
-    want = G @ (inv @ gq)
+    # (GᵀG + λI)⁻¹ g_q through the SVD, never forming the p × p inverse (p = the UNet's parameters)
+    vq = Vt @ gq
+    want = G @ (Vt.T @ (vq / (s ** 2 + lam)) + (gq - Vt.T @ vq) / lam)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
     # the query is the training image 5 itself (same label, but its own noise): it ranks first
     assert np.argmax(got) == 5
@@ -176,7 +177,29 @@ def test_cli_method_writes_a_run_the_app_history_reopens(tiny_model_dir, tiny_np
     assert att.top[0] == 4                      # a training image attributes to itself
     with open(os.path.join(store.path(run_id), "result.json")) as fh:
         assert json.load(fh)["method"] == "dtrak"
+    with np.load(os.path.join(store.path(run_id), "losses.npz")) as z:   # no losses saved, rather than NaN
+        assert set(z.files) == {"scores", "labels"} and np.isfinite(z["scores"]).all()
     # a bad method or option: one error line, exit 2, nothing written
     assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", str(img), "--label", "0",
                  "--method", "dtrak", "--method-options", '{"dimm": 3}', "--runs", str(runs)]) == 2
     assert store.ids() == [run_id]
+
+
+def test_dtrak_trak_abu_refuse_a_text_model_with_one_line(tiny_text_dir, tiny_captions_npz, tmp_path, capsys):
+    from mucs.__main__ import main
+    from mucs.method import baselines
+    from mucs.sources.models import load_model
+    from PIL import Image
+    model = load_model(tiny_text_dir, "cpu")
+    for name in ("dtrak", "trak", "abu", "mucs+abu"):
+        assert "pixel UNet2DModel" in baselines.unsupported(name, model)
+    assert baselines.unsupported("pixel_nn", model) is None and baselines.unsupported("mucs", model) is None
+    img = tmp_path / "q.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(img)
+    runs = tmp_path / "runs"
+    capsys.readouterr()
+    assert main(["attribute", "--model", tiny_text_dir, "--data", tiny_captions_npz, "--image", str(img),
+                 "--prompt", "a dark ring", "--method", "dtrak", "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "pixel UNet2DModel" in err[0]
+    assert not runs.exists() or not any(runs.iterdir())

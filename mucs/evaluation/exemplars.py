@@ -57,6 +57,8 @@ def candidates(job, ec: ExemplarConfig) -> tuple:
         used = z["source_indices"] if "source_indices" in z.files else np.arange(len(src))
     c = int(ec.held_out_class)
     removed = np.flatnonzero(data.labels == c)
+    if src.labels is None:
+        raise MucsError("the exemplar benchmark needs a labelled source set")
     pool = np.setdiff1d(np.flatnonzero(src.labels == c), used)
     ex = _rng_pick(pool, ec.exemplars, ec.exemplar_seed)
     keep = np.setdiff1d(np.arange(len(data)), removed)
@@ -181,7 +183,7 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
                 log(f"  {m} generation {j}: {float(got['seconds']):.1f} s")
             per.append(ranking_metrics(got["scores"], positives))
             secs.append(float(got["seconds"]))
-        row = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+        row: dict = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
         row.update({f"{k}_ci95": _boot([p[k] for p in per]) for k in per[0]})
         row.update(per_generation=per, seconds_mean=float(np.mean(secs)), seconds_first=secs[0],
                    components=parts if len(parts) > 1 else None)

@@ -36,7 +36,7 @@ def query_id(run_id: str) -> int:
 def run_query(att) -> QueryImage:
     if att.query_image is None:
         raise MucsError("this run has no stored query image, so other methods cannot score it")
-    return QueryImage(x=to_model_range(att.query_image), conversions=[])
+    return QueryImage(x=to_model_range(att.query_image), conversions=[], prompt=att.query.get("prompt"))
 
 
 def method_scores(ctx: baselines.Context, att, run_id: str, names: Sequence[str] = METHODS,
@@ -75,15 +75,18 @@ def ranks_of(scores: np.ndarray) -> np.ndarray:
 def methods_side_by_side(ctx: baselines.Context, att, run_id: str, names: Sequence[str] = METHODS,
                          k: Optional[int] = None) -> dict:
     """Each method's top-k for the run's query, their pairwise overlap and, per method, which of
-    its images MUCS also picked."""
+    its images MUCS also picked. Methods that cannot score this model (D-TRAK, TRAK, AbU on a latent, text or
+    LoRA model) are left out, with why, in 'skipped'."""
     k = int(k or len(att.top))
-    seconds = {}
+    skipped = {n: why for n in names if (why := baselines.unsupported(n, ctx.model))}
+    names = [n for n in names if n not in skipped]
+    seconds: dict = {}
     sc = method_scores(ctx, att, run_id, names, seconds)
     tops = {n: [int(i) for i in top_k(s, min(k, len(s)))] for n, s in sc.items()}
     sets = [tops[n] for n in names]
     mucs_top = set(tops.get("mucs", [int(i) for i in att.top[:k]]))
     return dict(names=list(names), labels=[LABELS.get(n, n) for n in names], k=k, tops=tops, scores=sc, seconds=seconds,
-                descriptions={n: baselines.description(n) for n in names},
+                descriptions={n: baselines.description(n) for n in names}, skipped=skipped,
                 matrix=ov.overlap_matrix(sets), shared=ov.shared_counts(sets),
                 with_mucs={n: [i for i in tops[n] if i in mucs_top] for n in names})
 

@@ -91,7 +91,8 @@ def fisher(model, data, o: AbuOptions, report=None) -> dict:
     params, buffers = trainable(model.unet)
     names = list(params)
     g = torch.Generator().manual_seed(int(o.seed) + 11)
-    total, count, B = None, 0, 32
+    total: Optional[torch.Tensor] = None
+    count, B = 0, 32
     N = len(data)
     for epoch in range(o.fisher_epochs):
         for s in range(0, N, B):
@@ -104,6 +105,7 @@ def fisher(model, data, o: AbuOptions, report=None) -> dict:
             count += len(idx)
             if report is not None:
                 report("fisher", (epoch * N + s + len(idx)) / (o.fisher_epochs * N))
+    assert total is not None    # fisher_epochs ≥ 1 and N ≥ 1 (validated)
     flat = (total / count).float()
     out, pos = {}, 0
     for n in names:
@@ -191,7 +193,8 @@ class Abu:
     def __init__(self, model, data, cache_dir: str, options: Optional[AbuOptions] = None):
         self.model, self.data, self.cache_dir = model, data, cache_dir
         self.o = (options or AbuOptions()).validate()
-        self._fisher, self._before = None, None
+        self._fisher: Optional[tuple] = None
+        self._before: Optional[tuple] = None
 
     def _key(self, kind, **parts):
         return cache_key(kind=kind, model=self.model.fingerprint(), data=self.data.fingerprint(),

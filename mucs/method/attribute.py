@@ -43,7 +43,7 @@ class Attribution:
     top: np.ndarray                    # (k,) indices, best first
     loss_original: np.ndarray          # (N,) mean over noises of L_o
     loss_unlearned: np.ndarray         # (N,) mean over noises of L_u
-    loss_null: float
+    loss_null: Optional[float]         # None: a run of a method without L_null (D-TRAK, TRAK, AbU, NN)
     steps: int
     converged: bool
     curve: list
@@ -88,8 +88,11 @@ class Attribution:
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
         if self.captions is not None:
             labels["captions"] = np.asarray(self.captions, dtype=str)
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned,
-                 **labels)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
+        # a method without losses (all NaN: D-TRAK, TRAK, the NN baselines) saves none: every saved number is finite
+        losses = {} if np.isnan(self.loss_original).all() and np.isnan(self.loss_unlearned).all() else dict(
+            loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
+        arrays = dict(scores=self.scores, **losses, **labels)
+        np.savez(buf, **arrays)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
         files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}

@@ -119,7 +119,7 @@ class Context:
 def _mucs_variant(changes: dict) -> Callable:
     def fn(ctx: Context, query, label, query_id=0) -> np.ndarray:
         s = ctx.settings.replace(**changes) if changes else ctx.settings
-        res = ctx.attributor().attribute(query, label, settings=s)
+        res = ctx.attributor().attribute(query, label, settings=s, prompt=getattr(query, "prompt", None))
         ctx.info[("mucs", int(query_id))] = dict(steps=res.steps, converged=res.converged)
         return np.asarray(res.scores, np.float64)
     return fn
@@ -146,9 +146,30 @@ def _feature_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
     return ctx.feature_index().scores(model_features(m, m.encode_images(query.x[None]), cond))
 
 
+GRADIENT_METHODS = ("dtrak", "trak", "abu")   # call the UNet2DModel directly: pixel models only
+
+
+def unsupported(name: str, model) -> Optional[str]:
+    """Why method `name` (or an ensemble holding it) cannot score `model`, None when it can. D-TRAK, TRAK and
+    AbU differentiate a pixel UNet2DModel (unconditional or class-conditional) directly; latent, text-conditional,
+    DiT/PixArt and LoRA models are refused rather than attributed with the wrong inputs."""
+    parts = [p for p in components(name) if p in GRADIENT_METHODS]
+    if not parts or (model.family.name == "unet2d" and not model.latent and not model.lora):
+        return None
+    return (f"{parts[0]}: D-TRAK, TRAK and AbU support pixel UNet2DModel models (unconditional or class-conditional) "
+            f"only; this model is {model.describe()}")
+
+
+def check_supported(name: str, model) -> None:
+    why = unsupported(name, model)
+    if why:
+        raise MucsError(why)
+
+
 def _dtrak_variant(name: str) -> Callable:
     def fn(ctx: Context, query, label, query_id=0, report=None) -> np.ndarray:
         from .dtrak import OUTPUTS, options_from, query_scores
+        check_supported(name, ctx.model)
         o = options_from(ctx.options.get(name))
         t0 = time.perf_counter()
         feats = ctx.dtrak_features(OUTPUTS[name], o, report)
@@ -164,6 +185,7 @@ def _dtrak_variant(name: str) -> Callable:
 
 def _abu(ctx: Context, query, label, query_id=0, report=None) -> np.ndarray:
     from .abu import abu_options
+    check_supported("abu", ctx.model)
     o = abu_options(ctx.options.get("abu"))
     s, rec = ctx.abu(o).scores(query.x, label, report)
     ctx.info[("abu", int(query_id))] = dict(rec, options=dict(o.__dict__))
@@ -266,11 +288,14 @@ def attribution(name: str, ctx: Context, query, label=None, source: str = "", to
     from .attribute import Attribution
     from .unlearn import top_k as best
     parts = components(name)
+    check_supported(name, ctx.model)
     s = ctx.settings.validate()
     label = ctx.model.check_label(label)
+    prompt = ctx.model.check_prompt(getattr(query, "prompt", None))
     if len(parts) == 1 and name in ABLATIONS:
         att = ctx.attributor().attribute(query, label, settings=s.replace(**ABLATIONS[name]) if ABLATIONS[name] else s,
-                                         progress=progress, cancel=cancel, source=source)
+                                         progress=progress, cancel=cancel, source=source,
+                                         prompt=getattr(query, "prompt", None))
         att.info.update(method=name, method_description=description(name))
         return att
     report = Reporter(progress, cancel)
@@ -296,7 +321,7 @@ def attribution(name: str, ctx: Context, query, label=None, source: str = "", to
         loss_null=None, steps=int(rec.get("options", {}).get("steps", 0)) if name == "abu" else 0, converged=True,
         curve=[], stage_times=times, settings=dict(s.to_dict(), top_k=k),
         query=dict(label=label, class_name=ctx.data.class_name(label) if label is not None else None,
-                   conversions=list(query.conversions), source=source),
+                   conversions=list(query.conversions), source=source, **({} if prompt is None else dict(prompt=prompt))),
         query_image=to_uint8(query.x), labels=ctx.data.labels,
         info=dict(method=name, method_description=description(name), method_record=rec, model=ctx.model.path,
                   model_fingerprint=ctx.model.fingerprint(), data=ctx.data.source,

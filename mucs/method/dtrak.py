@@ -70,7 +70,7 @@ def options_from(d: Optional[dict], cls=DTrakOptions):
     bad = sorted(set(d) - names)
     if bad:
         raise MucsError(f"unknown option(s) {', '.join(bad)} for {cls.__name__}; known: {', '.join(sorted(names))}")
-    types = {f.name: type(f.default) for f in fields(cls)}
+    types: dict = {f.name: type(f.default) for f in fields(cls)}
     try:
         return replace(cls(), **{k: types[k](v) for k, v in d.items()}).validate()
     except (TypeError, ValueError) as e:
@@ -145,10 +145,11 @@ def item_gradients(model, x0: torch.Tensor, y, keys, S: int, seed: int, output: 
     params, buffers = trainable(unet)
     shape = tuple(x0.shape[1:])
     eps = torch.stack([fixed_noise(seed, k, len(ts), shape) for k in keys]).to(x0.device)   # (n, S, ...)
-    total = None
+    total: Optional[torch.Tensor] = None
     for j, t in enumerate(ts):
         g = per_sample_grads(fn, params, buffers, x0, t.expand(len(x0)), y, eps[:, j])
         total = g if total is None else total + g
+    assert total is not None    # S ≥ 1 timesteps (validated)
     return total / len(ts)
 
 
@@ -189,7 +190,7 @@ class Features:
     output: str
     seconds: float
     cached: bool
-    _solvers: dict = None
+    _solvers: Optional[dict] = None
 
     def kernel_scale(self) -> float:
         """Mean ‖φ_i‖² (the diagonal of ΦΦᵀ): where λ sits against the kernel."""
@@ -332,10 +333,10 @@ def query_scores(model, feats: Features, x: torch.Tensor, label, lam: Optional[f
         z = np.concatenate([np.asarray(feats.phi[r:r + 4096], np.float64) @ phi_q
                             for r in range(0, len(feats.phi), 4096)])
     lam = o.lam if lam is None else float(lam)
-    feats._solvers = feats._solvers or {}
-    if lam not in feats._solvers:       # the Gram matrix once per features and λ
-        feats._solvers[lam] = KernelSolver(feats.phi, lam)
-    s = feats._solvers[lam](z)
+    solvers = feats._solvers = feats._solvers or {}
+    if lam not in solvers:       # the Gram matrix once per features and λ
+        solvers[lam] = KernelSolver(feats.phi, lam)
+    s = solvers[lam](z)
     if not np.isfinite(s).all():
         raise MucsError("D-TRAK scores are not finite")
     return s
