@@ -179,6 +179,9 @@ def test_cli_method_writes_a_run_the_app_history_reopens(tiny_model_dir, tiny_np
         assert json.load(fh)["method"] == "dtrak"
     with np.load(os.path.join(store.path(run_id), "losses.npz")) as z:   # no losses saved, rather than NaN
         assert set(z.files) == {"scores", "labels"} and np.isfinite(z["scores"]).all()
+    report = tmp_path / "report.html"                # the HTML report of such a run names the method
+    assert main(["report", store.path(run_id), "--out", str(report), "--data", tiny_npz]) == 0
+    assert "dtrak: D-TRAK" in report.read_text()
     # a bad method or option: one error line, exit 2, nothing written
     assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", str(img), "--label", "0",
                  "--method", "dtrak", "--method-options", '{"dimm": 3}', "--runs", str(runs)]) == 2
