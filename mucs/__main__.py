@@ -109,7 +109,8 @@ def cmd_generate(a):
     check_steps(a.steps, model.scheduler.config.num_train_timesteps)
     guidance = default_guidance(model) if a.guidance_scale is None else a.guidance_scale
     bar = TextBar()
-    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar, prompts=[prompt], guidance_scale=guidance,
+    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar,
+                   prompts=None if prompt is None else [prompt], guidance_scale=guidance,
                    negative_prompt=a.negative_prompt)[0]
     bar.close()
     info = dict(label=label, seed=a.seed, steps=a.steps)

@@ -6,6 +6,7 @@ import math
 import numbers
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,7 @@ def read_losses(folder: str) -> dict:
         if shape != (n,) or dtype.kind not in ("iu" if k == "labels" else "f"):
             raise MucsError(f"{path}: {k} must be a 1-D {'integer' if k == 'labels' else 'float'} array of one "
                             f"entry per training item, got {dtype} {shape}")
-    if not 1 <= n <= MAX_RUN_ITEMS:
+    if n is None or not 1 <= n <= MAX_RUN_ITEMS:
         raise MucsError(f"{path}: {n} training items (at most {MAX_RUN_ITEMS})")
     if "captions" in heads and (heads["captions"][0] != (n,) or heads["captions"][1].kind != "U"
                                 or heads["captions"][1].itemsize > 4 * MAX_CAPTION_CHARS):
@@ -175,7 +176,7 @@ def read_query_png(folder: str):
             raise OSError("not a regular file")
         with warnings.catch_warnings():   # PIL's bomb warning: the size is refused below, with figures
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im: Any = Image.open(path)
         with im:
             if im.width * im.height > MAX_QUERY_PIXELS:
                 raise MucsError(f"{path}: {im.width}x{im.height} is far larger than a query (at most "

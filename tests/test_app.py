@@ -335,6 +335,27 @@ def test_fast_profile_is_served_and_said_on_the_page(tiny_model_dir, tiny_npz, t
     assert rec.settings.screen_noises == 0 and "the recommended profile" in rec.describe()
 
 
+def test_the_app_takes_the_clis_model_and_data_options(tiny_model_dir, tiny_npz, tmp_path, monkeypatch):
+    """--paper-settings, --train-lr, --cache-dir, --image-column/--label-column: the same resolution as
+    the CLI (one set of defaults for every entry point)."""
+    from mucs.settings import Settings
+    a = app.parse_args(["--model", tiny_model_dir, "--data", tiny_npz, "--paper-settings", "--train-lr", "2e-3",
+                        "--cache-dir", str(tmp_path / "c"), "--image-column", "img", "--label-column", "y"])
+    assert (a.paper_settings, a.train_lr, a.cache_dir, a.image_column, a.label_column) == (
+        True, 2e-3, str(tmp_path / "c"), "img", "y")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--fast", "--paper-settings"])
+    seen = {}
+    monkeypatch.setattr(app, "launch", lambda demo, ex, *args, **kw: seen.update(ex=ex))
+    monkeypatch.setenv("MUCS_RUNS_DIR", str(tmp_path / "runs"))
+    assert app.main(["--model", tiny_model_dir, "--data", tiny_npz, "--paper-settings", "--train-lr", "2e-3",
+                     "--cache-dir", str(tmp_path / "c"), "--examples", ""]) == 0
+    ex = seen["ex"]
+    assert ex.settings == Settings().validate() and ex.model.learning_rate == 2e-3
+    assert ex.attributor.cache_dir == str(tmp_path / "c")
+    assert app.main(["--model", tiny_model_dir, "--data", tiny_npz, "--image-column", "img"]) == 2   # not a dataset
+
+
 def test_parse_args():
     with pytest.raises(SystemExit):
         app.parse_args(["--host", "0.0.0.0"])

@@ -255,6 +255,10 @@ def test_cli_user_errors_exit_2(tiny_npz, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o.json")
     with pytest.raises(SystemExit):
         main(["evaluate", "--preset", "huge"])
+    # one default device for every command: CUDA when present, else the CPU (not always the CPU)
+    from mucs.__main__ import build_parser
+    assert build_parser().parse_args(["evaluate"]).device is None
+    assert build_parser().parse_args(["attribute", "--list-classes"]).device is None
 
 
 def test_out_is_never_replaced_without_force(first_run, tmp_path, capsys):

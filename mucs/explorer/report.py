@@ -167,6 +167,7 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
              f"<p class='muted'>Which training images made the model generate this image? Query: "
              f"{_e(q.get('source') or meta.get('source') or 'unknown source')}"
              + (f", class <b>{_e(cls)}</b> ({_e(label)})" if label is not None else "")
+             + (f", prompt <b>“{_e(q['prompt'])}”</b>" if q.get("prompt") else "")
              + (f"; run created {_e(meta['created'])}" if meta.get("created") else "")
              + f"; report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>",
              f"<details open><summary><b>How to read this</b></summary><p>{METHOD}</p></details>"]
@@ -175,7 +176,10 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
             else "<b>hit the step cap</b> before the query was forgotten")
     brief = [("method", _e(f"{info.get('method', 'mucs')}: {info.get('method_description', 'MUCS')}")),
              ("query source", _e(q.get("source") or meta.get("source") or "")),
-             ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)")),
+             (("query prompt", _e(q["prompt"])) if q.get("prompt") else
+              ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)"))),
+             ("model", _e(" · ".join(str(info[k]) for k in ("denoiser", "model_family", "conditioning") if info.get(k))
+                          or "UNet2DModel")),
              ("conversions of the query", _e("; ".join(q.get("conversions") or []) or "none")),
              ("unlearning", f"{att.steps} steps, {stop}"),
              ("L_null (untrained model's loss)", "–" if att.loss_null is None else f"{att.loss_null:.6g}"),
@@ -200,6 +204,7 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
                else "<div style='aspect-ratio:1;background:#eee'></div>")
         cards.append(f"<div class='card' data-index='{i}'>{img}<div class='cap'>#{rank} · {i}"
                      f"{(' · ' + _e(lab)) if lab else ''} · {float(att.scores[i]):.4f}</div>"
+                     + (f"<div class='sub'>“{_e(att.captions[i])}”</div>" if att.captions is not None else "")
                      + (f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div>"
                         if np.isfinite(att.loss_original[i]) else "") + "</div>")
     parts.append(f"<div class='grid' id='topk'>{''.join(cards)}</div>")

@@ -115,7 +115,9 @@ class Explorer:
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
                  max_steps_limit: Optional[int] = MAX_STEPS_LIMIT, profile: str = "recommended",
-                 lora: Optional[str] = None, caption_column: Optional[str] = None, allow_untrained: bool = False):
+                 lora: Optional[str] = None, caption_column: Optional[str] = None, allow_untrained: bool = False,
+                 train_lr: Optional[float] = None, cache_dir: Optional[str] = None, image_column: Optional[str] = None,
+                 label_column: Optional[str] = None):
         self.model_path = model_path
         if max_request_seconds is not None and not (0 < float(max_request_seconds) < float("inf")):
             raise MucsError(f"the request time limit must be a positive number of seconds, got {max_request_seconds}")
@@ -123,16 +125,18 @@ class Explorer:
             raise MucsError(f"the step cap limit must be at least 1, got {max_steps_limit}")
         self.max_request_seconds = None if max_request_seconds is None else float(max_request_seconds)
         self.max_steps_limit = None if max_steps_limit is None else int(max_steps_limit)
-        self.model = load_model(model_path, device, lora=lora)
-        self.data = load_dataset(data_path, caption_column=caption_column)
+        self.model = load_model(model_path, device, train_lr=train_lr, lora=lora)
+        self.data = load_dataset(data_path, image_column=image_column, label_column=label_column,
+                                 caption_column=caption_column)
         self.data.check_matches(self.model)
         from ..checks import check_settings_dict
         # the settings profile (recommended, fast or paper; mucs.defaults.PROFILES), then the app's --settings
         self.profile = profile
-        self.settings = settings_for(model_path, profile, **check_settings_dict(overrides or {}, "settings")).validate()
+        self.settings = settings_for(self.model.path or model_path, profile,   # a Hub id: its snapshot folder
+                                     **check_settings_dict(overrides or {}, "settings")).validate()
         if self.settings.top_k > len(self.data):
             raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
-        self.attributor = Attributor(self.model, self.data, self.settings, cache_dir_for(model_path),
+        self.attributor = Attributor(self.model, self.data, self.settings, cache_dir or cache_dir_for(model_path),
                                      allow_untrained=allow_untrained)
         if examples_dir == "default":
             from .history import DEFAULT_EXAMPLES
@@ -246,7 +250,7 @@ class Explorer:
 
     # --- queries ------------------------------------------------------------------------------------
     def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,
-                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
+                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Union[float, str, None] = None,
                  negative_prompt: str = "") -> list:
         """`count` queries from consecutive seeds with the deterministic sampler (a text model's from
         `prompt`, with classifier-free guidance)."""
@@ -265,7 +269,8 @@ class Explorer:
             raise MucsError("sampler steps must be in 1..1000")
         seeds = [seed + i for i in range(count)]
         imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel,
-                        prompts=[prompt] * count, guidance_scale=guidance, negative_prompt=negative_prompt or "")
+                        prompts=None if prompt is None else [prompt] * count, guidance_scale=guidance,
+                        negative_prompt=negative_prompt or "")
         extra = dict(prompt=prompt, guidance_scale=guidance, negative_prompt=negative_prompt or "") if self.text else {}
         return [Query(image=im, label=label, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
                                                        **extra), prompt=prompt)
