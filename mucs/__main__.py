@@ -146,8 +146,12 @@ def cmd_attribute(a):
     overrides = cli_overrides(a)        # unknown keys and wrong types: one error before anything is loaded
     if a.list_classes:
         return _list_classes(a)
+    if sum(bool(v) for v in (a.image, a.images, a.seeds)) > 1:
+        raise MucsError("give one of --image FILE ..., --images DIR or --seeds (with --label): one kind of query per call")
+    if a.images or a.seeds:
+        return _attribute_collection(a, overrides)
     if not a.image:
-        raise MucsError("--image is required (or --list-classes to see the model's classes)")
+        raise MucsError("--image is required (or --images DIR, --seeds 0-15, or --list-classes to see the model's classes)")
     if a.out and a.runs:
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
     if a.paper_settings and a.fast:
@@ -195,6 +199,104 @@ def cmd_attribute(a):
             bar.close()
         if group is None or group.rank == 0:   # rank 0 writes the runs
             _write_cli_run(res, out, runs_root, a.force, image, model, data, class_names)
+
+
+def _attribute_collection(a, overrides):
+    """--images DIR or --seeds (class × seeds, generated first): one collection (a folder with
+    collection.json and a run folder per item; mucs/explorer/collection.py), the one the app writes."""
+    from .cache import check_out_dir, check_writable_dir
+    from .defaults import cache_dir_for, default_runs_dir, settings_for
+    from .explorer import collection as coll
+    from .method.attribute import Attributor
+    from .method.distributed import device_for_rank, init_from_env
+    from .progress import BatchProgress, TextBar, format_seconds
+    from .sources.data import load_dataset, load_query_image
+    from .sources.models import class_names_for, load_model
+    if a.paper_settings and a.fast:
+        raise MucsError("--fast and --paper-settings are two different starting points: pass one")
+    if a.out and a.runs:
+        raise MucsError("give --out DIR (this folder) or --runs DIR (a new collection in that runs folder), not both")
+    files = coll.images_in(a.images) if a.images else []
+    seeds = coll.parse_seeds(a.seeds) if a.seeds else []
+    labels = list(a.label or [])
+    if files and len(labels) > 1 and len(labels) != len(files):
+        raise MucsError(f"give one --label for every image in {a.images} ({len(files)}), or a single one for all")
+    cache_dir = a.cache_dir or cache_dir_for(a.model)
+    if a.out:
+        out = os.path.abspath(a.out)
+    else:
+        runs_root = os.path.abspath(a.runs or default_runs_dir())
+        check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
+        os.makedirs(runs_root, exist_ok=True)
+        out = os.path.join(runs_root, coll.new_id())
+    check_out_dir(out, coll.KIND, force=a.force, what="--out", protect=[a.model, a.data, cache_dir, a.images] + files)
+    check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
+    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
+    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
+    data.check_matches(model)
+    if seeds:
+        from .sources.generate import check_steps
+        steps = check_steps(a.sampler_steps, model.scheduler.config.num_train_timesteps)
+        labs = [model.check_label(v) for v in (labels or [None])]
+        items = coll.generated_items(labs, seeds, steps)
+    else:
+        labs = labels * len(files) if len(labels) == 1 else (labels or [None] * len(files))
+        labs = [model.check_label(v) for v in labs]
+        for f in files:     # every image read before any work: a bad one is one error, nothing written
+            load_query_image(f, model.channels, model.size)
+        items = coll.image_items(files, labs)
+    profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
+    s = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile).replace(**overrides)
+    s.validate()
+    if s.top_k > len(data):
+        raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
+    group = init_from_env()
+    lead = group is None or group.rank == 0
+    attributor = Attributor(model, data, s, cache_dir=cache_dir)   # one for every item: noise set, L_o, L_null once
+    attributor.check_memory(s)
+    class_names = class_names_for(model, data)
+    cid = os.path.basename(out)
+    asked = (dict(kind="generated", labels=labs, seeds=seeds, sampler_steps=items[0].sampler_steps) if seeds
+             else dict(kind="images", files=[it.record()["file"] for it in items], labels=labs))
+    record = coll.new_record(cid, items, asked, s.to_dict(), model, data, class_names)
+    if lead:
+        coll.create_folder(out, record, force=a.force)
+    bp = BatchProgress(len(items), max_steps=s.max_steps)
+    bar = {"bar": None}
+
+    def progress(ev):
+        if not lead:
+            return
+        if ev.event is not None:
+            bp(ev.event)
+            bar["bar"](ev.event)
+            return
+        if ev.status == coll.RUNNING:
+            bp.start_item()
+            bar["bar"] = TextBar()
+            print(f"item {ev.index + 1}/{ev.count}: {ev.item.source}"
+                  + (f", class {ev.item.label}" if ev.item.label is not None else ""), file=sys.stderr)
+            return
+        if bar["bar"] is not None:
+            bar["bar"].close()
+        bp.finish_item(ev.seconds, saved=ev.status == coll.DONE)
+        o = bp()
+        left = f", about {format_seconds(o.remaining)} left" if o.remaining and o.done < o.count else ""
+        what = f"saved {ev.item.name} ({ev.item.seconds:.0f} s)" if ev.status == coll.DONE else \
+            f"failed {ev.item.name}: {ev.item.error}"
+        print(f"{what}; {o.done}/{o.count} done{left}", file=sys.stderr)
+
+    record = coll.run_batch(attributor, items, s, out, record, class_names, progress, write=lead)
+    if lead:
+        done = sum(it["status"] == coll.DONE for it in record["items"])
+        st = record.get("stage_times") or {}
+        print(f"collection: {done}/{len(items)} items attributed ({record['status']}) in {record['seconds']:.0f} s"
+              + ("; shared stages: " + ", ".join(f"{k}={v:.1f}s" for k, v in st.items()) if st else ""))
+        for it in record["items"]:
+            if it["status"] == coll.FAILED:
+                print(f"warning: {it['name']} failed: {it.get('error')}")
+        print(f"collection saved: {out}  (report: mucs report {out}; the app lists it with: "
+              f"python app.py --runs {os.path.dirname(out)})")
 
 
 def _query_outs(out, images) -> list:
@@ -276,9 +378,16 @@ def build_parser():
     p.add_argument("--image", nargs="+", default=None,
                    help="the query image, or several (they share the noise set, L_o and L_null; one run each); "
                         "required unless --list-classes")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="attribute every image file in DIR as one collection (a folder with collection.json and a "
+                        "run per image; the app's History lists it); --label: one per image (sorted by name) or one for all")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="generate then attribute: one query per class given with --label and seed (e.g. 0-15, "
+                        "0,3,7 or 0-3,8), all in one collection")
+    p.add_argument("--sampler-steps", type=int, default=50, help="DDIM steps of the images --seeds generates (default 50)")
     p.add_argument("--label", type=int, nargs="+", default=None,
                    help="the query's class (class-conditional models; see --list-classes); with several --image, "
-                        "one per image or one for all")
+                        "one per image or one for all; with --seeds, each class × each seed")
     p.add_argument("--list-classes", action="store_true", help="print the class index and name of every class, then exit")
     p.add_argument("--paper-settings", action="store_true",
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
@@ -293,7 +402,9 @@ def build_parser():
                    help="where L_o and L_null caches are written (default $MUCS_CACHE_DIR, else ~/.cache/mucs)")
     p.add_argument("--out", default=None,
                    help="write the run into this folder (new, empty, or an earlier run's: replaced); with several "
-                        "--image, one run per image in subfolders named after them; default: a new run in the runs folder")
+                        "--image, one run per image in subfolders named after them; with --images or --seeds, the "
+                        "collection's folder (new, empty, or an earlier collection's: replaced); default: a new run "
+                        "(or collection) in the runs folder")
     p.add_argument("--runs", default=None,
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")

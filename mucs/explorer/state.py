@@ -21,6 +21,7 @@ from ..sources.data import QueryImage, load_dataset, load_query_image, to_model_
 from ..defaults import cache_dir_for, settings_for
 from ..errors import Cancelled, MucsError
 from ..sources.generate import generate
+from .batch import BatchOps
 from .history import RunStore
 from ..sources.models import class_names_for, load_model
 from ..method.neighbours import NeighbourIndex, pixel_features
@@ -109,7 +110,7 @@ class Job:
                          "nothing was saved")
 
 
-class Explorer:
+class Explorer(BatchOps):
     def __init__(self, model_path: str, data_path: str, overrides: Optional[dict] = None,
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
