@@ -518,3 +518,36 @@ def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):
     assert ex.model.unet.mid_block._forward_hooks == {}
     ex.compare_methods(two_runs[0])
     assert ex.model.unet.mid_block._forward_hooks == {} and ctx is ex.baselines_context()
+
+
+def test_batch_collection_endpoints_over_the_client(env, tmp_path):
+    """/attribute_batch takes the same settings dict as /attribute; /list_collections, /open_collection,
+    /collection_data, /export_collection and /delete_collection work on what it wrote."""
+    from gradio_client import Client
+    ex, _, _, _ = env
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+        out = c.predict("generate", [1, 2], "4", 5, None, dict(ATTR, max_steps=2, top_k=3), api_name="/attribute_batch")
+        status, items, job_id, coll_id, summary, figures = out[:6]
+        assert status.startswith("**done**: 2 of 2 items saved") and coll_id in status
+        assert [r[4] for r in items["data"]] == ["done", "done"]
+        assert "Mean pairwise overlap" in summary and "coverage" in figures
+        assert all(ex.load_run(r).settings["top_k"] == 3 for r in ex.collections.member_ids(coll_id))
+        table, select = c.predict(api_name="/list_collections")
+        assert table["data"][0][0] == coll_id and table["data"][0][4] == "2/2"
+        box, summary2, figures2 = c.predict(coll_id, api_name="/open_collection")[:3]
+        assert box == coll_id and figures2.count("class='coll-fig") == 7
+        data = json.load(open(_file_path(c.predict(coll_id, "json", api_name="/collection_data"))))
+        assert data["analyses"]["coverage"]["coverage"]["bound"] == [3, 6]
+        import zipfile
+        with zipfile.ZipFile(_file_path(c.predict(coll_id, api_name="/export_collection"))) as z:
+            assert f"{coll_id}/collection.json" in z.namelist()
+        with pytest.raises(Exception, match="unknown setting 'nosies'"):
+            c.predict("generate", [1], "0", 5, None, {"nosies": 3}, api_name="/attribute_batch")
+        c.predict(coll_id, api_name="/delete_collection")
+        assert coll_id not in ex.collections.ids()
+    finally:
+        demo.close()

@@ -191,3 +191,60 @@ def test_cli_seeds_and_images_write_the_same_collection(tiny_model_dir, tiny_npz
     (imgs / "zz.png").write_text("broken")
     assert main(base + ["--images", str(imgs), "--label", "0", "--out", str(tmp_path / "no")]) == 2
     assert "zz.png" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_collection_analyses_figures_and_exports(batch):
+    import base64
+    import csv
+    import io
+    import re
+    from mucs.explorer.collection_figures import ORDER
+    ex, updates, _ = batch
+    cid = updates[-1].collection_id
+    o = ex.open_collection(cid)
+    an, atts = o["analysis"], [ex.load_run(r) for r in o["run_ids"]]
+    sets = [set(int(i) for i in a.top) for a in atts]
+    # the numbers are those of the runs' own top-k sets
+    assert an["coverage"]["distinct"] == [len(set().union(*sets[:g])) for g in range(1, 5)]
+    assert an["coverage"]["bound"] == [4, 8, 12, 16]
+    assert an["pairs"]["within"]["n"] == 2 and an["pairs"]["across"]["n"] == 4      # classes 0, 0, 1, 1
+    assert sorted(an["order"]) == [0, 1, 2, 3] and len(an["map"]["x"]) == 4
+    for r in an["recurring"]:
+        assert r["count"] == sum(r["index"] in s for s in sets) >= 2
+    ag = {m["method"]: m for m in o["agreement"]["methods"]}
+    assert set(ag) == {"mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn"} and ag["mucs"]["mean"] == 1.0
+    # every figure: its block, its what-is-this line, its CSV and JSON (data URIs that decode)
+    for key in ORDER:
+        block = re.search(rf"<figure id='coll-{cid}-{key}'.*?</figure>", o["html"], re.S)
+        assert block, key
+        assert "What is this:" in block.group(0)
+        links = dict(re.findall(r"download='[^']*\.(csv|json)' href='data:[^;]+;base64,([^']+)'", block.group(0)))
+        assert set(links) == {"csv", "json"}, key
+        rows = list(csv.reader(io.StringIO(base64.b64decode(links["csv"]).decode())))
+        assert len(rows) >= 2, key
+        json.loads(base64.b64decode(links["json"]))
+    # the map's points carry the run a click opens
+    assert set(re.findall(r'data-run="([^"]+)"', o["html"])) == set(o["run_ids"])
+    assert "Mean pairwise overlap" in o["summary"] and "pixel NN" in o["summary"]
+    # all analyses in one JSON / one zip of CSVs
+    with open(ex.collection_data_file(cid, "json")) as f:
+        d = json.load(f)
+    assert set(d["analyses"]) == set(ORDER) and d["collection"]["id"] == cid
+    with zipfile.ZipFile(ex.collection_data_file(cid, "csv")) as z:
+        assert sorted(z.namelist()) == sorted(f"{k}.csv" for k in ORDER)
+
+
+def test_report_of_a_collection_is_self_contained(batch, tmp_path, capsys):
+    import re
+    from mucs.__main__ import main
+    ex, updates, _ = batch
+    folder = ex.collections.path(updates[-1].collection_id)
+    out = tmp_path / "c.html"
+    assert main(["report", folder, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "<title>MUCS collection report" in text
+    for key in ("coverage", "recurring", "concentration", "classes", "heatmap", "map", "agreement"):
+        assert f"id='coll-{key}'" in text, key
+    assert text.count("class='gen'") == 4
+    assert not re.findall(r"(?:src|href)=['\"](?:https?:)?//", text)      # nothing fetched from any host
+    assert main(["report", folder, "--out", str(out)]) == 0                # its own report is replaced

@@ -189,12 +189,105 @@ class BatchOps:
                          (r.get("settings") or {}).get("top_k", "")])
         return rows
 
+    def open_collection(self, coll_id: str, with_agreement: bool = True) -> dict:
+        """A collection's record, its runs and every overlap analysis (mucs.explorer.analysis), with
+        the figures as HTML (mucs.explorer.collection_figures). Method agreement ranks each run's
+        query with the baselines (their faiss indexes built once, shared with the other views)."""
+        from . import analysis, collection_figures as figs
+        rec = self.collections.record(coll_id)
+        run_ids = self.collections.member_ids(coll_id)
+        if not run_ids:
+            raise MucsError(f"collection {coll_id} has no finished item to analyse (status: {rec.get('status')})")
+        atts = [self.load_run(r) for r in run_ids]       # refuses runs of another training set
+        by_name = {it["name"]: it for it in rec["items"]}
+        names = [coll.short_name(by_name[r.rsplit("/", 1)[1]], self.class_name) for r in run_ids]
+        key = (coll_id, tuple(run_ids))
+        memo = getattr(self, "_coll_memo", None)
+        if memo is None or memo[0] != key:
+            an = analysis.analyse(run_ids, atts, names, len(self.data), self.data.labels, self.class_names)
+            agree = None
+            if with_agreement:
+                from .compare import METHODS
+                with self._baseline_lock:
+                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, METHODS, len(self.data),
+                                               self.data.labels, self.class_names)
+            self._coll_memo = memo = (key, an, agree)
+        _, an, agree = memo
+        html = figs.page(an, agree, self.data.images, self.class_name, prefix=f"coll-{_safe(coll_id)}")
+        return dict(id=coll_id, record=rec, run_ids=run_ids, names=names, analysis=an, agreement=agree, html=html,
+                    summary=collection_summary(rec, an, agree, self.class_name))
+
+    def collection_data_file(self, coll_id: str, fmt: str = "json") -> str:
+        """Every analysis of the collection as one JSON file, or its CSV tables in one .zip (downloads folder)."""
+        import json
+        import os
+        import zipfile
+        from . import analysis
+        from ..cache import atomic_write
+        fmt = (fmt or "").lower()
+        if fmt not in ("csv", "json"):
+            raise MucsError(f"export format must be csv or json, got {fmt!r}")
+        o = self.open_collection(coll_id)
+        base = os.path.join(self.downloads_dir(), f"mucs-collection-{_safe(coll_id)}-analyses")
+        if fmt == "json":
+            body = dict(collection=o["record"], analyses=analysis.json_parts(o["analysis"], o["agreement"]))
+            atomic_write(base + ".json", json.dumps(body, indent=1, allow_nan=False, default=_plain).encode())
+            return base + ".json"
+        tmp = base + ".zip.part"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for key, (header, rows) in analysis.tables(o["analysis"], o["agreement"]).items():
+                z.writestr(f"{key}.csv", analysis.to_csv(header, rows))
+        os.replace(tmp, base + ".zip")
+        return base + ".zip"
+
     def delete_collection(self, coll_id: str) -> None:
         self.collections.delete(coll_id)
 
     def export_collection(self, coll_id: str) -> str:
         """The whole collection as one .zip in the downloads folder."""
         return self.collections.export(coll_id, out_dir=self.downloads_dir())
+
+
+def collection_summary(rec: dict, an: dict, agree, class_name=str) -> str:
+    """The collection in a few lines of Markdown: what was asked, status, and the headline numbers."""
+    items = rec.get("items", [])
+    done = sum(it.get("status") == coll.DONE for it in items)
+    c, p, conc = an["coverage"], an["pairs"], an["concentration"]
+    g, k = an["count"], max(an["sizes"]) if an["sizes"] else 0
+    lines = [f"**Collection** `{rec['id']}`: {describe_asked(rec, class_name)}; {done} of {len(items)} items "
+             f"attributed ({rec.get('status')}); top-k = {k}.",
+             f"Its {g} top-k sets cover **{c['distinct'][-1]}** distinct training images of {an['n_items']} "
+             f"(G·k = {c['bound'][-1]}; random sets: {c['random_mean'][-1]:.1f}, 95 % within "
+             f"{c['random_lo'][-1]:.0f}–{c['random_hi'][-1]:.0f})."]
+    if p["mean"] is not None:
+        lines.append(f"Mean pairwise overlap **{p['mean']:.3f}** (random: {p['random_mean']:.3f}); same class "
+                     + (f"{p['within']['mean']:.3f} over {p['within']['n']} pairs" if p["within"]["n"] else "—")
+                     + ", different classes "
+                     + (f"{p['across']['mean']:.3f} over {p['across']['n']} pairs" if p["across"]["n"] else "—") + ".")
+    t1 = conc.get("top 1 %")
+    if t1:
+        lines.append(f"The top 1 % of training images take **{t1['observed']:.0%}** of the top-k slots (random: "
+                     f"{t1['random_mean']:.0%}); Gini {conc['gini']['observed']:.2f} (random {conc['gini']['random_mean']:.2f}).")
+    if agree is not None:
+        lines.append("Mean overlap@k with MUCS: " + ", ".join(
+            f"{m['label']} {m['mean']:.2f} ± {m['std']:.2f}" for m in agree["methods"] if m["method"] != "mucs") + ".")
+    failed = [it for it in items if it.get("status") == coll.FAILED]
+    if failed:
+        lines.append("⚠️ Failed: " + "; ".join(f"{it['name']}: {it.get('error')}" for it in failed[:3]))
+    return "  \n".join(lines)
+
+
+def _safe(coll_id: str) -> str:
+    return str(coll_id).replace(":", "-").replace("/", "-")
+
+
+def _plain(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 def _asked(items) -> dict:

@@ -390,3 +390,27 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def load_members(folder: str) -> tuple:
+    """(record, [(item name, Attribution)]) of a collection folder: its saved items, in order."""
+    from ..method.attribute import Attribution
+    record = load_record(folder)
+    out = []
+    for it in record["items"]:
+        p = os.path.join(folder, it.get("name", ""))
+        if it.get("status") == DONE and is_run(p):
+            try:
+                out.append((it["name"], Attribution.load(p)))
+            except Exception as e:      # a damaged run: said once, the rest analysed
+                raise MucsError(f"run {it['name']} of the collection cannot be read: {type(e).__name__}: {e}") from None
+    return record, out
+
+
+def short_name(item: dict, class_name=None) -> str:
+    """A generation's short name for figures: 'Dress s3' (class and seed) or the file stem."""
+    cls = item.get("class_name") or (class_name(item["label"]) if class_name and item.get("label") is not None else "")
+    if item.get("kind") == "generated":
+        return f"{cls} s{item.get('seed')}".strip()
+    stem = os.path.splitext(os.path.basename(str(item.get("file") or item.get("name"))))[0]
+    return f"{stem}" + (f" ({cls})" if cls else "")

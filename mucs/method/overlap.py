@@ -1,5 +1,8 @@
 """Overlap of influential images across queries: |A ∩ B| / min(|A|, |B|), its pairwise matrix,
-what random top-k sets would give, and the images that recur most."""
+what random top-k sets would give, and the images that recur most; for a collection of G top-k
+sets, how many distinct images they cover (against random sets), how concentrated the top-k slots
+are (top 1 % / 10 % share, Gini), overlaps within and across groups, a clustering order, a 2-D map
+(classical MDS) and the agreement of several methods over the same queries."""
 import math
 from collections import Counter
 from typing import Sequence
