@@ -9,7 +9,7 @@ Every callback calls the library (mucs.explorer: state, why, compare, report); h
 (sampling, attribution, replaying an unlearning) shares one queue slot; a heavy request that runs
 longer than --max-request-seconds (default 900) is stopped, and an attribution shows a job id that
 any client can cancel it by (`/cancel` with that id). Runs are stored in --runs (default runs/ in the
-repository, or $MUCS_RUNS_DIR). HTTP API (README, "HTTP API"): /attribute takes (label, settings), settings
+repository, or $MUCS_RUNS_DIR). HTTP API (docs/api.md): /attribute takes (label, settings), settings
 being one dict of mucs.Settings fields; the page's settings widgets (SETTING_WIDGETS) fill in that dict.
 """
 import argparse
@@ -143,6 +143,7 @@ def plot_row(hint: str, *plots_spec) -> list:
 def build(ex: Explorer) -> gr.Blocks:
     s = ex.settings
     conditional = ex.model.num_classes is not None
+    text_model = ex.text       # a text-conditional model: prompts instead of classes
     choices = ex.class_choices()
     n_train = len(ex.data)
 
@@ -152,13 +153,16 @@ def build(ex: Explorer) -> gr.Blocks:
         info = f"Query: {q.meta.get('kind')}" + (f" ({note})" if note else "")
         if conv:
             info += f"  \nConversions: {conv}"
-        return q, upscale(q.image, 192), info, gr.update(value=q.label)
+        return q, upscale(q.image, 192), info, gr.update(value=q.label), gr.update(value=q.prompt or "")
 
     @user_errors
-    def on_generate(label, seed, count, steps, request: gr.Request, progress=gr.Progress()):
+    def on_generate(label, seed, count, steps, prompt="", guidance_scale=None, negative_prompt="",
+                    request: gr.Request = None, progress=gr.Progress()):
+        """Sample `count` images from consecutive seeds; a text model's from `prompt` (with guidance)."""
         with ex.job(_session(request)) as job:
             qs = ex.generate(label, seed, count, steps, progress=lambda ev: progress(ev.fraction, desc=ev.stage),
-                             cancel=job.event)
+                             cancel=job.event, prompt=prompt, guidance_scale=guidance_scale,
+                             negative_prompt=negative_prompt)
         gallery = [(upscale(q.image), f"seed {q.meta['seed']}") for q in qs]
         return (qs, gallery) + show_query(qs[0], f"seed {qs[0].meta['seed']}")
 
@@ -174,7 +178,7 @@ def build(ex: Explorer) -> gr.Blocks:
         q = ex.upload(path)
         if q.meta["conversions"]:
             gr.Warning("The image was converted: " + "; ".join(q.meta["conversions"]))
-        note = q.meta["file"] + (" — choose its class" if conditional else "")
+        note = q.meta["file"] + (" — choose its class" if conditional else " — type its prompt" if text_model else "")
         return show_query(q, note)
 
     def on_upload_refused():
@@ -201,9 +205,15 @@ def build(ex: Explorer) -> gr.Blocks:
         box is left out: the model's recommended value)."""
         return {k: v for k, v in zip(setting_keys(), values) if v is not None}
 
+    def on_query_prompt(q, prompt):
+        """Set the prompt a text model's query is attributed with (its own caption until changed);
+        its own endpoint so that /attribute keeps taking (label, settings)."""
+        return ex.with_prompt(q, prompt)
+
     @user_errors
     def on_attribute(q, label, settings=None, request: gr.Request = None, progress=gr.Progress()):
-        """Attribute the session's query (made by /generate, /upload or /use_training) as class `label`;
+        """Attribute the session's query (made by /generate, /upload or /use_training) as class `label`
+        (a text model: with the query's prompt, its own caption or the one set by /query_prompt);
         `settings` is a dict of mucs.Settings overrides by field name (missing: the model's
         recommended value; an unknown or wrong one: an error, nothing run). Streams the stage, then the
         results; the first update carries the job id that /cancel takes."""
@@ -211,7 +221,7 @@ def build(ex: Explorer) -> gr.Blocks:
         q = ex.with_label(q, label)
         with ex.job(_session(request)) as job:
             # the job id first: any client can cancel this attribution with /cancel and this id
-            yield {status: f"**starting**: job `{job.id}`", job_box: job.id}
+            yield {status: f"**starting**: job `{job.id}` · {ex.estimate_text(st)}", job_box: job.id}
             for u in ex.attribute_stream(q, st, job.event):
                 frac = u.overall.fraction if u.overall is not None else u.fraction
                 progress(frac, desc=u.overall.text() if u.overall is not None else u.stage)
@@ -365,10 +375,17 @@ def build(ex: Explorer) -> gr.Blocks:
                             with gr.Row():
                                 gen_class = gr.Dropdown(choices, value=choices[0][1] if choices else None,
                                                         label="Class", visible=conditional, elem_id="gen-class")
+                                gen_prompt = gr.Textbox(ex.data.caption(0) if text_model else "", label="Prompt",
+                                                        visible=text_model, elem_id="gen-prompt", max_lines=2, scale=3)
                                 gen_seed = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
                                 gen_count = gr.Slider(1, 16, value=4, step=1, label="Images", elem_id="gen-count")
-                                gen_steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)",
+                                gen_steps = gr.Slider(1, 1000, value=50, step=1, label="Sampler steps (DDIM)",
                                                       elem_id="gen-steps")
+                            with gr.Row(visible=text_model):
+                                gen_guidance = gr.Slider(1, 20, value=ex.default_guidance(), step=0.5,
+                                                         label="Guidance scale (1 = none)", elem_id="gen-guidance")
+                                gen_negative = gr.Textbox("", label="Negative prompt (the unconditional branch)",
+                                                          elem_id="gen-negative", max_lines=1)
                             gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             gen_gallery = gr.Gallery(label="Generated (click one to make it the query)", columns=8,
                                                      height=220, format="png", object_fit="contain",
@@ -388,6 +405,9 @@ def build(ex: Explorer) -> gr.Blocks:
                                                  elem_id="query-info")
                         query_class = gr.Dropdown(choices, value=None, label="Query class", visible=conditional,
                                                   elem_id="query-class")
+                        query_prompt = gr.Textbox("", label="Query prompt (the caption it was made with, or the one "
+                                                  "to ask about)", visible=text_model, elem_id="query-prompt",
+                                                  max_lines=2)
                 with gr.Accordion("Settings", open=False, elem_id="settings"):
                     setting_widgets = []
                     for row in SETTING_WIDGETS:
@@ -495,20 +515,23 @@ def build(ex: Explorer) -> gr.Blocks:
                 coll_panel = collections_panel(ex)
             batch_tab = build_batch_tab(ex)
 
-        query_outputs = [query_state, query_image, query_info, query_class]
+        query_outputs = [query_state, query_image, query_info, query_class, query_prompt]
         result_components = [run_box, summary, results_empty, result_query, top_gallery, neighbour_gallery, hist_plot,
                              scatter_plot, curve_plot, class_plot, why_text, why_plot, why_hist, why_neighbours,
                              methods_text, methods_html, methods_plot]
         history_components = [history, run_select, overlap_select]
         why_components = [why_index, why_text, why_plot, why_hist, why_neighbours]
 
-        gen_ev = gen_btn.click(on_generate, [gen_class, gen_seed, gen_count, gen_steps],
+        gen_ev = gen_btn.click(on_generate, [gen_class, gen_seed, gen_count, gen_steps, gen_prompt, gen_guidance,
+                                             gen_negative],
                                [gen_state, gen_gallery] + query_outputs, api_name="generate",
                                concurrency_id=HEAVY, concurrency_limit=1)
         gen_gallery.select(on_pick_generated, [gen_state], query_outputs, api_name="pick_generated")
         upload.upload(on_upload, [upload], query_outputs, api_name="upload", show_progress="hidden").failure(
             on_upload_refused, None, [upload], api_name="clear_upload", queue=False)
         train_btn.click(on_training, [train_index], query_outputs, api_name="use_training")
+        query_prompt.change(on_query_prompt, [query_state, query_prompt], [query_state], api_name="query_prompt",
+                            queue=False, show_progress="hidden")
         attr_ev = attr_btn.click(on_settings, setting_widgets, [settings_box], api_name="page_settings",
                                  api_visibility="private", queue=False, show_progress="hidden").success(
             on_attribute, [query_state, query_class, settings_box],
@@ -759,9 +782,20 @@ def parse_args(argv=None):
     p.add_argument("--settings", default=None,
                    help="MUCS setting overrides as a JSON object or a path to a JSON file, e.g. "
                         "'{\"noises\": 16, \"max_steps\": 40}' (default: the model's recommended settings)")
-    p.add_argument("--fast", action="store_true",
-                   help="serve the fast settings profile (half the unlearning batch at twice the lr, screened "
-                        "scoring; README, Speed) instead of the recommended one; --settings applies on top")
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument("--fast", action="store_true",
+                         help="serve the fast settings profile (half the unlearning batch at twice the lr, screened "
+                              "scoring; docs/benchmarks.md) instead of the recommended one; --settings applies on top")
+    profile.add_argument("--paper-settings", action="store_true",
+                         help="serve the paper's settings (mucs.Settings()) instead of the model's recommended ones")
+    p.add_argument("--train-lr", type=float, default=None,
+                   help="the model's training learning rate when its folder records none (unlearning: it ÷ lr_factor)")
+    p.add_argument("--cache-dir", default=None, help="where L_o, L_null and other caches are written "
+                                                      "(default: $MUCS_CACHE_DIR or ~/.cache/mucs)")
+    p.add_argument("--image-column", default=None,
+                   help="image column of a Hugging Face dataset (default: the first Image feature)")
+    p.add_argument("--label-column", default=None,
+                   help="label column of a Hugging Face dataset (default: a ClassLabel feature)")
     p.add_argument("--runs", default=None, help="run history folder (default: $MUCS_RUNS_DIR or runs/ in the repo)")
     p.add_argument("--examples", default="default",
                    help="folder of read-only example runs (default: assets/examples; '' for none)")
@@ -771,6 +805,11 @@ def parse_args(argv=None):
                         f"(default {MAX_REQUEST_SECONDS:g}); it frees the one heavy slot")
     p.add_argument("--max-steps-limit", type=int, default=MAX_STEPS_LIMIT,
                    help=f"the largest unlearning step cap a user may ask for (default {MAX_STEPS_LIMIT})")
+    p.add_argument("--lora", default=None, help="a LoRA adapter on --model (folder or .safetensors)")
+    p.add_argument("--caption-column", default=None,
+                   help="captions of a Hugging Face dataset or an image folder's metadata file (default: text/caption/prompt)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="serve a model that does not look trained on --data (research on untrained networks only)")
     a = p.parse_args(argv)
     if not 0 < a.max_request_seconds < float("inf"):
         p.error(f"--max-request-seconds must be a positive number, got {a.max_request_seconds}")
@@ -808,13 +847,85 @@ def load_overrides(text):
     return check_settings_dict(d.get("settings", d), what="--settings")
 
 
+# What the login page itself needs (GET/HEAD), and the login: every other route answers 401 until the
+# client has logged in (LoginWall). Gradio protects only some of its routes (not /gradio_api/cancel,
+# /reset, /heartbeat, /app_id, /user, /token, /runs, /startup-events, ...), so the wall stands in front
+# of all of them, including routes a later Gradio adds.
+PUBLIC_EXACT = {"/", "/login", "/login/", "/favicon.ico", "/manifest.json", "/robots.txt", "/theme.css",
+                "/gradio_api/theme.css", "/config", "/config/", "/pwa_icon"}
+PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
+
+
+class LoginWall:
+    """ASGI middleware: with --auth, every HTTP and websocket request but the login page's (PUBLIC_*)
+    needs the session cookie that POST /login sets. Also refuses `file=` paths to hidden entries
+    (staging folders, the marker) of the run folders `roots`."""
+
+    def __init__(self, app, roots=()):
+        self.app, self.roots = app, [os.path.realpath(r) for r in roots if r]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            path = scope.get("path", "")
+            refusal = None
+            if not self._logged_in(scope) and not self._public(scope, path):
+                refusal = (401, "Not authenticated")
+            elif self._hidden_file(path):
+                refusal = (404, "File not found")
+            if refusal is not None:
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                from starlette.responses import JSONResponse
+                return await JSONResponse({"detail": refusal[1]}, status_code=refusal[0])(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    def _public(scope, path: str) -> bool:
+        if scope["type"] != "http":
+            return False
+        if path == "/gradio_api/startup-events":   # Gradio's own call at launch: open until it has run once
+            return getattr(scope.get("app"), "startup_events_triggered", True) is False
+        return (path in PUBLIC_EXACT or path.startswith(PUBLIC_PREFIXES)) and (
+            scope.get("method") in ("GET", "HEAD") or path in ("/login", "/login/"))
+
+    @staticmethod
+    def _logged_in(scope) -> bool:
+        app = scope.get("app")
+        if app is None or (getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None):
+            return True   # no --auth: nothing to check
+        from http.cookies import CookieError, SimpleCookie
+        cookies = SimpleCookie()
+        for name, value in scope.get("headers", ()):
+            if name == b"cookie":
+                try:
+                    cookies.load(value.decode("latin-1"))
+                except CookieError:
+                    return False
+        cid = getattr(app, "cookie_id", "")
+        tokens = getattr(app, "tokens", {})
+        return any(c in cookies and tokens.get(cookies[c].value) is not None
+                   for c in (f"access-token-{cid}", f"access-token-unsecure-{cid}"))
+
+    def _hidden_file(self, path: str) -> bool:
+        for route in ("/gradio_api/file=", "/gradio_api/file/", "/file="):
+            if path.startswith(route):
+                target = os.path.realpath(path[len(route):])
+                for root in self.roots:
+                    if target.startswith(root + os.sep):
+                        return any(part.startswith(".") for part in os.path.relpath(target, root).split(os.sep))
+        return False
+
+
 def launch(demo, ex, host="127.0.0.1", port=7860, auth=None, **kwargs):
-    """Queue and serve `demo` with the app's options (local fonts, upload size limit, history paths)."""
+    """Queue and serve `demo` with the app's options (local fonts, upload size limit, history paths,
+    every route behind the login: LoginWall)."""
+    from starlette.middleware import Middleware
     demo.queue(default_concurrency_limit=4)
     allowed = [ex.store.root] + ([ex.store.examples] if ex.store.examples else [])
     return demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=MAX_IMAGE_BYTES, theme=theme(),
                        css=CSS, allowed_paths=allowed, footer_links=["api", "settings"], show_error=True,
-                       ssr_mode=False, mcp_server=False, share=False, **kwargs)
+                       ssr_mode=False, mcp_server=False, share=False,
+                       app_kwargs={"middleware": [Middleware(LoginWall, roots=allowed)]}, **kwargs)
 
 
 def main(argv=None):
@@ -824,7 +935,11 @@ def main(argv=None):
         _check_device(a.device)
         ex = Explorer(a.model, a.data, load_overrides(a.settings), runs_dir=a.runs,
                       examples_dir=a.examples or None, device=a.device, max_request_seconds=a.max_request_seconds,
-                      max_steps_limit=a.max_steps_limit, profile="fast" if a.fast else "recommended")
+                      max_steps_limit=a.max_steps_limit,
+                      profile="fast" if a.fast else "paper" if a.paper_settings else "recommended",
+                      lora=a.lora, caption_column=a.caption_column, allow_untrained=a.allow_untrained,
+                      train_lr=a.train_lr, cache_dir=a.cache_dir, image_column=a.image_column,
+                      label_column=a.label_column)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

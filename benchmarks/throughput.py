@@ -43,10 +43,11 @@ def peak_rate(model, batches=(128, 256, 512, 1024), seconds=3.0) -> tuple:
         x = torch.randn(b, C, S, S, device=dev)
         t = torch.randint(0, 1000, (b,), device=dev)
         y = torch.randint(0, model.num_classes, (b,), device=dev) if model.num_classes else None
-        model.unet(x, t, class_labels=y)            # warm-up
+        cond = model.label_cond(y)
+        model.predict(model.unet, x, t, cond)            # warm-up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            model.unet(x, t, class_labels=y)
+            model.predict(model.unet, x, t, cond)
             n += b
         rate = n / (time.perf_counter() - t0)
         print(f"  bare forward, batch {b:5d}: {rate:8.0f} forwards/s", flush=True)
@@ -106,11 +107,12 @@ def bare_step_seconds(model, data, B, steps=10) -> float:
     x0, y = data.tensor(idx), data.label_tensor(idx)
     t = torch.randint(0, 1000, (2 * B,))
     eps = torch.randn_like(x0)
-    per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps).mean().backward()
+    predict, cond = model.predictor(unet), model.label_cond(y)
+    per_item_loss(predict, ac, model.prediction_type, x0, cond, t, eps).mean().backward()
     t0 = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad()
-        per_item_loss(unet, ac, model.prediction_type, x0, y, t, eps).mean().backward()
+        per_item_loss(predict, ac, model.prediction_type, x0, cond, t, eps).mean().backward()
         opt.step()
     return (time.perf_counter() - t0) / steps
 

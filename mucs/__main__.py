@@ -10,7 +10,10 @@ import sys
 
 from .errors import MucsError
 
-FORCE_HELP = "replace an existing --out even when it was not written by mucs (never an input of this command)"
+FORCE_HELP = ("also write into an existing --out folder that mucs did not make, beside its files: they are all kept "
+              "(without --force such a folder is refused). Never needed for a new or empty folder or an earlier "
+              "%s folder (only the files mucs wrote there are replaced; files you added are kept); never "
+              "allowed for a folder that is, holds or lies inside an input")
 
 
 def _check_device(name):
@@ -36,12 +39,6 @@ def _check_numbers(a):
             check_seed(v, flag)
 
 
-def _force_adopt(a, kind):
-    """--force: mark a foreign --out folder as ours right before the swap replaces it."""
-    from .cache import adopt_dir
-    return bool(getattr(a, "force", False)) and adopt_dir(a.out, kind)
-
-
 def _add_model_args(p, data=True):
     from .defaults import DEFAULT_MODEL
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -64,7 +61,7 @@ def _resolve_data(a):
 
 
 def cmd_train(a):
-    from .cache import check_out_dir
+    from .cache import check_out_dir, default_cache_dir
     from .sources.data import load_dataset
     from .progress import TextBar
     from .sources.train import TrainOptions, train
@@ -80,7 +77,7 @@ def cmd_train(a):
     opts.validate()
     if a.size is not None and a.size < 1:
         raise MucsError(f"--size must be ≥ 1, got {a.size}")
-    check_out_dir(a.out, "model", force=a.force, protect=[a.data])
+    check_out_dir(a.out, "model", force=a.force, protect=[a.data], inside=[default_cache_dir()])
     data = load_dataset(a.data)
     if a.size and a.size != data.size:
         raise MucsError(f"--size {a.size} does not match the dataset's {data.size}x{data.size} images")
@@ -94,7 +91,8 @@ def cmd_train(a):
 
 def cmd_generate(a):
     from .cache import check_out_file
-    from .sources.generate import check_steps, generate, is_generated_png, save_generated_png
+    from .sources.generate import (check_guidance, check_steps, default_guidance, generate, is_generated_png,
+                                   save_generated_png)
     from .sources.models import load_model
     from .progress import TextBar
     _check_device(a.device)
@@ -102,15 +100,23 @@ def cmd_generate(a):
     if not a.out.lower().endswith(".png"):
         raise MucsError("--out must be a .png file")
     # an existing --out is replaced only when it is a PNG that generate wrote (or with --force)
-    check_out_file(a.out, force=a.force, ours=is_generated_png, protect=[a.model])
-    model = load_model(a.model, a.device)
-    label = model.check_label(a.label)
+    check_out_file(a.out, force=a.force, ours=is_generated_png, protect=[a.model, a.lora])
+    if a.guidance_scale is not None:
+        check_guidance(a.guidance_scale)
+    model = load_model(a.model, a.device, lora=a.lora)
+    label, prompt = model.check_label(a.label), model.check_prompt(a.prompt)
     check_steps(a.steps, model.scheduler.config.num_train_timesteps)
+    guidance = default_guidance(model) if a.guidance_scale is None else a.guidance_scale
     bar = TextBar()
-    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar)[0]
+    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar,
+                   prompts=None if prompt is None else [prompt], guidance_scale=guidance,
+                   negative_prompt=a.negative_prompt)[0]
     bar.close()
-    save_generated_png(img, a.out, dict(label=label, seed=a.seed, steps=a.steps))
-    print(f"wrote {a.out} (label={label}, seed={a.seed}, steps={a.steps})")
+    info = dict(label=label, seed=a.seed, steps=a.steps)
+    if prompt is not None:
+        info.update(prompt=prompt, guidance_scale=guidance, negative_prompt=a.negative_prompt)
+    save_generated_png(img, a.out, info)
+    print(f"wrote {a.out} (" + ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in info.items()) + ")")
 
 
 def _list_classes(a):
@@ -118,9 +124,23 @@ def _list_classes(a):
     given, else from the model's mucs_train.json), then stop."""
     from .sources.data import load_dataset
     from .sources.models import class_names_for, load_model
-    model = load_model(a.model, a.device or "cpu", train_lr=a.train_lr)
+    model = load_model(a.model, a.device or "cpu", train_lr=a.train_lr, lora=a.lora)
     data_path = a.data or (_resolve_data(a) if os.path.abspath(a.model) == _default_model() else None)
-    data = load_dataset(data_path, image_column=a.image_column, label_column=a.label_column) if data_path else None
+    data = load_dataset(data_path, image_column=a.image_column, label_column=a.label_column,
+                        caption_column=a.caption_column) if data_path else None
+    if model.conditioning == "text":
+        from .sources.captions import caption_preview
+        print("the model is text-conditional: attribute with --prompt (the caption the image was made with)")
+        if data is None:
+            print("(pass --data to see the training captions)")
+            return
+        if data.captions is None:
+            raise MucsError("the model is text-conditional but the dataset has no captions (--caption-column)")
+        distinct = len(set(data.captions))
+        print(f"{len(data.captions)} training captions, {distinct} distinct; the most frequent:")
+        for caption, count in caption_preview(data.captions):
+            print(f"  {count:>6}  {caption}")
+        return
     names = class_names_for(model, data)
     if names is None:
         print("the model is unconditional: it has no classes (attribute without --label)")
@@ -156,45 +176,56 @@ def cmd_attribute(a):
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
     if a.paper_settings and a.fast:
         raise MucsError("--fast and --paper-settings are two different starting points: pass one")
-    images, labels = list(a.image), list(a.label or [])
+    images, labels, prompts = list(a.image), list(a.label or []), list(a.prompt or [])
     if len(labels) > 1 and len(labels) != len(images):
         raise MucsError(f"give one --label for every --image ({len(images)}), or a single one for all of them")
+    if len(prompts) > 1 and len(prompts) != len(images):
+        raise MucsError(f"give one --prompt for every --image ({len(images)}), or a single one for all of them")
     labels = labels * len(images) if len(labels) == 1 else (labels or [None] * len(images))
+    prompts = prompts * len(images) if len(prompts) == 1 else (prompts or [None] * len(images))
     cache_dir = a.cache_dir or cache_dir_for(a.model)
-    runs_root = None if a.out else os.path.abspath(a.runs or default_runs_dir())
+    runs_root = "" if a.out else os.path.abspath(a.runs or default_runs_dir())   # "": unused with --out
     outs = _query_outs(a.out, images)
     # before anything is loaded or computed: every --out must be new, empty or an earlier run (or
     # --force), never one of this command's inputs; the cache and runs folders must be writable
     for out in outs if a.out else ():
-        check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir] + images)
+        check_out_dir(out, "run", force=a.force, protect=[a.model, a.data, cache_dir, a.lora] + images,
+                      exact=[default_runs_dir()])
     if not a.out:
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     from .method.distributed import device_for_rank
-    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
+    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
     labels = [model.check_label(lab) for lab in labels]
-    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
+    prompts = [model.check_prompt(p if p is not None else _png_prompt(im, model)) for p, im in zip(prompts, images)]
+    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
+                        caption_column=a.caption_column)
     data.check_matches(model)
     queries = [load_query_image(im, model.channels, model.size) for im in images]   # every one read before any work
     profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
     base = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile)
     s = base.replace(**overrides)
     s.validate()
+    from .method.unlearn import frozen_names
     names = [n for n, _ in model.unet.named_parameters()]
-    if not [n for n in names if not any(p in n for p in s.frozen)]:
-        raise MucsError(f"--frozen {','.join(s.frozen)} matches all {len(names)} parameters: nothing is left to unlearn")
+    if len(frozen_names(model.unet, s.frozen, model.trainable_names(s.unlearn_params))) == len(names):
+        raise MucsError(f"--frozen {','.join(s.frozen)} (with --unlearn-params {s.unlearn_params}) matches all "
+                        f"{len(names)} parameters: nothing is left to unlearn")
     if s.top_k > len(data):
         raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
     from .method.distributed import init_from_env
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
     # one Attributor for every query: the noise set, L_o and L_null are computed (or read) once
-    attributor = Attributor(model, data, s, cache_dir=cache_dir)
+    attributor = Attributor(model, data, s, cache_dir=cache_dir, allow_untrained=a.allow_untrained)
     class_names = class_names_for(model, data)
-    for n, (image, query, label, out) in enumerate(zip(images, queries, labels, outs)):
+    if group is None or group.rank == 0:   # before a long run: which settings, and how long it should take
+        print(f"{profile} settings (K={s.noises}, B={s.batch_size}, step cap {s.max_steps}); per query "
+              f"{attributor.estimate(s).text()}", file=sys.stderr)
+    for n, (image, query, label, prompt, out) in enumerate(zip(images, queries, labels, prompts, outs)):
         if len(images) > 1 and (group is None or group.rank == 0):
             print(f"query {n + 1}/{len(images)}: {image}")
         bar = TextBar() if group is None or group.rank == 0 else None
-        res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image))
+        res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image), prompt=prompt)
         if bar is not None:
             bar.close()
         if group is None or group.rank == 0:   # rank 0 writes the runs
@@ -229,10 +260,14 @@ def _attribute_collection(a, overrides):
         check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
         os.makedirs(runs_root, exist_ok=True)
         out = os.path.join(runs_root, coll.new_id())
-    check_out_dir(out, coll.KIND, force=a.force, what="--out", protect=[a.model, a.data, cache_dir, a.images] + files)
+    check_out_dir(out, coll.KIND, force=a.force, what="--out", protect=[a.model, a.data, cache_dir, a.lora, a.images] + files)
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
-    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr)
-    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column)
+    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
+    if model.conditioning == "text":
+        raise MucsError("--seeds and --images take class-conditional or unconditional models for now; for a text "
+                        "model attribute its images with --image FILE ... --prompt")
+    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
+                        caption_column=a.caption_column)
     data.check_matches(model)
     if seeds:
         from .sources.generate import check_steps
@@ -252,7 +287,8 @@ def _attribute_collection(a, overrides):
         raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
     group = init_from_env()
     lead = group is None or group.rank == 0
-    attributor = Attributor(model, data, s, cache_dir=cache_dir)   # one for every item: noise set, L_o, L_null once
+    # one Attributor for every item: the noise set, L_o and L_null are computed once
+    attributor = Attributor(model, data, s, cache_dir=cache_dir, allow_untrained=a.allow_untrained)
     attributor.check_memory(s)
     class_names = class_names_for(model, data)
     cid = os.path.basename(out)
@@ -297,6 +333,15 @@ def _attribute_collection(a, overrides):
                 print(f"warning: {it['name']} failed: {it.get('error')}")
         print(f"collection saved: {out}  (report: mucs report {out}; the app lists it with: "
               f"python app.py --runs {os.path.dirname(out)})")
+
+
+def _png_prompt(path, model):
+    """A text model's query made by `mucs generate` keeps its prompt (the PNG's mucs chunk): used when
+    no --prompt is given."""
+    if model.conditioning != "text":
+        return None
+    from .sources.generate import generated_info
+    return (generated_info(path) or {}).get("prompt")
 
 
 def _query_outs(out, images) -> list:
@@ -361,12 +406,17 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps")
     p.add_argument("--size", type=int, default=None, help="check that the data has this resolution")
     p.add_argument("--device", default=None)
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP % "model")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("generate", help="sample one image; the same seed gives the same image")
     _add_model_args(p, data=False)
-    p.add_argument("--label", type=int, default=None)
+    p.add_argument("--label", type=int, default=None, help="the class (class-conditional models)")
+    p.add_argument("--prompt", default=None, help="the caption to sample from (text-conditional models)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale, 1..50 (default: the model's recorded one, else its pipeline's)")
+    p.add_argument("--negative-prompt", default="", help="the unconditional branch of guidance (default: empty)")
+    p.add_argument("--lora", default=None, help="a LoRA adapter for the model (folder or .safetensors)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000")
     p.add_argument("--out", required=True, help="a new .png file, or one that generate wrote before")
@@ -388,34 +438,48 @@ def build_parser():
     p.add_argument("--label", type=int, nargs="+", default=None,
                    help="the query's class (class-conditional models; see --list-classes); with several --image, "
                         "one per image or one for all; with --seeds, each class × each seed")
-    p.add_argument("--list-classes", action="store_true", help="print the class index and name of every class, then exit")
+    p.add_argument("--prompt", nargs="+", default=None,
+                   help="the query's caption (text-conditional models; an image made by `mucs generate` keeps its own); "
+                        "with several --image, one per image or one for all")
+    p.add_argument("--list-classes", action="store_true",
+                   help="print the class index and name of every class (a text model: its most frequent training "
+                        "captions), then exit")
+    p.add_argument("--lora", default=None,
+                   help="a LoRA adapter on --model (a folder with pytorch_lora_weights.safetensors, or the file): by "
+                        "default unlearning updates only the adapter (see --unlearn-params)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="score a network that does not look trained on --data (its loss near L_null): research only")
     p.add_argument("--paper-settings", action="store_true",
                    help="start from the paper's defaults, ignoring the model folder's mucs_settings.json")
     p.add_argument("--fast", action="store_true",
                    help="start from the fast profile: the recommended settings with half the unlearning batch at "
-                        "twice the lr and screened scoring (README, Speed: how far its top-k moves)")
+                        "twice the lr and screened scoring (docs/benchmarks.md: how far its top-k moves)")
     p.add_argument("--train-lr", type=float, default=None,
                    help="the model's training learning rate, when its folder has no mucs_train.json (or to override it)")
     p.add_argument("--image-column", default=None, help="Hugging Face dataset: image column (default: the first Image feature)")
     p.add_argument("--label-column", default=None, help="Hugging Face dataset: label column (default: a ClassLabel feature)")
+    p.add_argument("--caption-column", default=None,
+                   help="captions of a Hugging Face dataset or an image folder's metadata.jsonl/.csv (default: a column "
+                        "named text, caption or prompt)")
     p.add_argument("--cache-dir", default=None,
                    help="where L_o and L_null caches are written (default $MUCS_CACHE_DIR, else ~/.cache/mucs)")
     p.add_argument("--out", default=None,
-                   help="write the run into this folder (new, empty, or an earlier run's: replaced); with several "
+                   help="write the run into this folder (new, empty, or an earlier run's: its run files replaced, "
+                        "files you added kept; any other folder only with --force); with several "
                         "--image, one run per image in subfolders named after them; with --images or --seeds, the "
-                        "collection's folder (new, empty, or an earlier collection's: replaced); default: a new run "
+                        "collection's folder (new, empty, or an earlier collection's); default: a new run "
                         "(or collection) in the runs folder")
     p.add_argument("--runs", default=None,
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP % "run")
     add_cli_options(p)   # one option per mucs.Settings field, plus --settings JSON
     p.set_defaults(fn=cmd_attribute)
 
     try:  # the counterfactual evaluation lives in its own module
         from .evaluation.cli import add_parser as add_evaluate_parser
     except ImportError:
-        add_evaluate_parser = None
+        add_evaluate_parser = None   # type: ignore[assignment]
     if add_evaluate_parser is not None:
         add_evaluate_parser(sub)
         ev = sub.choices.get("evaluate")

@@ -65,8 +65,42 @@ def _drop_stale_file_temps(folder: str, base: str) -> None:
 
 
 # --- which folders are ours ------------------------------------------------------------------------
-def marker_bytes(kind: str) -> bytes:
-    return json.dumps({"mucs": kind, "version": 1}, allow_nan=False).encode()
+# What each kind of folder holds when this project writes it: the manifest of a marker written before
+# markers listed their files (or of a run/model from before the marker existed).
+KIND_FILES = {"run": ("result.json", "scores.csv", "losses.npz", "query.png", "meta.json"),
+              "model": ("unet", "scheduler", "model_index.json", "mucs_train.json")}
+KEEP = "keep.json"        # in an .old-<name>-* folder: the entries of the old folder to carry into the new one
+
+
+def marker_bytes(kind: str, files: Iterable[str] = ()) -> bytes:
+    """The `.mucs` marker: the folder's kind and the manifest of the entries this project wrote in it."""
+    names = sorted(set(files) - {MARKER})
+    return json.dumps({"mucs": kind, "version": 2, "files": names}, allow_nan=False).encode()
+
+
+def write_marker(folder: str, kind: str) -> None:
+    """Record in `folder` that it is a `kind` folder whose present entries were all written by us."""
+    with open(os.path.join(folder, MARKER), "wb") as f:
+        f.write(marker_bytes(kind, os.listdir(folder)))
+
+
+def write_tree(folder: str, files: dict, kind: Optional[str] = None) -> None:
+    """Write {name: bytes} into the new folder `folder` (plus the marker of `kind`)."""
+    os.makedirs(folder, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    if kind:
+        write_marker(folder, kind)
+
+
+def _read_marker(path: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(path, MARKER)) as f:
+            m = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("mucs"), str) and m["mucs"] else None
 
 
 def folder_kind(path: str) -> Optional[str]:
@@ -83,13 +117,9 @@ def folder_kind(path: str) -> Optional[str]:
     if not names:
         return "empty"
     if MARKER in names:
-        try:
-            with open(os.path.join(path, MARKER)) as f:
-                kind = json.load(f).get("mucs")
-            if isinstance(kind, str) and kind:
-                return kind
-        except (OSError, ValueError, AttributeError):
-            pass
+        m = _read_marker(path)
+        if m is not None:
+            return m["mucs"]
     isfile = lambda n: os.path.isfile(os.path.join(path, n))   # noqa: E731
     if all(isfile(n) for n in ("result.json", "scores.csv", "losses.npz")):
         return "run"
@@ -98,77 +128,112 @@ def folder_kind(path: str) -> Optional[str]:
     return None
 
 
+def written_by_us(path: str, kind: str) -> set:
+    """The entries of the `kind` folder `path` that this project wrote: its marker's manifest (the
+    kind's usual files for a folder from before manifests), and the marker itself."""
+    m = _read_marker(path) if os.path.lexists(os.path.join(path, MARKER)) else None
+    files = m.get("files") if m is not None and m.get("mucs") == kind else None
+    if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        files = KIND_FILES.get(kind, ())
+    return set(files) | ({MARKER} if m is not None else set())
+
+
 def _same_or_inside(a: str, b: str) -> bool:
     """True when path `a` is `b` or lies inside it (after resolving links)."""
     a, b = os.path.realpath(a), os.path.realpath(b)
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
+def check_not_an_input(path: str, what: str, protect: Iterable[Optional[str]] = (),
+                       exact: Iterable[Optional[str]] = (), noun: str = "folder",
+                       inside: Iterable[Optional[str]] = ()) -> None:
+    """Refuse an output `path` that is one of the `protect` inputs, lies inside one, or holds one;
+    that is or lies inside one of the `inside` folders (a cache folder); or that is one of the
+    `exact` folders (a runs folder: a run may go inside it, not on it)."""
+    protect, inside = list(protect), list(inside)
+    for p in protect + inside:
+        if not p or not os.path.exists(p):
+            continue
+        if p in protect and _same_or_inside(p, path):
+            raise MucsError(f"{what} {path} would replace the input {p}: nothing was written; choose another {noun}")
+        if _same_or_inside(path, p):
+            raise MucsError(f"{what} {path} lies inside the input {p}: nothing was written; choose a {noun} "
+                            "outside it")
+    for p in exact:
+        if p and os.path.realpath(p) == os.path.realpath(path):
+            raise MucsError(f"{what} {path} is the runs folder {p}: nothing was written; choose a new folder "
+                            "(a folder inside the runs folder is listed by the app)")
+
+
 def check_out_dir(path: str, kind: str, force: bool = False, what: str = "--out",
-                  protect: Iterable[Optional[str]] = ()) -> None:
-    """Refuse, before anything is computed, an output folder whose replacement would lose data:
-    `path` may be missing, empty, or a folder this project wrote of the same `kind` ('run' or
-    'model'); any other folder only with `force`. A file at `path`, or a `path` that is or holds
-    one of the `protect` inputs (model, data, query), is refused even with `force`. Also recovers
-    the leftovers of an interrupted swap and checks that the parent folder is writable."""
+                  protect: Iterable[Optional[str]] = (), exact: Iterable[Optional[str]] = (),
+                  inside: Iterable[Optional[str]] = ()) -> None:
+    """Refuse, before anything is computed, an output folder whose writing would lose data. `path`
+    may be missing, empty or a folder this project wrote of the same `kind` ('run' or 'model'):
+    the files we wrote there are replaced, any other file in it is kept. A folder we did not write
+    is refused unless `force`, and then written into beside its files (all kept). Refused even with
+    `force`: a file or a symbolic link at `path`, a folder of another MUCS kind, a file of ours to be
+    written whose name a file we did not write takes, and a `path` that is, holds or lies inside one
+    of the `protect` inputs (model, data, cache, query), is or lies inside one of the `inside` folders,
+    or is one of the `exact` folders (check_not_an_input). Also
+    recovers the leftovers of an interrupted swap and checks that the parent folder is writable."""
     path = os.fspath(path)
     if not path or not path.strip():
         raise MucsError(f"{what} must name a folder")
-    for p in protect:
-        if p and os.path.exists(p) and (_same_or_inside(p, path)):
-            raise MucsError(f"{what} {path} would replace the input {p}: choose another folder")
+    check_not_an_input(path, what, protect, exact, inside=inside)
     recover_dir(path)
     # Read the folder under the swap lock: a concurrent writer's swap briefly leaves `path` missing
     # or half-listed, which would read as "not ours" and refuse a run that is ours.
     with _swap_lock(path):
-        _check_existing_out(path, kind, force, what)
+        _kept_entries(path, kind, force, what, KIND_FILES.get(kind, ()))
     check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
 
 
-def _check_existing_out(path: str, kind: str, force: bool, what: str) -> None:
-    if os.path.lexists(path):
-        if os.path.islink(path) and not force:
-            raise MucsError(f"{what} {path} is a symbolic link: nothing was written; choose a new folder "
-                            "or pass --force to replace it")
-        if not os.path.isdir(path):
-            raise MucsError(f"{what} {path} is an existing file, not a folder: nothing was written")
-        found = folder_kind(path)
-        if found not in (kind, "empty") and not force:
-            if found is not None:
-                raise MucsError(f"{what} {path} holds a MUCS {found}, not a {kind}: nothing was written; "
-                                "choose another folder or pass --force to replace it")
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as e:
-                raise MucsError(f"{what} {path} cannot be read: {e.strerror or e}") from e
-            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            count = f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
-            raise MucsError(f"{what} {path} exists and does not hold a MUCS {kind} ({count}: {shown}): "
-                            "nothing was written; choose a new folder or pass --force to replace it")
-
-
-def adopt_dir(path: str, kind: str) -> bool:
-    """Mark an existing folder that is not ours as a `kind` folder, so that the next swap may
-    replace it: what --force does. Returns True when a marker was written (undo with unadopt_dir)."""
-    if os.path.isdir(path) and not os.path.islink(path) and folder_kind(path) not in (kind, "empty"):
-        atomic_write(os.path.join(path, MARKER), marker_bytes(kind))
-        return True
-    return False
-
-
-def unadopt_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(path, MARKER))
+def _kept_entries(path: str, kind: str, force: bool, what: str, names: Iterable[str]) -> list:
+    """The entries of the existing folder `path` that were not written by us and are to be kept when
+    a `kind` folder of `names` is written there; MucsError when writing there would lose data."""
+    if not os.path.lexists(path):
+        return []
+    if os.path.islink(path):
+        raise MucsError(f"{what} {path} is a symbolic link: nothing was written; give the folder it points to, "
+                        "or a new folder")
+    if not os.path.isdir(path):
+        raise MucsError(f"{what} {path} is an existing file, not a folder: nothing was written")
+    found = folder_kind(path)
+    if found == "empty":
+        return []
+    try:
+        entries = set(os.listdir(path))
+    except OSError as e:
+        raise MucsError(f"{what} {path} cannot be read: {e.strerror or e}") from e
+    if found == kind:
+        foreign = entries - written_by_us(path, kind)
+    elif found is not None:
+        raise MucsError(f"{what} {path} holds a MUCS {found}, not a {kind}: nothing was written; choose another "
+                        "folder")
+    else:
+        foreign = entries
+        if not force:
+            names_ = sorted(entries)
+            shown = ", ".join(names_[:3]) + (", ..." if len(names_) > 3 else "")
+            count = f"{len(names_)} entr{'y' if len(names_) == 1 else 'ies'}"
+            raise MucsError(f"{what} {path} exists and does not hold a MUCS {kind} ({count}: {shown}): nothing was "
+                            f"written; choose a new folder, or pass --force to write the {kind} into it beside "
+                            "these files (they are kept)")
+    clash = sorted(foreign & (set(names) | {MARKER}))
+    if clash:
+        raise MucsError(f"{what} {path} holds {clash[0]}, which mucs did not write and the {kind} would replace: "
+                        "nothing was written; move it away or choose another folder")
+    return sorted(foreign)
 
 
 def check_out_file(path: str, what: str = "--out", force: bool = False, ours=None,
                    protect: Iterable[Optional[str]] = ()) -> None:
-    """Refuse an output file path that is a folder, lies under a file, or would replace a file
-    that `ours(path)` does not recognise as written by this project (unless `force`)."""
+    """Refuse an output file path that is a folder, lies under a file, is or lies inside one of the
+    `protect` inputs, or would replace a file that `ours(path)` does not recognise as written by this
+    project (unless `force`: the one file the user named is replaced)."""
     path = os.fspath(path)
-    for p in protect:
-        if p and os.path.exists(p) and _same_or_inside(p, path):
-            raise MucsError(f"{what} {path} would replace the input {p}: choose another file")
+    check_not_an_input(path, what, protect, noun="file")
     if os.path.lexists(path):
         if os.path.isdir(path):
             raise MucsError(f"{what} {path} is an existing folder, not a file: nothing was written")
@@ -294,10 +359,37 @@ def _recover_locked(path: str, stale_seconds: float) -> None:
         if not os.path.lexists(path) and os.path.lexists(inner):
             os.rename(inner, path)
             log.warning("recovered %s from an interrupted replacement (%s)", path, old)
+        elif os.path.lexists(inner) and not _carry_kept(old, path):
+            continue   # a kept file could not be moved back: leave the folder for the next try
         shutil.rmtree(old, ignore_errors=True)
     for tmp in _leftovers(path, "tmp"):
         if time.time() - _mtime(tmp) > stale_seconds:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _carry_kept(old: str, path: str) -> bool:
+    """Move the entries listed in `old`/keep.json (files we did not write) from the moved-aside folder
+    `old`/x into `path`. False when one of them is still left there."""
+    try:
+        with open(os.path.join(old, KEEP)) as f:
+            names = json.load(f)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    inner, done = os.path.join(old, "x"), True
+    for n in names if isinstance(names, list) else ():
+        src = os.path.join(inner, str(n))
+        if not os.path.lexists(src):
+            continue
+        try:
+            if os.path.lexists(os.path.join(path, str(n))):
+                raise FileExistsError(n)
+            os.rename(src, os.path.join(path, str(n)))
+        except OSError as e:
+            log.warning("could not move %s back into %s (%s): it is kept in %s", n, path, e, inner)
+            done = False
+    return done
 
 
 def _mtime(p: str) -> float:
@@ -318,18 +410,13 @@ def staging_dir(path: str) -> str:
 
 def atomic_write_dir(path: str, files: dict, kind: str = "run", force: bool = False) -> None:
     """Write a whole folder of {name: bytes} at once: build it beside `path`, then swap it in.
-    A marker file records that the folder is ours (of `kind`); an existing `path` that is not ours,
-    or of another kind, is refused unless `force` (see move_dir_into_place)."""
+    The marker file records that the folder is ours (of `kind`) and which files we wrote; an existing
+    `path` is checked as check_out_dir does (see move_dir_into_place)."""
     if kind:   # refuse early, before writing anything
         check_out_dir(path, kind, force=force, what="output folder")
     tmp = staging_dir(path)
     try:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        if kind and MARKER not in files:
-            with open(os.path.join(tmp, MARKER), "wb") as f:
-                f.write(marker_bytes(kind))
+        write_tree(tmp, {n: d for n, d in files.items() if n != MARKER}, kind)
         move_dir_into_place(tmp, path, kind=kind, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -341,25 +428,39 @@ def move_dir_into_place(tmp: str, path: str, kind: Optional[str] = None, force: 
     to `.old-<name>-*/x` and dropped afterwards, so `path` is never half-written; a kill between the
     two renames is undone by recover_dir (called here and by check_out_dir). Writers to the same
     `path` are serialised by a lock, so concurrent swaps neither fail nor leak `.old-*` folders.
-    With `kind`, an existing `path` must hold a folder of that kind (or be empty) unless `force`."""
+
+    With `kind`, `tmp` gets the marker of that kind listing its entries, and only what we wrote in an
+    existing `path` is replaced: entries we did not write (a user's notes in a run folder; with
+    `force`, the files of a folder we did not make) are carried into the new folder (listed in the
+    moved-aside folder's keep.json first, so a kill mid-way is recovered). What check_out_dir refuses,
+    this refuses too. Without `kind` (the project's own folders only), `path` is replaced whole."""
     parent = os.path.dirname(os.path.abspath(path))
     old = None
+    if kind:
+        write_marker(tmp, kind)
     with _swap_lock(path):
         _recover_locked(path, STALE_SECONDS)
         if os.path.lexists(path):
-            if kind and not force and folder_kind(path) not in (kind, "empty"):
-                raise MucsError(f"refusing to replace {path}: it does not hold a MUCS {kind} (nothing was written)")
-            if not os.path.isdir(path) or os.path.islink(path):
-                if not force:
-                    raise MucsError(f"refusing to replace {path}: it is not a folder")
+            kept = _kept_entries(path, kind, force, "output folder", os.listdir(tmp)) if kind else []
+            if not kind and (not os.path.isdir(path) or os.path.islink(path)):
+                raise MucsError(f"refusing to replace {path}: it is not a folder")
             old = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "old"))
+            if kept:
+                with open(os.path.join(old, KEEP), "w") as f:
+                    json.dump(kept, f)
+                    f.flush()
+                    os.fsync(f.fileno())
             os.rename(path, os.path.join(old, "x"))
-        try:
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                if not os.path.lexists(path):
+                    os.rename(os.path.join(old, "x"), path)   # put the old one back
+                raise
+            if kept and not _carry_kept(old, path):
+                return    # leave `old` for recover_dir: it still holds a file we did not write
+        else:
             os.rename(tmp, path)
-        except BaseException:
-            if old is not None and not os.path.lexists(path):
-                os.rename(os.path.join(old, "x"), path)   # put the old one back
-            raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -418,11 +519,10 @@ def load_arrays(path: str, key: str) -> Optional[dict]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             check_cache_file(path)
             raise MucsError(f"cache path {path} is not a regular file")
-        f = os.fdopen(fd, "rb")
-        fd = None
-    finally:
-        if fd is not None:
-            os.close(fd)
+        f = os.fdopen(fd, "rb")    # f owns fd from here
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         with f, np.load(f, allow_pickle=False) as z:
             if str(z["__key__"]) != key:
@@ -457,7 +557,7 @@ class BoundedMemo:
         import threading
         from collections import OrderedDict
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
-        self._items = OrderedDict()
+        self._items: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
         self._local = threading.local()    # the keys added by the request running in this thread
 
@@ -506,7 +606,8 @@ class BoundedMemo:
     @contextlib.contextmanager
     def request(self):
         outer = getattr(self._local, "added", None)
-        self._local.added = mine = []
+        mine: list = []
+        self._local.added = mine
         try:
             yield self
         except BaseException:

@@ -3,6 +3,8 @@ finite arrays, strict JSON, seeds and user-supplied settings dictionaries."""
 import json
 import math
 import numbers
+import os
+import stat
 from dataclasses import MISSING, fields
 
 import numpy as np
@@ -84,7 +86,7 @@ def check_settings_dict(d, what: str = "settings") -> dict:
     if not isinstance(d, dict):
         raise MucsError(f"{what} must be a JSON object of setting: value, got {type(d).__name__}")
     known = {f.name: f for f in fields(Settings)}
-    out = {}
+    out: dict = {}
     for key, value in d.items():
         if key not in known:
             import difflib
@@ -94,7 +96,7 @@ def check_settings_dict(d, what: str = "settings") -> dict:
         f = known[key]
         t = f.type if isinstance(f.type, type) else type(f.default)
         default = f.default if f.default is not MISSING else None
-        bad = f"{what}: {key} must be {_type_name(t)}, got {json.dumps(value) if _jsonable(value) else repr(value)}"
+        bad = f"{what}: {key} must be {_type_name(t)}, got {_shown(value)}"
         if value is None:
             if default is None:
                 out[key] = None
@@ -131,24 +133,90 @@ def check_settings_dict(d, what: str = "settings") -> dict:
     return out
 
 
-def _jsonable(v) -> bool:
+def _shown(v) -> str:
+    """A short text of a JSON value for an error line (a deeply nested one is not recursed into)."""
     try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+        text = json.dumps(v)
+    except (TypeError, ValueError, RecursionError):
+        text = type(v).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+MAX_JSON_BYTES = 16 << 20   # settings and metadata files: far larger is not a settings file
+
+
+def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES):
+    """The JSON value in the regular file `path`. Not a regular file (a FIFO would block), larger than
+    `max_bytes`, unreadable, bad JSON or nested too deeply: one MucsError, nothing hangs or recurses."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MucsError(f"cannot read {path}: not a regular file")
+            if st.st_size > max_bytes:
+                raise MucsError(f"cannot read {path}: {st.st_size} bytes, more than a {what} file holds "
+                                f"(at most {max_bytes})")
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise MucsError(f"cannot read {path}: {e.strerror or e}") from None
+    return parse_json(data, f"{path}")
+
+
+def parse_json(text, where: str = "JSON"):
+    """json.loads(text); bad JSON, bad UTF-8 or nesting too deep for Python is one MucsError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise MucsError(f"cannot read {where}: its JSON is nested too deeply") from None
+    except ValueError as e:   # JSONDecodeError and bad UTF-8
+        raise MucsError(f"cannot read {where}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
 
 
 def read_json_object(path: str, what: str = "a JSON object"):
     """The JSON object in `path`; an unreadable file, bad JSON or a non-object is one MucsError."""
-    try:
-        with open(path) as f:
-            body = json.load(f)
-    except (OSError, ValueError) as e:   # ValueError: JSONDecodeError and bad UTF-8
-        raise MucsError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
+    body = read_json(path)
     if not isinstance(body, dict):
         raise MucsError(f"{path} must be {what}, got {type(body).__name__}")
     return body
+
+
+def npz_headers(path: str) -> dict:
+    """{array name: (shape, dtype)} of an .npz archive, read from each member's .npy header without
+    decompressing the data: sizes are checked before anything is loaded. MucsError for a file that
+    is not a readable archive of plain (non-object) arrays."""
+    import zipfile
+    out = {}
+    try:
+        if not os.path.isfile(path):
+            raise OSError("not a regular file")
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise MucsError(f"{path}: {info.filename[:-4]} holds Python objects (pickled data is never loaded)")
+                out[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+    except MucsError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError) as e:
+        raise MucsError(f"cannot read {path}: not an .npz archive ({type(e).__name__}: {str(e)[:120]})") from None
+    return out
+
+
+def npz_nbytes(heads: dict) -> int:
+    """Bytes the arrays of npz_headers take once loaded."""
+    return sum(int(np.prod(shape, dtype=np.float64)) * dtype.itemsize for shape, dtype in heads.values())
 
 
 # --- memory: estimate what a request needs and refuse what will not fit ----------------------------
@@ -245,7 +313,36 @@ def available_device_memory(device):
         return None
 
 
+def _condition_floats(model) -> int:
+    """Floats of one item's condition: a caption embedding (L × D) for a text model, else ~0."""
+    if getattr(model, "conditioning", "none") != "text":
+        return 0
+    cfg = model.unet.config
+    dim = int(cfg.get("cross_attention_dim") or cfg.get("caption_channels") or 768)
+    length = int(getattr(model.tokenizer, "model_max_length", 77) or 77)
+    return min(length, 512) * dim
+
+
+def _transformer_floats(config: dict, size: int, training: bool) -> float:
+    """Rough float count of one sample's activations in a DiT/PixArt transformer: per block about 20
+    token × hidden tensors for the backward (norms, attention projections, MLP at 4× width), plus the
+    attention maps (heads × tokens²) when attention is not memory-efficient."""
+    patch = int(config.get("patch_size") or 2)
+    tokens = max(1, size // patch) ** 2
+    heads = int(config.get("num_attention_heads") or 16)
+    hidden = heads * int(config.get("attention_head_dim") or 72)
+    layers = int(config.get("num_layers") or 28)
+    per_block = tokens * hidden * 20 + heads * tokens * tokens * 2
+    return per_block * layers if training else per_block * 2
+
+
 def _activation_floats(config: dict, size: int, training: bool) -> float:
+    if "num_layers" in config and "patch_size" in config:     # a transformer (DiT, PixArt)
+        return _transformer_floats(config, size, training)
+    return _unet_floats(config, size, training)
+
+
+def _unet_floats(config: dict, size: int, training: bool) -> float:
     """Rough float count of one sample's activations in a diffusers UNet2DModel: every resnet keeps
     about 15 feature-map-sized tensors for the backward pass (norms, activations, convs, time
     embedding sums; measured on the embedded model), at each level, down
@@ -253,16 +350,21 @@ def _activation_floats(config: dict, size: int, training: bool) -> float:
     attention. Without gradients only the skip connections and a few maps are alive at once."""
     chans = list(config.get("block_out_channels") or [64])
     layers = int(config.get("layers_per_block") or 1)
-    head_dim = int(config.get("attention_head_dim") or 8) or 8
+    hd = config.get("attention_head_dim") or 8
+    head_dim = int(hd[0] if isinstance(hd, (list, tuple)) else hd) or 8
     kinds = list(config.get("down_block_types") or []) + list(config.get("up_block_types") or [])
     attn = any("Attn" in str(k) for k in kinds)
     total, skips = 0.0, 0.0
+    down = list(config.get("down_block_types") or [])
+    cross = bool(config.get("cross_attention_dim"))   # a text UNet: (cross-)attention at every "Attn" level
     for i, c in enumerate(chans):
         hw = max(1, size // (2 ** i)) ** 2
         total += hw * c * (2 * layers + 1) * 15
         skips += hw * c * (layers + 1)
-        if attn and i == len(chans) - 1:     # attention usually sits at the lowest resolutions
-            total += hw * hw * max(1, c // head_dim) * 3 * 2 + hw * c * 8 * 2
+        level_attn = "Attn" in str(down[i]) if cross and i < len(down) else attn and i == len(chans) - 1
+        if level_attn:     # a pixel UNet's attention usually sits at the lowest resolutions
+            heads = head_dim if cross else max(1, c // head_dim)   # diffusers' SD configs give heads here
+            total += hw * hw * heads * 3 * 2 + hw * c * 8 * 2
     return total if training else skips + total / (2 * layers + 1) / 2
 
 
@@ -275,10 +377,14 @@ def request_memory(model, num_train: int, s) -> dict:
     batch). A rough figure: good to refuse what cannot fit, not to predict the exact peak."""
     unet = model.unet
     config = dict(getattr(unet, "config", {}) or {})
-    C, H = int(model.channels), int(model.size)
+    C, H, _ = (int(v) for v in getattr(model, "x0_shape", (model.channels, model.size, model.size)))
     sample = C * H * H * 4
     K, N = int(s.noises), int(num_train)
     params = sum(p.numel() for p in unet.parameters()) * 4
+    # the frozen parts stay resident beside the denoiser: a VAE and a text encoder
+    frozen = sum(p.numel() for part in (getattr(model, "vae", None), getattr(model, "text_encoder", None))
+                 if part is not None for p in part.parameters()) * 4
+    cond = _condition_floats(model) * 4           # one item's condition (a caption embedding) on the device
     noise = K * sample * (1 if s.consistent_noise else 2) + K * 8 * 4
     matrices = N * K * 4 * 6                      # L_o, L_u, mask/NaN copies, skew temporaries
     per_chunk = max(1, int(s.eval_batch_size) // K)
@@ -286,16 +392,18 @@ def request_memory(model, num_train: int, s) -> dict:
     act_eval = _activation_floats(config, H, False) * 4
     act_train = _activation_floats(config, H, True) * 4
     batches = {
-        "loss-matrix batch": fb * (sample * 6 + act_eval),
+        "loss-matrix batch": fb * (sample * 6 + cond + act_eval),
         # a micro-batched step (unlearn_chunk) holds one chunk's activations; its inputs stay whole
-        "unlearning batch": params * 4 + 2 * int(s.batch_size) * sample * 6
+        "unlearning batch": params * 4 + 2 * int(s.batch_size) * (sample * 6 + cond)
         + _unlearn_items(s) * act_train,
-        "null-loss batch": params + int(s.null_batch_size) * (sample * 6 + act_eval),
+        "null-loss batch": params + int(s.null_batch_size) * (sample * 6 + cond + act_eval),
     }
-    work_name = max(batches, key=batches.get)
+    work_name = max(batches, key=lambda name: batches[name])
     on_cuda = getattr(model.device, "type", str(model.device)) == "cuda"
     host = {"noise set": noise, "loss matrices": matrices}
     device = {work_name: batches[work_name]}
+    if frozen:
+        device["VAE and text encoder"] = frozen
     if on_cuda:
         device["noise set on the device"] = K * sample
     else:

@@ -90,7 +90,7 @@ RECOMMENDED = "mucs_settings.json"   # optional, in a model folder: overrides of
 # "settings"), "fast" (those, then the folder's "fast" overrides or FAST below) and "paper" (the paper's
 # defaults alone). FAST trades a little agreement for speed: half the unlearning batch at twice the lr
 # (about 3x less unlearning work) and screened scoring (about 6x fewer L_u forwards). Measured on the
-# embedded default against the full way, side by side: README "Speed" (benchmarks/attribution_speed.py
+# embedded default against the full way, side by side: docs/benchmarks.md (benchmarks/attribution_speed.py
 # --compare-fast); on another model, check it the same way before trusting it.
 PROFILES = ("recommended", "fast", "paper")
 FAST = dict(batch_size=50, lr_factor=2.5, screen_noises=2, screen_keep=50)

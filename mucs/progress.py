@@ -4,7 +4,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .errors import Cancelled
 
@@ -41,7 +41,8 @@ class TextBar:
 
     def __init__(self, stream=None, width: int = 30):
         self.stream, self.width = stream, width
-        self.stage, self.bar = None, None
+        self.stage: Optional[str] = None
+        self.bar: Any = None               # the tqdm bar of the current stage
 
     def __call__(self, ev: ProgressEvent):
         from tqdm import tqdm

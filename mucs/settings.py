@@ -16,9 +16,10 @@ PRECISIONS = ("fp32", "bf16")   # of the loss-matrix forwards (unlearning always
 MEMORY_FORMATS = ("contiguous", "channels_last")   # of the loss-matrix forwards
 COMPILE_BACKENDS = ("off", "inductor", "aot_eager")   # torch.compile of the loss-matrix forwards
 TRAIN_NOISE_KINDS = ("uniform", "uniform_range", "lognormal")   # training-time noise of unlearning and L_null (method/noise.py)
+UNLEARN_PARAMS = ("auto", "adapter", "all")   # which weights unlearning updates (auto: a LoRA's adapter, else all)
 # the fields that take one of a fixed set of values: checked by validate, offered as CLI choices
 CHOICES = {"train_noise": TRAIN_NOISE_KINDS, "loss_weighting": LOSS_WEIGHTINGS, "precision": PRECISIONS,
-           "memory_format": MEMORY_FORMATS, "compile": COMPILE_BACKENDS}
+           "memory_format": MEMORY_FORMATS, "compile": COMPILE_BACKENDS, "unlearn_params": UNLEARN_PARAMS}
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Settings:
     sigma_min: float = 0.002     # the grid spans the sampler's σ range (EDM's, data in [-1, 1]),
     sigma_max: float = 80.0      #   clipped to the scheduler's; not the scheduler's extremes
     seed: int = 0                # noise set, null-loss init, unlearning batches
-    # Training-time noise of unlearning and L_null, and the loss (MUCS.md, "Reference details")
+    # Training-time noise of unlearning and L_null, and the loss (docs/method.md, "Reference details")
     train_noise: str = "lognormal" # the reference's (EDM) ln σ ~ N(p_mean, p_std²) | uniform (DDPM recipe) | uniform_range
     p_mean: float = -1.2           # lognormal: ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
@@ -41,13 +42,14 @@ class Settings:
     null_batch_size: int = 100
     # Step 3 — mirrored, bounded unlearning
     batch_size: int = 100        # B: retain and forget batch size
-    lr: float = None             # None: the model's training lr ÷ lr_factor
+    lr: float = None             # type: ignore[assignment]  # None: the model's training lr ÷ lr_factor (field_types reads float)
     lr_factor: float = 10.0
     weight_decay: float = 0.01
     lam: float = 0.2             # λ, weight of the forget term
     tol: float = 0.05            # τ: stop once L_f ≥ (1 − τ)·L_null
     max_steps: int = 200         # step cap (the reference has none; `converged` says which stopped)
     frozen: tuple = ("bias",)    # parameter-name substrings that are not updated
+    unlearn_params: str = "auto" # auto: a LoRA fine-tune's adapter only (as it was fine-tuned), else every weight | adapter | all
     unlearn_chunk: int = 0       # items per forward+backward of an unlearning step (gradient accumulation,
                                  #   same step to float tolerance); 0 = the whole 2·B batch at once
     # Step 5 — scoring
@@ -146,6 +148,8 @@ HELP = {
     "tol": "τ, stop once L_f ≥ (1−τ)·L_null",
     "max_steps": "unlearning step cap",
     "frozen": "comma-separated parameter-name substrings to freeze",
+    "unlearn_params": "which weights unlearning updates: auto (a LoRA adapter's only when one is loaded, as the "
+                      "fine-tuning did; else all), adapter, or all (the full denoiser, adapter included)",
     "precision": "loss matrices in fp32 or under bf16 autocast (faster on GPUs with bf16 units; slower on most "
                  "CPUs; benchmarks/throughput.py --precision bf16 reports its top-k agreement with fp32)",
     "memory_format": "loss matrices with channels-last weights and inputs (often faster on GPUs with tensor cores; "
@@ -181,7 +185,8 @@ APP_EXCLUDED = {
     "null_batches": "a property of the model's cached L_null", "null_batch_size": "a property of the model's cached L_null",
     "batch_size": "a per-model choice (mucs_settings.json)", "lr": "derived from the training lr",
     "lr_factor": "a per-model choice (mucs_settings.json)", "weight_decay": "the reference's constant",
-    "frozen": "the reference's constant", "screen_noises": "a per-model speed choice (mucs_settings.json)",
+    "frozen": "the reference's constant", "unlearn_params": "a per-model choice (mucs_settings.json, --unlearn-params)",
+    "screen_noises": "a per-model speed choice (mucs_settings.json)",
     "screen_keep": "a per-model speed choice (mucs_settings.json)",
     "fragile_refs": "a per-model choice (mucs_settings.json)", "fragile_seed": "a per-model choice (mucs_settings.json)",
     "eval_batch_size": "a machine choice, not a result-changing one",

@@ -75,3 +75,137 @@ def fast_settings():
     """Small but complete MUCS settings for the tiny model."""
     from mucs.settings import Settings
     return Settings(noises=16, batch_size=32, null_batches=10, null_batch_size=32, max_steps=40, top_k=5)
+
+
+# --- a tiny text-conditional latent model (Stable Diffusion's layout) ------------------------------------
+WORDS = (("dark", "light"), ("ring", "square"))
+
+
+def _tiny_text_settings():
+    from mucs.settings import Settings
+    return Settings(noises=4, batch_size=8, null_batches=2, null_batch_size=16, max_steps=3, top_k=3, eval_batch_size=64)
+
+
+TINY_TEXT = _tiny_text_settings()
+
+
+def captioned(n=24, size=8, seed=0):
+    """n grayscale images and captions "a <dark|light> <ring|square>" (4 caption groups), as a TrainingSet."""
+    from mucs.sources.data import TrainingSet
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, size // 2, size // 2, 1))
+    images = coarse.repeat(2, 1).repeat(2, 2).astype(np.uint8)
+    caps = [f"a {WORDS[0][i % 2]} {WORDS[1][(i // 2) % 2]}" for i in range(n)]
+    return TrainingSet(images=images, captions=caps, source="captioned")
+
+
+def build_sd(folder, data, steps=120, seed=0):
+    """A tiny Stable-Diffusion-layout pipeline (CLIP tokenizer + text encoder, VAE, UNet2DConditionModel),
+    trained `steps` steps on `data` (latents and captions), saved as a pipeline folder."""
+    import shutil
+    from diffusers import DDPMScheduler
+    from mucs.sources import tiny
+    from mucs.sources.finetune import fit, save_pipeline
+    from mucs.sources.models import DiffusionModel
+    tok = tiny.write_clip_tokenizer(folder + "-tok", tiny.words_of(data.captions), 16)
+    m = DiffusionModel(unet=tiny.unet_condition(size=data.size // 2, channels=4, cross_dim=32, seed=seed),
+                       scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2"),
+                       vae=tiny.vae(data.channels, 4, (16, 32), seed=seed),
+                       text_encoder=tiny.clip_text_encoder(len(tok), 32, seed=seed), tokenizer=tok)
+    losses = fit(m, data, steps, batch_size=16, lr=3e-3, seed=seed, cond_dropout=0.1)
+    save_pipeline(m, folder, dict(lr=3e-3, steps=steps, final_loss=float(np.mean(losses[-10:]))))
+    shutil.rmtree(folder + "-tok")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_captions_npz(tmp_path_factory):
+    """24 grayscale 8x8 images with 4 distinct captions, as an .npz with a `captions` array."""
+    d = captioned()
+    path = tmp_path_factory.mktemp("captions") / "captioned.npz"
+    np.savez(path, images=d.images[..., 0], captions=np.array(d.captions))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory):
+    """A tiny Stable-Diffusion-layout pipeline folder trained briefly on tiny_captions_npz's set."""
+    return build_sd(str(tmp_path_factory.mktemp("text-models") / "sd"), captioned())
+
+
+def damaged_runs(good: str, root) -> dict:
+    """Copies of the run folder `good` in folder `root`, each with one file broken as a hand edit or a
+    hostile user would break it (issue 21): {run id: a phrase the refusal names}."""
+    import io
+    import json
+    import shutil
+    import zlib
+
+    def edit_result(r, **changes):
+        r = dict(r)
+        r.update(changes)
+        return json.dumps(r)
+    result = json.load(open(os.path.join(good, "result.json")))
+    with np.load(os.path.join(good, "losses.npz")) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(arrays["scores"])
+
+    def npz(**changes):
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v for k, v in dict(arrays, **changes).items() if v is not None})
+        return buf.getvalue()
+
+    def huge_png(w=12000, h=12000):          # a 1-bit PNG of w×h: ~20 KB on disk
+        import struct
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        raw = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    small = io.BytesIO()
+    from PIL import Image
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(small, format="PNG")
+    deep = "[" * 100_000 + "]" * 100_000
+    variants = {
+        "result-list": ("result.json", "[]", "must be a JSON object"),
+        "settings-list": ("result.json", edit_result(result, settings=[1, 2]), "settings must be an object"),
+        "meta-list": ("meta.json", "[]", "meta.json: must be a JSON object"),
+        "result-deep": ("result.json", deep, "nested too deeply"),
+        "meta-deep": ("meta.json", deep, "nested too deeply"),
+        "meta-kind-object": ("meta.json", json.dumps({"kind": {"a": 1}}), "kind must be a plain value"),
+        "settings-bad-type": ("result.json", edit_result(result, settings=dict(result["settings"], noises="x")),
+                              "noises must be an integer"),
+        "top-out-of-range": ("result.json", edit_result(result, top_k=[n + 5]), f"top_k index {n + 5}"),
+        "top-strings": ("result.json", edit_result(result, top_k=["a"]), "top_k must be"),
+        "converged-text": ("result.json", edit_result(result, converged="yes"), "converged must be"),
+        "loss-null-nan": ("result.json", edit_result(result, loss_null=float("nan")), "loss_null must be a finite"),
+        "stage-times-text": ("result.json", edit_result(result, stage_times={"total": "x"}), "stage_times"),
+        "curve-object": ("result.json", edit_result(result, curve={}), "curve must be"),
+        "levels-numbers": ("result.json", edit_result(result, noise_levels=[1, 2]), "noise_levels"),
+        "label-float": ("result.json", edit_result(result, query=dict(result["query"], label=1.5)), "query.label"),
+        "data-number": ("result.json", edit_result(result, data=5), "data must be a string"),
+        "scores-nan": ("losses.npz", npz(scores=np.full(n, np.nan)), "scores holds NaN"),
+        "scores-short": ("losses.npz", npz(scores=arrays["scores"][:-1]), "one entry per training item"),
+        "scores-2d": ("losses.npz", npz(scores=arrays["scores"][:, None]), "one entry per training item"),
+        "npz-text": ("losses.npz", b"just text", "not an .npz archive"),
+        "npz-objects": ("losses.npz", npz(scores=np.array([object()] * n)), "Python objects"),
+        "npz-no-loss": ("losses.npz", npz(loss_original=None), "no loss_original"),
+        "labels-negative": ("losses.npz", npz(labels=-np.ones(n, np.int64)), "labels must be ≥ 0"),
+        "csv-garbage": ("losses.npz+scores.csv", npz(labels=None), "cannot read its labels"),
+        "query-huge": ("query.png", huge_png(), "far larger than a query"),
+        "query-text": ("query.png", b"not a png", "not a readable PNG"),
+        "query-wrong-size": ("query.png", small.getvalue(), "query.png is 5x5x1"),
+    }
+    out = {}
+    for name, (file, body, phrase) in variants.items():
+        d = os.path.join(str(root), name)
+        shutil.copytree(good, d)
+        if file == "losses.npz+scores.csv":
+            with open(os.path.join(d, "scores.csv"), "w") as f:
+                f.write("rank,index,score,label\n1,zz,0.1,oops\n")
+            file = "losses.npz"
+        with open(os.path.join(d, file), "wb") as f:
+            f.write(body if isinstance(body, bytes) else body.encode())
+        out[name] = phrase
+    return out

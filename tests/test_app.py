@@ -78,7 +78,7 @@ def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
     for name in ("generate", "attribute", "why_replay"):
         assert fns[name].concurrency_id == app.HEAVY and fns[name].concurrency_limit == 1
     for name in ("generate", "pick_generated", "upload", "use_training", "attribute", "cancel", "open_run",
-                 "list_runs", "delete_run", "overlap") + NEW_ENDPOINTS:
+                 "list_runs", "delete_run", "overlap", "query_prompt") + NEW_ENDPOINTS:
         assert name in fns
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert {"generate-btn", "attribute-btn", "cancel-btn", "query-image", "topk-gallery", "history-table",
@@ -106,7 +106,7 @@ def test_bad_uploads_raise_gr_error_and_save_nothing(env, tmp_path):
     # the app keeps working: a good upload after the bad ones
     good = tmp_path / "good.png"
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(good)
-    q, img, info, cls = fns["upload"].fn(str(good))
+    q, img, info, cls, _ = fns["upload"].fn(str(good))
     assert q.image.shape == (8, 8, 1) and img.size[0] >= 64 and cls["value"] is None
     assert runs_on_disk(ex) == before
 
@@ -117,11 +117,11 @@ def test_alpha_and_16bit_images_are_converted_and_say_so(env, tmp_path):
     a = np.zeros((32, 32, 4), np.uint8)
     a[..., 3] = 0   # fully transparent → white
     Image.fromarray(a, "RGBA").save(rgba)
-    q, _, info, _ = fns["upload"].fn(str(rgba))
+    q, _, info, _, _ = fns["upload"].fn(str(rgba))
     assert "alpha" in info and q.image.min() == 255
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(deep)
-    q, _, info, _ = fns["upload"].fn(str(deep))
+    q, _, info, _, _ = fns["upload"].fn(str(deep))
     assert "8 bits" in info and q.image.max() == 255
 
 
@@ -138,7 +138,7 @@ def test_missing_class_and_missing_query_are_refused(env):
     with pytest.raises(gr.Error, match="top-k"):
         list(fns["attribute"].fn(q, 1, dict(ATTR, top_k=0), request=request()))
     with pytest.raises(gr.Error, match="choose a class"):
-        fns["generate"].fn(None, 0, 1, 5, request())
+        fns["generate"].fn(None, 0, 1, 5, request=request())
     with pytest.raises(gr.Error, match="out of range"):
         fns["use_training"].fn(10_000)
     assert runs_on_disk(ex) == before
@@ -177,7 +177,7 @@ def by_id(out: dict) -> dict:
 
 def test_attribute_open_export_direct(env, tmp_path):
     ex, _, fns, _ = env
-    qs, gallery, q, img, info, cls = fns["generate"].fn(2, 5, 2, 10, request())
+    qs, gallery, q, img, info, cls, prompt = fns["generate"].fn(2, 5, 2, 10, request=request())
     assert len(qs) == 2 and len(gallery) == 2 and gallery[0][0].size == (128, 128) and cls["value"] == 2
     outs = list(fns["attribute"].fn(q, 2, ATTR, request=request()))
     final = by_id(outs[-1])
@@ -333,6 +333,27 @@ def test_fast_profile_is_served_and_said_on_the_page(tiny_model_dir, tiny_npz, t
     assert rec.settings.screen_noises == 0 and "the recommended profile" in rec.describe()
 
 
+def test_the_app_takes_the_clis_model_and_data_options(tiny_model_dir, tiny_npz, tmp_path, monkeypatch):
+    """--paper-settings, --train-lr, --cache-dir, --image-column/--label-column: the same resolution as
+    the CLI (one set of defaults for every entry point)."""
+    from mucs.settings import Settings
+    a = app.parse_args(["--model", tiny_model_dir, "--data", tiny_npz, "--paper-settings", "--train-lr", "2e-3",
+                        "--cache-dir", str(tmp_path / "c"), "--image-column", "img", "--label-column", "y"])
+    assert (a.paper_settings, a.train_lr, a.cache_dir, a.image_column, a.label_column) == (
+        True, 2e-3, str(tmp_path / "c"), "img", "y")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--fast", "--paper-settings"])
+    seen = {}
+    monkeypatch.setattr(app, "launch", lambda demo, ex, *args, **kw: seen.update(ex=ex))
+    monkeypatch.setenv("MUCS_RUNS_DIR", str(tmp_path / "runs"))
+    assert app.main(["--model", tiny_model_dir, "--data", tiny_npz, "--paper-settings", "--train-lr", "2e-3",
+                     "--cache-dir", str(tmp_path / "c"), "--examples", ""]) == 0
+    ex = seen["ex"]
+    assert ex.settings == Settings().validate() and ex.model.learning_rate == 2e-3
+    assert ex.attributor.cache_dir == str(tmp_path / "c")
+    assert app.main(["--model", tiny_model_dir, "--data", tiny_npz, "--image-column", "img"]) == 2   # not a dataset
+
+
 def test_parse_args():
     with pytest.raises(SystemExit):
         app.parse_args(["--host", "0.0.0.0"])
@@ -368,7 +389,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
         run_ids = []
         for label, seed in ((0, 1), (3, 2)):
-            gallery, query_png, info, cls = c.predict(label, seed, 2, 10, api_name="/generate")
+            gallery, query_png, info, cls, prompt = c.predict(label, seed, 2, 10, api_name="/generate")
             assert len(gallery) == 2 and "generated" in info
             with Image.open(query_png) as im:
                 assert im.format == "PNG"
@@ -551,3 +572,59 @@ def test_batch_collection_endpoints_over_the_client(env, tmp_path):
         assert coll_id not in ex.collections.ids()
     finally:
         demo.close()
+
+
+# --- issue 21, point 2: one malformed run folder never takes the app down -----------------------------
+def test_malformed_run_folders_are_listed_as_damaged_and_never_fatal(env, two_runs, tiny_model_dir, tiny_npz,
+                                                                     tmp_path):
+    from conftest import damaged_runs
+    import shutil
+    ex, _, _, _ = env
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(ex.store.path(two_runs[0]), runs / "good")
+    broken = damaged_runs(str(runs / "good"), runs)
+    ex2 = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(runs), examples_dir=None)
+    demo = app.build(ex2)                             # the app starts: no run can stop it
+    fns = {f.api_name: f for f in demo.fns.values()}
+    fns["list_runs"].fn()
+    table = {r[0]: r for r in ex2.history_table()}
+    assert set(table) == set(broken) | {"good"}
+    assert "good" in ex2.store.ids() and table["good"][2] != "damaged"
+    for name, phrase in broken.items():
+        row = table[name]
+        if row[2] == "damaged":                        # meta.json / result.json: caught by the listing
+            assert phrase in row[3], (name, row)
+            assert name not in ex2.store.ids()
+        with pytest.raises(gr.Error) as e:
+            fns["open_run"].fn(name)
+        assert phrase in str(e.value), (name, str(e.value))
+    assert fns["open_run"].fn("good")                 # the good run still opens
+
+
+# --- issue 21, point 5: the views work for a model of ≤ 100 training timesteps --------------------------
+def test_why_replay_and_methods_work_for_a_model_of_50_timesteps(tiny_npz, tmp_path):
+    from mucs.method.attribute import Attribution
+    from mucs.sources.data import load_dataset
+    from mucs.sources.train import TrainOptions, train
+    model = str(tmp_path / "t50")
+    train(load_dataset(tiny_npz), model, TrainOptions(steps=4, batch_size=8, lr=1e-3, channels=(8, 16), attention=False,
+                                                     num_train_timesteps=50, warmup_steps=1))
+    ex = Explorer(model, tiny_npz, FAST, runs_dir=str(tmp_path / "runs"), examples_dir=None)
+    n = len(ex.data)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=n)
+    att = Attribution(scores=scores, top=np.argsort(-scores)[:5], loss_original=rng.random(n) + 0.1,
+                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=3, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings=ex.settings.to_dict(),
+                      query=dict(label=1, class_name="b", conversions=[], source="t"), query_image=ex.data.images[0],
+                      labels=ex.data.labels, info=dict(data_fingerprint=ex.data.fingerprint(), num_train=n))
+    rid = ex.store.save(att, dict(kind="test"))
+    fns = {f.api_name: f for f in app.build(ex).fns.values()}
+    assert ex.model.scheduler.config.num_train_timesteps == 50
+    why = by_id(fns["why"].fn(rid, int(att.top[0])))
+    assert "feature NN" in why["why-text"]
+    text, grid, fig = fns["compare_methods"].fn(rid)
+    assert "feature NN" in text and "feature NN (model features)" in list(fig.data[0].x)
+    replay = by_id(fns["why_replay"].fn(rid, int(att.top[0]), request=request()))
+    assert replay["why-text"].startswith("Unlearning replayed")

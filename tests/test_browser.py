@@ -253,3 +253,47 @@ def test_browser_flow(served, tmp_path):
                and urlparse(u).hostname not in LOCAL]
     assert not outside, f"requests left localhost: {outside[:5]}"
 
+
+
+def test_browser_text_model(tmp_path_factory, tiny_text_dir, tiny_captions_npz):
+    """A text-conditional latent model in the page: a prompt box (and guidance) instead of the class
+    list, the generated query keeps its prompt, the attribution runs on it and every top-k image shows
+    its caption."""
+    from conftest import TINY_TEXT
+    root = tmp_path_factory.mktemp("browser-text")
+    ex = Explorer(tiny_text_dir, tiny_captions_npz, TINY_TEXT.to_dict(), runs_dir=str(root / "runs"), examples_dir=None)
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(180_000)
+                sync_api.expect.set_options(timeout=90_000)
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.locator("#generate-btn").wait_for()
+                sync_api.expect(page.locator("#model-info")).to_contain_text("text-conditional")
+                sync_api.expect(page.locator("#gen-prompt")).to_be_visible()
+                sync_api.expect(page.locator("#gen-guidance")).to_be_visible()
+                sync_api.expect(page.locator("#gen-class")).to_be_hidden()
+                sync_api.expect(page.locator("#query-class")).to_be_hidden()
+                page.locator("#gen-prompt textarea").fill("a light square")
+                page.locator("#gen-steps input[type=number]").fill("5")
+                page.locator("#gen-count input[type=number]").fill("2")
+                page.locator("#gen-count input[type=number]").press("Tab")
+                page.locator("#generate-btn").click()
+                page.locator("#generated-gallery img").first.wait_for()
+                sync_api.expect(page.locator("#query-prompt textarea")).to_have_value("a light square")
+                page.locator("#attribute-btn").click()
+                page.locator("#topk-gallery img").first.wait_for()
+                sync_api.expect(page.locator("#summary")).to_contain_text("prompt “a light square”")
+                sync_api.expect(page.locator("#topk-gallery .caption-label").first).to_contain_text("“a ")
+                shot(page, "13-text-model-results.png")
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    (run_id,) = ex.store.ids()
+    assert ex.store.load(run_id).query["prompt"] == "a light square"

@@ -205,7 +205,7 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
     s = first_run["cfg"].mucs_settings()
     old_settings = {k: v for k, v in s.to_dict().items() if k not in ("screen_noises", "screen_keep", "fragile_refs",
                                                                      "fragile_seed", "unlearn_chunk", "precision",
-                                                                     "memory_format", "compile")}
+                                                                     "memory_format", "compile", "unlearn_params")}
     key = cache_key(kind="scores", method="mucs", model=model_a.fingerprint(), data=ev.data().fingerprint(),
                     settings=old_settings, ctx_seed=0, label=1, seed=1001,
                     image=cache_key(img=np.asarray(img).tobytes().hex()))
@@ -254,6 +254,10 @@ def test_cli_user_errors_exit_2(tiny_npz, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o.json")
     with pytest.raises(SystemExit):
         main(["evaluate", "--preset", "huge"])
+    # one default device for every command: CUDA when present, else the CPU (not always the CPU)
+    from mucs.__main__ import build_parser
+    assert build_parser().parse_args(["evaluate"]).device is None
+    assert build_parser().parse_args(["attribute", "--list-classes"]).device is None
 
 
 def test_out_is_never_replaced_without_force(first_run, tmp_path, capsys):

@@ -57,11 +57,11 @@ def test_newest_first_and_delete(tmp_path):
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     store = RunStore(str(tmp_path), examples=None)
 
-    def boom(self, out_dir, class_names=None):
+    def boom(out_dir, files, kind=None):
         os.makedirs(out_dir)
         open(os.path.join(out_dir, "result.json"), "w").write("{")
         raise OSError("disk full")
-    monkeypatch.setattr(Attribution, "save", boom)
+    monkeypatch.setattr("mucs.explorer.history.write_tree", boom)
     with pytest.raises(OSError):
         store.save(fake_attribution())
     assert os.listdir(tmp_path) == [] and store.list() == []

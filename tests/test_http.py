@@ -47,7 +47,7 @@ def served(tmp_path_factory):
     port = free_port()
     app.launch(demo, ex, port=port, auth=AUTH, prevent_thread_lock=True, quiet=True)
     try:
-        yield dict(ex=ex, url=f"http://127.0.0.1:{port}/", port=port, root=root,
+        yield dict(ex=ex, url=f"http://127.0.0.1:{port}/", port=port, root=root, demo=demo,
                    fns={f.api_name: f for f in demo.fns.values()})
     finally:
         demo.close()
@@ -121,6 +121,57 @@ def test_every_api_route_needs_the_login(served):
     assert rid in {row[0] for row in table["data"]}
 
 
+# What the login page itself needs: the only routes that answer before the login (issue 21, point 3)
+LOGIN_PAGE = {("GET", "/"), ("HEAD", "/"), ("POST", "/login"), ("POST", "/login/"), ("GET", "/favicon.ico"),
+              ("GET", "/theme.css"), ("GET", "/gradio_api/theme.css"), ("GET", "/robots.txt"),
+              ("GET", "/manifest.json"), ("GET", "/pwa_icon"), ("GET", "/pwa_icon/{size}"),
+              ("GET", "/svelte/{path:path}"), ("GET", "/static/{path:path}"), ("GET", "/assets/{path:path}")}
+
+
+def route_table(routes, prefix=""):
+    """(path, methods) of every route of a Starlette/FastAPI app, into included routers and mounts."""
+    for r in routes:
+        sub = getattr(r, "original_router", None)            # FastAPI's lazily included router
+        if sub is not None:
+            yield from route_table(sub.routes, prefix + getattr(getattr(r, "include_context", None), "prefix", ""))
+        elif getattr(r, "routes", None) and getattr(r, "path", None) is not None:   # a mounted app
+            yield from route_table(r.routes, prefix + r.path)
+        elif getattr(r, "path", None) is not None:
+            yield prefix + r.path, sorted(getattr(r, "methods", None) or {"GET"})
+
+
+def test_the_whole_route_table_is_behind_the_login(served):
+    """Every route Gradio serves (the live route table, so a route a later Gradio adds is covered too)
+    answers 401 without the login, except the login page's own (LOGIN_PAGE), which leak nothing."""
+    port, ex, demo = served["port"], served["ex"], served["demo"]
+    rid = fake_run(ex, 5)
+    body = json.dumps(dict(session_hash="victim", event_id="e1", fn_index=0, data=[rid], trigger_id=0))
+    answered, checked = set(), 0
+    for path, methods in route_table(demo.server_app.routes):
+        for method in methods:
+            concrete = re.sub(r"\{[^}]*\}", rid if "file" in path else "x", path)
+            status, data, _ = raw(port, method, concrete, {"Content-Type": "application/json"},
+                                  body if method in ("POST", "PUT", "PATCH", "DELETE") else None)
+            checked += 1
+            if status in (401, 403):
+                continue
+            answered.add((method, path))
+            assert rid.encode() not in data and b"index,score" not in data, (method, path, status)
+    assert checked > 60 and answered <= LOGIN_PAGE, sorted(answered - LOGIN_PAGE)
+    # the routes the issue found open, one by one: 401 without the login, served with it
+    _, cookie = login(port)
+    open_before = [("POST", "/gradio_api/cancel", body), ("POST", "/gradio_api/reset", body),
+                   ("GET", "/gradio_api/heartbeat/victim", None), ("GET", "/gradio_api/openapi.json", None),
+                   ("GET", "/gradio_api/app_id", None), ("GET", "/gradio_api/user", None),
+                   ("GET", "/gradio_api/token", None), ("GET", "/gradio_api/runs", None),
+                   ("GET", "/gradio_api/startup-events", None)]
+    for method, path, data in open_before:
+        assert raw(port, method, path, {"Content-Type": "application/json"}, data)[0] == 401, path
+    for method, path in (("GET", "/gradio_api/app_id"), ("GET", "/gradio_api/openapi.json")):
+        assert raw(port, method, path, {"Cookie": cookie})[0] == 200, path
+    assert raw(port, "GET", "/gradio_api/info", {"Cookie": "access-token-x=forged"})[0] == 401
+
+
 # --- file= traversal --------------------------------------------------------------------------------
 def test_file_route_serves_nothing_outside_the_run_folders(served):
     port, ex, root = served["port"], served["ex"], served["root"]
@@ -170,9 +221,9 @@ def test_run_ids_made_after_start_up_work_without_a_list_call(served):
         c.predict([a, "../../etc"], api_name="/overlap")
 
 
-# --- /attribute over plain HTTP (the README's curl example) -------------------------------------------
+# --- /attribute over plain HTTP (the curl example of docs/api.md) -------------------------------------------
 def call(port, api, data, cookie, session):
-    """One call as the README's curl example makes it: POST /gradio_api/call/<api> with the data and a
+    """One call as the curl example of docs/api.md makes it: POST /gradio_api/call/<api> with the data and a
     session of the caller's choosing, then GET its event stream. (last event, its data)."""
     h = {"Cookie": cookie, "Content-Type": "application/json"}
     status, body, _ = raw(port, "POST", f"/gradio_api/call/{api}", h, json.dumps(dict(data=data, session_hash=session)))
@@ -308,3 +359,27 @@ def test_bounded_load_on_list_runs(served):
     q = statistics.quantiles(times, n=20)
     print(f"\nload: 50 /list_runs calls (100 HTTP requests), 5 threads, {wall:.2f} s; "
           f"p50 {statistics.median(times) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+
+
+# --- issue 21, point 2: malformed run folders are listed as damaged, for every client -----------------------
+def test_list_runs_survives_malformed_run_folders(served):
+    import shutil
+
+    from conftest import damaged_runs
+    ex = served["ex"]
+    good = fake_run(ex, 21)
+    broken = damaged_runs(ex.store.path(good), ex.store.root)
+    try:
+        c = client(served)
+        table, choices, _ = c.predict(api_name="/list_runs")
+        rows = {r[0]: r for r in table["data"]}
+        assert set(broken) <= set(rows) and good in rows
+        for name in ("result-list", "settings-list", "meta-list", "result-deep", "meta-deep"):
+            assert rows[name][2] == "damaged" and broken[name] in rows[name][3]
+        for name in ("result-deep", "scores-nan", "query-huge"):
+            with pytest.raises(Exception, match="damaged"):
+                c.predict(name, api_name="/open_run")
+        assert good in c.predict(good, api_name="/open_run")
+    finally:
+        for name in broken:
+            shutil.rmtree(os.path.join(ex.store.root, name), ignore_errors=True)

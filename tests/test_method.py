@@ -84,9 +84,8 @@ def test_edm_weighting_for_an_epsilon_model():
     from diffusers import DDPMScheduler
     ac = DDPMScheduler(num_train_timesteps=100).alphas_cumprod.float()
 
-    class Const(torch.nn.Module):
-        def forward(self, x, t, class_labels=None):
-            return type("O", (), {"sample": torch.full_like(x, 0.3)})()
+    def Const():      # a "model" predicting 0.3 everywhere
+        return lambda x, t, cond: torch.full_like(x, 0.3)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn((3, 1, 4, 4), generator=g), torch.randn((3, 1, 4, 4), generator=g)
     t = torch.tensor([5, 50, 95])
@@ -115,7 +114,7 @@ def test_loss_matrix_uses_the_same_noise_for_every_item(tiny_model_dir, tiny_npz
     with torch.no_grad():
         for i in (0, 13, 31):
             for k in (0, 4):
-                ref = per_item_loss(m.unet, ac, m.prediction_type, d.tensor([i]), d.label_tensor([i]),
+                ref = per_item_loss(m.predictor(), ac, m.prediction_type, d.tensor([i]), m.label_cond(d.labels[[i]]),
                                     ns.timesteps[k:k + 1], ns.eps[k:k + 1])
                 assert L[i, k] == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
 
@@ -145,8 +144,8 @@ def test_neighbour_vectors_in_slices_equal_the_whole_set(tiny_model_dir, tiny_np
     m, d = load_model(tiny_model_dir), load_dataset(tiny_npz)
     whole = neighbours.pixel_features(d.tensor())
     assert np.array_equal(neighbours._in_slices(d, lambda idx: neighbours.pixel_features(d.tensor(idx)), rows=5), whole)
-    feats = neighbours.model_features(m, d.tensor(), d.label_tensor(), batch_size=4)
-    sliced = neighbours._in_slices(d, lambda idx: neighbours.model_features(m, d.tensor(idx), d.label_tensor(idx),
+    feats = neighbours.model_features(m, d.tensor(), m.label_cond(d.labels), batch_size=4)
+    sliced = neighbours._in_slices(d, lambda idx: neighbours.model_features(m, d.tensor(idx), m.label_cond(d.labels[idx]),
                                                                             batch_size=4), rows=8)
     assert np.allclose(sliced, feats, rtol=1e-5, atol=1e-6)
 
@@ -269,9 +268,10 @@ def test_one_forward_over_forget_and_retain_gives_each_batch_its_own_losses(tiny
     tf, tr = torch.randint(0, 1000, (6,), generator=g), torch.randint(0, 1000, (6,), generator=g)
     ef, er = torch.randn(xf.shape, generator=g), torch.randn(xr.shape, generator=g)
     with torch.no_grad():
-        apart = torch.cat([per_item_loss(m.unet, ac, m.prediction_type, xf, yf, tf, ef),
-                           per_item_loss(m.unet, ac, m.prediction_type, xr, yr, tr, er)])
-        together = per_item_loss(m.unet, ac, m.prediction_type, torch.cat([xf, xr]), torch.cat([yf, yr]),
+        c = lambda y: {"class_labels": y}  # noqa: E731
+        apart = torch.cat([per_item_loss(m.predictor(), ac, m.prediction_type, xf, c(yf), tf, ef),
+                           per_item_loss(m.predictor(), ac, m.prediction_type, xr, c(yr), tr, er)])
+        together = per_item_loss(m.predictor(), ac, m.prediction_type, torch.cat([xf, xr]), c(torch.cat([yf, yr])),
                                  torch.cat([tf, tr]), torch.cat([ef, er]))
     torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-6)
 

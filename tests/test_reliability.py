@@ -240,7 +240,7 @@ def test_generate_replaces_only_its_own_png(tiny_model_dir, tmp_path, capsys):
     assert gen(foreign, 1, "--force") == 0 and foreign.read_bytes() != keep
 
 
-def test_attribute_replaces_an_earlier_run_and_force_replaces_a_foreign_folder(tiny_model_dir, tiny_npz, tmp_path,
+def test_attribute_replaces_an_earlier_run_and_force_writes_beside_a_foreign_folders_files(tiny_model_dir, tiny_npz, tmp_path,
                                                                               work, capsys, fast_env):
     q = _query(tmp_path, tiny_npz)
     old_run = tmp_path / "old_run"          # an earlier run from before the marker: result.json + scores.csv + losses.npz
@@ -250,8 +250,8 @@ def test_attribute_replaces_an_earlier_run_and_force_replaces_a_foreign_folder(t
     base = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0"] + FAST
     assert main(base + ["--out", str(old_run)]) == 0
     assert json.load(open(old_run / "result.json"))["top_k"] and folder_kind(str(old_run)) == "run"
-    assert main(base + ["--out", str(work), "--force"]) == 0
-    assert not (work / "thesis.tex").exists() and folder_kind(str(work)) == "run"
+    assert main(base + ["--out", str(work), "--force"]) == 0          # beside the user's file, which is kept
+    assert (work / "thesis.tex").read_text() == "precious" and folder_kind(str(work)) == "run"
     assert [n for n in os.listdir(tmp_path) if n.startswith((".tmp-", ".old-"))] == []
 
 
@@ -262,14 +262,159 @@ def test_library_swap_refuses_foreign_folders(tmp_path):
     with pytest.raises(MucsError, match="does not hold a MUCS run"):
         atomic_write_dir(str(d), {"result.json": b"{}"})
     assert os.listdir(d) == ["thesis.tex"] and os.listdir(tmp_path) == ["d"]
-    atomic_write_dir(str(d), {"result.json": b"{}"}, force=True)
-    assert sorted(os.listdir(d)) == [MARKER, "result.json"]
-    atomic_write_dir(str(d), {"result.json": b"[]"})          # ours now: replaced without force
-    assert (d / "result.json").read_bytes() == b"[]"
+    atomic_write_dir(str(d), {"result.json": b"{}"}, force=True)   # beside the foreign file, which is kept
+    assert sorted(os.listdir(d)) == [MARKER, "result.json", "thesis.tex"]
+    atomic_write_dir(str(d), {"result.json": b"[]"})          # ours now: our file replaced without force
+    assert (d / "result.json").read_bytes() == b"[]" and (d / "thesis.tex").read_text() == "precious"
     (tmp_path / "empty").mkdir()
     atomic_write_dir(str(tmp_path / "empty"), {"a": b"1"})     # an empty folder holds nothing to lose
     with pytest.raises(MucsError, match="holds a MUCS run, not a model"):
         check_out_dir(str(d), "model")
+
+
+# --- issue 21, point 1: a command replaces only files it wrote; never an input, with or without --force ---
+def _attr(tiny_model_dir, tiny_npz, q, out, *extra):
+    return ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", q, "--label", "0",
+            "--out", str(out)] + FAST + list(extra)
+
+
+def test_rewriting_a_run_or_model_keeps_the_files_the_user_added(tiny_model_dir, tiny_npz, tmp_path, capsys,
+                                                                 fast_env):
+    q = _query(tmp_path, tiny_npz)
+    run = tmp_path / "run"
+    assert main(_attr(tiny_model_dir, tiny_npz, q, run)) == 0
+    (run / "my_notes.txt").write_text("notes")
+    (run / "plots").mkdir()
+    (run / "plots" / "fig.pdf").write_bytes(b"%PDF")
+    first = (run / "meta.json").read_bytes()
+    assert main(_attr(tiny_model_dir, tiny_npz, q, run)) == 0                    # no --force needed: a run of ours
+    assert (run / "my_notes.txt").read_text() == "notes" and (run / "plots" / "fig.pdf").read_bytes() == b"%PDF"
+    assert (run / "meta.json").read_bytes() != first and folder_kind(str(run)) == "run"
+    marker = json.load(open(run / MARKER))
+    assert marker["mucs"] == "run" and "my_notes.txt" not in marker["files"] and "scores.csv" in marker["files"]
+    model = tmp_path / "model"
+    train = ["train", "--data", tiny_npz, "--out", str(model), "--steps", "1", "--batch-size", "4",
+             "--channels", "8,16", "--no-attention"]
+    assert main(train) == 0
+    (model / "README.md").write_text("my model")
+    assert main(train + ["--seed", "1"]) == 0
+    assert (model / "README.md").read_text() == "my model" and json.load(open(model / "mucs_train.json"))["seed"] == 1
+    assert [n for n in os.listdir(tmp_path) if n.startswith((".tmp-", ".old-"))] == []
+
+
+def test_out_equal_to_or_inside_any_input_is_refused_with_or_without_force(tiny_model_dir, tiny_npz, tmp_path,
+                                                                           capsys, fast_env, monkeypatch):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    imgs = tmp_path / "imgs"
+    for c in ("c0", "c1"):
+        (imgs / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(imgs / c / f"{i}.png")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "keep.txt").write_text("x")
+    monkeypatch.setenv("MUCS_RUNS_DIR", str(runs))
+    q = _query(tmp_path, tiny_npz)
+    cache = os.environ["MUCS_CACHE_DIR"]
+    os.makedirs(cache, exist_ok=True)
+    for force in ([], ["--force"]):
+        _refused(_attr(str(model), tiny_npz, q, model / "unet", *force), tmp_path, capsys, "lies inside the input")
+        _refused(_attr(str(model), tiny_npz, q, model, *force), tmp_path, capsys, "would replace the input")
+        _refused(_attr(str(model), str(imgs), q, imgs / "c0", *force), tmp_path, capsys, "lies inside the input")
+        _refused(_attr(str(model), tiny_npz, q, os.path.join(cache, "x"), *force), tmp_path, capsys,
+                 "lies inside the input")
+        _refused(_attr(str(model), tiny_npz, q, runs, *force), tmp_path, capsys, "is the runs folder")
+        _refused(["train", "--data", str(imgs), "--out", str(imgs / "c0"), "--steps", "1", *force], tmp_path, capsys,
+                 "lies inside the input")
+        _refused(["train", "--data", str(imgs), "--out", str(imgs), "--steps", "1", *force], tmp_path, capsys,
+                 "would replace the input")
+        _refused(["generate", "--model", str(model), "--label", "0", "--seed", "1", "--steps", "2",
+                  "--out", str(model / "x.png"), *force], tmp_path, capsys, "lies inside the input")
+
+
+def test_force_writes_beside_a_foreign_folders_files_and_never_deletes_one(tiny_model_dir, tiny_npz, tmp_path,
+                                                                           capsys, fast_env, monkeypatch):
+    q = _query(tmp_path, tiny_npz)
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    (photos / "2024" / "a.jpg").write_bytes(b"jpeg")
+    (photos / "thesis.tex").write_text("precious")
+    before = _snapshot(photos)
+    _refused(_attr(tiny_model_dir, tiny_npz, q, photos), photos, capsys, "pass --force to write the run into it")
+    assert main(_attr(tiny_model_dir, tiny_npz, q, photos, "--force")) == 0
+    after = _snapshot(photos)
+    assert {k: v for k, v in after.items() if k in before} == before          # every file and folder kept
+    assert folder_kind(str(photos)) == "run" and (photos / "scores.csv").exists()
+    assert main(_attr(tiny_model_dir, tiny_npz, q, photos)) == 0               # ours now: rewritten, still kept
+    assert {k: v for k, v in _snapshot(photos).items() if k in before} == before
+    user = tmp_path / "userfolder"                                             # train --out userfolder --force
+    user.mkdir()
+    (user / "data.csv").write_text("1,2")
+    assert main(["train", "--data", tiny_npz, "--out", str(user), "--steps", "1", "--batch-size", "4",
+                 "--channels", "8,16", "--no-attention", "--force"]) == 0
+    assert (user / "data.csv").read_text() == "1,2" and folder_kind(str(user)) == "model"
+    cwd = tmp_path / "cwd"                                                      # --out . --force in a user folder
+    cwd.mkdir()
+    (cwd / "notes.md").write_text("n")
+    monkeypatch.chdir(cwd)
+    assert main(_attr(tiny_model_dir, tiny_npz, q, ".", "--force")) == 0
+    assert (cwd / "notes.md").read_text() == "n" and (cwd / "result.json").exists()
+    # a file of the user's under a name the run would write: refused even with --force, nothing changes
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "scores.csv").write_text("my scores")
+    for force in ([], ["--force"]):
+        _refused(_attr(tiny_model_dir, tiny_npz, q, clash, *force), clash, capsys,
+                 "pass --force" if not force else "holds scores.csv, which mucs did not write")
+    # a folder of another MUCS kind, and a symbolic link: refused even with --force
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    link = tmp_path / "link"
+    link.symlink_to(photos)
+    for force in ([], ["--force"]):
+        _refused(_attr(tiny_model_dir, tiny_npz, q, model, *force), tmp_path, capsys, "holds a MUCS model, not a run")
+        _refused(_attr(tiny_model_dir, tiny_npz, q, link, *force), tmp_path, capsys, "is a symbolic link")
+
+
+KILL_WHILE_CARRYING = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from mucs import cache
+real = os.rename
+def rename(a, b):
+    real(a, b)
+    if os.path.basename(a) == "mine.txt":              # first kept file moved back: stop before the second
+        open(sys.argv[3], "w").close()
+        time.sleep(120)
+os.rename = rename
+cache.atomic_write_dir(sys.argv[2], {"result.json": b"new"}, force=True)
+"""
+
+
+@pytest.mark.parametrize("stop", ["aside", "carrying"])
+def test_kill_while_writing_beside_foreign_files_loses_none_of_them(tmp_path, stop):
+    out = tmp_path / "folder"
+    out.mkdir()
+    for n in ("mine.txt", "zz.txt"):
+        (out / n).write_text(n)
+    ready = tmp_path / "ready"
+    script = KILL_WHILE_CARRYING if stop == "carrying" else KILL_IN_SWAP.replace(
+        '{"result.json": b"new"})', '{"result.json": b"new"}, force=True)')
+    p = subprocess.Popen([sys.executable, "-c", script, REPO, str(out), str(ready)])
+    try:
+        t0 = time.time()
+        while not ready.exists():
+            assert p.poll() is None and time.time() - t0 < 120, "the writer never reached the point"
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    recover_dir(str(out), stale_seconds=0)                     # what any later command does first
+    assert (out / "mine.txt").read_text() == "mine.txt" and (out / "zz.txt").read_text() == "zz.txt"
+    assert sorted(os.listdir(tmp_path)) == ["folder", "ready"]
 
 
 # --- crash safety ---------------------------------------------------------------------------------
@@ -640,9 +785,36 @@ def test_pickle_only_weights_are_never_loaded(tmp_path, monkeypatch):
     assert os.path.exists(folder / "unet" / "diffusion_pytorch_model.bin")
     loads = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or pytest.fail("torch.load called"))
-    with pytest.raises(MucsError, match="no safetensors UNet weights .*pickled weights can run code"):
+    with pytest.raises(MucsError, match="no safetensors weights .*pickled weights can run code"):
         load_model(str(folder), "cpu")
     (folder / "unet" / "notes.safetensors").write_bytes(b"not the weights")
     with pytest.raises(MucsError, match="cannot load the model"):
         load_model(str(folder), "cpu")
     assert loads == []
+
+
+# --- issue 21, points 2 and 8: damaged runs are one error line in `mucs report` ------------------------------
+def test_report_of_a_damaged_run_is_one_error_line(tiny_npz, tmp_path, capsys):
+    from conftest import damaged_runs
+
+    from mucs.explorer.history import write_run
+    from mucs.method.attribute import Attribution
+    z = np.load(tiny_npz)
+    n = len(z["labels"])
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=n)
+    att = Attribution(scores=scores, top=np.argsort(-scores)[:3], loss_original=rng.random(n) + 0.1,
+                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=2, converged=True, curve=[],
+                      stage_times=dict(total=1.0), settings={}, query=dict(label=1, conversions=[], source="t"),
+                      query_image=z["images"][0][..., None], labels=z["labels"], info=dict(data=tiny_npz))
+    good = write_run(att, str(tmp_path / "good"))
+    broken = damaged_runs(good, tmp_path / "runs")
+    out = tmp_path / "r.html"
+    for name, phrase in broken.items():
+        rc = main(["report", str(tmp_path / "runs" / name), "--out", str(out)])
+        err = capsys.readouterr().err
+        if name.startswith("meta-"):                  # the metadata is optional: left out, and said
+            assert rc == 0 and phrase in err and "leaves the run's metadata out" in err, (name, err)
+        elif name != "query-wrong-size":              # (the report needs no model: that query is shown as it is)
+            assert rc == 2 and phrase in err and err.count("error:") == 1 and "Traceback" not in err, (name, err)
+    assert main(["report", good, "--out", str(out)]) == 0 and out.read_text().startswith("<!doctype html>")

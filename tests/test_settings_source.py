@@ -164,7 +164,7 @@ def test_settings_profiles_recommended_fast_and_paper(tmp_path):
 
 
 def test_embedded_default_fast_profile_is_the_measured_one():
-    """The fast profile README's speed table measured: B 50, lr ÷ 2.5, screening 2 levels / 50 items."""
+    """The fast profile docs/benchmarks.md's speed table measured: B 50, lr ÷ 2.5, screening 2 levels / 50 items."""
     from mucs.defaults import DEFAULT_MODEL, settings_for
     rec, fast = settings_for(DEFAULT_MODEL), settings_for(DEFAULT_MODEL, "fast")
     assert (fast.batch_size, fast.lr_factor, fast.screen_noises, fast.screen_keep) == (50, 2.5, 2, 50)
@@ -293,6 +293,7 @@ def test_requirements_files_match_pyproject_and_cover_every_import():
     dist = {"PIL": "pillow", "faiss": "faiss-cpu", "sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub",
             "gradio_client": "gradio-client"}
     local = {"mucs", "app", "conftest", "make_dataset", "take"}
+    dist["yaml"] = "pyyaml"                  # tests/test_docs.py reads mkdocs.yml and CITATION.cff
     provided = set(core) | set(dev) | {n for specs in extras.values() for n in _spec_map(specs)}
     missing = set()
     paths = [os.path.join(ROOT, "app.py")]
@@ -315,24 +316,24 @@ def test_requirements_files_match_pyproject_and_cover_every_import():
     assert not missing, f"imported but in no requirements file: {missing}"
 
 
-# --- README ----------------------------------------------------------------------------------------
-def test_readme_links_stay_in_the_repository_and_the_cli_reference_is_complete():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+://", target) or target.startswith("#"):
-            continue
-        path = os.path.normpath(os.path.join(ROOT, target.split("#")[0]))
-        assert path.startswith(ROOT + os.sep) and os.path.exists(path), f"README links to {target}"
+# --- README and docs/cli.md ------------------------------------------------------------------------
+def test_readme_and_cli_page_name_every_command_and_flag():
+    """README's CLI table names every command and the main flags; docs/cli.md names every settings
+    flag; docs/models.md the model layouts and data formats (tests/test_docs.py checks the links)."""
+    def read(*parts):
+        return open(os.path.join(ROOT, *parts), encoding="utf-8").read()
+    readme, cli, models = read("README.md"), read("docs", "cli.md"), read("docs", "models.md")
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
     for cmd, p in sub.items():
-        assert f"`mucs {cmd}" in text, f"README's CLI reference lacks `mucs {cmd}`"
+        assert f"`mucs {cmd}" in readme, f"README's CLI table lacks `mucs {cmd}`"
+        assert f"`mucs {cmd}" in cli, f"docs/cli.md lacks `mucs {cmd}`"
     for flag in ("--verbose", "--list-classes", "--train-lr", "--image-column", "--label-column", "--settings",
                  "--runs", "--out", "--paper-settings", "--fast", "--cache-dir", "--force"):
-        assert flag in text, flag
+        assert flag in readme, flag
     for name in FIELDS:                      # every settings flag is named
         if name not in CLI_SETTINGS_ONLY:
-            assert f"`{flag_for(name)}" in text or f" {flag_for(name)}" in text, flag_for(name)
-    for word in ("model_index.json", "HF_HUB_OFFLINE", "save_to_disk", "imagefolder",
-                 "https://download.pytorch.org/whl/cpu"):
-        assert word in text, word
+            assert f"`{flag_for(name)}" in cli or f" {flag_for(name)}" in cli, flag_for(name)
+    for word in ("model_index.json", "HF_HUB_OFFLINE", "save_to_disk", "imagefolder"):
+        assert word in models, word
+    assert "https://download.pytorch.org/whl/cpu" in readme

@@ -22,7 +22,7 @@ def test_missing_prerequisite_skips_locally_and_fails_in_ci(tmp_path):
     assert ci.returncode == 1 and "MUCS_REQUIRE_ALL=1" in ci.stdout and "1 failed" in ci.stdout
 
 
-# The layout's layers, lowest first (README, "Code map"): a module may import its own layer and the ones below.
+# The layout's layers, lowest first (docs/code-map.md): a module may import its own layer and the ones below.
 LAYERS = {"shared": 0, "sources": 1, "method": 2, "explorer": 3, "evaluation": 3}
 
 

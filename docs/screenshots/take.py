@@ -1,4 +1,4 @@
-"""Refresh the README screenshots of the explorer on the embedded default model, from the example
+"""Refresh the README and docs screenshots of the explorer on the embedded default model, from the example
 runs that ship with it (no attribution is run, so this takes a minute on a CPU):
 
     python docs/screenshots/take.py [--out docs/screenshots]

@@ -1,4 +1,4 @@
-"""The counterfactual test (MUCS.md, "How attribution quality is judged"), resumable, in four parts:
+"""The counterfactual test (docs/method.md, "How attribution quality is judged"), resumable, in four parts:
 
 - `config`  what is evaluated: EvalConfig and the presets;
 - `plan`    where every artefact lives in the work folder and whether it is cached (keys, paths,
@@ -59,7 +59,7 @@ class Evaluation:
         self.retrain = retrain
         self.engine = engine
         self.computed = dict(retrains=0, generations=0, attributions=0)
-        self.seconds = {}
+        self.seconds: dict = {}
 
     # --- the plan, for callers and tests ------------------------------------------------------
     def data(self):

@@ -52,11 +52,12 @@ def add_parser(sub):
                    help="torch CPU threads per task (Ray: the CPUs each task declares, default 1; serial: this process)")
     p.add_argument("--gpus-per-task", type=float, default=1.0,
                    help="with --device cuda on Ray: the GPUs each task declares (default 1: one task per GPU)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present, else CPU, as every "
+                                                  "other command; with --address the workers' device, default cpu)")
     p.add_argument("--cached-only", action="store_true",
                    help="compute nothing: report the methods whose retrains are already in the work folder")
     p.add_argument("--target-auc", type=float, default=None,
-                   help="also print whether MUCS's target-SSIM AUC reaches this value (e.g. a target from the README)")
+                   help="also print whether MUCS's target-SSIM AUC reaches this value (e.g. a target value)")
     p.set_defaults(fn=cmd_evaluate)
 
 
@@ -90,7 +91,7 @@ def cmd_evaluate(a):
     out = a.out or os.path.join(work, "results.json")
     check_out(out, work, a.force)
     # on a cluster the device is the workers' (this machine may have none); locally it is checked here
-    device = a.device if a.address else str(pick_device(a.device))
+    device = (a.device or "cpu") if a.address else str(pick_device(a.device))
     ev = Evaluation(cfg, work, device=device, cached_only=a.cached_only, threads=a.threads)
     engine = SerialEngine() if a.cached_only else make_engine(a.engine, a.address, a.workers, a.threads, device,
                                                               a.gpus_per_task)

@@ -118,7 +118,7 @@ class EvalConfig:
         return self
 
 
-PRESETS = {
+PRESETS: dict[str, dict] = {
     # for the tests: seconds
     "tiny": dict(n_train=None, channels=(8, 16), train_steps=40, train_batch=16, lr=2e-3, ema_decay=0.99, warmup=5,
                  targets=2, controls=2, sample_steps=4, k_frac=0.1, random_repeats=2, noises=4, unlearn_batch=8,
@@ -128,7 +128,7 @@ PRESETS = {
     "small": dict(n_train=200, channels=(16, 32, 32), train_steps=800, train_batch=32, lr=1e-3, ema_decay=0.995,
                   warmup=50, targets=10, controls=10, sample_steps=25, k_frac=0.02, random_repeats=8, noises=32,
                   unlearn_batch=32, max_steps=60, null_batches=20, null_batch_size=64),
-    # the published table (README): 500 images, 20 targets + 20 controls, k = 1 % of N (5 per target, a union
+    # the published table (docs/benchmarks.md): 500 images, 20 targets + 20 controls, k = 1 % of N (5 per target, a union
     # of ~100 = 20 % of the set, as in "small"). Budget: ~4.5 min per retrain + ~15 s per MUCS-type
     # attribution on 1 thread; retrains and attributions run as tasks on the engine (Ray: one per CPU or GPU).
     # The step cap is high enough that every unlearning stops by the τ rule; controls live in

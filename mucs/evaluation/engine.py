@@ -68,9 +68,9 @@ class RayEngine:
         self.threads = max(1, int(threads or 1))
         self.num_gpus = float(gpus_per_task) if str(device).startswith("cuda") else 0.0
         self._owned = False
-        self._remote = {}
+        self._remote: dict = {}
         if not ray.is_initialized():
-            kw = dict(include_dashboard=False, log_to_driver=True)
+            kw: dict = dict(include_dashboard=False, log_to_driver=True)
             if address:
                 ray.init(address=address, runtime_env=dict(py_modules=[os.path.join(ROOT, "mucs")]), **kw)
             else:
@@ -100,7 +100,7 @@ class RayEngine:
     def submit(self, fn, *args, name: str = ""):
         if fn not in self._remote:
             self._remote[fn] = self.ray.remote(fn)
-        opts = dict(num_cpus=self.threads, num_gpus=self.num_gpus)
+        opts: dict = dict(num_cpus=self.threads, num_gpus=self.num_gpus)
         if name:
             opts["name"] = name
         return self._remote[fn].options(**opts).remote(*args)

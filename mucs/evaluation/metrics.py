@@ -6,7 +6,7 @@ the retrained model generates from the same seed and class):
 - ``mse``: pixel mean squared error in [0, 1] units — a *distance* (lower = more similar);
 - ``feature_cosine``: cosine of model A's own mid-block features of the two images.
 
-Summaries (MUCS.md, "How attribution quality is judged"):
+Summaries (docs/method.md, "How attribution quality is judged"):
 - ``auc``: P(similarity after random removal > similarity after the method's removal), ties
   counting 1/2 (scipy's Mann–Whitney U over n_random·n_method); for a distance the inequality is
   reversed, so 0.5 = no better than random and 1 = the method always changes the item more than
@@ -82,13 +82,14 @@ def cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def feature_cosine(model, a, b, labels: Optional[Sequence[int]] = None, timestep: int = 100) -> np.ndarray:
+def feature_cosine(model, a, b, labels: Optional[Sequence[int]] = None,
+                   timestep: Optional[int] = None) -> np.ndarray:
     """Cosine of `model`'s mid-block features (mucs.method.neighbours.model_features) of two image sets."""
     from ..sources.data import to_model_range
     from ..method.neighbours import model_features
-    y = None if labels is None or model.num_classes is None else torch.as_tensor(list(labels), dtype=torch.long)
-    fa = model_features(model, to_model_range(np.asarray(a)), y, timestep)
-    fb = model_features(model, to_model_range(np.asarray(b)), y, timestep)
+    y = None if labels is None or model.num_classes is None else model.label_cond(list(labels))
+    fa = model_features(model, model.encode_images(to_model_range(np.asarray(a))), y, timestep)
+    fb = model_features(model, model.encode_images(to_model_range(np.asarray(b))), y, timestep)
     return cosine(fa, fb)
 
 

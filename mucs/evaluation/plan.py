@@ -28,7 +28,7 @@ from ..cache import atomic_write, cache_key, load_arrays
 from ..errors import MucsError
 from .config import GROUPS, EvalConfig
 
-_DATA = {}   # per process: training-set file -> TrainingSet (a task process reuses it across tasks)
+_DATA: dict = {}   # per process: training-set file -> TrainingSet (a task process reuses it across tasks)
 
 
 @dataclass(eq=False)
@@ -201,7 +201,8 @@ def balanced_subset(labels, total: int, n: int, seed: int) -> np.ndarray:
         return np.sort(rng.choice(total, n, replace=False))
     classes = np.unique(labels)
     per = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
-    out, j = [], 0
+    out: list = []
+    j = 0
     while len(out) < n:
         for c in classes:
             if j < len(per[c]) and len(out) < n:
@@ -226,7 +227,7 @@ def random_names(cfg: EvalConfig) -> list:
     return [f"random#{r}" for r in range(cfg.random_repeats)]
 
 
-def check_methods(methods) -> list:
+def check_methods(methods) -> tuple:
     """The methods to compare (random removal is always measured) and the single methods they need."""
     methods = [m for m in methods if m != "random"]
     singles = []

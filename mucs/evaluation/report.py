@@ -58,7 +58,7 @@ def overlap_table(result: dict) -> str:
 
 
 def verdict(result: dict, target_auc: float) -> str:
-    """MUCS's target-SSIM AUC against `target_auc` (an input, e.g. a target from the README), its
+    """MUCS's target-SSIM AUC against `target_auc` (an input, e.g. a target value), its
     control AUC's distance from 0.5, and the methods it does not beat on target SSIM."""
     m = result["methods"]
     if "mucs" not in m:

@@ -15,7 +15,7 @@ model A only. The first target of each MUCS-type method waits for the previous o
 the shared loss caches (L_o, L_null) are computed once, by the first, as in a serial run.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class State:
 
     def compute_seconds(self) -> dict:
         """Seconds per stage (train, generate, attribute:<method>) summed over the artefacts used."""
-        out = {}
+        out: dict = {}
         for (stage, _), sec in self.seconds.items():
             out[stage] = out.get(stage, 0.0) + sec
         out["total"] = sum(out.values())
@@ -80,9 +80,10 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
     for s in seeds[1:]:     # how much the training seed alone changes the items (nothing removed)
         submit("seed", s, steps.measured, job, a, ga, gens_a[s], name=f"measure model A{seed_tag(s)}")
 
-    names_of, sims_of = {}, {}    # model key -> (name, block, seed) sharing its chain / its measured similarities
+    names_of: dict = {}
+    sims_of: dict = {}            # model key -> (name, block, seed) sharing its chain / its measured similarities
     blocks = job.cfg.blocks()
-    per_block = {}                # name -> {(block, seed): similarities measured on that retrain}
+    per_block: dict = {}          # name -> {(block, seed): similarities measured on that retrain}
 
     def measured_block(name, b, s, val):
         per_block.setdefault(name, {})[(b, s)] = val
@@ -122,10 +123,10 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
         chain(name, job.random_sets(r), f"random removal {r}")
 
     # attributions: every (single method, target), cached ones only in cached-only mode
-    model_fp = steps.load_model(job, a_dir).fingerprint() if cached_only else None
-    before = steps.generated(job, a_dir)["images"] if cached_only else None
+    model_fp: Any = steps.load_model(job, a_dir).fingerprint() if cached_only else None   # Any: set when cached_only
+    before: Any = steps.generated(job, a_dir)["images"] if cached_only else None
     available = set(singles)
-    previous_first = []
+    previous_first: list = []
     for m in singles:
         if cached_only:
             if not all(job.cached_attribution(m, model_fp, i, before["targets"][i]) is not None for i in range(T)):
@@ -139,7 +140,7 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
         for i in range(1, T):
             submit("attribute", m, steps.attributed, job, m, i, a, ga, *([first] if mucs_type else []),
                    name=f"attribute {m} target {i}")
-    scores = {m: {} for m in singles}
+    scores: dict = {m: {} for m in singles}
     waiting = [m for m in methods if all(p in available for p in baselines.components(m))]
 
     while watch:
@@ -190,7 +191,7 @@ def merge_blocks(blocks: list, per_block: dict) -> dict:
     control once per block (each retrain is one more removal the controls should survive)."""
     if len(blocks) == 1:
         return per_block[0]
-    out = {}
+    out: dict = {}
     for g in per_block[0]:
         out[g] = {}
         for metric in per_block[0][g]:

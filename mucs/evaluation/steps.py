@@ -23,7 +23,7 @@ from ..cache import atomic_write, save_arrays
 from ..errors import MucsError
 from .plan import CTX_SEED, Job, groups_of
 
-_CONTEXTS = {}   # per process: one baselines.Context (model A, attributor with its loss caches) per key
+_CONTEXTS: dict = {}   # per process: one baselines.Context (model A, attributor with its loss caches) per key
 
 
 def train_without(data, removed, options, out_dir, device: str = "cpu") -> str:
@@ -81,7 +81,7 @@ def generated(job: Job, model) -> dict:
     path = _path(model)
     hit = job.cached_generation(path)
     computed = hit is None
-    if computed:
+    if hit is None:
         job.refuse(f"the generated items of {path}")
         _threads(job)
         it = job.items()
@@ -111,7 +111,7 @@ def context(job: Job, model_a) -> baselines.Context:
     return ctx
 
 
-_MODEL = {}      # per process: the last few models A loaded by _model_a (tasks of one run share them;
+_MODEL: dict = {}      # per process: the last few models A loaded by _model_a (tasks of one run share them;
                  # one per replicate seed, so alternating measurements do not reload the attributed one)
 
 
@@ -142,7 +142,7 @@ def attributed(job: Job, method: str, i: int, model_a, before, *after) -> dict:
     path = job.attribution_path(method, i, key)
     hit = load_arrays(path, key)
     computed = hit is None
-    if computed:
+    if hit is None:
         job.refuse(f"{method}'s attribution of target {i}")
         _threads(job)
         ctx = context(job, model)

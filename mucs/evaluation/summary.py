@@ -29,7 +29,7 @@ def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
 
     def pooled(names, g, metric):
         return np.concatenate([sims[n][g][metric] for n in names])
-    res = {}
+    res: dict = {}
     # random: each repeat against the other repeats (leave one out), averaged
     res["random"] = dict(removed=float(np.mean([st.removed[n] for n in rnames])))
     for g in groups:

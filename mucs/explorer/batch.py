@@ -42,6 +42,7 @@ class BatchOps:
         """Items for class × seeds: `labels` one class or several (ignored for an unconditional model),
         `seeds` a list or text such as '0-15' or '0,3,7'."""
         from ..sources.generate import check_steps
+        self._check_family()
         steps = check_steps(sampler_steps, self.model.scheduler.config.num_train_timesteps)
         if self.model.num_classes is None:
             labels = [None]
@@ -56,6 +57,7 @@ class BatchOps:
     def batch_uploads(self, paths: Sequence[str], labels) -> list:
         """Items for several uploaded files, each read (and converted) now: a bad file is one error
         before anything runs. `labels`: one class for all, or one per file."""
+        self._check_family()
         paths = [p for p in (paths or []) if p]
         if not paths:
             raise MucsError("upload one or more images first")
@@ -74,6 +76,13 @@ class BatchOps:
         for it, q in zip(items, queries):
             it.source = f"upload {q.meta['file']}"
         return self._check_batch_size(items)
+
+    def _check_family(self) -> None:
+        """Batches take class-conditional and unconditional models; a text model's prompts are not
+        planned per item yet: one clear line instead of items with no prompt."""
+        if getattr(self.model, "conditioning", "class") == "text":
+            raise MucsError("batches take class-conditional or unconditional models for now: attribute a text "
+                            "model's images one at a time (Query & attribute, with their prompt)")
 
     def _check_batch_size(self, items) -> list:
         limit = getattr(self, "max_batch", MAX_BATCH)

@@ -10,7 +10,7 @@ def tie_stats(scores: np.ndarray, top, labels: Optional[np.ndarray] = None, quer
     within 5 % of the top score (1.0 means the whole class scores like the best item)."""
     scores = np.asarray(scores, np.float64)
     top = np.asarray(top, int)
-    out = dict(k=int(len(top)), distinct_top=int(len(set(np.round(scores[top], 4)))) if len(top) else 0)
+    out: dict = dict(k=int(len(top)), distinct_top=int(len(set(np.round(scores[top], 4)))) if len(top) else 0)
     if len(top) and labels is not None and query_label is not None:
         same = np.asarray(labels) == int(query_label)
         best = float(scores[top[0]])

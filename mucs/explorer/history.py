@@ -9,22 +9,22 @@ choosing (`mucs attribute --out DIR`), so a run folder inside an app's runs fold
 The runs of a collection (a batch; mucs/explorer/collection.py) are run folders inside the
 collection's folder: the store lists them too, by the id `COLLECTION/RUN`."""
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
 from ..method.attribute import Attribution
-from ..cache import MARKER, atomic_write, atomic_write_dir, check_writable_dir, marker_bytes
+from ..cache import atomic_write, atomic_write_dir, check_writable_dir, write_tree
 from ..checks import dumps_strict
 from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from ..errors import MucsError
+from ..runfiles import read_meta, read_result
 
 META = "meta.json"
 RUN_FILES = ("result.json", "losses.npz", "scores.csv", META)   # what makes a folder a run
@@ -85,22 +85,21 @@ def _meta_bytes(m: dict) -> bytes:
 def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: bool = False,
               class_names=None) -> str:
     """Write `att` into the folder `path` in the run format (result.json, scores.csv, losses.npz,
-    query.png, meta.json, marker), atomically: a new or empty folder, or an earlier run (replaced);
-    anything else only with `force`. Returns the absolute path."""
+    query.png, meta.json, marker), atomically: a new or empty folder, or an earlier run (its files
+    replaced, files the user added kept); a folder we did not make only with `force`, beside its
+    files (mucs.cache.check_out_dir). Returns the absolute path."""
     path = os.path.abspath(path)
-    staging = tempfile.mkdtemp(prefix="mucs-run-")   # Attribution.save's files, read back (small)
-    try:
-        inner = os.path.join(staging, "run")
-        _portable(att).save(inner, class_names)
-        files = {}
-        for name in os.listdir(inner):
-            with open(os.path.join(inner, name), "rb") as f:
-                files[name] = f.read()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    files[META] = _meta_bytes(run_meta(att, os.path.basename(path), meta))
+    files = run_files(att, os.path.basename(path), meta, class_names)
     atomic_write_dir(path, files, kind="run", force=force)
     return path
+
+
+def run_files(att: Attribution, run_id: str, meta: Optional[dict] = None, class_names=None,
+              now: Optional[datetime] = None) -> dict:
+    """{name: bytes} of a run folder (without the marker)."""
+    files = _portable(att).files(class_names)
+    files[META] = _meta_bytes(run_meta(att, run_id, meta, now))
+    return files
 
 
 class RunStore:
@@ -114,6 +113,7 @@ class RunStore:
             os.makedirs(self.root, exist_ok=True)
         except OSError as e:
             raise MucsError(f"run folder {self.root} cannot be created: {e.strerror or e}") from e
+        self._summaries: dict = {}   # run folder -> (file stamps, (meta, settings)): see _summary
         self._clean_stale()
 
     def _clean_stale(self, older_than: float = 3600.0) -> None:
@@ -150,14 +150,11 @@ class RunStore:
         """Store a finished attribution; returns its id. The run folder appears complete or not at all."""
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        m = run_meta(att, run_id, meta, now)
+        files = run_files(att, run_id, meta, class_names, now)
         staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
         try:
             inner = os.path.join(staging, "run")
-            _portable(att).save(inner, class_names)
-            atomic_write(os.path.join(inner, META), _meta_bytes(m))
-            if not os.path.exists(os.path.join(inner, MARKER)):
-                atomic_write(os.path.join(inner, MARKER), marker_bytes("run"))
+            write_tree(inner, files, kind="run")
             os.rename(inner, os.path.join(self.root, run_id))   # a new, unique name: never replaces anything
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -172,54 +169,93 @@ class RunStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     # --- read ------------------------------------------------------------------------------------
-    def meta(self, run_id: str) -> dict:
-        with open(os.path.join(self.path(run_id), META)) as f:
-            m = json.load(f)
-        m["id"] = run_id
-        m["example"] = self.is_example(run_id)
+    def _summary(self, run_id: str) -> tuple:
+        """(meta, settings) of a run, both checked (mucs.runfiles); a run whose meta.json or
+        result.json is malformed gives ({id, example, damaged: why}, {}). Kept per run until its
+        files change, so listing the history reads each run once."""
+        p = self.path(run_id)
+        try:
+            stamp = tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in
+                          (os.stat(os.path.join(p, f)) for f in ("result.json", META)))
+        except OSError:
+            stamp = None
+        hit = self._summaries.get(p)
+        if hit is not None and stamp is not None and hit[0] == stamp:
+            return hit[1]
+        base = dict(id=run_id, example=self.is_example(run_id))
         if "/" in run_id:
-            m["collection"] = run_id.rsplit("/", 1)[0]
-        return m
+            base["collection"] = run_id.rsplit("/", 1)[0]
+        try:
+            m, settings = dict(read_meta(p), **base), dict(read_result(p)["settings"])
+        except MucsError as e:
+            m, settings = dict(base, damaged=str(e)), {}
+        if stamp is not None:
+            self._summaries[p] = (stamp, (m, settings))
+            while len(self._summaries) > 4096:
+                self._summaries.pop(next(iter(self._summaries)), None)
+        return m, settings
+
+    def meta(self, run_id: str) -> dict:
+        """meta.json of a run (checked), with its id; MucsError for a damaged run."""
+        m = self._summary(run_id)[0]
+        if "damaged" in m:
+            raise MucsError(f"run {run_id} is damaged: {m['damaged']}")
+        return dict(m)
+
+    def settings(self, run_id: str) -> dict:
+        """The settings recorded in a run's result.json ({} for a damaged run)."""
+        return dict(self._summary(run_id)[1])
 
     def load(self, run_id: str) -> Attribution:
+        """The run's Attribution, every file checked; MucsError naming what is wrong for a damaged run."""
+        path = self.path(run_id)
+        self.meta(run_id)   # a run listed as damaged does not open either
         try:
-            return Attribution.load(self.path(run_id))
-        except MucsError:
-            raise
-        except Exception as e:
+            return Attribution.load(path)
+        except MucsError as e:
+            raise MucsError(f"run {run_id} is damaged: {e}") from None
+        except Exception as e:   # a check the run format missed: still one line, never a traceback
             raise MucsError(f"run {run_id} cannot be read: {type(e).__name__}: {e}") from e
 
     def list(self) -> list:
-        """Metadata of every readable run, the runs of collections included: user runs newest first
-        (by creation time), then the examples (newest first too)."""
+        """Metadata of every run, the runs of collections included: user runs newest first (by
+        creation time), then the examples (newest first too). A run whose files are malformed is
+        listed as {id, example, damaged: why}, never fails the listing."""
         out = []
         for base, prefix in ((self.root, ""), (self.examples, EXAMPLE_PREFIX)):
             if not base or not os.path.isdir(base):
                 continue
+            try:
+                names = sorted(n for n in os.listdir(base) if not n.startswith("."))
+            except OSError:
+                continue
             found = []
-            for name in sorted(n for n in os.listdir(base) if not n.startswith(".")):
+            for name in names:
                 p = os.path.join(base, name)
                 if _is_run(p):
                     found.append(prefix + name)
                 elif is_collection(p):
-                    found += [f"{prefix}{name}/{m}" for m in sorted(os.listdir(p))
-                              if _plain_name(m) and _is_run(os.path.join(p, m))]
-            metas = []
-            for run_id in found:
-                try:
-                    metas.append(self.meta(run_id))
-                except (OSError, ValueError, MucsError):
-                    continue   # unreadable metadata: skip rather than break the listing
+                    try:
+                        found += [f"{prefix}{name}/{m}" for m in sorted(os.listdir(p))
+                                  if _plain_name(m) and _is_run(os.path.join(p, m))]
+                    except OSError:
+                        continue
+            metas = [dict(self._summary(run_id)[0]) for run_id in found]
             out += sorted(metas, key=lambda m: (str(m.get("created", "")), m["id"]), reverse=True)
         return out
 
-    def ids(self) -> list:
-        return [m["id"] for m in self.list()]
+    def ids(self) -> List:          # List: `list` here would name the method above
+        """Ids of the runs that can be opened (damaged ones are left out)."""
+        return [m["id"] for m in self.list() if "damaged" not in m]
 
-    def table(self) -> list:
-        """Rows for a table view: id, created, source, class, steps, converged, top-k, seconds."""
+    def table(self) -> List:
+        """Rows for a table view: id, created, source, class, steps, converged, top-k, seconds (a
+        damaged run: kind 'damaged' and, in place of the source, why)."""
         rows = []
         for m in self.list():
+            if "damaged" in m:
+                rows.append([m["id"], "", "damaged", m["damaged"], "", None, False, None, None])
+                continue
             rows.append([m["id"], m.get("created", ""), m.get("kind", ""), m.get("source", ""),
                          m.get("class_name") or "", m.get("steps"), bool(m.get("converged")), m.get("top_k"),
                          m.get("seconds")])

@@ -8,7 +8,7 @@ opens offline in any browser and asks no host for anything.
 import base64
 import html
 import io
-import json
+import logging
 import os
 from datetime import datetime, timezone
 from typing import Optional
@@ -19,6 +19,8 @@ from PIL import Image
 from . import svg
 from ..method.attribute import Attribution
 from ..errors import MucsError
+
+log = logging.getLogger("mucs")
 
 METHOD = (
     "MUCS (mirrored unlearning and noise-consistent skew; Serrà et al., 2026) copies the trained model and "
@@ -165,6 +167,7 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
              f"<p class='muted'>Which training images made the model generate this image? Query: "
              f"{_e(q.get('source') or meta.get('source') or 'unknown source')}"
              + (f", class <b>{_e(cls)}</b> ({_e(label)})" if label is not None else "")
+             + (f", prompt <b>“{_e(q['prompt'])}”</b>" if q.get("prompt") else "")
              + (f"; run created {_e(meta['created'])}" if meta.get("created") else "")
              + f"; report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>",
              f"<details open><summary><b>How to read this</b></summary><p>{METHOD}</p></details>"]
@@ -172,7 +175,10 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
     stop = ("converged: the forget loss reached (1 − τ)·L<sub>null</sub>" if att.converged
             else "<b>hit the step cap</b> before the query was forgotten")
     brief = [("query source", _e(q.get("source") or meta.get("source") or "")),
-             ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)")),
+             (("query prompt", _e(q["prompt"])) if q.get("prompt") else
+              ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)"))),
+             ("model", _e(" · ".join(str(info[k]) for k in ("denoiser", "model_family", "conditioning") if info.get(k))
+                          or "UNet2DModel")),
              ("conversions of the query", _e("; ".join(q.get("conversions") or []) or "none")),
              ("unlearning", f"{att.steps} steps, {stop}"),
              ("L_null (untrained model's loss)", f"{att.loss_null:.6g}"),
@@ -197,7 +203,8 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
                else "<div style='aspect-ratio:1;background:#eee'></div>")
         cards.append(f"<div class='card' data-index='{i}'>{img}<div class='cap'>#{rank} · {i}"
                      f"{(' · ' + _e(lab)) if lab else ''} · {float(att.scores[i]):.4f}</div>"
-                     f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div></div>")
+                     + (f"<div class='sub'>“{_e(att.captions[i])}”</div>" if att.captions is not None else "")
+                     + f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div></div>")
     parts.append(f"<div class='grid' id='topk'>{''.join(cards)}</div>")
     # plots
     figs = plot_svgs(att, names)
@@ -258,13 +265,12 @@ def load_run(run_dir: str) -> tuple:
         raise MucsError(f"{run_dir} is not a readable run folder (result.json, losses.npz, scores.csv): "
                         f"{type(e).__name__}: {e}") from None
     meta = {}
-    mp = os.path.join(run_dir, "meta.json")
-    if os.path.isfile(mp):
+    if os.path.isfile(os.path.join(run_dir, "meta.json")):
+        from ..runfiles import read_meta
         try:
-            with open(mp) as f:
-                meta = json.load(f)
-        except (OSError, ValueError):
-            meta = {}
+            meta = read_meta(run_dir)
+        except MucsError as e:   # the metadata is optional: a damaged one is left out, and said
+            log.warning("%s; the report leaves the run's metadata out", e)
     return att, meta
 
 

@@ -1,6 +1,5 @@
 """The explorer session behind the app: one model, its training set, an Attributor and a run
 store. Every app callback calls one method here; nothing here knows about Gradio."""
-import json
 import logging
 import os
 import queue
@@ -10,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -58,13 +57,15 @@ def upscale(img: np.ndarray, target: int = 128) -> Image.Image:
 
 @dataclass
 class Query:
-    """The current query: pixels as the model sees them, its class, and where it came from."""
+    """The current query: pixels as the model sees them, its class or prompt, and where it came from."""
     image: np.ndarray            # (H, W, C) uint8
     label: Optional[int]
     meta: dict = field(default_factory=dict)   # kind (generated/upload/training), seed, steps, index, file, conversions
+    prompt: Optional[str] = None   # text-conditional models: the caption it was made with (or typed for an upload)
 
     def to_query_image(self) -> QueryImage:
-        return QueryImage(x=to_model_range(self.image), conversions=list(self.meta.get("conversions", [])))
+        return QueryImage(x=to_model_range(self.image), conversions=list(self.meta.get("conversions", [])),
+                          prompt=self.prompt)
 
 
 @dataclass
@@ -114,7 +115,10 @@ class Explorer(BatchOps):
     def __init__(self, model_path: str, data_path: str, overrides: Optional[dict] = None,
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
-                 max_steps_limit: Optional[int] = MAX_STEPS_LIMIT, profile: str = "recommended"):
+                 max_steps_limit: Optional[int] = MAX_STEPS_LIMIT, profile: str = "recommended",
+                 lora: Optional[str] = None, caption_column: Optional[str] = None, allow_untrained: bool = False,
+                 train_lr: Optional[float] = None, cache_dir: Optional[str] = None, image_column: Optional[str] = None,
+                 label_column: Optional[str] = None):
         self.model_path = model_path
         if max_request_seconds is not None and not (0 < float(max_request_seconds) < float("inf")):
             raise MucsError(f"the request time limit must be a positive number of seconds, got {max_request_seconds}")
@@ -122,29 +126,32 @@ class Explorer(BatchOps):
             raise MucsError(f"the step cap limit must be at least 1, got {max_steps_limit}")
         self.max_request_seconds = None if max_request_seconds is None else float(max_request_seconds)
         self.max_steps_limit = None if max_steps_limit is None else int(max_steps_limit)
-        self.model = load_model(model_path, device)
-        self.data = load_dataset(data_path)
+        self.model = load_model(model_path, device, train_lr=train_lr, lora=lora)
+        self.data = load_dataset(data_path, image_column=image_column, label_column=label_column,
+                                 caption_column=caption_column)
         self.data.check_matches(self.model)
         from ..checks import check_settings_dict
         # the settings profile (recommended, fast or paper; mucs.defaults.PROFILES), then the app's --settings
         self.profile = profile
-        self.settings = settings_for(model_path, profile, **check_settings_dict(overrides or {}, "settings")).validate()
+        self.settings = settings_for(self.model.path or model_path, profile,   # a Hub id: its snapshot folder
+                                     **check_settings_dict(overrides or {}, "settings")).validate()
         if self.settings.top_k > len(self.data):
             raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
-        self.attributor = Attributor(self.model, self.data, self.settings, cache_dir_for(model_path))
+        self.attributor = Attributor(self.model, self.data, self.settings, cache_dir or cache_dir_for(model_path),
+                                     allow_untrained=allow_untrained)
         if examples_dir == "default":
             from .history import DEFAULT_EXAMPLES
             examples_dir = DEFAULT_EXAMPLES
         self.store = RunStore(runs_dir, examples_dir)
-        self._neigh = None
-        self._cancel = OrderedDict()        # job id -> Job, running jobs only (bounded by MAX_JOBS)
+        self._neigh: Optional[NeighbourIndex] = None
+        self._cancel: OrderedDict = OrderedDict()   # job id -> Job, running jobs only (bounded by MAX_JOBS)
         self._lock = threading.Lock()
-        self._unlearned = OrderedDict()     # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
-        self._ctx = None                    # baselines Context (faiss indexes shared across queries)
+        self._unlearned: OrderedDict = OrderedDict()   # run id -> unlearned UNet (bounded by KEEP_UNLEARNED)
+        self._ctx: Any = None               # baselines Context (faiss indexes shared across queries)
         self._baseline_lock = threading.RLock()   # one baseline computation at a time (shared memo and hooks)
-        self._settings_cache = {}           # run id -> settings dict (runs never change)
-        self._last_times = None             # stage times of the last run here: weights of the overall progress
-        self._downloads = None              # one folder for the files offered for download (replaced, not piled up)
+        self._settings_cache: dict = {}     # run id -> settings dict (runs never change)
+        self._last_times: Optional[dict] = None   # stage times of the last run here: weights of the overall progress
+        self._downloads: Optional[str] = None     # one folder for the files offered for download (replaced, not piled up)
 
     # --- description -----------------------------------------------------------------------------
     @property
@@ -154,16 +161,29 @@ class Explorer(BatchOps):
     def class_choices(self) -> list:
         return [(f"{i}: {n}", i) for i, n in enumerate(self.class_names or [])]
 
+    @property
+    def text(self) -> bool:
+        """True for a text-conditional model: queries have prompts, training items captions."""
+        return self.model.conditioning == "text"
+
+    def default_guidance(self) -> float:
+        from ..sources.generate import default_guidance
+        return default_guidance(self.model)
+
     def describe(self) -> str:
         m, d = self.model, self.data
-        cond = f"class-conditional, {m.num_classes} classes" if m.num_classes else "unconditional"
+        cond = (f"class-conditional, {m.num_classes} classes" if m.num_classes else
+                "text-conditional (prompts)" if self.text else "unconditional")
         params = sum(p.numel() for p in m.unet.parameters())
-        return (f"**Model** `{os.path.basename(m.path)}`: {m.size}×{m.size}, {m.channels} channel(s), {cond}, "
-                f"{params / 1e6:.2f} M parameters, {m.prediction_type} prediction, device {m.device}.  \n"
-                f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images.  \n"
+        kind = (f"{type(m.unet).__name__}, latent diffusion ({'×'.join(map(str, m.x0_shape))} latents)" if m.latent
+                else type(m.unet).__name__) + (f" + LoRA adapter ({m.lora['parameters']:,} parameters)" if m.lora else "")
+        caps = f", {len(set(d.captions))} distinct captions" if d.captions is not None and self.text else ""
+        return (f"**Model** `{os.path.basename(m.path)}`: {kind}; images {m.size}×{m.size}, {m.channels} channel(s), "
+                f"{cond}, {params / 1e6:.2f} M parameters, {m.prediction_type} prediction, device {m.device}.  \n"
+                f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images{caps}.  \n"
                 f"**Settings**: the {self.profile} profile" + (
                     " (half the unlearning batch at twice the lr, screened scoring: faster, top-k close to the "
-                    "recommended one; README, Speed)." if self.profile == "fast" else "."))
+                    "recommended one; docs/benchmarks.md, attribution speed)." if self.profile == "fast" else "."))
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
         """The settings of one run asked for in the app or through its API. `overrides`: a dict of
@@ -187,6 +207,10 @@ class Explorer(BatchOps):
                             "(its operator can raise it with --max-steps-limit)")
         self.attributor.check_memory(s)
         return s
+
+    def estimate_text(self, settings: Optional[Settings] = None) -> str:
+        """'<profile> settings: about … on cpu (…)': what the page says before an attribution starts."""
+        return f"{self.profile} settings; {self.attributor.estimate(settings or self.settings).text()}"
 
     # --- jobs: cancellation by session or job id, and the per-request time limit ---------------------
     def start_job(self, session: str, limit: Optional[float] = -1) -> Job:
@@ -226,23 +250,31 @@ class Explorer(BatchOps):
                     for j in self._cancel.values()]
 
     # --- queries ------------------------------------------------------------------------------------
-    def generate(self, label: Optional[int], seed: int, count: int = 1, steps: int = 50,
-                 progress=None, cancel=None) -> list:
-        """`count` queries from consecutive seeds with the deterministic sampler."""
+    def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,
+                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Union[float, str, None] = None,
+                 negative_prompt: str = "") -> list:
+        """`count` queries from consecutive seeds with the deterministic sampler (a text model's from
+        `prompt`, with classifier-free guidance)."""
+        from ..sources.generate import check_guidance, default_guidance
         if self.model.num_classes is None:
             label = None
         elif label is None or label == "":
             raise MucsError("choose a class: this model is class-conditional")
         label = self.model.check_label(None if label is None else int(label))
+        prompt = self.model.check_prompt(prompt if self.text else None)
+        guidance = default_guidance(self.model) if guidance_scale in (None, "") else check_guidance(guidance_scale)
         count, seed, steps = int(count), int(seed), int(steps)
         if not 1 <= count <= 16:
             raise MucsError("generate between 1 and 16 images at a time")
         if not 1 <= steps <= 1000:
             raise MucsError("sampler steps must be in 1..1000")
         seeds = [seed + i for i in range(count)]
-        imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel)
-        return [Query(image=im, label=label, meta=dict(kind="generated", seed=s, sampler_steps=steps,
-                                                       conversions=[]))
+        imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel,
+                        prompts=None if prompt is None else [prompt] * count, guidance_scale=guidance,
+                        negative_prompt=negative_prompt or "")
+        extra = dict(prompt=prompt, guidance_scale=guidance, negative_prompt=negative_prompt or "") if self.text else {}
+        return [Query(image=im, label=label, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
+                                                       **extra), prompt=prompt)
                 for im, s in zip(imgs, seeds)]
 
     def upload(self, path: str) -> Query:
@@ -261,12 +293,28 @@ class Explorer(BatchOps):
         if not 0 <= i < len(self.data):
             raise MucsError(f"training index {i} out of range 0..{len(self.data) - 1}")
         label = None if self.data.labels is None or self.model.num_classes is None else int(self.data.labels[i])
-        return Query(image=self.data.images[i], label=label, meta=dict(kind="training", index=i, conversions=[]))
+        prompt = self.data.caption(i) if self.text else None
+        return Query(image=self.data.images[i], label=label, meta=dict(kind="training", index=i, conversions=[]),
+                     prompt=prompt)
 
-    def with_label(self, q: Query, label) -> Query:
-        """The query with the class chosen by the user (checked against the model)."""
+    def with_prompt(self, q: Optional[Query], prompt) -> Optional[Query]:
+        """The query with a new prompt typed by the user (blank: none); checked when attributed."""
+        if q is None or not self.text:
+            return q
+        p = prompt.strip() if isinstance(prompt, str) else ""
+        return Query(q.image, q.label, q.meta, p or None)
+
+    def with_label(self, q: Query, label, prompt: Optional[str] = None) -> Query:
+        """The query with the class (or, for a text model, the prompt) chosen by the user, checked
+        against the model; a text query keeps its own prompt when none is given."""
         if q is None:
             raise MucsError("no query yet: generate, upload or pick a training image first")
+        if self.text:
+            p = prompt if isinstance(prompt, str) and prompt.strip() else q.prompt
+            if not p:
+                raise MucsError("type the query's prompt: this model is text-conditional (the caption the image "
+                                "was made with, or the one you want to ask about)")
+            return Query(q.image, None, q.meta, self.model.check_prompt(p))
         if self.model.num_classes is None:
             return Query(q.image, None, q.meta)
         if label is None or label == "":
@@ -278,7 +326,7 @@ class Explorer(BatchOps):
         """Run MUCS for a query and store the run; returns (run_id, Attribution)."""
         s = settings or self.settings
         att = self.attributor.attribute(q.to_query_image(), q.label, settings=s, progress=progress, cancel=cancel,
-                                        source=_source(q))
+                                        source=_source(q), prompt=q.prompt)
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
         run_id = self.store.save(att, dict(q.meta, kind=q.meta.get("kind"), source=_source(q),
@@ -294,9 +342,9 @@ class Explorer(BatchOps):
         """`attribute` in a worker thread, yielding an Update at most every `every` seconds and
         a final one with the result. Closing the generator cancels the run; nothing is stored then."""
         cancel = cancel or threading.Event()
-        events = queue.Queue()
-        out = {}
-        state = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={}, overall=None)
+        events: queue.Queue = queue.Queue()
+        out: dict = {}
+        state: dict[str, Any] = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={}, overall=None)
         overall = OverallProgress.from_times(self._last_times)
 
         def on_progress(ev: ProgressEvent):
@@ -349,13 +397,24 @@ class Explorer(BatchOps):
         names = self.class_names
         return names[int(label)] if names and 0 <= int(label) < len(names) else str(label)
 
+    def item_text(self, i, limit: int = 60) -> str:
+        """How a training item is named under its image: its class, or (text models) its caption."""
+        i = int(i)
+        if self.data.captions is not None and (self.text or self.data.labels is None):
+            c = self.data.caption(i)
+            return f"“{c[:limit - 1]}…”" if len(c) > limit else f"“{c}”"
+        return "" if self.data.labels is None else self.class_name(self.data.labels[i])
+
+    def _lab(self, i) -> str:
+        t = self.item_text(i)
+        return f" {t}" if t else ""
+
     def top_gallery(self, att: Attribution, target: int = 128) -> list:
         """[(image, caption)] of the top-k training items, best first."""
         out = []
         for rank, i in enumerate(att.top, 1):
             i = int(i)
-            lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{lab} · {att.scores[i]:.4f}"))
+            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{self._lab(i)} · {att.scores[i]:.4f}"))
         return out
 
     def neighbours(self, image: np.ndarray, k: int = 8, target: int = 128) -> list:
@@ -364,8 +423,7 @@ class Explorer(BatchOps):
         out = []
         for dist, i in zip(d[0], idx[0]):
             i = int(i)
-            lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"{i}{lab} · d²={dist:.3g}"))
+            out.append((upscale(self.data.images[i], target), f"{i}{self._lab(i)} · d²={dist:.3g}"))
         return out
 
     def check_run(self, att: Attribution) -> None:
@@ -373,10 +431,15 @@ class Explorer(BatchOps):
         fp = att.info.get("data_fingerprint")
         if len(att.scores) != len(self.data) or (fp and fp != self.data.fingerprint()):
             raise MucsError("this run was made with another training set; open it with the matching --data")
+        m, q = self.model, att.query_image
+        if q is not None and q.shape != (m.size, m.size, m.channels):
+            raise MucsError(f"this run's query.png is {'x'.join(map(str, q.shape))}, not the model's "
+                            f"{m.size}x{m.size}x{m.channels}: the run was made with another model or edited")
 
     def summary(self, att: Attribution, run_id: str = "") -> str:
         q = att.query
-        cls = f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else "no class"
+        cls = (f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else
+               f"prompt “{q['prompt']}”" if q.get("prompt") else "no class")
         conv = "; ".join(q.get("conversions") or []) or "none"
         stop = "converged (L_f reached (1−τ)·L_null)" if att.converged else "**hit the step cap** (not converged)"
         st = att.stage_times
@@ -420,19 +483,16 @@ class Explorer(BatchOps):
         """[(image, caption)] of the images found in two or more of the compared top-k sets."""
         out = []
         for i, c in rec:
-            lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[i])}"
-            out.append((upscale(self.data.images[i], target), f"{i}{lab} · in {c} of the sets"))
+            out.append((upscale(self.data.images[i], target), f"{i}{self._lab(i)} · in {c} of the sets"))
         return out
 
     # --- history with the main settings -------------------------------------------------------------
     def run_settings_dict(self, run_id: str) -> dict:
-        if run_id not in self._settings_cache:
-            try:
-                with open(os.path.join(self.store.path(run_id), "result.json")) as f:
-                    self._settings_cache[run_id] = dict(json.load(f).get("settings") or {})
-            except (OSError, ValueError, MucsError):
-                return {}
-        return self._settings_cache[run_id]
+        """The settings a stored run recorded ({} when its files are damaged or gone)."""
+        try:
+            return self.store.settings(run_id)
+        except MucsError:
+            return {}
 
     def history_table(self) -> list:
         """The store's rows plus the main settings of each run: K, lr factor, step cap, and whether it
@@ -468,7 +528,8 @@ class Explorer(BatchOps):
         """Re-run a stored run's unlearning (deterministic) and keep the unlearned UNet for 'why'."""
         from .why import replay_unlearning, run_settings
         att = self.load_run(run_id)
-        unet, info = replay_unlearning(self.model, self.data, att, run_settings(att, self.settings), progress, cancel)
+        unet, info = replay_unlearning(self.model, self.attributor.inputs(), att, run_settings(att, self.settings), progress,
+                                       cancel)
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
         self.keep_unlearned(run_id, unet)
@@ -508,8 +569,7 @@ class Explorer(BatchOps):
         """[(image, 'index class · extra')] for [(index, extra)]."""
         out = []
         for i, extra in items:
-            lab = "" if self.data.labels is None else f" {self.class_name(self.data.labels[int(i)])}"
-            out.append((upscale(self.data.images[int(i)], target), f"{int(i)}{lab}" + (f" · {extra}" if extra else "")))
+            out.append((upscale(self.data.images[int(i)], target), f"{int(i)}{self._lab(i)}" + (f" · {extra}" if extra else "")))
         return out
 
     def compare_methods(self, run_id: str, methods=None) -> dict:
@@ -519,7 +579,7 @@ class Explorer(BatchOps):
         with self._baseline_lock:
             m = methods_side_by_side(self.baselines_context(), att, run_id, tuple(methods or METHODS))
         mucs_top = set(m["tops"].get("mucs", []))
-        rows = []
+        rows: list = []
         for name, label in zip(m["names"], m["labels"]):
             items = m["tops"][name]
             mark = {i: ("m", "also MUCS") for i in items if name != "mucs" and i in mucs_top}
@@ -556,7 +616,7 @@ class Explorer(BatchOps):
         return c
 
     def _cls_of(self, i) -> str:
-        return "" if self.data.labels is None else self.class_name(self.data.labels[int(i)])
+        return self.item_text(i, 40)
 
     def downloads_dir(self) -> str:
         """This session's folder for downloadable files (a file per run and format, replaced atomically)."""

@@ -73,7 +73,8 @@ class Chart:
         self.x = Axis(xdom[0], xdom[1], ML, width - MR, xlog)
         self.y = Axis(ydom[0], ydom[1], height - MB, MT, ylog)
         self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
-        self.parts, self.legend = [], []
+        self.parts: list = []
+        self.legend: list = []
 
     def add(self, s: str) -> None:
         self.parts.append(s)
@@ -118,7 +119,7 @@ class Chart:
         g.append(f'<text x="{(ML + w - MR) / 2}" y="{h - 8}" font-size="11" text-anchor="middle">{_e(self.xlabel)}</text>')
         g.append(f'<text x="14" y="{(MT + h - MB) / 2}" font-size="11" text-anchor="middle" '
                  f'transform="rotate(-90 14 {(MT + h - MB) / 2})">{_e(self.ylabel)}</text>')
-        x = ML
+        x = float(ML)
         for name, color, _ in self.legend:     # one row between the title and the frame
             g.append(f'<rect x="{x:.1f}" y="{MT - 16}" width="10" height="8" fill="{color}"/>')
             g.append(f'<text x="{x + 13:.1f}" y="{MT - 8}" font-size="10">{_e(name)}</text>')
@@ -171,7 +172,7 @@ def _colour(t: float) -> str:
     return "#" + "".join(f"{x:02x}" for x in rgb)
 
 
-def scatter(x, y, colour=None, highlight: Sequence[int] = (), title: str = "", xlabel: str = "", ylabel: str = "",
+def scatter(x, y, colour=None, highlight: Sequence[int] | np.ndarray = (), title: str = "", xlabel: str = "", ylabel: str = "",
             log_x: bool = False, log_y: bool = False, diagonal: bool = False, labels: Optional[Sequence[str]] = None,
             colour_label: str = "") -> str:
     """Points (x_i, y_i) coloured by `colour` (low purple → high yellow), `highlight` ringed in red."""
@@ -277,7 +278,7 @@ def bars(names: Sequence[str], values, expected=None, highlight: Optional[int] =
         return empty(title, "no values")
     top = max(float(v.max()), float(np.max(expected)) if expected is not None and len(expected) else 0.0, 1.0)
     c = Chart(title, xlabel, ylabel, (0, len(v)), (0, top * 1.15))
-    c.x.ticks = lambda n=5: []        # categories are labelled below each bar instead
+    c.x.ticks = lambda n=5: []        # type: ignore[method-assign]  # categories are labelled below each bar instead
     bw = (c.w - ML - MR) / len(v)
     base = c.h - MB
     for i, n in enumerate(v):

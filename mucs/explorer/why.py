@@ -23,25 +23,6 @@ MATCH_RTOL = 2e-3       # recomputed row means agree with the stored means to th
 FRESH_NOISE_OFFSET = 1_000_003   # the fresh-noise ablation's second noise set (mucs.method.attribute)
 
 
-class Subset:
-    """The few items of a training set that `loss_matrix` should score, in the given order."""
-
-    def __init__(self, data, indices):
-        self.data, self.indices = data, np.asarray(indices, np.int64)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def tensor(self, idx=None):
-        return self.data.tensor(self.indices if idx is None else self.indices[np.asarray(idx)])
-
-    def uint8_tensor(self, idx):
-        return self.data.uint8_tensor(self.indices[np.asarray(idx)])
-
-    def label_tensor(self, idx=None):
-        return self.data.label_tensor(self.indices if idx is None else self.indices[np.asarray(idx)])
-
-
 def run_settings(att, base: Optional[Settings] = None) -> Settings:
     """The Settings a stored run was made with. Runs made before the noise range existed used the
     scheduler's whole σ range: a range wider than any scheduler's reproduces it (it is clipped)."""
@@ -49,14 +30,15 @@ def run_settings(att, base: Optional[Settings] = None) -> Settings:
     if "sigma_min" not in d:
         d.update(sigma_min=1e-12, sigma_max=1e12)
     s = (base or Settings()).replace(**{k: v for k, v in d.items() if v is not None})
-    s.lr = d.get("lr")
+    s.lr = d.get("lr")   # type: ignore[assignment]  # None: the model's training lr ÷ lr_factor
     return s
 
 
 def loss_rows(unet, model, data, noise_set, indices, s: Settings) -> np.ndarray:
     """(len(indices), K) losses of `unet` for the given items on `noise_set` (exactly the
     computation of the run's L_o / L_u matrices, restricted to these rows)."""
-    return loss_matrix(unet, model, Subset(data, indices), noise_set, s.eval_batch_size, None, "why",
+    from ..sources.inputs import model_inputs
+    return loss_matrix(unet, model, model_inputs(model, data).subset(indices), noise_set, s.eval_batch_size, None, "why",
                        s.loss_weighting, s.sigma_data, precision=s.precision, memory_format=s.memory_format,
                        compile=s.compile)
 
@@ -74,8 +56,9 @@ def replay_unlearning(model, data, att, s: Settings, progress=None, cancel=None)
         raise MucsError("this run has no stored query image: its unlearning cannot be replayed")
     lr = (att.info or {}).get("unlearning_lr")
     s = s.replace(lr=lr) if lr else s
-    x = to_model_range(att.query_image)
-    u = unlearn(model, data, x, att.query.get("label"), float(att.loss_null), s, Reporter(progress, cancel))
+    x0 = model.encode_images(to_model_range(att.query_image)[None])[0]
+    cond = model.condition(att.query.get("label"), att.query.get("prompt"))
+    u = unlearn(model, data, x0, cond, float(att.loss_null), s, Reporter(progress, cancel))
     return u.unet, dict(steps=u.steps, converged=u.converged, same_steps=u.steps == att.steps)
 
 
@@ -121,7 +104,7 @@ class Why:
             lines.append("Rank under other methods: " + ", ".join(f"{LABELS.get(m, m)} **{r}**"
                                                                  for m, r in self.ranks.items()) + ".")
         sk = self.per_noise_skew
-        if sk is not None:
+        if sk is not None and self.loss_unlearned is not None:
             k = int(np.argmax(sk))
             lines.append(f"The rise is largest at σ ≈ {self.sigmas[k]:.3g} (timestep {int(self.timesteps[k])}): "
                          f"L_o {self.loss_original[k]:.3g} → L_u {self.loss_unlearned[k]:.3g}.")
@@ -151,13 +134,14 @@ def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_
         raise MucsError(f"training index {i} out of range 0..{n - 1}")
     s = run_settings(att, attributor.settings)
     ns = attributor.noise_set(s)
-    lo = loss_rows(model.unet, model, data, ns, [i], s)[0]
+    inputs = attributor.inputs()     # (a latent model's latents and caption embeddings: encoded once)
+    lo = loss_rows(model.unet, model, inputs, ns, [i], s)[0]
     checks = {"L_o": _close(float(lo.mean()), float(att.loss_original[i]))}
     notes = []
     lu = None
     if unlearned_unet is not None:
         ns_u = attributor.noise_set(s, 0 if s.consistent_noise else FRESH_NOISE_OFFSET)
-        lu = loss_rows(unlearned_unet, model, data, ns_u, [i], s)[0]
+        lu = loss_rows(unlearned_unet, model, inputs, ns_u, [i], s)[0]
         checks["L_u"] = _close(float(lu.mean()), float(att.loss_unlearned[i]))
     else:
         notes.append("The per-noise L_u needs the run's unlearned model, which a stored run does not keep: the plot "

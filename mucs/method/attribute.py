@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -17,10 +17,12 @@ from .. import __version__
 from ..cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
 from ..cache import save_arrays_best_effort as save_arrays
 from ..checks import check_request_memory, dumps_strict, require_finite
+from ..defaults import settings_for
 from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from ..errors import MucsError
-from .losses import loss_matrix, null_loss, screen_columns, train_noise_for
+from ..sources.inputs import ModelInputs, model_inputs
+from .losses import LOSS_VERSION, loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
 from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
 from ..progress import Reporter
@@ -52,6 +54,7 @@ class Attribution:
     query_image: Optional[np.ndarray] = None   # (H, W, C) uint8, what the model saw
     labels: Optional[np.ndarray] = None
     info: dict = field(default_factory=dict)   # model/data fingerprints, cache hits, lr, version
+    captions: Optional[list] = None            # the training items' captions (text-conditional models)
 
     def result_json(self) -> dict:
         return dict(settings=self.settings, query=self.query, loss_null=self.loss_null,
@@ -60,25 +63,34 @@ class Attribution:
                     curve=self.curve, **self.info)
 
     def scores_csv(self, class_names=None) -> str:
-        """Every training item, best first: rank, index, score, label, class, L_o, L_u (the run
-        folder's scores.csv and the app's CSV export; the one CSV writer)."""
+        """Every training item, best first: rank, index, score, label, class, L_o, L_u (and caption, for
+        a text-conditional model's run) — the run folder's scores.csv and the app's CSV export; the one
+        CSV writer."""
         order = top_k(self.scores, len(self.scores))
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(SCORES_CSV_COLUMNS)
+        w.writerow(SCORES_CSV_COLUMNS + (("caption",) if self.captions is not None else ()))
         for rank, i in enumerate(order, 1):
-            lab = "" if self.labels is None else int(self.labels[i])
+            lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
             name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            w.writerow([rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
-                        f"{self.loss_unlearned[i]:.8g}"])
+            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
+                   f"{self.loss_unlearned[i]:.8g}"]
+            w.writerow(row + ([self.captions[i]] if self.captions is not None else []))
         return buf.getvalue()
 
     def save(self, out_dir: str, class_names=None) -> None:
         """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
+        atomic_write_dir(out_dir, self.files(class_names))
+
+    def files(self, class_names=None) -> dict:
+        """The run files {name: bytes}: scores.csv, result.json, losses.npz and query.png (when known)."""
         from PIL import Image
         buf = io.BytesIO()
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned, **labels)
+        if self.captions is not None:
+            labels["captions"] = np.asarray(self.captions, dtype=str)
+        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned,
+                 **labels)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
         files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
@@ -87,46 +99,26 @@ class Attribution:
             q = self.query_image
             Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q).save(png, format="PNG")
             files["query.png"] = png.getvalue()
-        atomic_write_dir(out_dir, files)
+        return files
 
     @classmethod
     def load(cls, out_dir: str) -> "Attribution":
-        """Reopen a saved run (as written by `save`)."""
-        from PIL import Image
-        with open(os.path.join(out_dir, "result.json")) as f:
-            r = json.load(f)
-        with np.load(os.path.join(out_dir, "losses.npz")) as z:
-            scores, lo, lu = z["scores"], z["loss_original"], z["loss_unlearned"]
-            labels = z["labels"] if "labels" in z.files else None
-        if labels is None:   # a run written before labels went into losses.npz: read scores.csv's column
-            labels = _csv_labels(os.path.join(out_dir, "scores.csv"), len(scores))
-        q = None
-        qp = os.path.join(out_dir, "query.png")
-        if os.path.exists(qp):
-            q = np.asarray(Image.open(qp))
-            q = q[..., None] if q.ndim == 2 else q
+        """Reopen a saved run (as written by `save`); every file's shape is checked (mucs.runfiles)."""
+        from ..runfiles import read_run
+        r, arrays, q = read_run(out_dir)
+        scores, lo, lu, labels = (arrays["scores"], arrays["loss_original"], arrays["loss_unlearned"],
+                                  arrays.get("labels"))
+        captions = [str(c) for c in arrays["captions"]] if "captions" in arrays else None
         keys = ("settings", "query", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k",
                 "top_k_scores", "curve")
         return cls(scores=scores, top=np.array(r["top_k"], np.int64), loss_original=lo, loss_unlearned=lu,
                    loss_null=r["loss_null"], steps=r["unlearning_steps"], converged=r["converged"], curve=r["curve"],
                    stage_times=r["stage_times"], settings=r["settings"], query=r["query"], query_image=q,
-                   labels=labels, info={k: v for k, v in r.items() if k not in keys})
+                   labels=labels, info={k: v for k, v in r.items() if k not in keys}, captions=captions)
 
 
 MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items × K = 100) are memory-mapped
 SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
-
-
-def _csv_labels(path: str, n: int):
-    """Labels from a scores.csv of any version (by column name), or None when it has none."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or rows[0].get("label", "") == "":
-        return None
-    labels = np.zeros(n, np.int64)
-    for r in rows:
-        labels[int(r["index"])] = int(r["label"])
-    return labels
 
 
 @dataclass
@@ -142,13 +134,19 @@ class Attributor:
     """Holds a model, its training set and the query-independent parts (noise set, L_o, L_null),
     computed once and cached on disk, so that each query pays only for unlearning and L_u."""
 
-    def __init__(self, model, data: TrainingSet, settings: Optional[Settings] = None, cache_dir: Optional[str] = None):
+    def __init__(self, model, data: TrainingSet, settings: Optional[Settings] = None, cache_dir: Optional[str] = None,
+                 allow_untrained: bool = False):
         data.check_matches(model)
         self.model, self.data = model, data
-        self.settings = (settings or Settings()).validate()
+        # no settings: the model's recommended ones (its mucs_settings.json, else the paper's), as the CLI and app
+        self.settings = (settings or settings_for(model.path or "")).validate()
         self.cache_dir = cache_dir or default_cache_dir()
+        self.allow_untrained = allow_untrained   # score a network that is not trained on this data (research only)
+        self._inputs: Optional[ModelInputs] = None
+        self._trained: dict = {}
         self._noise = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)   # a failed request's noise sets are dropped
-        self._lo, self._null = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES), {}
+        self._lo = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)
+        self._null: dict = {}
         self.cache_unlearned = False   # keep L_u matrices on disk (see `unlearned`)
 
     # --- query-independent parts -------------------------------------------------------------
@@ -158,7 +156,7 @@ class Attributor:
         if ns is None:
             log.info("noise set: building K=%d, f=%g, σ %g..%g, seed %d (not in memory; it is cheap and never cached on disk)",
                      s.noises, s.noise_fraction, s.sigma_min, s.sigma_max, s.seed + seed_offset)
-            shape = (self.model.channels, self.model.size, self.model.size)
+            shape = self.model.x0_shape
             try:
                 ns = make_noise_set(self.model.scheduler.alphas_cumprod, shape, K=s.noises,
                                     fraction=s.noise_fraction, rho=s.rho, seed=s.seed + seed_offset,
@@ -178,10 +176,16 @@ class Attributor:
         rows = np.arange(len(self.data)) if items is None else np.asarray(items, np.int64)
         group = Group.current()
         part = rows if group is None else group.shard(rows)
-        L = loss_matrix(unet, self.model, self.data, ns, s.eval_batch_size, report, stage, s.loss_weighting,
+        L = loss_matrix(unet, self.model, self.inputs(report), ns, s.eval_batch_size, report, stage, s.loss_weighting,
                         s.sigma_data, items=part, out=self._matrix(len(part), len(ns)), precision=s.precision,
                         memory_format=s.memory_format, compile=s.compile)
         return L if group is None else group.gather_rows(L, len(rows))
+
+    def inputs(self, report=None):
+        """The training set as the denoiser sees it (VAE latents, caption embeddings: encoded once, cached)."""
+        if self._inputs is None:
+            self._inputs = model_inputs(self.model, self.data, self.cache_dir, report)
+        return self._inputs
 
     def _matrix(self, n: int, k: int):
         """Where an (n, k) loss matrix is written: memory, or for a large one (≥ MEMMAP_BYTES) a
@@ -214,9 +218,7 @@ class Attributor:
         """L_o for the noise set of `s`: from memory, else the disk cache, else computed and cached.
         Returns (L_o, was_cached)."""
         ns = self.noise_set(s)
-        key = cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
-                        noise=ns.params, prediction=self.model.prediction_type,
-                        **self._weighting_key(s), **self._precision_key(s))
+        key = self._lo_key(s)
         hit = self._lo.get(key)
         if hit is not None:
             return hit, True
@@ -232,20 +234,43 @@ class Attributor:
 
     def null_loss(self, s: Settings, report=None) -> tuple:
         """L_null (cached like L_o; it depends on the architecture, not the weights). Returns (value, was_cached)."""
-        key = cache_key(kind="loss_null", config=public_config(self.model.unet.config), data=self.data.fingerprint(),
-                        scheduler=public_config(self.model.scheduler.config), batches=s.null_batches,
-                        batch_size=s.null_batch_size, seed=s.seed, **self._train_noise_key(s), **self._weighting_key(s))
+        key = self._null_key(s)
         if key in self._null:
             return self._null[key], True
         hit = self._load_cached("loss_null", key)
         if hit is not None:
             value = float(hit["loss_null"])
         else:
-            value = require_finite("L_null", null_loss(self.model, self.data, s, report), "null loss")
+            value = require_finite("L_null", null_loss(self.model, self.inputs(report), s, report), "null loss")
             if save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value)):
                 log.info("loss_null: rebuilt (%.4g) and cached in %s", value, self._cache_path("loss_null", key))
         self._null[key] = value
         return value, hit is not None
+
+    def _lo_key(self, s: Settings) -> str:
+        return cache_key(kind="loss_original", version=LOSS_VERSION, model=self.model.fingerprint(),
+                         data=self.data.fingerprint(), noise=self.noise_set(s).params, prediction=self.model.prediction_type,
+                         **self._weighting_key(s), **self._precision_key(s))
+
+    def _null_key(self, s: Settings) -> str:
+        return cache_key(kind="loss_null", version=LOSS_VERSION, config=public_config(self.model.unet.config),
+                         data=self.data.fingerprint(),
+                         scheduler=public_config(self.model.scheduler.config), batches=s.null_batches,
+                         batch_size=s.null_batch_size, seed=s.seed, **self._train_noise_key(s), **self._weighting_key(s))
+
+    def cached_parts(self, s: Settings) -> dict:
+        """Which query-independent parts of `s` are cached (in memory or on disk) already: nothing is loaded."""
+        def on_disk(kind, key):
+            return any(os.path.isfile(os.path.join(f, f"{kind}-{key}.npz"))
+                       for f in (self.cache_dir, os.path.join(self.model.path, SHIPPED_CACHE)))
+        lo, null = self._lo_key(s), self._null_key(s)
+        return dict(original_losses=lo in self._lo or on_disk("loss_original", lo),
+                    null_loss=null in self._null or on_disk("loss_null", null))
+
+    def estimate(self, s: Optional[Settings] = None):
+        """How long one attribution with `s` should take here (mucs.method.estimate.Estimate)."""
+        from .estimate import estimate
+        return estimate(self, (s or self.settings).validate())
 
     @staticmethod
     def _weighting_key(s: Settings) -> dict:
@@ -271,7 +296,25 @@ class Attributor:
         report = Reporter(progress, cancel)
         with self._noise.request():
             self.original_losses(s, report)
-            self.null_loss(s, report)
+            self.check_trained(s, self.null_loss(s, report)[0])
+
+    TRAINED_RATIO = 0.8   # a trained model's loss is far below L_null; an untrained one's is about L_null
+
+    def check_trained(self, s: Settings, lnull: float) -> float:
+        """Refuse to score a network that is not trained on this data: its mean training loss (on L_null's
+        first batches, same items and noise) must be below TRAINED_RATIO·L_null, unless `allow_untrained`.
+        Returns that loss (recorded in result.json)."""
+        key = (s.seed, s.null_batch_size, s.train_noise, s.p_mean, s.p_std, s.sigma_min, s.sigma_max, s.loss_weighting)
+        if key not in self._trained:
+            self._trained[key] = require_finite("the trained model's loss", trained_loss(self.model, self.inputs(), s),
+                                                "the trained-model check")
+        loss = self._trained[key]
+        if loss >= self.TRAINED_RATIO * lnull and not self.allow_untrained:
+            raise MucsError(f"the model does not look trained on this data: its mean training loss here is {loss:.4g}, "
+                            f"an untrained network of its architecture scores L_null = {lnull:.4g} (ratio "
+                            f"{loss / lnull:.2f}, a trained model is below {self.TRAINED_RATIO}): check --model and "
+                            "--data, or pass --allow-untrained to attribute anyway")
+        return loss
 
     def unlearned_losses(self, unet, ns: NoiseSet, lo: np.ndarray, s: Settings, report=None,
                          full_lu: Optional[np.ndarray] = None) -> tuple:
@@ -308,8 +351,9 @@ class Attributor:
                     *FLOAT_TOLERANCE_ONLY)
 
     def unlearned(self, x: torch.Tensor, label, lnull: float, lo: np.ndarray, s: Settings, report=None,
-                  times: Optional[dict] = None) -> tuple:
-        """Unlearn the query `x` and compute L_u. Returns (UnlearnResult-like record, L_u, fully-scored
+                  times: Optional[dict] = None, prompt: Optional[str] = None) -> tuple:
+        """Unlearn the query `x` (pixels in [-1, 1]; encoded by the VAE for a latent model) with its
+        `label` or `prompt`, and compute L_u. Returns (UnlearnResult-like record, L_u, fully-scored
         mask, screening record). With `cache_unlearned` on (the evaluation sets it), full L_u matrices
         are kept on disk keyed by model, data, query and every setting but the scoring ones, so
         variants that differ only in scoring (normalised or not, fragile correction) reuse them.
@@ -321,9 +365,11 @@ class Attributor:
         if self.cache_unlearned:
             lr = unlearning_lr(self.model, s)
             fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
-            key = cache_key(kind="loss_unlearned", model=self.model.fingerprint(), data=self.data.fingerprint(),
+            key = cache_key(kind="loss_unlearned", version=LOSS_VERSION, model=self.model.fingerprint(),
+                            data=self.data.fingerprint(),
                             noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
-                            query=hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest())
+                            query=hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest(),
+                            **({} if prompt is None else dict(prompt=prompt)))
             hit = self._load_cached("loss_unlearned", key)
             if hit is not None:
                 rec = json.loads(str(hit["record"]))
@@ -331,7 +377,8 @@ class Attributor:
                 lu, mask, screening = self.unlearned_losses(None, ns, lo, s, full_lu=hit["loss"])
                 times.update(unlearning=0.0, unlearned_losses=time.perf_counter() - t0)
                 return UnlearnRecord(**rec), lu, mask, screening
-        u = unlearn(self.model, self.data, x, label, lnull, s, report)
+        x0 = self.model.encode_images(x[None])[0]
+        u = unlearn(self.model, self.inputs(report), x0, self.model.condition(label, prompt), lnull, s, report)
         group = Group.current()
         if group is not None:      # every rank unlearned the same way; score exactly rank 0's model
             group.broadcast_module(u.unet)
@@ -353,13 +400,17 @@ class Attributor:
         unconditional), each unlearned and scored like a query. Cached on disk like L_o.
         Returns ((R, N) skews, (R,) labels or None, was_cached)."""
         from ..sources.generate import generate
+        if self.model.conditioning == "text":
+            raise MucsError("the fragile-item correction needs a class-conditional or unconditional model "
+                            "(its reference queries are drawn per class): set fragile_refs to 0")
         C = self.model.num_classes
         labels = [c for c in range(C) for _ in range(s.fragile_refs)] if C else [None] * s.fragile_refs
         seeds = [s.fragile_seed + j for j in range(len(labels))]
         base = s.replace(fragile_refs=0, screen_noises=0)
         fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "screen_keep", *FLOAT_TOLERANCE_ONLY)}
         lr = unlearning_lr(self.model, base)
-        key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
+        key = cache_key(kind="reference_skews", version=LOSS_VERSION, model=self.model.fingerprint(),
+                        data=self.data.fingerprint(),
                         settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)
         hit = self._load_cached("reference_skews", key)
         if hit is not None:
@@ -386,18 +437,31 @@ class Attributor:
         return refs[use].mean(0), dict(references=int(len(refs)), used=int(use.sum()), cached=cached,
                                        seeds=[s.fragile_seed, s.fragile_seed + len(refs) - 1])
 
+    def _family_info(self) -> dict:
+        """What result.json records of the model's family (the pixel UNet2DModel's runs record it too)."""
+        m = self.model
+        info = dict(model_family=m.family.name, conditioning=m.conditioning, denoiser=type(m.unet).__name__)
+        if m.latent:
+            info.update(latent_shape=list(m.x0_shape), vae_scale=m.vae_scale)
+        if m.lora:
+            info.update(lora=dict(path=m.lora["path"], parameters=m.lora["parameters"]))
+        return info
+
     # --- one query ---------------------------------------------------------------------------
     def attribute(self, query: QueryImage, label: Optional[int] = None, settings: Optional[Settings] = None,
-                  progress=None, cancel=None, source: str = "") -> Attribution:
-        """Run MUCS for one query image; `progress` gets ProgressEvents, `cancel` (an Event) stops it.
-        Settings whose memory will not fit are refused first; a failed run leaves no noise set in memory."""
+                  progress=None, cancel=None, source: str = "", prompt: Optional[str] = None) -> Attribution:
+        """Run MUCS for one query image with its class `label` (class-conditional models) or `prompt`
+        (text-conditional ones); `progress` gets ProgressEvents, `cancel` (an Event) stops it. Settings
+        whose memory will not fit are refused first; a failed run leaves no noise set in memory."""
         s = (settings or self.settings).validate()
         label = self.model.check_label(label)
+        prompt = self.model.check_prompt(prompt)
         self.check_memory(s)
         with self._noise.request():
-            return self._attribute(query, label, s, progress, cancel, source)
+            return self._attribute(query, label, s, progress, cancel, source, prompt)
 
-    def _attribute(self, query: QueryImage, label, s: Settings, progress, cancel, source: str) -> Attribution:
+    def _attribute(self, query: QueryImage, label, s: Settings, progress, cancel, source: str,
+                   prompt: Optional[str] = None) -> Attribution:
         report = Reporter(progress, cancel)
         times = {}
         t0 = time.perf_counter()
@@ -405,8 +469,9 @@ class Attributor:
         times["original_losses"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         lnull, null_cached = self.null_loss(s, report)
+        trained = self.check_trained(s, lnull)
         times["null_loss"] = time.perf_counter() - t0
-        u, lu, fully_scored, screening = self.unlearned(query.x, label, lnull, lo, s, report, times)
+        u, lu, fully_scored, screening = self.unlearned(query.x, label, lnull, lo, s, report, times, prompt)
         scores = skew(lu, lo, s.normalised)
         fragile = None
         if s.fragile_refs:
@@ -423,9 +488,10 @@ class Attributor:
             loss_unlearned=np.nanmean(lu, 1), loss_null=lnull,
             steps=u.steps, converged=u.converged, curve=u.curve, stage_times=times, settings=s.to_dict(),
             query=dict(label=label, class_name=self.data.class_name(label) if label is not None else None,
-                       conversions=list(query.conversions), source=source),
-            query_image=to_uint8(query.x), labels=self.data.labels,
-            info=dict(model=self.model.path, model_fingerprint=self.model.fingerprint(),
+                       conversions=list(query.conversions), source=source, **({} if prompt is None else dict(prompt=prompt))),
+            query_image=to_uint8(query.x), labels=self.data.labels, captions=self.data.captions,
+            info=dict(model=self.model.path, model_fingerprint=self.model.fingerprint(), **self._family_info(),
+                      trained_loss=trained,
                       data=self.data.source, data_fingerprint=self.data.fingerprint(), num_train=len(self.data),
                       unlearning_lr=u.lr, screening=screening, fragile_correction=fragile, noise_levels=self.noise_set(s).levels(),
                       train_noise_sigma_span=list(train_noise_for(self.model, s).sigma_span()), cache_hits=dict(original_losses=lo_cached, null_loss=null_cached),

@@ -20,21 +20,20 @@ Registry (name -> function(ctx, query, label, query_id) -> (N,) scores):
 """
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
-import torch
 
 from ..errors import MucsError
 from ..settings import Settings
 
 # ablations of MUCS that the paper studies, as Settings changes
-ABLATIONS = {
+ABLATIONS: Dict[str, dict] = {
     "mucs": {},
     "mucs_plain_ga": dict(bounded=False, retain=False),
     "mucs_unnormalised": dict(normalised=False),
     "mucs_fresh_noise": dict(consistent_noise=False),
-    # the reference's EDM choices (MUCS.md, "Reference details"), measured rather than assumed
+    # the reference's EDM choices (docs/method.md, "Reference details"), measured rather than assumed
     "mucs_lognormal": dict(train_noise="lognormal"),
     "mucs_uniform": dict(train_noise="uniform"),   # the DDPM recipe (uniform t), the default before 2026-11-30
     "mucs_range": dict(train_noise="uniform_range"),
@@ -57,8 +56,8 @@ ABLATIONS = {
 class Context:
     """What the methods need, with lazily built, shared pieces (attributor, faiss indexes) and a
     memo of scores per (method, query id) so that ensembles reuse their components' scores."""
-    model: object
-    data: object
+    model: Any                 # a DiffusionModel
+    data: Any                  # a TrainingSet
     settings: Settings = field(default_factory=Settings)
     cache_dir: Optional[str] = None
     seed: int = 0
@@ -114,8 +113,9 @@ def _pixel_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
 
 def _feature_nn(ctx: Context, query, label, query_id=0) -> np.ndarray:
     from .neighbours import model_features
-    y = torch.tensor([int(label)]) if (label is not None and ctx.model.num_classes) else None
-    return ctx.feature_index().scores(model_features(ctx.model, query.x[None], y))
+    m = ctx.model
+    cond = m.condition(label if m.conditioning == "class" else None, getattr(query, "prompt", None))
+    return ctx.feature_index().scores(model_features(m, m.encode_images(query.x[None]), cond))
 
 
 REGISTRY: Dict[str, Callable] = {name: _mucs_variant(ch) for name, ch in ABLATIONS.items()}

@@ -7,6 +7,7 @@ a `squaredcos_cap_v2` DDPM schedule reaches σ ≈ 20,000 at its last step, wher
 and a class-conditional model sees only the label.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ class NoiseSet:
     sigmas: torch.Tensor      # (K,) float, the Karras sigma each timestep was mapped from
     eps: torch.Tensor         # (K, C, H, W) float
     params: dict              # what it was made from: part of every cache key
-    timestep_sigmas: torch.Tensor = None   # (K,) the scheduler's σ at each chosen timestep
+    timestep_sigmas: Optional[torch.Tensor] = None   # (K,) the scheduler's σ at each chosen timestep
 
     def __len__(self):
         return len(self.timesteps)
@@ -67,7 +68,7 @@ def nearest_timesteps(sigmas, sig_t: torch.Tensor) -> np.ndarray:
                            for i in range(0, len(log_s), rows)] or [np.zeros(0, np.int64)])
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, first: int = None) -> np.ndarray:
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, first: Optional[int] = None) -> np.ndarray:
     """The Karras et al. (2022) grid from σ_max down to σ_min, n points (only the `first` ones when
     given: the same values, without allocating the rest of a fine grid)."""
     m = n if first is None else min(int(first), n)

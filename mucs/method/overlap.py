@@ -12,10 +12,10 @@ import numpy as np
 
 def overlap(a: Sequence[int], b: Sequence[int]) -> float:
     """|A ∩ B| / min(|A|, |B|) of two top-k sets (0 when either is empty)."""
-    a, b = set(int(i) for i in a), set(int(i) for i in b)
-    if not a or not b:
+    sa, sb = set(int(i) for i in a), set(int(i) for i in b)
+    if not sa or not sb:
         return 0.0
-    return len(a & b) / min(len(a), len(b))
+    return len(sa & sb) / min(len(sa), len(sb))
 
 
 def overlap_matrix(sets: Sequence[Sequence[int]]) -> np.ndarray:

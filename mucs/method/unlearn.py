@@ -7,6 +7,8 @@ import numpy as np
 import torch
 
 from .losses import train_noise_for
+from ..sources.families import cond_cat, cond_expand, cond_index, cond_to
+from ..sources.inputs import model_inputs
 from ..sources.models import alphas_cumprod, per_item_loss
 from ..errors import MucsError
 from ..settings import Settings
@@ -33,15 +35,16 @@ def forget_loss(losses: torch.Tensor, loss_null: float, bounded: bool = True) ->
 
 
 def _one_batch(forget, retain):
-    """The step's items as one (x, y, t, ε, is_forget) batch: the forget and retain batches share a
+    """The step's items as one (x, cond, t, ε, is_forget) batch: the forget and retain batches share a
     forward, which runs faster than two halves and gives each item the same loss (eval mode; GroupNorm
-    normalises per item)."""
+    and LayerNorm normalise per item)."""
     def mark(part, value):
         return (*part, torch.full((len(part[0]),), value, dtype=torch.bool, device=part[0].device))
     f = mark(forget, True)
     if retain is None:
         return f
-    return tuple(None if a is None else torch.cat([a, b]) for a, b in zip(f, mark(retain, False)))
+    r = mark(retain, False)
+    return tuple(cond_cat(a, b) if i == 1 else torch.cat([a, b]) for i, (a, b) in enumerate(zip(f, r)))
 
 
 def _slices(n: int, chunk):
@@ -59,8 +62,11 @@ def should_stop(loss_f: float, loss_null: float, tol: float) -> bool:
     return loss_f >= (1 - tol) * loss_null
 
 
-def frozen_names(unet: torch.nn.Module, patterns) -> list:
-    return [n for n, _ in unet.named_parameters() if any(p in n for p in patterns)]
+def frozen_names(unet: torch.nn.Module, patterns, trainable=None) -> list:
+    """Parameters unlearning leaves alone: those matching a `patterns` substring, and all outside
+    `trainable` when it is given (a LoRA fine-tune's adapter)."""
+    return [n for n, _ in unet.named_parameters()
+            if any(p in n for p in patterns) or (trainable is not None and n not in trainable)]
 
 
 def unlearning_lr(model, s: Settings) -> float:
@@ -68,11 +74,15 @@ def unlearning_lr(model, s: Settings) -> float:
     return s.lr if s.lr is not None else (model.learning_rate or s.default_lr) / s.lr_factor
 
 
-def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Settings, report=None) -> UnlearnResult:
-    """Copy the model (kept in eval mode on purpose: no dropout), freeze the parameters matching
-    `s.frozen`, and step AdamW on L = L_r − λ·L_f until L_f ≥ (1 − τ)·L_null or the step cap."""
+def unlearn(model, data, query_x: torch.Tensor, query_cond, loss_null: float, s: Settings, report=None) -> UnlearnResult:
+    """Copy the model's denoiser (kept in eval mode on purpose: no dropout), freeze the parameters
+    matching `s.frozen` (and, for a LoRA fine-tune, all but the adapter's by default), and step AdamW
+    on L = L_r − λ·L_f until L_f ≥ (1 − τ)·L_null or the step cap. `query_x` is the query's x0 (its
+    latents for a latent model); `query_cond` its one-item condition dict (a class label is accepted
+    too), the retain items each get their own (label or caption)."""
+    inputs = model_inputs(model, data)
     unet = copy.deepcopy(model.unet).eval()
-    frozen = set(frozen_names(unet, s.frozen))
+    frozen = set(frozen_names(unet, s.frozen, model.trainable_names(s.unlearn_params)))
     params = []
     for n, p in unet.named_parameters():
         p.requires_grad_(n not in frozen)
@@ -87,10 +97,14 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
     g = torch.Generator().manual_seed(int(s.seed) + 2)
     B = s.batch_size
     xq = query_x.to(dev).unsqueeze(0).expand(B, *shape)
-    if bool(model.num_classes) != (query_y is not None):
-        raise MucsError("a class-conditional model needs the query's label, an unconditional one none")
-    # labels exactly as for the retain items below (both present or both None), so the two share a forward
-    yq = torch.full((B,), int(query_y), dtype=torch.long, device=dev) if model.num_classes else None
+    if query_cond is not None and not isinstance(query_cond, dict):     # a class label
+        query_cond = model.label_cond([int(query_cond)])
+    if (model.conditioning != "none") != (query_cond is not None):
+        raise MucsError({"class": "a class-conditional model needs the query's label, an unconditional one none",
+                         "text": "a text-conditional model needs the query's prompt"}.get(
+                            model.conditioning, "an unconditional model takes no label or prompt"))
+    # the condition exactly as for the retain items below (both present or both None), so the two share a forward
+    yq = cond_expand(cond_to(query_cond, dev), B)
     curve, step, converged = [], 0, False
     chunk = s.unlearn_chunk if s.unlearn_chunk > 0 else None
     while True:
@@ -100,17 +114,15 @@ def unlearn(model, data, query_x: torch.Tensor, query_y, loss_null: float, s: Se
         # retain batch: B random training items with their own labels, independent noise
         retain = None
         if s.retain:
-            idx = torch.randint(0, len(data), (B,), generator=g).numpy()
+            idx = torch.randint(0, len(inputs), (B,), generator=g).numpy()
             t_r, eps_r = noise.sample(B, shape, g, dev)
-            y = data.label_tensor(idx)
-            y = y.to(dev) if (y is not None and model.num_classes) else None
-            retain = (data.tensor(idx).to(dev), y, t_r, eps_r)
+            retain = (inputs.x0(idx).to(dev), cond_to(inputs.cond(idx), dev), t_r, eps_r)
         may_step = step < s.max_steps
         opt.zero_grad(set_to_none=True)
         sum_f, sum_r = 0.0, 0.0
         x, yy, t, eps, is_f = _one_batch(forget, retain)
         for sl in _slices(len(x), chunk):
-            losses = per_item_loss(unet, ac, model.prediction_type, x[sl], None if yy is None else yy[sl], t[sl],
+            losses = per_item_loss(model.predictor(unet), ac, model.prediction_type, x[sl], cond_index(yy, sl), t[sl],
                                    eps[sl], s.loss_weighting, s.sigma_data)
             lf_sum, lr_sum = _sums(losses, is_f[sl], loss_null, s.bounded)
             sum_f, sum_r = sum_f + float(lf_sum.detach()), sum_r + float(lr_sum.detach())

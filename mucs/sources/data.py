@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MucsError
+from .captions import folder_captions, hf_captions, npz_captions
 
 log = logging.getLogger("mucs")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -35,6 +36,7 @@ class TrainingSet:
     class_names: Optional[list] = None
     source: str = ""
     files: Optional[list] = None
+    captions: Optional[list] = None    # one caption per image (text-conditional models), else None
     _fingerprint: Optional[str] = field(default=None, repr=False)
 
     def __len__(self):
@@ -63,6 +65,8 @@ class TrainingSet:
                 h.update(np.ascontiguousarray(self.images[i:i + step]).tobytes())
             if self.labels is not None:
                 h.update(np.ascontiguousarray(self.labels.astype(np.int64)).tobytes())
+            if self.captions is not None:     # only when there are captions: caption-less keys stay as they were
+                h.update(("\0captions\0" + "\0".join(self.captions)).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -88,11 +92,20 @@ class TrainingSet:
             return str(self.class_names[int(label)])
         return str(int(label))
 
+    def caption(self, i) -> str:
+        return "" if self.captions is None else str(self.captions[int(i)])
+
     def check_matches(self, model) -> None:
-        """Refuse a dataset whose size, channels or labels do not fit the model."""
+        """Refuse a dataset whose size, channels, labels or captions do not fit the model."""
         if (self.size, self.channels) != (model.size, model.channels):
             raise MucsError(f"dataset images are {self.size}x{self.size} with {self.channels} channel(s); "
                             f"the model expects {model.size}x{model.size} with {model.channels}")
+        if model.conditioning == "text":
+            if self.captions is None:
+                raise MucsError("the model is text-conditional but the dataset has no captions (an .npz 'captions' "
+                                "array, a metadata.jsonl/.csv 'text' column in an image folder, or a dataset text "
+                                "column: --caption-column)")
+            return
         if model.num_classes is not None:
             if self.labels is None:
                 raise MucsError("the model is class-conditional but the dataset has no labels")
@@ -115,11 +128,13 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).numpy()
 
 
-def load_dataset(path: str, image_column: Optional[str] = None, label_column: Optional[str] = None) -> TrainingSet:
-    """Load an .npz (`images` (N,H,W[,C]) uint8, optional `labels`, `class_names`), an image
-    folder (one subfolder per class gives labels; a flat folder is unconditional) or a Hugging Face
-    dataset saved with `save_to_disk` (`image_column`/`label_column` pick its columns; by default
-    the first Image feature and a ClassLabel feature, whose names become the class names)."""
+def load_dataset(path: str, image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 caption_column: Optional[str] = None) -> TrainingSet:
+    """Load an .npz (`images` (N,H,W[,C]) uint8, optional `labels`, `class_names`, `captions`), an
+    image folder (one subfolder per class gives labels; a flat folder is unconditional; captions from
+    metadata.jsonl / metadata.csv) or a Hugging Face dataset saved with `save_to_disk`
+    (`image_column`/`label_column`/`caption_column` pick its columns; by default the first Image
+    feature, a ClassLabel feature, whose names become the class names, and a text column)."""
     from ..defaults import check_default_present
     check_default_present(path)
     if not os.path.exists(path):
@@ -128,18 +143,25 @@ def load_dataset(path: str, image_column: Optional[str] = None, label_column: Op
     t0 = time.perf_counter()
     if is_hf_dataset(path):
         kind = "Hugging Face dataset"
-        data = _load_hf(path, image_column, label_column)
+        ds = _hf_rows(path)
+        data = _load_hf(path, ds, image_column, label_column)
+        data.captions = hf_captions(ds, caption_column, path)
     else:
         if image_column is not None or label_column is not None:
             raise MucsError("--image-column/--label-column apply to Hugging Face datasets (saved with save_to_disk) only")
         kind = ".npz" if os.path.isfile(path) else "image folder"
+        if os.path.isfile(path) and caption_column is not None:
+            raise MucsError("--caption-column applies to image folders and Hugging Face datasets; an .npz has 'captions'")
         data = _load_npz(path) if os.path.isfile(path) else _load_folder(path)
+        if data.files is not None:
+            data.captions = folder_captions(path, data.files, caption_column)
     # image folders keep their decoded pixels in the cache folder (keyed by the files' bytes); L_o and
     # L_null caches are keyed by the decoded content's fingerprint, so they survive a re-encoding
     log.info("dataset %s (%s): %d images %s loaded in %.2f s; %s", path, kind,
              len(data), "x".join(str(d) for d in data.images.shape[1:]) if len(data) else "-", time.perf_counter() - t0,
              "unconditional" if data.labels is None else
-             f"{len(np.unique(data.labels))} classes" + (" with names" if data.class_names else " without names"))
+             f"{len(np.unique(data.labels))} classes" + (" with names" if data.class_names else " without names")
+             + (f", {len(data.captions)} captions" if data.captions is not None else ""))
     if len(data) == 0:
         raise MucsError(f"dataset {path} is empty")
     if data.images.shape[1] != data.images.shape[2]:
@@ -156,7 +178,8 @@ def is_hf_dataset(path: str) -> bool:
         os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json"))))
 
 
-def _load_hf(path: str, image_column: Optional[str], label_column: Optional[str]) -> TrainingSet:
+def _hf_rows(path: str):
+    """The saved dataset (its train split, or only split), opened once per load (memory-mapped by datasets)."""
     try:
         import datasets
     except ImportError as e:
@@ -175,6 +198,11 @@ def _load_hf(path: str, image_column: Optional[str], label_column: Optional[str]
             raise MucsError(f"{path} holds the splits {splits} and none is 'train': pass {os.path.join(path, splits[0])}")
         log.info("%s: using the %r split", path, split)
         ds = ds[split]
+    return ds
+
+
+def _load_hf(path: str, ds, image_column: Optional[str], label_column: Optional[str]) -> TrainingSet:
+    import datasets
     feats = ds.features
     if image_column is None:
         image_column = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
@@ -233,6 +261,7 @@ def _load_npz(path: str) -> TrainingSet:
             images = z["images"]
             labels = z["labels"] if "labels" in z else None
             names = [str(s) for s in z["class_names"]] if "class_names" in z else None
+            captions = npz_captions(z, len(images), path)
     except MucsError:
         raise
     except Exception as e:
@@ -262,8 +291,7 @@ def _load_npz(path: str) -> TrainingSet:
             raise MucsError(f"{path}: labels must be ≥ 0, found {int(labels.min())}")
         if labels.shape != (len(images),):
             raise MucsError(f"{path}: labels must have shape ({len(images)},), got {labels.shape}")
-    return TrainingSet(images=images, labels=labels, class_names=names, source=os.path.abspath(path))
-
+    return TrainingSet(images=images, labels=labels, class_names=names, source=os.path.abspath(path), captions=captions)
 
 
 def _load_folder(path: str) -> TrainingSet:
@@ -386,6 +414,7 @@ class QueryImage:
     """A query as the model sees it: (C, H, W) in [-1, 1], plus what was done to get there."""
     x: torch.Tensor
     conversions: list
+    prompt: Optional[str] = None     # the caption it was made with or is asked about (text-conditional models)
 
     @property
     def uint8(self) -> np.ndarray:

@@ -1,17 +1,21 @@
-"""Load and describe a diffusers model (any common layout, or a Hub id in the local cache), pick the device, and
-compute the per-item diffusion loss with the model's own training objective."""
+"""A diffusion model as MUCS sees it (denoiser, scheduler, and the VAE, text encoder and adapter it
+needs), loaded from any common layout; the device; and the per-item diffusion loss with the model's
+own training objective."""
 import hashlib
 import json
 import logging
+import math
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from ..checks import read_json_object
 from ..errors import MucsError
+from .families import REFUSED_SCHEDULERS, family_of
+from .layouts import LAYOUTS, PIPELINE_INDEX, model_layout, resolve_model_path  # noqa: F401 (re-exported)
 
 log = logging.getLogger("mucs")
 TRAIN_CONFIG = "mucs_train.json"   # training options written by `mucs train` (the lr among them)
@@ -40,32 +44,69 @@ def pick_device(name: Optional[str] = None) -> torch.device:
 
 @dataclass
 class DiffusionModel:
-    """A noise-prediction UNet, its noise scheduler, and what training recorded about it."""
-    unet: torch.nn.Module
-    scheduler: object
+    """A denoiser (a UNet or a transformer: `unet` keeps its first family's name), its noise
+    scheduler, the pipeline parts it needs (a VAE for latent diffusion, a text encoder and tokenizer
+    for captions, a LoRA adapter), and what training recorded about it."""
+    unet: Any                  # a diffusers denoiser (Any: its config attributes are dynamic)
+    scheduler: Any             # a diffusers scheduler with alphas_cumprod
     path: str = ""
     train_config: dict = field(default_factory=dict)
+    vae: Any = None                      # diffusers AutoencoderKL (Any: dynamic configs), or None
+    text_encoder: Any = None             # transformers CLIPTextModel / T5EncoderModel, or None
+    tokenizer: Any = None
+    lora: Optional[dict] = None          # {"path", "parameters", "keys"} of a loaded LoRA adapter
     _fingerprint: Optional[str] = None
     _warned_lr: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.family = family_of(self.unet)
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    # --- shapes: `channels`/`size` are the images' (what data and queries must be), x0_shape the denoiser's
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+
+    @property
+    def x0_shape(self) -> tuple:
+        s = self.unet.config.sample_size
+        s = int(s[0] if isinstance(s, (list, tuple)) else s)
+        return int(self.unet.config.in_channels), s, s
+
     @property
     def channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return int(self.vae.config.in_channels) if self.vae is not None else self.x0_shape[0]
 
     @property
     def size(self) -> int:
-        s = self.unet.config.sample_size
-        return int(s[0] if isinstance(s, (list, tuple)) else s)
+        return self.x0_shape[1] * self.vae_scale
+
+    # --- conditioning
+    @property
+    def conditioning(self) -> str:
+        """none | class | text: what the denoiser is conditioned on."""
+        return self.family.conditioning
 
     @property
     def num_classes(self) -> Optional[int]:
-        """Number of classes of a class-conditional UNet, None when unconditional."""
-        n = self.unet.config.num_class_embeds
+        """Number of classes of a class-conditional model, None otherwise."""
+        if self.conditioning != "class":
+            return None
+        n = self.unet.config.get("num_class_embeds") or self.unet.config.get("num_embeds_ada_norm")
         return int(n) if n else None
+
+    @property
+    def null_class(self) -> Optional[int]:
+        """The label of the unconditional branch of a class model trained with label dropout (DiT's
+        extra embedding row), for classifier-free guidance; None when it has none."""
+        return self.num_classes if self.family.name == "dit" else None
 
     @property
     def prediction_type(self) -> str:
@@ -86,109 +127,168 @@ class DiffusionModel:
     def class_names(self) -> Optional[list]:
         return self.train_config.get("class_names")
 
+    def describe(self) -> str:
+        """One line: family, conditioning, latent or pixel, adapter (for logs, the app and result.json)."""
+        parts = [type(self.unet).__name__, f"{self.conditioning}-conditioned" if self.conditioning != "none"
+                 else "unconditional", f"latent {'x'.join(map(str, self.x0_shape))} (VAE ×{self.vae_scale})"
+                 if self.latent else f"pixel {self.size}x{self.size}x{self.channels}"]
+        if self.lora:
+            parts.append(f"LoRA adapter ({self.lora['parameters']:,} parameters)")
+        return ", ".join(parts)
+
+    def predict(self, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Optional[dict]) -> torch.Tensor:
+        """`net` (this model's denoiser or a copy of it) applied to x_t: its ε, v or x0 prediction."""
+        return self.family.predict(net, x, t, cond)
+
+    def predictor(self, net: Optional[torch.nn.Module] = None):
+        """(x_t, t, cond) -> prediction, for per_item_loss."""
+        net = self.unet if net is None else net
+        return lambda x, t, cond: self.family.predict(net, x, t, cond)
+
     def fingerprint(self) -> str:
-        """sha256 of the weights (names, shapes, values) and the scheduler config: a cache key."""
+        """sha256 of the weights (names, shapes, values) and the scheduler config, and of the VAE, text
+        encoder and adapter where there are some (the x0 and conditions depend on them): a cache key.
+        A pixel UNet2DModel's fingerprint is what it always was."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for name, t in sorted(self.unet.state_dict().items()):
-                h.update(name.encode())
-                h.update(str(tuple(t.shape)).encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            _hash_weights(h, self.unet)
             h.update(json.dumps(public_config(self.scheduler.config), sort_keys=True, default=str).encode())
+            for name, part in (("vae", self.vae), ("text_encoder", self.text_encoder)):
+                if part is not None:
+                    h.update(name.encode())
+                    _hash_weights(h, part)
+            if self.tokenizer is not None:
+                h.update(json.dumps(sorted(self.tokenizer.get_vocab().items()), default=str).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
     def check_label(self, label: Optional[int]) -> Optional[int]:
-        """Validate a class label against the model: required iff conditional, in range."""
+        """Validate a class label against the model: required iff class-conditional, in range."""
         if self.num_classes is None:
             if label is not None:
-                raise MucsError("this model is unconditional: do not pass a label")
+                raise MucsError("this model is unconditional: do not pass a label" if self.conditioning == "none" else
+                                "this model is text-conditional: give a prompt, not a class label")
             return None
         if label is None:
             raise MucsError(f"this model is class-conditional: a label in 0..{self.num_classes - 1} is required")
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) and not (
+                isinstance(label, float) and float(label).is_integer()):
+            raise MucsError(f"label must be an integer class index, got {label!r}")
         if not 0 <= int(label) < self.num_classes:
             raise MucsError(f"label {label} out of range: this model has classes 0..{self.num_classes - 1}")
         return int(label)
 
+    def check_prompt(self, prompt: Optional[str]) -> Optional[str]:
+        """A text model's prompt (required, a non-empty string); None for the others (refused if given)."""
+        if self.conditioning != "text":
+            if prompt not in (None, ""):
+                raise MucsError("this model is not text-conditional: do not pass a prompt")
+            return None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise MucsError("this model is text-conditional: a prompt is required")
+        return prompt
+
+    def condition(self, label: Optional[int] = None, prompt: Optional[str] = None) -> Optional[dict]:
+        """The one-item condition of a query: its class label, its prompt's embedding, or None."""
+        if self.conditioning == "class":
+            return self.label_cond([self.check_label(label)])
+        if self.conditioning == "text":
+            return self.encode_prompts([self.check_prompt(prompt)])
+        self.check_label(label)
+        return None
+
+    def label_cond(self, labels) -> Optional[dict]:
+        if self.conditioning != "class" or labels is None:
+            return None
+        if torch.is_tensor(labels):
+            return {"class_labels": labels.long()}
+        return {"class_labels": torch.as_tensor(np.asarray(labels), dtype=torch.long)}
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts, batch_size: int = 64) -> dict:
+        """Caption embeddings from the pipeline's text encoder, on the CPU: encoder_hidden_states
+        (n, L, D) (and the attention mask a T5-conditioned transformer takes), as its pipeline makes them."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise MucsError("this model has no text encoder")
+        use_mask = self.family.name == "pixart"
+        length = int(self.train_config.get("max_sequence_length") or (120 if use_mask else
+                                                                       self.tokenizer.model_max_length))
+        dev = next(self.text_encoder.parameters()).device
+        embs, masks = [], []
+        for i in range(0, len(prompts), batch_size):
+            tok = self.tokenizer(list(prompts[i:i + batch_size]), padding="max_length", max_length=length,
+                                 truncation=True, return_tensors="pt")
+            mask = tok.attention_mask.to(dev)
+            out = self.text_encoder(tok.input_ids.to(dev), attention_mask=mask if use_mask else None)[0]
+            embs.append(out.float().cpu())
+            masks.append(mask.cpu())
+        cond = {"encoder_hidden_states": torch.cat(embs)}
+        if use_mask:
+            cond["encoder_attention_mask"] = torch.cat(masks)
+        return cond
+
+    @torch.inference_mode()
+    def encode_images(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Pixels (n, C, H, W) in [-1, 1] -> what the denoiser sees: for a latent model the VAE
+        posterior's mean × scaling_factor (the diffusers training scripts draw a sample; the mean is
+        its deterministic centre), else the pixels themselves. On the CPU."""
+        if self.vae is None:
+            return x
+        dev = next(self.vae.parameters()).device
+        sf = float(self.vae.config.get("scaling_factor") or 1.0)
+        shift = float(self.vae.config.get("shift_factor") or 0.0)
+        out = [(self.vae.encode(x[i:i + batch_size].to(dev)).latent_dist.mean - shift) * sf
+               for i in range(0, len(x), batch_size)]
+        return torch.cat(out).float().cpu()
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """What the denoiser made -> pixels in [-1, 1] (the VAE decoder for a latent model)."""
+        if self.vae is None:
+            return z
+        sf = float(self.vae.config.get("scaling_factor") or 1.0)
+        shift = float(self.vae.config.get("shift_factor") or 0.0)
+        dev = next(self.vae.parameters()).device
+        return self.vae.decode(z.to(dev) / sf + shift).sample.float()
+
+    def trainable_names(self, scope: str = "auto") -> Optional[set]:
+        """Parameter names unlearning may update: an adapter's only (scope "adapter", or "auto" with a
+        LoRA loaded: as the fine-tuning did), or None for every parameter ("all", or no adapter)."""
+        if scope == "all" or (scope == "auto" and not self.lora):
+            return None
+        if not self.lora:
+            raise MucsError("unlearn_params 'adapter' needs a LoRA adapter (--lora)")
+        return {n for n, _ in self.unet.named_parameters() if "lora_" in n}
+
     def fresh_copy(self, seed: int = 0) -> torch.nn.Module:
-        """A freshly initialised (untrained) UNet of the same config: the 'knows nothing' model."""
-        from diffusers import UNet2DModel
+        """A freshly initialised (untrained) denoiser of the same config: the 'knows nothing' model.
+        (For a LoRA fine-tune, too: the bound is a network that knows nothing, not the base model.)"""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            unet = UNet2DModel.from_config(self.unet.config)
-        return unet.to(self.device).eval()
+            net = type(self.unet).from_config(self.unet.config)
+        return net.to(self.device).eval()
 
 
-PIPELINE_INDEX = "model_index.json"   # a diffusers pipeline folder (DDPMPipeline, DDIMPipeline, ...)
-LAYOUTS = ("a diffusers model folder: config.json + scheduler_config.json at the top (as google/ddpm-cifar10-32), "
-           "unet/ + scheduler/, or a pipeline folder with model_index.json; or a Hub id in the local Hugging Face cache")
+def _hash_weights(h, module: torch.nn.Module) -> None:
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes() if t.dtype == torch.bfloat16
+                 else t.detach().cpu().contiguous().numpy().tobytes())
 
 
-def resolve_model_path(path: str) -> str:
-    """A local folder as given, or the snapshot folder of a Hub id ("org/name") in the local Hugging
-    Face cache. Never downloads: fetch a model first (`hf download org/name`); HF_HUB_OFFLINE is the
-    user's choice and is left alone."""
-    from ..defaults import check_default_present
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return path
-    check_default_present(path)
-    if os.path.exists(path) or not _looks_like_repo_id(path):
-        raise MucsError(f"model folder not found: {path}")
-    try:
-        from huggingface_hub import snapshot_download
-        return snapshot_download(repo_id=path, local_files_only=True)
-    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
-        log.debug("Hub id %s not in the local cache: %s", path, e)
-        raise MucsError(f"model not found: {path} is neither a folder nor a Hub id in the local Hugging Face cache "
-                        f"(download it first, e.g. `hf download {path}`)") from e
-
-
-def _looks_like_repo_id(path: str) -> bool:
-    """"org/name" as the Hub spells ids (letters, digits, '-', '_', '.'), not a relative path."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", path) is not None and ".." not in path
-
-
-def model_layout(path: str) -> tuple:
-    """(unet subfolder, scheduler subfolder) of a model folder; None means "at the top". Reads
-    model_index.json when there is one (its unet and scheduler entries name the subfolders)."""
-    unet_sub, sched_sub = "unet", "scheduler"
-    index = os.path.join(path, PIPELINE_INDEX)
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                entries = json.load(f)
-        except (OSError, ValueError) as e:
-            raise MucsError(f"cannot read {index}: {e}") from e
-        comps = {k: v for k, v in entries.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2}
-        unets = [k for k, v in comps.items() if str(v[1]).endswith("UNet2DModel")] or [k for k in comps if k == "unet"]
-        scheds = [k for k, v in comps.items() if str(v[1]).endswith("Scheduler")] or [k for k in comps if k == "scheduler"]
-        if not unets or not scheds:
-            raise MucsError(f"{index} names no UNet2DModel and scheduler (components: {sorted(comps) or 'none'})")
-        unet_sub, sched_sub = unets[0], scheds[0]
-
-    def where(sub, config_name):
-        if os.path.isfile(os.path.join(path, sub, config_name)):
-            return sub
-        if os.path.isfile(os.path.join(path, config_name)):
-            return None   # root level (pipelines saved with their components at the top, too)
-        raise MucsError(f"{path} is not {LAYOUTS}: no {sub}/{config_name} nor {config_name}")
-    return where(unet_sub, "config.json"), where(sched_sub, "scheduler_config.json")
-
-
-def load_scheduler(path: str, subfolder: Optional[str]):
+def load_scheduler(path: str, subfolder: Optional[str], class_name: Optional[str] = None):
     """The scheduler class named in scheduler_config.json (`_class_name`), DDPMScheduler when that
-    class is unknown; refused unless it defines ᾱ (`alphas_cumprod`), which MUCS needs."""
+    class is unknown (a scheduler holds no weights: only its ᾱ and prediction type are used); refused
+    unless it defines ᾱ (`alphas_cumprod`), which MUCS needs."""
     import diffusers
-    cfg_path = os.path.join(path, subfolder or "", "scheduler_config.json")
-    try:
-        with open(cfg_path) as f:
-            name = json.load(f).get("_class_name") or "DDPMScheduler"
-    except (OSError, ValueError) as e:
-        raise MucsError(f"cannot read {cfg_path}: {e}") from e
+    name = class_name or "DDPMScheduler"
+    if name in REFUSED_SCHEDULERS:
+        raise MucsError(f"{name}: {REFUSED_SCHEDULERS[name]}")
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        log.warning("unknown scheduler class %r in %s: loading it as a DDPMScheduler", name, cfg_path)
+        log.warning("unknown scheduler class %r in %s: loading it as a DDPMScheduler", name,
+                    os.path.join(path, subfolder or "", "scheduler_config.json"))
         cls = diffusers.DDPMScheduler
     scheduler = cls.from_pretrained(path, subfolder=subfolder)
     if getattr(scheduler, "alphas_cumprod", None) is None:
@@ -197,74 +297,97 @@ def load_scheduler(path: str, subfolder: Optional[str]):
     return scheduler
 
 
-def load_model(path: str, device: Optional[str] = None, train_lr: Optional[float] = None) -> DiffusionModel:
-    """Load a diffusers UNet2DModel and its noise scheduler, in eval mode, from any common layout:
-    config.json + scheduler_config.json at the top, unet/ + scheduler/, a pipeline folder with
-    model_index.json, or a Hub id already in the local Hugging Face cache (nothing is downloaded).
+def load_model(path: str, device: Optional[str] = None, train_lr: Optional[float] = None,
+               lora: Optional[str] = None) -> DiffusionModel:
+    """Load a diffusers denoiser (UNet2DModel, UNet2DConditionModel, DiT, PixArt) with its noise
+    scheduler and the pipeline parts it needs (VAE, text encoder, tokenizer), in eval mode, from any
+    common layout: config.json + scheduler_config.json at the top, unet/ (or transformer/) +
+    scheduler/, a pipeline folder with model_index.json, or a Hub id already in the local Hugging
+    Face cache (nothing is downloaded). Each network is loaded with the class its config names and
+    refused when any weight is missing. `lora` adds a LoRA adapter (a folder or .safetensors file);
     `train_lr` sets the training learning rate when the folder records none (or overrides it)."""
-    from diffusers import UNet2DModel
+    from .layouts import library_of, load_component, load_tokenizer
     root = resolve_model_path(path)
-    unet_sub, sched_sub = model_layout(root)
-    weights = os.listdir(os.path.join(root, unet_sub or ""))
-    if not any(f.endswith(".safetensors") for f in weights):
-        pickled = [f for f in weights if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        raise MucsError(f"no safetensors UNet weights in {os.path.join(root, unet_sub or '')}"
-                        + (f" (only {pickled[0]}: pickled weights can run code and are not loaded; convert them "
-                           "with diffusers' save_pretrained(..., safe_serialization=True))" if pickled else ""))
+    layout = model_layout(root)
+    (den_sub, den_cls), (sched_sub, sched_cls) = layout["denoiser"], layout["scheduler"]
     try:
-        unet = UNet2DModel.from_pretrained(root, subfolder=unet_sub, low_cpu_mem_usage=False, use_safetensors=True)
-        scheduler = load_scheduler(root, sched_sub)
+        unet = load_component(root, den_sub, den_cls)
+        family_of(unet)             # refuse an unsupported denoiser before reading the other parts
+        scheduler = load_scheduler(root, sched_sub, sched_cls)
+        parts = {}
+        for role in ("vae", "text_encoder"):
+            if role in layout and (role == "vae" or den_cls in ("UNet2DConditionModel", "PixArtTransformer2DModel")):
+                sub, cls = layout[role]
+                parts[role] = load_component(root, sub, cls, library_of(root, role, cls))
+        if "text_encoder" in parts:
+            parts["tokenizer"] = load_tokenizer(root, *layout["tokenizer"])
     except MucsError:
         raise
-    except Exception as e:  # diffusers raises many kinds for broken folders
+    except Exception as e:  # diffusers and transformers raise many kinds for broken folders
         raise MucsError(f"cannot load the model in {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise MucsError(f"unsupported prediction_type {prediction_type!r}")
-    train_config = {}
-    cfg_path = os.path.join(root, TRAIN_CONFIG)
-    if os.path.exists(cfg_path):
-        train_config = read_json_object(cfg_path)
-        lr = train_config.get("lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
-            raise MucsError(f"{cfg_path}: lr must be a positive number, got {json.dumps(lr)}")
-        names = train_config.get("class_names")
-        if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
-            raise MucsError(f"{cfg_path}: class_names must be a list of names")
+    train_config = _train_config(root)
+    dev = pick_device(device)
+    model = DiffusionModel(unet=unet.to(dev).eval(), scheduler=scheduler, path=os.path.abspath(root),
+                           train_config=train_config, **{k: v.to(dev).eval() if hasattr(v, "eval") else v
+                                                         for k, v in parts.items()})
+    for part in (model.vae, model.text_encoder):   # frozen: only the denoiser (or its adapter) is unlearned
+        if part is not None:
+            part.requires_grad_(False)
+    if lora:
+        from .lora import load_lora
+        model.lora = load_lora(model, lora)
+        train_config.update({k: v for k, v in model.lora.get("train_config", {}).items() if k == "lr"})
     if train_lr is not None:
-        if not train_lr > 0:
-            raise MucsError(f"--train-lr must be positive, got {train_lr}")
+        if not train_lr > 0 or not math.isfinite(train_lr):
+            raise MucsError(f"--train-lr must be a positive finite number, got {train_lr}")
         train_config["lr"] = float(train_lr)
-    unet = unet.to(pick_device(device)).eval()
-    log.info("loaded %s (%s, unet=%s, scheduler=%s/%s)", path, type(scheduler).__name__,
-             unet_sub or ".", sched_sub or ".", "mucs_train.json" if train_config else "no mucs_train.json")
-    return DiffusionModel(unet=unet, scheduler=scheduler, path=os.path.abspath(root), train_config=train_config)
+    log.info("loaded %s: %s, %s (%s)", path, model.describe(), type(scheduler).__name__,
+             "mucs_train.json" if train_config else "no mucs_train.json")
+    return model
+
+
+def _train_config(root: str) -> dict:
+    cfg_path = os.path.join(root, TRAIN_CONFIG)
+    if not os.path.exists(cfg_path):
+        return {}
+    train_config = read_json_object(cfg_path)
+    lr = train_config.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
+        raise MucsError(f"{cfg_path}: lr must be a positive number, got {json.dumps(lr)}")
+    names = train_config.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
+        raise MucsError(f"{cfg_path}: class_names must be a list of names")
+    return train_config
 
 
 def alphas_cumprod(model: DiffusionModel) -> torch.Tensor:
     return model.scheduler.alphas_cumprod.to(torch.float32)
 
 
-def per_item_loss(unet: torch.nn.Module, ac: torch.Tensor, prediction_type: str, x0: torch.Tensor,
-                  y: Optional[torch.Tensor], t: torch.Tensor, eps: torch.Tensor, weighting: str = "none",
-                  sigma_data: float = 0.5) -> torch.Tensor:
-    """ℓ(x0, y; t, ε): mean over pixels of (target − f(x_t, t, y))², one value per batch item.
+def per_item_loss(predict, ac: torch.Tensor, prediction_type: str, x0: torch.Tensor, cond: Optional[dict],
+                  t: torch.Tensor, eps: torch.Tensor, weighting: str = "none", sigma_data: float = 0.5) -> torch.Tensor:
+    """ℓ(x0, c; t, ε): mean over pixels (or latent entries) of (target − f(x_t, t, c))², one value per item.
 
-    `ac` holds ᾱ on the model's device; target is ε, v or x0 per the model's prediction type.
-    weighting="edm" gives EDM's weighted x0 error instead, (σ² + σ_d²)/(σ·σ_d)² · ‖x̂0 − x0‖², written
-    through the model's own error: for ε it is (1 + σ²/σ_d²)·‖ε̂ − ε‖² (MUCS.md, "Reference details").
+    `predict(x_t, t, cond)` is the denoiser's prediction (DiffusionModel.predictor); `cond` the
+    batch's condition dict (or None); `ac` holds ᾱ on the model's device; target is ε, v or x0 per
+    the model's prediction type. weighting="edm" gives EDM's weighted x0 error instead,
+    (σ² + σ_d²)/(σ·σ_d)² · ‖x̂0 − x0‖², written through the model's own error: for ε it is
+    (1 + σ²/σ_d²)·‖ε̂ − ε‖² (docs/method.md, "Reference details").
     """
     a = ac[t].view(-1, 1, 1, 1)
     # Not scheduler.add_noise/get_velocity: an Euler scheduler gives x0 + σε; add_noise moves the scheduler's ᾱ to x0's device
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    pred = unet(x_t, t, class_labels=y).sample
+    pred = predict(x_t, t, cond)
     if prediction_type == "epsilon":
         target = eps
     elif prediction_type == "v_prediction":
         target = a.sqrt() * eps - (1 - a).sqrt() * x0
     else:
         target = x0
-    err = ((target - pred) ** 2).flatten(1).mean(1)
+    err = ((target - pred.float()) ** 2).flatten(1).mean(1)
     if weighting == "none":
         return err
     a = a.flatten()

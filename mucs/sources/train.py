@@ -7,15 +7,16 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from ..cache import MARKER, check_out_dir, marker_bytes, move_dir_into_place, staging_dir
+from ..cache import check_out_dir, move_dir_into_place, staging_dir
 from .data import TrainingSet
 from ..defaults import shown_path
 from ..errors import MucsError
+from .families import family_of
 from .models import TRAIN_CONFIG, per_item_loss, training_noise
 from ..progress import Reporter
 
@@ -118,7 +119,7 @@ def ema_averager(parameters, decay: float):
                     inv_gamma=9.0, power=1.0, foreach=True)
 
 
-def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cpu", progress=None, cancel=None,
+def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str | torch.device = "cpu", progress=None, cancel=None,
           exclude: Optional[np.ndarray] = None, force: bool = False) -> dict:
     """Train from scratch, deterministically for a given seed and `exclude` set (indices left out),
     and save EMA weights to `out_dir` (written atomically). Returns the training record.
@@ -149,13 +150,15 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
     for p in ema.parameters():
         p.requires_grad_(False)
     averager = ema_averager(unet.parameters(), opts.ema_decay)
-    sched = DDPMScheduler(num_train_timesteps=opts.num_train_timesteps, beta_schedule=opts.beta_schedule,
+    sched: Any = DDPMScheduler(num_train_timesteps=opts.num_train_timesteps, beta_schedule=opts.beta_schedule,
                           prediction_type=opts.prediction_type)
     ac = sched.alphas_cumprod.to(torch.float32).to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     # torch's LambdaLR, not diffusers' constant_with_warmup: that one takes its first step at lr 0 (weights 0.003 off in 15 steps)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, opts.warmup_steps)))
     shape = (data.channels, data.size, data.size)
+    family = family_of(unet)
+    predict = lambda x, t, c: family.predict(unet, x, t, c)  # noqa: E731
     images = data.tensor(keep)
     labels = data.label_tensor(keep)
     losses, window, t_start = [], [], time.perf_counter()
@@ -165,7 +168,7 @@ def train(data: TrainingSet, out_dir: str, opts: TrainOptions, device: str = "cp
         x0 = images[idx].to(device)
         # horizontal flips would change which training image a query matches: no augmentation
         y = labels[idx].to(device) if labels is not None else None
-        loss = per_item_loss(unet, ac, opts.prediction_type, x0, y, t, eps).mean()
+        loss = per_item_loss(predict, ac, opts.prediction_type, x0, None if y is None else {"class_labels": y}, t, eps).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -202,7 +205,8 @@ def _record(opts, data, keep, losses, t_start, unet, device, steps_done) -> dict
 
 def save_model(unet, scheduler, record: dict, out_dir: str, force: bool = False) -> None:
     """Save unet/ (safetensors) + scheduler/ + model_index.json (a DDPMPipeline folder that
-    `DDPMPipeline.from_pretrained` opens) + mucs_train.json; the folder appears whole or not at all."""
+    `DDPMPipeline.from_pretrained` opens) + mucs_train.json and the marker; the folder appears whole
+    or not at all, and files in `out_dir` that we did not write are kept (move_dir_into_place)."""
     from ..checks import dumps_strict
     tmp = staging_dir(out_dir)   # .tmp-<name>-*: recover_dir knows it
     try:
@@ -211,8 +215,6 @@ def save_model(unet, scheduler, record: dict, out_dir: str, force: bool = False)
         write_pipeline_index(tmp, scheduler)
         with open(os.path.join(tmp, TRAIN_CONFIG), "w") as f:
             f.write(dumps_strict(record, TRAIN_CONFIG, indent=1))
-        with open(os.path.join(tmp, MARKER), "wb") as f:
-            f.write(marker_bytes("model"))
         move_dir_into_place(tmp, out_dir, kind="model", force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
