@@ -263,8 +263,8 @@ class RunStore:
 
     # --- export ----------------------------------------------------------------------------------
     def export(self, run_id: str, fmt: str, out_dir: Optional[str] = None, class_names=None) -> str:
-        """Write the run as CSV (every training item: rank, index, score, label, class, L_o, L_u)
-        or JSON (result + metadata) into `out_dir` (a new temporary folder by default); returns the path."""
+        """Write the run as CSV or JSON, both with every training item (rank, index, score, label,
+        class, L_o, L_u; JSON: `items`, beside the result and metadata) into `out_dir` (a new temporary folder by default); returns the path."""
         fmt = (fmt or "").lower()
         if fmt not in ("csv", "json"):
             raise MucsError(f"export format must be csv or json, got {fmt!r}")
@@ -273,7 +273,7 @@ class RunStore:
         out_dir = out_dir or tempfile.mkdtemp(prefix="mucs-export-")
         path = os.path.join(out_dir, f"mucs-{safe_name(run_id)}.{fmt}")
         if fmt == "json":
-            data = dict(meta=meta, result=att.result_json())
+            data = dict(meta=meta, result=att.result_json(), items=att.items_json(class_names))
             atomic_write(path, dumps_strict(data, "the JSON export", indent=1, default=_json_default).encode())
         else:
             atomic_write(path, att.scores_csv(class_names).encode())
