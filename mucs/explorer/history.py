@@ -264,7 +264,8 @@ class RunStore:
     # --- export ----------------------------------------------------------------------------------
     def export(self, run_id: str, fmt: str, out_dir: Optional[str] = None, class_names=None) -> str:
         """Write the run as CSV or JSON, both with every training item (rank, index, score, label,
-        class, L_o, L_u; JSON: `items`, beside the result and metadata) into `out_dir` (a new temporary folder by default); returns the path."""
+        class, L_o, L_u; JSON: `items`, beside the result and metadata) into `out_dir` (a new
+        temporary folder by default); returns the path."""
         fmt = (fmt or "").lower()
         if fmt not in ("csv", "json"):
             raise MucsError(f"export format must be csv or json, got {fmt!r}")
