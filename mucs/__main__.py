@@ -201,7 +201,8 @@ def cmd_attribute(a):
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
                         caption_column=a.caption_column)
     data.check_matches(model)
-    queries = [load_query_image(im, model.channels, model.size) for im in images]   # every one read before any work
+    # every query read before any work; transparency composited on the training set's background
+    queries = [load_query_image(im, model.channels, model.size, data.background()) for im in images]
     profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
     base = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile)
     s = base.replace(**overrides)

@@ -115,10 +115,11 @@ def test_alpha_and_16bit_images_are_converted_and_say_so(env, tmp_path):
     _, _, fns, _ = env
     rgba = tmp_path / "alpha.png"
     a = np.zeros((32, 32, 4), np.uint8)
-    a[..., 3] = 0   # fully transparent → white
+    a[..., 3] = 0   # fully transparent → the training set's background, with a warning (issue 23)
     Image.fromarray(a, "RGBA").save(rgba)
     q, _, info, _, _ = fns["upload"].fn(str(rgba))
-    assert "alpha" in info and q.image.min() == 255
+    bg = env[0].data.background()[0]
+    assert "training set's background" in info and "warning" in info and (q.image == bg).all()
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(deep)
     q, _, info, _, _ = fns["upload"].fn(str(deep))
@@ -330,7 +331,14 @@ def test_fast_profile_is_served_and_said_on_the_page(tiny_model_dir, tiny_npz, t
     assert ex.settings.screen_noises == FAST["screen_noises"] and ex.settings.batch_size == FAST["batch_size"]
     assert ex.settings.noises == 4 and "the fast profile" in ex.describe()
     rec = Explorer(tiny_model_dir, tiny_npz, None, runs_dir=str(tmp_path / "r"), examples_dir=None)
-    assert rec.settings.screen_noises == 0 and "the recommended profile" in rec.describe()
+    assert rec.settings.screen_noises == 0
+    # a model folder with no mucs_settings.json: the header says the paper's settings are served (issue 23)
+    assert "recommended profile" not in rec.describe() and "recommends no settings of its own" in rec.describe()
+    from mucs.defaults import has_recommended
+    (tmp_path / "m").mkdir()
+    assert not has_recommended(str(tmp_path / "m"))
+    (tmp_path / "m" / "mucs_settings.json").write_text('{"settings": {"noises": 16}}')
+    assert has_recommended(str(tmp_path / "m"))
 
 
 def test_the_app_takes_the_clis_model_and_data_options(tiny_model_dir, tiny_npz, tmp_path, monkeypatch):

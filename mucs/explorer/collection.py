@@ -207,7 +207,7 @@ class BatchEvent:
     seconds: Optional[float] = None   # once saved: the item's own time (unlearning + L_u)
 
 
-def make_query(model, item: BatchItem):
+def make_query(model, item: BatchItem, background=None):
     """The item's query as the model sees it (a QueryImage), plus the notes of its conversion.
     Generation goes through this one function (mucs.sources.generate)."""
     from ..sources.data import QueryImage, load_query_image, to_model_range
@@ -218,7 +218,7 @@ def make_query(model, item: BatchItem):
     src = item.pixels if item.pixels is not None else item.file
     if src is None:
         raise MucsError(f"item {item.name} has neither pixels nor a file")
-    return load_query_image(src, model.channels, model.size)
+    return load_query_image(src, model.channels, model.size, background)
 
 
 def run_batch(attributor, items: Sequence[BatchItem], settings, folder: str, record: dict, class_names=None,
@@ -251,7 +251,7 @@ def run_batch(attributor, items: Sequence[BatchItem], settings, folder: str, rec
         say(BatchEvent(n, count, RUNNING, item=it))
         t0 = time.perf_counter()
         try:
-            q = make_query(model, it)
+            q = make_query(model, it, data.background())
             label = model.check_label(it.label)
             att = attributor.attribute(q, label, settings=settings, cancel=cancel, source=it.source,
                                        progress=lambda ev, n=n: say(BatchEvent(n, count, RUNNING, event=ev)))

@@ -181,9 +181,22 @@ class Explorer(BatchOps):
         return (f"**Model** `{os.path.basename(m.path)}`: {kind}; images {m.size}×{m.size}, {m.channels} channel(s), "
                 f"{cond}, {params / 1e6:.2f} M parameters, {m.prediction_type} prediction, device {m.device}.  \n"
                 f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images{caps}.  \n"
-                f"**Settings**: the {self.profile} profile" + (
-                    " (half the unlearning batch at twice the lr, screened scoring: faster, top-k close to the "
-                    "recommended one; docs/benchmarks.md, attribution speed)." if self.profile == "fast" else "."))
+                f"**Settings**: {self.profile_text()}")
+
+    def profile_text(self) -> str:
+        """Which settings the app serves, in words: a model folder with no recommended settings
+        (mucs_settings.json) gets the paper's under the name 'recommended', and the page says so."""
+        from ..defaults import has_recommended
+        own = has_recommended(self.model.path or self.model_path)
+        if self.profile == "fast":
+            return ("the fast profile (half the unlearning batch at twice the lr, screened scoring: faster, top-k "
+                    "close to the full way's; docs/benchmarks.md, attribution speed)"
+                    + ("." if own else "; this model recommends no settings of its own (no mucs_settings.json), so "
+                       "the rest are the paper's."))
+        if self.profile == "recommended" and not own:
+            return ("the paper's: this model recommends no settings of its own "
+                    "(no mucs_settings.json in its folder; docs/models.md), so they may take longer than needed.")
+        return f"the {self.profile} profile."
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
         """The settings of one run asked for in the app or through its API. `overrides`: a dict of
@@ -281,7 +294,7 @@ class Explorer(BatchOps):
         """Read an uploaded file (any size/mode) as the model sees it; the class is left to the user."""
         if not path:
             raise MucsError("no file uploaded")
-        q = load_query_image(path, self.model.channels, self.model.size)
+        q = load_query_image(path, self.model.channels, self.model.size, self.data.background())
         return Query(image=q.uint8, label=None,
                      meta=dict(kind="upload", file=os.path.basename(str(path)), conversions=list(q.conversions)))
 
