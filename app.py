@@ -197,8 +197,10 @@ def build(ex: Explorer) -> gr.Blocks:
         if o is None:
             return head
         bar = "█" * int(o.fraction * 20) + "░" * (20 - int(o.fraction * 20))
+        # the time left is an estimate (the unlearning stage's length is not known in advance): said so
         return f"{head} · overall {o.fraction:.0%} `{bar}`" + (
-            f" · about {_secs(o.remaining)} left" if o.remaining is not None and o.fraction < 1 else "")
+            f" · about {_secs(o.remaining)} left ({o.note or 'estimate'})"
+            if o.remaining is not None and o.fraction < 1 else "")
 
     def on_settings(*values):
         """The page's settings widgets gathered into the one settings dict /attribute takes (an emptied
@@ -224,7 +226,9 @@ def build(ex: Explorer) -> gr.Blocks:
             yield {status: f"**starting**: job `{job.id}` · {ex.estimate_text(st)}", job_box: job.id}
             for u in ex.attribute_stream(q, st, job.event):
                 frac = u.overall.fraction if u.overall is not None else u.fraction
-                progress(frac, desc=u.overall.text() if u.overall is not None else u.stage)
+                # Gradio's own bar: the stage only; the time left is on the status line alone, which Cancel
+                # replaces (two lines with a time left overlapped, and one stayed after Cancel)
+                progress(frac, desc=u.stage)
                 if u.result is None:
                     yield {status: progress_text(u), live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
                            job_box: job.id}

@@ -273,11 +273,18 @@ def test_browser_batch_cancel_and_collection(served):
             page.get_by_role("tab", name="Batch & collections").click()
             page.locator("#batch-seeds input, #batch-seeds textarea").first.fill("0-5")
             page.locator("#batch-btn").click()
-            items = page.locator("#batch-items")
-            sync_api.expect(items).to_contain_text("done", timeout=timeout)      # the first item is saved
+            items, seen, polls = page.locator("#batch-items"), [], 0
+            while "done" not in items.inner_text():          # until the first item is saved
+                seen.append(page.locator("#batch-status").inner_text())
+                page.wait_for_timeout(200)
+                polls += 1
+                assert polls < timeout / 200, "no item saved in time"
             page.locator("#batch-cancel-btn").click()
             sync_api.expect(page.locator("#batch-status")).to_contain_text("cancelled", timeout=timeout)
             status = page.locator("#batch-status").inner_text()
+            # the time left is said to be an estimate, and is gone once cancelled (issue 23, point 5)
+            assert all("estimate" in t for t in seen if " left" in t), [t for t in seen if " left" in t][:3]
+            assert " left" not in status, status
             m = re.search(r"(\d+) of 6 items saved in collection `?([^`\s]+)", status)
             assert m, status
             done, coll_id = int(m.group(1)), m.group(2)
