@@ -253,9 +253,9 @@ def build(ex: Explorer) -> gr.Blocks:
                 why_text: WHY_START, why_plot: EMPTY_WHY, why_hist: EMPTY_WHY_HIST, why_neighbours: [],
                 methods_text: METHODS_START, methods_html: "", methods_plot: EMPTY_METHODS}
 
-    def history_outputs(select=None):
+    def history_outputs(select=None, every=False):
         ids = ex.store.ids()
-        return {history: ex.history_table(), run_select: gr.update(choices=ids, value=select),
+        return {history: ex.history_table(every), run_select: gr.update(choices=ids, value=select),
                 overlap_select: gr.update(choices=ids)}
 
     def on_cancel(request: gr.Request, job_id: str = ""):
@@ -276,6 +276,11 @@ def build(ex: Explorer) -> gr.Blocks:
 
     def on_refresh():
         return history_outputs()
+
+    def on_history_every(every: bool = False):
+        """The history table with the runs of every model and training set (`every`), or only the
+        served model's and data's (the ones that open here)."""
+        return history_outputs(every=bool(every))
 
     @user_errors
     def on_delete(run_id):
@@ -490,10 +495,13 @@ def build(ex: Explorer) -> gr.Blocks:
                                            elem_id="plot-methods")
             with gr.Tab("History & overlap", id="history", elem_id="tab-history"):
                 gr.Markdown(texts.HISTORY, elem_classes=["plot-note"])
+                history_every = gr.Checkbox(False, label="Runs of every model and training set (by default only "
+                                            "those of the served model and data, the ones that open here)",
+                                            elem_id="history-every")
                 history = gr.Dataframe(ex.history_table(), headers=HISTORY_HEADERS, interactive=False,
                                        elem_id="history-table", max_height=320, wrap=True,
-                                       column_widths=["17%", "9%", "6%", "9%", "7%", "4%", "4%", "5%", "9%", "5%",
-                                                      "6%", "4%", "6%"])
+                                       column_widths=["15%", "8%", "5%", "8%", "6%", "4%", "4%", "4%", "7%", "4%",
+                                                      "6%", "4%", "5%", "10%", "10%"])
                 with gr.Row():
                     # allow_custom_value: the API takes any existing run id, also one made after the page loaded
                     run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select", allow_custom_value=True)
@@ -546,7 +554,9 @@ def build(ex: Explorer) -> gr.Blocks:
         cancel_btn.click(on_cancel, [job_box], [status], api_name="cancel", cancels=[gen_ev, attr_ev, replay_ev],
                          queue=False)
         open_btn.click(on_open, [run_select], result_components + [tabs], api_name="open_run")
-        refresh_btn.click(on_refresh, None, history_components, api_name="list_runs")
+        refresh_btn.click(on_refresh, None, history_components, api_name="list_runs").then(
+            lambda: False, None, [history_every], queue=False, api_visibility="private", show_progress="hidden")
+        history_every.input(on_history_every, [history_every], history_components, api_name="list_every_run")
         delete_btn.click(on_delete, [run_select], history_components, api_name="delete_run")
         overlap_btn.click(on_overlap, [overlap_select], [overlap_heat, overlap_dist, recurring_gallery, overlap_text],
                           api_name="overlap")

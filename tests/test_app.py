@@ -67,7 +67,8 @@ def bad_files(d):
 
 
 NEW_ENDPOINTS = ("why", "pick_top", "why_replay", "compare_methods", "compare_runs", "report", "export",
-                 "clear_upload")
+                 "clear_upload", "list_every_run", "attribute_batch", "cancel_batch", "open_collection",
+                 "list_collections", "delete_collection", "collection_data", "export_collection")
 
 
 def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
@@ -288,6 +289,18 @@ def test_history_shows_main_settings_and_marks_the_papers(env, two_runs):
     row = rows[two_runs[0]]
     assert len(row) == len(app.HISTORY_HEADERS) and row[5:9] == [16, "10", 8, ""]
     assert app.HISTORY_HEADERS[5:9] == ["K", "lr ÷", "cap", "settings"]
+    # newest first, with the model and data; another model's runs only when asked for (issue 23)
+    assert app.HISTORY_HEADERS[-2:] == ["model", "data"]
+    assert row[-2:] == [os.path.basename(ex.model.path), os.path.basename(ex.data.source)]
+    created = [r[1] for r in ex.history_table() if r[1]]
+    assert created == sorted(created, reverse=True)
+    other = ex.store.save(ex.store.load(two_runs[0]), dict(kind="training", source="x", model="/elsewhere/other-model",
+                                                             data=ex.data.source))
+    try:
+        assert other not in {r[0] for r in ex.history_table()}
+        assert ex.history_table(every=True)[0][0] == other and ex.history_table(every=True)[0][-2] == "other-model"
+    finally:
+        ex.store.delete(other)
     paper = Settings().to_dict()
     assert paper_mark(paper) == "paper" and paper_mark(dict(paper, max_steps=50, top_k=3)) == "paper"
     assert paper_mark(dict(paper, noises=16)) == "" and paper_mark(dict(paper, lr_factor=5)) == ""

@@ -34,7 +34,7 @@ MAX_STEPS_LIMIT = 10_000      # the largest step cap a user may ask for in the a
 MAX_JOBS = 256                # running jobs remembered for cancelling (finished ones are forgotten at once)
 # the history table: the store's columns with the main settings of each run after the class
 HISTORY_COLUMNS = ["id", "created (UTC)", "kind", "source", "class", "K", "lr ÷", "cap", "settings", "steps",
-                   "converged", "top-k", "seconds"]
+                   "converged", "top-k", "seconds", "model", "data"]
 # the paper's choices (Settings() defaults) that decide whether a run "used the paper's settings";
 # top_k, the step cap (the paper has none) and engineering options do not count
 PAPER_KEYS = ("noises", "noise_fraction", "rho", "lam", "tol", "batch_size", "lr", "lr_factor", "weight_decay",
@@ -507,15 +507,31 @@ class Explorer(BatchOps):
         except MucsError:
             return {}
 
-    def history_table(self) -> list:
-        """The store's rows plus the main settings of each run: K, lr factor, step cap, and whether it
-        used the paper's settings."""
+    def history_table(self, every: bool = False) -> list:
+        """The store's rows, newest first, plus the main settings of each run (K, lr factor, step cap,
+        whether it used the paper's settings) and the model and training set it was made with. Only
+        the served model's and training set's runs (and those that do not say) unless `every`: the
+        others do not open here."""
+        metas = {m["id"]: m for m in self.store.list()}
         rows = []
         for row in self.store.table():   # id, created, kind, source, class, steps, converged, top-k, seconds
+            m = metas.get(row[0], {})
+            if not every and not self.is_served(m):
+                continue
             st = self.run_settings_dict(row[0])
             extra = [st.get("noises", ""), _lr_text(st), st.get("max_steps", ""), paper_mark(st) if st else ""]
-            rows.append(list(row[:5]) + extra + list(row[5:]))
+            names = [os.path.basename(os.path.normpath(str(m[k]))) if m.get(k) else "" for k in ("model", "data")]
+            rows.append(list(row[:5]) + extra + list(row[5:]) + names)
         return rows
+
+    def is_served(self, meta: dict) -> bool:
+        """Whether a run's meta.json names the served model and training set (or does not say)."""
+        from ..defaults import shown_path
+        for key, here in (("model", self.model.path or self.model_path), ("data", self.data.source)):
+            theirs = meta.get(key)
+            if theirs and here and os.path.normpath(str(theirs)) != os.path.normpath(shown_path(here)):
+                return False
+        return True
 
     # --- explain, compare, report --------------------------------------------------------------------
     def load_run(self, run_id: str) -> Attribution:
