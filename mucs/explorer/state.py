@@ -525,11 +525,16 @@ class Explorer(BatchOps):
         return rows
 
     def is_served(self, meta: dict) -> bool:
-        """Whether a run's meta.json names the served model and training set (or does not say)."""
+        """Whether a run's meta.json names the served model and training set (or does not say). A
+        bare name (the shipped examples record 'fashion16', not this machine's path) is compared
+        with the served folder's or file's name."""
         from ..defaults import shown_path
         for key, here in (("model", self.model.path or self.model_path), ("data", self.data.source)):
             theirs = meta.get(key)
-            if theirs and here and os.path.normpath(str(theirs)) != os.path.normpath(shown_path(here)):
+            if not theirs or not here:
+                continue
+            theirs, here = os.path.normpath(str(theirs)), os.path.normpath(shown_path(here))
+            if theirs != here and (os.sep in theirs or theirs != os.path.basename(here)):
                 return False
         return True
 
