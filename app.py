@@ -555,7 +555,8 @@ def build(ex: Explorer) -> gr.Blocks:
                          queue=False)
         open_btn.click(on_open, [run_select], result_components + [tabs], api_name="open_run")
         refresh_btn.click(on_refresh, None, history_components, api_name="list_runs").then(
-            lambda: False, None, [history_every], queue=False, api_visibility="private", show_progress="hidden")
+            lambda: False, None, [history_every], queue=False, api_name="history_served_only",
+            api_visibility="private", show_progress="hidden")
         history_every.input(on_history_every, [history_every], history_components, api_name="list_every_run")
         delete_btn.click(on_delete, [run_select], history_components, api_name="delete_run")
         overlap_btn.click(on_overlap, [overlap_select], [overlap_heat, overlap_dist, recurring_gallery, overlap_text],

@@ -7,7 +7,7 @@ single run does what a loop of `mucs attribute --image` calls would do inside on
 the model and the training set, build a new Attributor (L_o and L_null read back from the disk
 cache the batch filled) and attribute the same query. Both use the same generated queries and
 settings, so their top-k must agree (printed). Prints the per-query stage times of both and the
-totals. Usage: python benchmarks/batch_speed.py [--queries 16] [--profile fast] [--out FILE.json]
+totals. Usage: python benchmarks/batch_speed.py [--queries 16] [--profile fast] [--settings JSON] [--out FILE.json]
 """
 import argparse
 import json
@@ -41,11 +41,13 @@ def main():
     ap.add_argument("--classes", default="0,3,7,9", help="classes of the generated queries (seeds 0, 1, ... each)")
     ap.add_argument("--profile", default="fast", help="settings profile (recommended, fast, paper)")
     ap.add_argument("--sampler-steps", type=int, default=20)
+    ap.add_argument("--settings", default=None,
+                    help='setting overrides as JSON on top of the profile, e.g. \'{"max_steps": 10}\' for a quick run')
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores seen")
-    s = settings_for(a.model, a.profile)
+    s = settings_for(a.model, a.profile, **json.loads(a.settings or "{}")).validate()
     classes = [int(c) for c in a.classes.split(",")]
     seeds = list(range(-(-a.queries // len(classes))))
     with tempfile.TemporaryDirectory() as tmp:
