@@ -298,7 +298,8 @@ def test_history_shows_main_settings_and_marks_the_papers(env, two_runs):
                                                              data=ex.data.source))
     try:
         assert other not in {r[0] for r in ex.history_table()}
-        assert ex.history_table(every=True)[0][0] == other and ex.history_table(every=True)[0][-2] == "other-model"
+        every = {r[0]: r for r in ex.history_table(every=True)}
+        assert every[other][-2] == "other-model"
     finally:
         ex.store.delete(other)
     paper = Settings().to_dict()
