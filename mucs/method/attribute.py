@@ -78,6 +78,25 @@ class Attribution:
             w.writerow(row + ([self.captions[i]] if self.captions is not None else []))
         return buf.getvalue()
 
+    def items_json(self, class_names=None) -> list:
+        """Every training item as a dict, best first, with the columns of scores.csv (rank, index,
+        score, label, class, loss_original, loss_unlearned[, caption]): the JSON export's `items`.
+        A value that is not finite (an item screening left out) is null."""
+        def num(v):
+            v = float(v)
+            return v if np.isfinite(v) else None
+        out = []
+        for rank, i in enumerate(top_k(self.scores, len(self.scores)), 1):
+            lab = None if self.labels is None else int(self.labels[i])
+            row = dict(rank=rank, index=int(i), score=num(self.scores[i]), label=lab,
+                       **{"class": class_names[lab] if lab is not None and class_names and 0 <= lab < len(class_names)
+                          else ""},
+                       loss_original=num(self.loss_original[i]), loss_unlearned=num(self.loss_unlearned[i]))
+            if self.captions is not None:
+                row["caption"] = str(self.captions[i])
+            out.append(row)
+        return out
+
     def save(self, out_dir: str, class_names=None) -> None:
         """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
         atomic_write_dir(out_dir, self.files(class_names))
