@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import sys
+from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -212,8 +213,10 @@ def build(ex: Explorer) -> gr.Blocks:
         if o is None:
             return head
         bar = "█" * int(o.fraction * 20) + "░" * (20 - int(o.fraction * 20))
+        # the time left is an estimate (the unlearning stage's length is not known in advance): said so
         return f"{head} · overall {o.fraction:.0%} `{bar}`" + (
-            f" · about {_secs(o.remaining)} left" if o.remaining is not None and o.fraction < 1 else "")
+            f" · about {_secs(o.remaining)} left ({o.note or 'estimate'})"
+            if o.remaining is not None and o.fraction < 1 else "")
 
     def on_settings(*values):
         """The page's settings widgets gathered into the one settings dict /attribute takes (an emptied
@@ -239,7 +242,9 @@ def build(ex: Explorer) -> gr.Blocks:
             yield {status: f"**starting**: job `{job.id}` · {ex.estimate_text(st)}", job_box: job.id}
             for u in ex.attribute_stream(q, st, job.event):
                 frac = u.overall.fraction if u.overall is not None else u.fraction
-                progress(frac, desc=u.overall.text() if u.overall is not None else u.stage)
+                # Gradio's own bar: the stage only; the time left is on the status line alone, which Cancel
+                # replaces (two lines with a time left overlapped, and one stayed after Cancel)
+                progress(frac, desc=u.stage)
                 if u.result is None:
                     yield {status: progress_text(u), live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
                            job_box: job.id}
@@ -264,9 +269,9 @@ def build(ex: Explorer) -> gr.Blocks:
                 why_text: WHY_START, why_plot: EMPTY_WHY, why_hist: EMPTY_WHY_HIST, why_neighbours: [],
                 methods_text: METHODS_START, methods_html: "", methods_plot: EMPTY_METHODS}
 
-    def history_outputs(select=None):
+    def history_outputs(select=None, every=False):
         ids = ex.store.ids()
-        return {history: ex.history_table(), run_select: gr.update(choices=ids, value=select),
+        return {history: ex.history_table(every), run_select: gr.update(choices=ids, value=select),
                 overlap_select: gr.update(choices=ids)}
 
     def on_cancel(request: gr.Request, job_id: str = ""):
@@ -288,6 +293,11 @@ def build(ex: Explorer) -> gr.Blocks:
 
     def on_refresh():
         return history_outputs()
+
+    def on_history_every(every: bool = False):
+        """The history table with the runs of every model and training set (`every`), or only the
+        served model's and data's (the ones that open here)."""
+        return history_outputs(every=bool(every))
 
     @user_errors
     def on_delete(run_id):
@@ -364,7 +374,9 @@ def build(ex: Explorer) -> gr.Blocks:
         m = ex.compare_methods(run_id)
         lines = [f"Top-{m['k']} of each method for this run's query. Shared with MUCS: " + ", ".join(
             f"{lab} {len(m['with_mucs'][n])}/{len(m['tops'][n])}" for n, lab in zip(m["names"], m["labels"])
-            if n != "mucs") + "."]
+            if n != "mucs") + "."] + [f"- **{lab}** ({m['seconds'][n]:.1f} s): {m['descriptions'][n]}"
+                                      for n, lab in zip(m["names"], m["labels"])]
+        lines += [f"- **{n}**: not shown: {why}" for n, why in m.get("skipped", {}).items()]
         return "\n".join(lines), m["html"], plots.methods_overlap(m["matrix"], m["labels"])
 
     WHY_START = "Click an image of the top-k (or type its training index and press *Explain*)."
@@ -502,10 +514,13 @@ def build(ex: Explorer) -> gr.Blocks:
                                            elem_id="plot-methods")
             with gr.Tab("History & overlap", id="history", elem_id="tab-history"):
                 gr.Markdown(texts.HISTORY, elem_classes=["plot-note"])
+                history_every = gr.Checkbox(False, label="Runs of every model and training set (by default only "
+                                            "those of the served model and data, the ones that open here)",
+                                            elem_id="history-every")
                 history = gr.Dataframe(ex.history_table(), headers=HISTORY_HEADERS, interactive=False,
                                        elem_id="history-table", max_height=320, wrap=True,
-                                       column_widths=["17%", "9%", "6%", "9%", "7%", "4%", "4%", "5%", "9%", "5%",
-                                                      "6%", "4%", "6%"])
+                                       column_widths=["15%", "8%", "5%", "8%", "6%", "4%", "4%", "4%", "7%", "4%",
+                                                      "6%", "4%", "5%", "10%", "10%"])
                 with gr.Row():
                     # allow_custom_value: the API takes any existing run id, also one made after the page loaded
                     run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select", allow_custom_value=True)
@@ -528,6 +543,8 @@ def build(ex: Explorer) -> gr.Blocks:
                                                columns=12, height="auto", format="png", object_fit="contain",
                                                elem_id="recurring-gallery", elem_classes=GALLERY, interactive=False,
                                                allow_preview=False, visible=False)
+                coll_panel = collections_panel(ex)
+            batch_tab = build_batch_tab(ex)
 
         query_outputs = [query_state, query_image, query_info, query_class, query_prompt]
         result_components = [run_box, summary, results_empty, result_query, top_gallery, neighbour_gallery, hist_plot,
@@ -556,7 +573,10 @@ def build(ex: Explorer) -> gr.Blocks:
         cancel_btn.click(on_cancel, [job_box], [status], api_name="cancel", cancels=[gen_ev, attr_ev, replay_ev],
                          queue=False)
         open_btn.click(on_open, [run_select], result_components + [tabs], api_name="open_run")
-        refresh_btn.click(on_refresh, None, history_components, api_name="list_runs")
+        refresh_btn.click(on_refresh, None, history_components, api_name="list_runs").then(
+            lambda: False, None, [history_every], queue=False, api_name="history_served_only",
+            api_visibility="private", show_progress="hidden")
+        history_every.input(on_history_every, [history_every], history_components, api_name="list_every_run")
         delete_btn.click(on_delete, [run_select], history_components, api_name="delete_run")
         overlap_btn.click(on_overlap, [overlap_select], [overlap_heat, overlap_dist, recurring_gallery, overlap_text],
                           api_name="overlap")
@@ -567,7 +587,211 @@ def build(ex: Explorer) -> gr.Blocks:
         why_btn.click(on_why, [run_box, why_index], why_components, api_name="why")
         methods_btn.click(on_methods, [run_box], [methods_text, methods_html, methods_plot], api_name="compare_methods")
         demo.load(on_refresh, None, history_components, api_name="load_history")
+        wire_batch(ex, batch_tab, SimpleNamespace(
+            collections=coll_panel, tabs=tabs, on_settings=on_settings, setting_widgets=setting_widgets,
+            settings_box=settings_box, result_outputs=result_outputs, result_components=result_components,
+            history_outputs=history_outputs, history_components=history_components))
     return demo
+
+
+COLLECTION_HEADERS = ["collection", "created (UTC)", "status", "asked", "done", "top-k"]
+BATCH_HEADERS = ["#", "item", "source", "class", "status", "seconds", "steps", "run"]
+# the map's points and the heatmap's row names carry data-run: a click opens that run
+MAP_JS = ("element.addEventListener('click', function(e) { const t = e.target.closest('[data-run]'); "
+          "if (t) { trigger('click', {run: t.getAttribute('data-run')}); } });")
+
+
+def collections_panel(ex: Explorer) -> SimpleNamespace:
+    """The collections in the History tab: a table, and open / delete by id (built inside that tab)."""
+    with gr.Accordion("Collections (batches)", open=True, elem_id="collections-panel"):
+        gr.Markdown(texts.COLLECTIONS, elem_classes=["plot-note"])
+        table = gr.Dataframe(ex.collection_table(), headers=COLLECTION_HEADERS, interactive=False, wrap=True,
+                             elem_id="collections-table", max_height=260)
+        with gr.Row():
+            select = gr.Dropdown(ex.collections.ids(), label="Collection", elem_id="collection-select",
+                                 allow_custom_value=True, scale=3)
+            open_btn = gr.Button("Open", elem_id="collection-open-btn", scale=1)
+            delete_btn = gr.Button("Delete (with its runs)", variant="stop", elem_id="collection-delete-btn", scale=1)
+            refresh_btn = gr.Button("Refresh", elem_id="collection-refresh-btn", scale=1)
+    return SimpleNamespace(table=table, select=select, open_btn=open_btn, delete_btn=delete_btn, refresh_btn=refresh_btn)
+
+
+def build_batch_tab(ex: Explorer) -> SimpleNamespace:
+    """The "Batch & collections" tab (built inside the page's Tabs): the batch form (class × seeds, or
+    several uploads), its progress and per-item status, and the opened collection's summary, overlap
+    figures and downloads. `wire_batch` connects it."""
+    conditional = ex.model.num_classes is not None
+    choices = ex.class_choices()
+    with gr.Tab("Batch & collections", id="batch", elem_id="tab-batch"):
+        gr.Markdown(texts.BATCH, elem_classes=["plot-note"])
+        kind = gr.Radio([("generate: classes × seeds", "generate"), ("uploaded images", "upload")], value="generate",
+                        label="Queries", elem_id="batch-kind")
+        with gr.Row():
+            classes = gr.Dropdown(choices, value=[choices[0][1]] if choices else None, multiselect=True,
+                                  label="Classes (generate: each class × each seed; uploads: one for all, or one "
+                                        "per image)", visible=conditional, elem_id="batch-classes", scale=3)
+            seeds = gr.Textbox("0-7", label="Seeds (e.g. 0-15 or 0,3,7)", elem_id="batch-seeds", scale=1)
+            steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)", elem_id="batch-steps", scale=2)
+        uploads = gr.File(label=f"Images to attribute (several; at most {MAX_IMAGE_BYTES // 2**20} MB each)",
+                          file_count="multiple", file_types=IMAGE_TYPES, type="filepath", elem_id="batch-uploads",
+                          visible=False)
+        with gr.Row():
+            run_btn = gr.Button("Generate and attribute the batch", variant="primary", elem_id="batch-btn")
+            cancel_btn = gr.Button("Cancel the batch", variant="stop", elem_id="batch-cancel-btn")
+            job_box = gr.Textbox("", label="Job id (/cancel takes it)", interactive=False, max_lines=1,
+                                 elem_id="batch-job-id")
+        status = gr.Markdown("The page's Settings (on *Query & attribute*) apply to every item.", elem_id="batch-status")
+        items = gr.Dataframe([], headers=BATCH_HEADERS, interactive=False, wrap=True, elem_id="batch-items",
+                             max_height=300, visible=False)
+        coll_box = gr.Textbox("", label="Collection id", interactive=False, elem_id="collection-id")
+        summary = gr.Markdown("Run a batch above, or open a collection on *History & overlap*.",
+                              elem_id="collection-summary")
+        with gr.Row():
+            data_fmt = gr.Radio(["json", "csv"], value="json", label="Every analysis as", elem_id="collection-data-fmt",
+                                scale=2)
+            dl_data = gr.DownloadButton("Download the analyses", value=None, interactive=False,
+                                        elem_id="collection-download-data", scale=1, size="md")
+            dl_zip = gr.DownloadButton("Download the collection (zip)", value=None, interactive=False,
+                                       elem_id="collection-download-zip", scale=1, size="md")
+        figures = gr.HTML("", elem_id="collection-figures", js_on_load=MAP_JS)
+    return SimpleNamespace(kind=kind, classes=classes, seeds=seeds, steps=steps, uploads=uploads, run_btn=run_btn,
+                           cancel_btn=cancel_btn, job_box=job_box, status=status, items=items, coll_box=coll_box,
+                           summary=summary, data_fmt=data_fmt, dl_data=dl_data, dl_zip=dl_zip, figures=figures)
+
+
+def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
+    """The batch tab's events: /attribute_batch (one queue job: overall progress, per-item status, time
+    left; /cancel_batch keeps the finished items), /open_collection, /list_collections,
+    /delete_collection, /collection_data, /export_collection, and a click on the map opening a run.
+    `page`: the components and callbacks of `build` they share."""
+    kind, classes, seeds, steps, uploads = b.kind, b.classes, b.seeds, b.steps, b.uploads
+    status, items, job_box, coll_box, summary, figures = b.status, b.items, b.job_box, b.coll_box, b.summary, b.figures
+    panel, tabs = page.collections, page.tabs
+    coll_outputs = [coll_box, summary, figures]
+
+    def view(coll_id):
+        o = ex.open_collection(coll_id)
+        return {coll_box: coll_id, summary: o["summary"], figures: o["html"]}
+
+    def listing(select=None):
+        ids = ex.collections.ids()
+        return {panel.table: ex.collection_table(), panel.select: gr.update(choices=ids, value=select)}
+
+    def rows(u):
+        return [[n + 1, r["name"], r["source"], r["class_name"], r["status"] + (f": {r['error']}" if r["error"] else ""),
+                 "" if r["seconds"] is None else f"{r['seconds']:.0f}", "" if r["steps"] is None else r["steps"],
+                 r["run"] or ""] for n, r in enumerate(u.items)]
+
+    @user_errors
+    def on_batch(kind_, labels, seeds_, steps_, files, settings=None, request: gr.Request = None):
+        """Generate and attribute a batch as one collection: `kind` 'generate' (each of `labels` × each of
+        `seeds`, e.g. '0-15', sampled with `sampler_steps`) or 'upload' (the image files `uploads`, `labels`
+        one class for all or one per file); `settings` the same dict as /attribute. Streams the overall
+        progress and per-item status; the first update carries the job id (/cancel), the last the
+        collection id and its overlap analyses."""
+        st = ex.user_settings(settings)
+        labels = labels if isinstance(labels, (list, tuple)) else ([] if labels in (None, "") else [labels])
+        if kind_ == "upload":
+            paths = [getattr(f, "name", f) for f in (files or [])]
+            batch = ex.batch_uploads(paths, labels if len(labels) != 1 else labels[0])
+        elif kind_ in (None, "", "generate"):
+            batch = ex.batch_generated(labels, seeds_, int(steps_ or 50))
+        else:
+            raise MucsError(f"kind must be generate or upload, got {kind_!r}")
+        # the app's per-request time limit applies per item
+        limit = None if ex.max_request_seconds is None else ex.max_request_seconds * len(batch)
+        with ex.job(_session(request), limit=limit) as job:
+            yield {status: f"**starting**: {len(batch)} items, job `{job.id}`", job_box: job.id,
+                   items: gr.update(value=[[n + 1, it.name, it.source, ex.class_name(it.label) if it.label is not None
+                                            else "", "pending", "", "", ""] for n, it in enumerate(batch)],
+                                    visible=True)}
+            for u in ex.attribute_batch_stream(batch, st, job.event):
+                if u.record is None:
+                    yield {status: f"**{u.overall.text()}**" if u.overall else "**starting**", items: rows(u),
+                           job_box: job.id}
+                    continue
+                done = sum(r["status"] == "done" for r in u.items)
+                word = {"done": "done", "cancelled": "cancelled", "partial": "finished with failures"}.get(
+                    u.record["status"], u.record["status"])
+                out = {status: f"**{word}**: {done} of {len(u.items)} items saved in collection `{u.collection_id}` "
+                               f"({_secs(u.record.get('seconds'))})", items: rows(u), job_box: job.id,
+                       **listing(u.collection_id), **page.history_outputs()}
+                if done:
+                    out.update(view(u.collection_id))
+                yield out
+
+    def on_cancel_batch(job_id: str = "", request: gr.Request = None):
+        """Cancel the batch `job_id` (and the caller's own): the item being attributed is dropped, the
+        finished ones stay saved, the rest are not started."""
+        hit = ex.cancel(str(job_id or "").strip()) if job_id else False
+        hit = ex.cancel(_session(request)) or hit
+        return ("**cancelling**: the finished items stay saved, the rest will not start" if hit
+                else "**nothing to cancel**")
+
+    @user_errors
+    def on_open_collection(coll_id):
+        if not coll_id:
+            raise MucsError("choose a collection to open")
+        return {**view(coll_id), tabs: gr.Tabs(selected="batch")}
+
+    def on_list_collections():
+        return listing()
+
+    @user_errors
+    def on_delete_collection(coll_id):
+        if not coll_id:
+            raise MucsError("choose a collection to delete")
+        ex.delete_collection(coll_id)
+        return {**listing(), **page.history_outputs()}
+
+    def on_collection_file(coll_id, fmt):
+        """Every analysis of the collection as JSON, or its CSV tables in one zip."""
+        if not coll_id:
+            return gr.update(value=None, interactive=False)
+        try:
+            return gr.update(value=ex.collection_data_file(coll_id, fmt), interactive=True,
+                             label=f"Download the analyses ({'JSON' if fmt == 'json' else 'CSV, zip'})")
+        except MucsError as e:
+            raise _user_error(on_collection_file, e) from None
+
+    def on_export_collection(coll_id):
+        """The whole collection (its record and every run folder) as one zip."""
+        if not coll_id:
+            return gr.update(value=None, interactive=False)
+        try:
+            return gr.update(value=ex.export_collection(coll_id), interactive=True)
+        except MucsError as e:
+            raise _user_error(on_export_collection, e) from None
+
+    @user_errors
+    def on_map_click(evt: gr.EventData):
+        run_id = (getattr(evt, "_data", None) or {}).get("run")
+        if not run_id:
+            raise MucsError("click a point of the map (or a row name of the heatmap) to open its run")
+        return {**page.result_outputs(run_id, ex.load_run(run_id)), tabs: gr.Tabs(selected="results")}
+
+    def on_kind(k):
+        up = k == "upload"
+        return {seeds: gr.update(visible=not up), steps: gr.update(visible=not up), uploads: gr.update(visible=up),
+                b.run_btn: gr.update(value="Attribute the uploaded images" if up else "Generate and attribute the batch")}
+
+    lists = [panel.table, panel.select]
+    kind.change(on_kind, [kind], [seeds, steps, uploads, b.run_btn], queue=False, api_visibility="private",
+                show_progress="hidden")
+    b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
+                       api_visibility="private", show_progress="hidden").success(
+        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box],
+        [status, items, job_box] + coll_outputs + lists + page.history_components, api_name="attribute_batch",
+        concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
+    b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)
+    panel.open_btn.click(on_open_collection, [panel.select], coll_outputs + [tabs], api_name="open_collection")
+    panel.refresh_btn.click(on_list_collections, None, lists, api_name="list_collections")
+    panel.delete_btn.click(on_delete_collection, [panel.select], lists + page.history_components,
+                           api_name="delete_collection")
+    gr.on([coll_box.change, b.data_fmt.change], on_collection_file, [coll_box, b.data_fmt], [b.dl_data],
+          api_name="collection_data")
+    coll_box.change(on_export_collection, [coll_box], [b.dl_zip], api_name="export_collection")
+    figures.click(on_map_click, None, page.result_components + [tabs], api_name="open_from_map")
 
 
 def _secs(sec) -> str:

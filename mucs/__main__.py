@@ -1,6 +1,7 @@
 """Command line: `mucs [-v] {train,generate,attribute,report,evaluate} ...` (also `python -m mucs`).
 Errors: one line, exit status 2. The attribute options are generated from mucs.settings.Settings."""
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -158,10 +159,15 @@ def cmd_attribute(a):
     overrides = cli_overrides(a)        # unknown keys and wrong types: one error before anything is loaded
     if a.list_classes:
         return _list_classes(a)
+    if sum(bool(v) for v in (a.image, a.images, a.seeds)) > 1:
+        raise MucsError("give one of --image FILE ..., --images DIR or --seeds (with --label): one kind of query per call")
+    if a.images or a.seeds:
+        return _attribute_collection(a, overrides)
     if not a.image:
-        raise MucsError("--image is required (or --list-classes to see the model's classes)")
+        raise MucsError("--image is required (or --images DIR, --seeds 0-15, or --list-classes to see the model's classes)")
     if a.out and a.runs:
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
+    method_options = _method_options(a)
     if a.paper_settings and a.fast:
         raise MucsError("--fast and --paper-settings are two different starting points: pass one")
     images, labels, prompts = list(a.image), list(a.label or []), list(a.prompt or [])
@@ -186,10 +192,13 @@ def cmd_attribute(a):
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
     labels = [model.check_label(lab) for lab in labels]
     prompts = [model.check_prompt(p if p is not None else _png_prompt(im, model)) for p, im in zip(prompts, images)]
+    from .method.baselines import check_supported
+    check_supported(a.method, model)   # D-TRAK/TRAK/AbU: pixel UNet2DModel only, one line before any work
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
                         caption_column=a.caption_column)
     data.check_matches(model)
-    queries = [load_query_image(im, model.channels, model.size) for im in images]   # every one read before any work
+    # every query read before any work; transparency composited on the training set's background
+    queries = [load_query_image(im, model.channels, model.size, data.background()) for im in images]
     profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
     base = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile)
     s = base.replace(**overrides)
@@ -200,19 +209,159 @@ def cmd_attribute(a):
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
     # one Attributor for every query: the noise set, L_o and L_null are computed (or read) once
     attributor = Attributor(model, data, s, cache_dir=cache_dir, allow_untrained=a.allow_untrained)
+    ctx = None
+    if a.method != "mucs":   # another method, in the same run format (its query-independent part computed once)
+        from .method.baselines import Context
+        ctx = Context(model, data, s, cache_dir=cache_dir, options={a.method: method_options})
+        ctx._attributor = attributor
     class_names = class_names_for(model, data)
-    if group is None or group.rank == 0:   # before a long run: which settings, and how long it should take
+    if ctx is None and (group is None or group.rank == 0):   # before a long run: which settings, how long
         print(f"{profile} settings (K={s.noises}, B={s.batch_size}, step cap {s.max_steps}); per query "
               f"{attributor.estimate(s).text()}", file=sys.stderr)
     for n, (image, query, label, prompt, out) in enumerate(zip(images, queries, labels, prompts, outs)):
         if len(images) > 1 and (group is None or group.rank == 0):
             print(f"query {n + 1}/{len(images)}: {image}")
         bar = TextBar() if group is None or group.rank == 0 else None
-        res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image), prompt=prompt)
+        if ctx is not None:
+            from .method.baselines import attribution
+            res = attribution(a.method, ctx, dataclasses.replace(query, prompt=prompt), label,
+                              source=os.path.abspath(image), progress=bar)
+        else:
+            res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image), prompt=prompt)
         if bar is not None:
             bar.close()
         if group is None or group.rank == 0:   # rank 0 writes the runs
             _write_cli_run(res, out, runs_root, a.force, image, model, data, class_names)
+
+
+def _method_options(a) -> dict:
+    """--method and --method-options checked before anything is loaded (one error line)."""
+    from .method import baselines
+    baselines.components(a.method)
+    if a.method_options is None:
+        return {}
+    text = a.method_options
+    if os.path.isfile(text):
+        with open(text) as f:
+            text = f.read()
+    try:
+        opts = json.loads(text)
+    except ValueError as e:
+        raise MucsError(f"--method-options must be a JSON object: {e}") from None
+    if not isinstance(opts, dict):
+        raise MucsError("--method-options must be a JSON object, e.g. '{\"dim\": 4096}'")
+    if a.method in ("dtrak", "trak"):
+        from .method.dtrak import options_from
+        options_from(opts)
+    elif a.method == "abu":
+        from .method.abu import abu_options
+        abu_options(opts)
+    elif opts:
+        raise MucsError(f"--method-options: the method {a.method!r} takes none (MUCS takes its settings flags)")
+    return opts
+
+
+def _attribute_collection(a, overrides):
+    """--images DIR or --seeds (class × seeds, generated first): one collection (a folder with
+    collection.json and a run folder per item; mucs/explorer/collection.py), the one the app writes."""
+    from .cache import check_out_dir, check_writable_dir
+    from .defaults import cache_dir_for, default_runs_dir, settings_for
+    from .explorer import collection as coll
+    from .method.attribute import Attributor
+    from .method.distributed import device_for_rank, init_from_env
+    from .progress import BatchProgress, TextBar, format_seconds
+    from .sources.data import load_dataset, load_query_image
+    from .sources.models import class_names_for, load_model
+    if a.paper_settings and a.fast:
+        raise MucsError("--fast and --paper-settings are two different starting points: pass one")
+    if a.out and a.runs:
+        raise MucsError("give --out DIR (this folder) or --runs DIR (a new collection in that runs folder), not both")
+    files = coll.images_in(a.images) if a.images else []
+    seeds = coll.parse_seeds(a.seeds) if a.seeds else []
+    labels = list(a.label or [])
+    if files and len(labels) > 1 and len(labels) != len(files):
+        raise MucsError(f"give one --label for every image in {a.images} ({len(files)}), or a single one for all")
+    cache_dir = a.cache_dir or cache_dir_for(a.model)
+    if a.out:
+        out = os.path.abspath(a.out)
+    else:
+        runs_root = os.path.abspath(a.runs or default_runs_dir())
+        check_writable_dir(runs_root, "--runs" if a.runs else "the runs folder ($MUCS_RUNS_DIR)")
+        os.makedirs(runs_root, exist_ok=True)
+        out = os.path.join(runs_root, coll.new_id())
+    check_out_dir(out, coll.KIND, force=a.force, what="--out", protect=[a.model, a.data, cache_dir, a.lora, a.images] + files)
+    check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
+    model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
+    if model.conditioning == "text":
+        raise MucsError("--seeds and --images take class-conditional or unconditional models for now; for a text "
+                        "model attribute its images with --image FILE ... --prompt")
+    data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
+                        caption_column=a.caption_column)
+    data.check_matches(model)
+    if seeds:
+        from .sources.generate import check_steps
+        steps = check_steps(a.sampler_steps, model.scheduler.config.num_train_timesteps)
+        labs = [model.check_label(v) for v in (labels or [None])]
+        items = coll.generated_items(labs, seeds, steps)
+    else:
+        labs = labels * len(files) if len(labels) == 1 else (labels or [None] * len(files))
+        labs = [model.check_label(v) for v in labs]
+        for f in files:     # every image read before any work: a bad one is one error, nothing written
+            load_query_image(f, model.channels, model.size)
+        items = coll.image_items(files, labs)
+    profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
+    s = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile).replace(**overrides)
+    s.validate()
+    if s.top_k > len(data):
+        raise MucsError(f"--top-k {s.top_k} is more than the {len(data)} training images")
+    group = init_from_env()
+    lead = group is None or group.rank == 0
+    # one Attributor for every item: the noise set, L_o and L_null are computed once
+    attributor = Attributor(model, data, s, cache_dir=cache_dir, allow_untrained=a.allow_untrained)
+    attributor.check_memory(s)
+    class_names = class_names_for(model, data)
+    cid = os.path.basename(out)
+    asked = (dict(kind="generated", labels=labs, seeds=seeds, sampler_steps=items[0].sampler_steps) if seeds
+             else dict(kind="images", files=[it.record()["file"] for it in items], labels=labs))
+    record = coll.new_record(cid, items, asked, s.to_dict(), model, data, class_names)
+    if lead:
+        coll.create_folder(out, record, force=a.force)
+    bp = BatchProgress(len(items), max_steps=s.max_steps)
+    bar: dict = {"bar": None}
+
+    def progress(ev):
+        if not lead:
+            return
+        if ev.event is not None:
+            bp(ev.event)
+            bar["bar"](ev.event)
+            return
+        if ev.status == coll.RUNNING:
+            bp.start_item()
+            bar["bar"] = TextBar()
+            print(f"item {ev.index + 1}/{ev.count}: {ev.item.source}"
+                  + (f", class {ev.item.label}" if ev.item.label is not None else ""), file=sys.stderr)
+            return
+        if bar["bar"] is not None:
+            bar["bar"].close()
+        bp.finish_item(ev.seconds, saved=ev.status == coll.DONE)
+        o = bp()
+        left = f", about {format_seconds(o.remaining)} left" if o.remaining and o.done < o.count else ""
+        what = f"saved {ev.item.name} ({ev.item.seconds:.0f} s)" if ev.status == coll.DONE else \
+            f"failed {ev.item.name}: {ev.item.error}"
+        print(f"{what}; {o.done}/{o.count} done{left}", file=sys.stderr)
+
+    record = coll.run_batch(attributor, items, s, out, record, class_names, progress, write=lead)
+    if lead:
+        done = sum(it["status"] == coll.DONE for it in record["items"])
+        st = record.get("stage_times") or {}
+        print(f"collection: {done}/{len(items)} items attributed ({record['status']}) in {record['seconds']:.0f} s"
+              + ("; shared stages: " + ", ".join(f"{k}={v:.1f}s" for k, v in st.items()) if st else ""))
+        for it in record["items"]:
+            if it["status"] == coll.FAILED:
+                print(f"warning: {it['name']} failed: {it.get('error')}")
+        print(f"collection saved: {out}  (report: mucs report {out}; the app lists it with: "
+              f"python app.py --runs {os.path.dirname(out)})")
 
 
 def _png_prompt(path, model):
@@ -243,17 +392,22 @@ def _write_cli_run(res, out, runs_root, force, image, model, data, class_names):
     for note in res.query["conversions"]:
         print(f"note: query {note}")
     from .explorer.history import RunStore, write_run
-    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source)
+    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source,
+                method=res.info.get("method", "mucs"))
     if out:
         out = write_run(res, out, meta, force=force, class_names=class_names)
     else:
         store = RunStore(runs_root, examples=None)
         out = store.path(store.save(res, meta, class_names=class_names))
-    print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
+    if res.loss_null is None:
+        print(f"method {res.info.get('method')}: {res.info.get('method_description')}")
+    else:
+        print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
     from .explorer.diagnostics import warnings
-    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps):
+    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps) \
+            if res.loss_null is not None else ():   # the tie and saturation warnings read MUCS's skew
         print(f"warning: {w}")
     print(f"wrote {out}/scores.csv and {out}/result.json")
     print(f"run saved: {out}  (the app lists it with: python app.py --runs {os.path.dirname(out)})")
@@ -269,23 +423,30 @@ def build_parser():
     ap.add_argument("--version", action="version", version=f"mucs {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("train", help="train a diffusers UNet2DModel (class-conditional when the data has labels)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--channels", default="32,64,64", help="block_out_channels, comma separated")
-    p.add_argument("--layers-per-block", type=int, default=1)
-    p.add_argument("--no-attention", action="store_true")
-    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"])
-    p.add_argument("--beta-schedule", default="squaredcos_cap_v2")
-    p.add_argument("--timesteps", type=int, default=1000)
-    p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps")
-    p.add_argument("--size", type=int, default=None, help="check that the data has this resolution")
-    p.add_argument("--device", default=None)
+    p = sub.add_parser("train", help="train a diffusers UNet2DModel (class-conditional when the data has labels)",
+                       description="Train a small pixel-space UNet2DModel from scratch on a training set, with an "
+                                   "EMA of its weights; the folder written (model_index.json, unet/, scheduler/, "
+                                   "mucs_train.json) is what `mucs attribute --model` and the app load. Every "
+                                   "default is shown in brackets.")
+    p.add_argument("--data", required=True,
+                   help="the training set: an .npz (images, labels), an image folder or a Hugging Face dataset")
+    p.add_argument("--out", required=True, help="the model folder to write (new, empty, or a model train wrote)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps [2000]")
+    p.add_argument("--batch-size", type=int, default=64, help="training images per step [64]")
+    p.add_argument("--lr", type=float, default=2e-4,
+                   help="AdamW learning rate [0.0002]; recorded in mucs_train.json, unlearning's lr is a fraction of it")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, batches and noise [0]")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' exponential moving average [0.999]")
+    p.add_argument("--channels", default="32,64,64", help="block_out_channels, comma separated [32,64,64]")
+    p.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per UNet block [1]")
+    p.add_argument("--no-attention", action="store_true", help="no attention blocks (default: attention in the lowest block)")
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"],
+                   help="what the network predicts [epsilon]")
+    p.add_argument("--beta-schedule", default="squaredcos_cap_v2", help="the DDPM noise schedule [squaredcos_cap_v2]")
+    p.add_argument("--timesteps", type=int, default=1000, help="diffusion timesteps of the scheduler [1000]")
+    p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps [0: only at the end]")
+    p.add_argument("--size", type=int, default=None, help="check that the data has this resolution [no check]")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:1 [the first GPU, else cpu]")
     p.add_argument("--force", action="store_true", help=FORCE_HELP % "model")
     p.set_defaults(fn=cmd_train)
 
@@ -308,9 +469,16 @@ def build_parser():
     p.add_argument("--image", nargs="+", default=None,
                    help="the query image, or several (they share the noise set, L_o and L_null; one run each); "
                         "required unless --list-classes")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="attribute every image file in DIR as one collection (a folder with collection.json and a "
+                        "run per image; the app's History lists it); --label: one per image (sorted by name) or one for all")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="generate then attribute: one query per class given with --label and seed (e.g. 0-15, "
+                        "0,3,7 or 0-3,8), all in one collection")
+    p.add_argument("--sampler-steps", type=int, default=50, help="DDIM steps of the images --seeds generates (default 50)")
     p.add_argument("--label", type=int, nargs="+", default=None,
                    help="the query's class (class-conditional models; see --list-classes); with several --image, "
-                        "one per image or one for all")
+                        "one per image or one for all; with --seeds, each class × each seed")
     p.add_argument("--prompt", nargs="+", default=None,
                    help="the query's caption (text-conditional models; an image made by `mucs generate` keeps its own); "
                         "with several --image, one per image or one for all")
@@ -339,11 +507,20 @@ def build_parser():
     p.add_argument("--out", default=None,
                    help="write the run into this folder (new, empty, or an earlier run's: its run files replaced, "
                         "files you added kept; any other folder only with --force); with several "
-                        "--image, one run per image in subfolders named after them; default: a new run in the runs folder")
+                        "--image, one run per image in subfolders named after them; with --images or --seeds, the "
+                        "collection's folder (new, empty, or an earlier collection's); default: a new run "
+                        "(or collection) in the runs folder")
     p.add_argument("--runs", default=None,
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")
     p.add_argument("--force", action="store_true", help=FORCE_HELP % "run")
+    p.add_argument("--method", default="mucs", metavar="NAME",
+                   help="attribution method: mucs (default), dtrak, trak, abu, pixel_nn, feature_nn, a MUCS ablation or an "
+                        "ensemble a+b; the run records it (docs/methods-compared.md)")
+    p.add_argument("--method-options", default=None, metavar="JSON",
+                   help="options of dtrak/trak (timesteps, dim, lam, seed, proj_type, block, batch) or abu (lr, steps, "
+                        "batch, accum, loss_timesteps, fisher_epochs, weights, seed), as JSON or a JSON file; "
+                        "default: the papers' values")
     add_cli_options(p)   # one option per mucs.Settings field, plus --settings JSON
     p.set_defaults(fn=cmd_attribute)
 

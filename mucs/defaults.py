@@ -112,6 +112,16 @@ def settings_for(model_path: str, profile: str = "recommended", **overrides) -> 
     return s.replace(**overrides)
 
 
+def has_recommended(model_path: str) -> bool:
+    """Whether a model folder recommends settings of its own (mucs_settings.json with a "settings"
+    object): without them the recommended profile is the paper's settings."""
+    from .checks import read_json_object
+    path = os.path.join(model_path, RECOMMENDED) if model_path else ""
+    if not path or not os.path.exists(path):
+        return False
+    return bool(read_json_object(path, 'a JSON object with a "settings" object').get("settings"))
+
+
 def cache_dir_for(model_path: str) -> str:
     """Where new cache files are written ($MUCS_CACHE_DIR or ~/.cache/mucs). Caches shipped in a
     model folder's cache/ (as the embedded model does) are read from there, never written."""

@@ -67,7 +67,8 @@ def bad_files(d):
 
 
 NEW_ENDPOINTS = ("why", "pick_top", "why_replay", "compare_methods", "compare_runs", "report", "export",
-                 "clear_upload")
+                 "clear_upload", "list_every_run", "attribute_batch", "cancel_batch", "open_collection",
+                 "list_collections", "delete_collection", "collection_data", "export_collection")
 
 
 def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
@@ -115,10 +116,11 @@ def test_alpha_and_16bit_images_are_converted_and_say_so(env, tmp_path):
     _, _, fns, _ = env
     rgba = tmp_path / "alpha.png"
     a = np.zeros((32, 32, 4), np.uint8)
-    a[..., 3] = 0   # fully transparent → white
+    a[..., 3] = 0   # fully transparent → the training set's background, with a warning (issue 23)
     Image.fromarray(a, "RGBA").save(rgba)
     q, _, info, _, _ = fns["upload"].fn(str(rgba))
-    assert "alpha" in info and q.image.min() == 255
+    bg = env[0].data.background()[0]
+    assert "training set's background" in info and "warning" in info and (q.image == bg).all()
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(deep)
     q, _, info, _, _ = fns["upload"].fn(str(deep))
@@ -249,9 +251,11 @@ def test_replayed_unlearning_gives_per_noise_unlearned_losses(env, two_runs):
 def test_methods_and_runs_side_by_side_direct(env, two_runs):
     ex, _, fns, _ = env
     text, html, fig = fns["compare_methods"].fn(two_runs[0])
-    assert "Shared with MUCS" in text and "pixel NN" in text
-    assert html.count('class="h"') == 4 and html.count("<img") == 4 * 5 + 1     # 4 methods × top-5, the query
-    assert list(fig.data[0].x) == ["MUCS", "pixel NN", "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    assert "Shared with MUCS" in text and "pixel NN" in text and "D-TRAK" in text and "AbU" in text
+    assert html.count('class="h"') == 6 and html.count("<img") == 6 * 5 + 1     # 6 methods × top-5, the query
+    assert list(fig.data[0].x) == ["MUCS", "D-TRAK", "AbU (attribution by unlearning)", "pixel NN",
+                                   "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    assert "Fisher-preconditioned" in text and " s): " in text      # one line per method, with its seconds
     m = ex.compare_methods(two_runs[0])
     assert m["tops"]["mucs"] == [int(i) for i in ex.store.load(two_runs[0]).top]   # the run's own MUCS scores
     html = fns["compare_runs"].fn(two_runs)
@@ -287,6 +291,19 @@ def test_history_shows_main_settings_and_marks_the_papers(env, two_runs):
     row = rows[two_runs[0]]
     assert len(row) == len(app.HISTORY_HEADERS) and row[5:9] == [16, "10", 8, ""]
     assert app.HISTORY_HEADERS[5:9] == ["K", "lr ÷", "cap", "settings"]
+    # newest first, with the model and data; another model's runs only when asked for (issue 23)
+    assert app.HISTORY_HEADERS[-2:] == ["model", "data"]
+    assert row[-2:] == [os.path.basename(ex.model.path), os.path.basename(ex.data.source)]
+    created = [r[1] for r in ex.history_table() if r[1]]
+    assert created == sorted(created, reverse=True)
+    other = ex.store.save(ex.store.load(two_runs[0]), dict(kind="training", source="x", model="/elsewhere/other-model",
+                                                             data=ex.data.source))
+    try:
+        assert other not in {r[0] for r in ex.history_table()}
+        every = {r[0]: r for r in ex.history_table(every=True)}
+        assert every[other][-2] == "other-model"
+    finally:
+        ex.store.delete(other)
     paper = Settings().to_dict()
     assert paper_mark(paper) == "paper" and paper_mark(dict(paper, max_steps=50, top_k=3)) == "paper"
     assert paper_mark(dict(paper, noises=16)) == "" and paper_mark(dict(paper, lr_factor=5)) == ""
@@ -330,7 +347,14 @@ def test_fast_profile_is_served_and_said_on_the_page(tiny_model_dir, tiny_npz, t
     assert ex.settings.screen_noises == FAST["screen_noises"] and ex.settings.batch_size == FAST["batch_size"]
     assert ex.settings.noises == 4 and "the fast profile" in ex.describe()
     rec = Explorer(tiny_model_dir, tiny_npz, None, runs_dir=str(tmp_path / "r"), examples_dir=None)
-    assert rec.settings.screen_noises == 0 and "the recommended profile" in rec.describe()
+    assert rec.settings.screen_noises == 0
+    # a model folder with no mucs_settings.json: the header says the paper's settings are served (issue 23)
+    assert "recommended profile" not in rec.describe() and "recommends no settings of its own" in rec.describe()
+    from mucs.defaults import has_recommended
+    (tmp_path / "m").mkdir()
+    assert not has_recommended(str(tmp_path / "m"))
+    (tmp_path / "m" / "mucs_settings.json").write_text('{"settings": {"noises": 16}}')
+    assert has_recommended(str(tmp_path / "m"))
 
 
 def test_the_app_takes_the_clis_model_and_data_options(tiny_model_dir, tiny_npz, tmp_path, monkeypatch):
@@ -412,7 +436,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         index, why_text, *_ = c.predict(run_ids[0], top[0], api_name="/why_replay")
         assert "Unlearning replayed" in why_text and "L_u recomputed here: its mean matches" in why_text
         m_text, m_html, m_plot = c.predict(run_ids[0], api_name="/compare_methods")
-        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 4
+        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 6
         r_html = c.predict(run_ids, api_name="/compare_runs")
         assert r_html.count('class="h"') == 2 and all(r in r_html for r in run_ids)
         with pytest.raises(Exception, match="at least two"):
@@ -539,6 +563,39 @@ def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):
     assert ex.model.unet.mid_block._forward_hooks == {}
     ex.compare_methods(two_runs[0])
     assert ex.model.unet.mid_block._forward_hooks == {} and ctx is ex.baselines_context()
+
+
+def test_batch_collection_endpoints_over_the_client(env, tmp_path):
+    """/attribute_batch takes the same settings dict as /attribute; /list_collections, /open_collection,
+    /collection_data, /export_collection and /delete_collection work on what it wrote."""
+    from gradio_client import Client
+    ex, _, _, _ = env
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+        out = c.predict("generate", [1, 2], "4", 5, None, dict(ATTR, max_steps=2, top_k=3), api_name="/attribute_batch")
+        status, items, job_id, coll_id, summary, figures = out[:6]
+        assert status.startswith("**done**: 2 of 2 items saved") and coll_id in status
+        assert [r[4] for r in items["data"]] == ["done", "done"]
+        assert "Mean pairwise overlap" in summary and "coverage" in figures
+        assert all(ex.load_run(r).settings["top_k"] == 3 for r in ex.collections.member_ids(coll_id))
+        table, select = c.predict(api_name="/list_collections")
+        assert table["data"][0][0] == coll_id and table["data"][0][4] == "2/2"
+        box, summary2, figures2 = c.predict(coll_id, api_name="/open_collection")[:3]
+        assert box == coll_id and figures2.count("class='coll-fig") == 7
+        data = json.load(open(_file_path(c.predict(coll_id, "json", api_name="/collection_data"))))
+        assert data["analyses"]["coverage"]["coverage"]["bound"] == [3, 6]
+        import zipfile
+        with zipfile.ZipFile(_file_path(c.predict(coll_id, api_name="/export_collection"))) as z:
+            assert f"{coll_id}/collection.json" in z.namelist()
+        with pytest.raises(Exception, match="unknown setting 'nosies'"):
+            c.predict("generate", [1], "0", 5, None, {"nosies": 3}, api_name="/attribute_batch")
+        c.predict(coll_id, api_name="/delete_collection")
+        assert coll_id not in ex.collections.ids()
+    finally:
+        demo.close()
 
 
 # --- issue 21, point 2: one malformed run folder never takes the app down -----------------------------

@@ -255,6 +255,68 @@ def test_browser_flow(served, tmp_path):
 
 
 
+def test_browser_batch_cancel_and_collection(served):
+    """Issue 23: a small batch through the page (one class × 6 seeds, one queue job): per-item status,
+    Cancel once the first item is saved keeps it and starts no more; History lists the collection,
+    Open shows every overlap figure with its "what is this" line and data links; a point of the map
+    opens its run."""
+    from mucs.explorer.collection_figures import ORDER
+    ex, url, timeout, root = served
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(180_000)
+            sync_api.expect.set_options(timeout=90_000)
+            page.goto(url)
+            page.locator("#generate-btn").wait_for()
+            page.get_by_role("tab", name="Batch & collections").click()
+            page.locator("#batch-seeds input, #batch-seeds textarea").first.fill("0-5")
+            page.locator("#batch-btn").click()
+            items, seen, polls = page.locator("#batch-items"), [], 0
+            while "done" not in items.inner_text():          # until the first item is saved
+                seen.append(page.locator("#batch-status").inner_text())
+                page.wait_for_timeout(200)
+                polls += 1
+                assert polls < timeout / 200, "no item saved in time"
+            page.locator("#batch-cancel-btn").click()
+            sync_api.expect(page.locator("#batch-status")).to_contain_text("cancelled", timeout=timeout)
+            status = page.locator("#batch-status").inner_text()
+            # the time left is said to be an estimate, and is gone once cancelled (issue 23, point 5)
+            assert all("estimate" in t for t in seen if " left" in t), [t for t in seen if " left" in t][:3]
+            assert " left" not in status, status
+            m = re.search(r"(\d+) of 6 items saved in collection `?([^`\s]+)", status)
+            assert m, status
+            done, coll_id = int(m.group(1)), m.group(2)
+            assert 1 <= done < 6, status                     # cancelled mid-way: the rest not started
+            rec = ex.collections.record(coll_id)
+            assert sum(it["status"] == "done" for it in rec["items"]) == done
+            assert sum(it["status"] == "not started" for it in rec["items"]) >= 1
+            # History lists the collection; Open shows every overlap figure
+            page.get_by_role("tab", name="History & overlap").click()
+            page.locator("#collection-refresh-btn").click()
+            sync_api.expect(page.locator("#collections-table")).to_contain_text(coll_id)
+            page.locator("#collection-select input").first.fill(coll_id)
+            page.keyboard.press("Enter")
+            page.locator("#collection-open-btn").click()
+            figs = page.locator("#collection-figures figure.coll-fig")
+            sync_api.expect(figs).to_have_count(len(ORDER))
+            for key in ORDER:
+                fig = page.locator(f"#collection-figures figure[id$='-{key}']")
+                sync_api.expect(fig).to_contain_text("What is this:")
+                assert fig.locator("a[download$='.csv']").count() == 1 and fig.locator("a[download$='.json']").count() == 1
+            assert page.locator("#collection-figures svg.chart").count() >= 5
+            shot(page, "12-collection.png", page.locator("#collection-figures"))
+            # a click on a point of the map opens that run on Results
+            point = page.locator("#collection-figures figure[id$='-map'] [data-run]").first
+            run_id = point.get_attribute("data-run")
+            point.click()
+            page.locator("#topk-gallery img").first.wait_for()
+            sync_api.expect(page.locator("#run-id textarea, #run-id input").first).to_have_value(run_id)
+        finally:
+            browser.close()
+
+
 def test_browser_text_model(tmp_path_factory, tiny_text_dir, tiny_captions_npz):
     """A text-conditional latent model in the page: a prompt box (and guidance) instead of the class
     list, the generated query keeps its prompt, the attribution runs on it and every top-k image shows

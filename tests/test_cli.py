@@ -252,3 +252,19 @@ def test_several_images_in_one_call_share_the_setup_and_match_single_runs(tiny_m
     assert main(["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", qa, qb, "--label", "0", "1", "2",
                  "--out", str(tmp_path / "x")] + FAST) == 2
     assert "one --label for every --image" in capsys.readouterr().err and set(os.listdir(tmp_path)) == before
+
+
+def test_train_help_says_what_each_option_does_and_its_default():
+    """Issue 23, point 5: `mucs train -h` had no help text or defaults."""
+    import argparse
+    from mucs.__main__ import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    assert train.description and "mucs attribute --model" in train.description
+    for act in train._actions:
+        if isinstance(act, argparse._HelpAction):
+            continue
+        assert act.help, act.dest
+        if act.default not in (None, False):
+            assert f"[{act.default:g}" in act.help if isinstance(act.default, float) else f"[{act.default}" in act.help, \
+                (act.dest, act.default, act.help)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from mucs import Attributor, MucsError, QueryImage, Settings, load_dataset, load_model, load_query_image
-from mucs.sources.data import MAX_IMAGE_BYTES
+from mucs.sources.data import MAX_IMAGE_BYTES, TrainingSet
 from mucs.sources.models import per_item_loss
 from mucs.sources.train import TrainOptions, train
 
@@ -90,6 +90,18 @@ def test_query_conversion_alpha_16bit_size_and_limits():
     q = load_query_image(_png(Image.fromarray(a16)), channels=3, size=4)
     assert q.x.shape == (3, 4, 4) and any("8 bits" in n for n in q.conversions)
     assert any("resized" in n for n in q.conversions)
+    # on a training set's background (issue 23): a black-background set gets black, and a warning
+    half = np.zeros((8, 8, 4), np.uint8)
+    half[:4] = (200, 200, 200, 255)                          # top half opaque grey, bottom transparent
+    q = load_query_image(_png(Image.fromarray(half, "RGBA")), channels=1, size=8, background=(0,))
+    assert (q.uint8[:4] == 200).all() and (q.uint8[4:] == 0).all()
+    assert any(n.startswith("warning:") and "background (black" in n for n in q.conversions)
+    q = load_query_image(_png(Image.fromarray(half, "RGBA")), channels=3, size=8, background=(90, 120, 150))
+    assert q.uint8[7, 0].tolist() == [90, 120, 150] and any("RGB 90,120,150" in n for n in q.conversions)
+    imgs = np.zeros((3, 6, 6, 1), np.uint8)
+    imgs[:, 2:4, 2:4] = 255                                  # bright centres, black borders
+    assert TrainingSet(imgs).background() == (0,)
+    assert TrainingSet(np.full((2, 4, 4, 3), 250, np.uint8)).background() == (250, 250, 250)
     exact = load_query_image(np.full((8, 8, 1), 255, np.uint8), channels=1, size=8)
     assert exact.conversions == [] and float(exact.x.min()) == 1.0
     with pytest.raises(MucsError, match="larger than"):

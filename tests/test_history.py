@@ -101,6 +101,15 @@ def test_export_csv_and_json(tmp_path):
     assert scores == sorted(scores, reverse=True)
     j = json.load(open(store.export(rid, "json", str(tmp_path))))
     assert j["meta"]["index"] == 4 and j["result"]["top_k"] == [int(i) for i in a.top]
+    # the JSON holds every training item's score and losses too, the same rows as the CSV (issue 23)
+    j = json.load(open(store.export(rid, "json", str(tmp_path), class_names=["a", "b", "c", "d"])))
+    assert len(j["items"]) == 20
+    for r, row in zip(rows, j["items"]):
+        assert (row["rank"], row["index"], row["label"], row["class"]) == (int(r["rank"]), int(r["index"]),
+                                                                         int(r["label"]), r["class"])
+        for col in ("score", "loss_original", "loss_unlearned"):
+            assert row[col] == pytest.approx(float(r[col]), rel=1e-6)
+    assert j["items"][0]["loss_unlearned"] == pytest.approx(float(a.loss_unlearned[a.top[0]]))
     with pytest.raises(MucsError):
         store.export(rid, "xml")
 

@@ -38,6 +38,17 @@ def add_parser(sub):
     p.add_argument("--noises", type=int, default=None, help="MUCS K")
     p.add_argument("--max-steps", type=int, default=None, help="MUCS unlearning step cap")
     p.add_argument("--lr-factor", type=float, default=None, help="MUCS unlearning lr = training lr ÷ this")
+    p.add_argument("--target-seed", type=int, default=None,
+                   help="seed of target 0 (target i: this + i; default 1000). Held-out reporting: seeds never used "
+                        "for a choice, e.g. 3000")
+    p.add_argument("--control-seed", type=int, default=None, help="seed of control 0 (default 2000; held out: e.g. 4000)")
+    p.add_argument("--method-options", default=None, metavar="JSON",
+                   help='options of dtrak, trak and abu by method, e.g. \'{"abu": {"accum": 625}, "dtrak": {"dim": 4096}}\' '
+                        "(over the preset's; the results JSON records every method's resolved settings)")
+    p.add_argument("--protocol", default="counterfactual", choices=["counterfactual", "exemplars"],
+                   help="counterfactual (default): remove, retrain, measure; exemplars: fine-tune model A on exemplars "
+                        "of a held-out class and rank them among the training images (no retraining; "
+                        "benchmarks/exemplars.md)")
     p.add_argument("--control-design", default=None, choices=["shared", "disjoint"],
                    help="shared: controls in the targets' classes; disjoint: controls only in classes no target uses")
     p.add_argument("--engine", default="auto", choices=["auto", "ray", "serial"],
@@ -68,7 +79,7 @@ def cmd_evaluate(a):
     from ..sources.models import pick_device
     from . import Evaluation
     from .engine import SerialEngine, make_engine
-    from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict
+    from .report import check_out, ci_table, cost_table, markdown_table, overlap_table, paired_table, target_auc, verdict
     from ..cache import check_writable_dir
     from ..checks import check_device
     check_device(a.device)      # every option before anything is trained or a work folder is made
@@ -78,7 +89,22 @@ def cmd_evaluate(a):
             retrain_seeds = tuple(int(x) for x in a.retrain_seeds.split(",") if x.strip())
         except ValueError:
             raise MucsError(f"--retrain-seeds takes comma-separated integers, got {a.retrain_seeds!r}") from None
-    cfg = preset(a.preset, retrain_seeds=retrain_seeds, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
+    import json
+    method_options = None
+    if a.method_options:
+        try:
+            method_options = json.loads(a.method_options)
+        except ValueError as e:
+            raise MucsError(f"--method-options must be JSON: {e}") from None
+        if not isinstance(method_options, dict) or not all(isinstance(v, dict) for v in method_options.values()):
+            raise MucsError('--method-options must map a method to its options, e.g. {"abu": {"accum": 625}}')
+        base = PRESETS[a.preset].get("method_options", {})
+        method_options = {m: dict(base.get(m, {}), **method_options.get(m, {})) for m in set(base) | set(method_options)}
+    if a.protocol == "exemplars":
+        from .exemplars import cmd_exemplars
+        return cmd_exemplars(a, method_options)
+    cfg = preset(a.preset, retrain_seeds=retrain_seeds, target_seed=a.target_seed, control_seed=a.control_seed,
+                 method_options=method_options, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  targets=a.targets, controls=a.controls, target_block=a.target_block, k_frac=a.k_frac,
                  random_repeats=a.random_repeats,
                  noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor,
@@ -106,7 +132,8 @@ def cmd_evaluate(a):
         result = ev.run(methods, out_json=out)
     finally:
         engine.close()
-    print(markdown_table(result), ci_table(result), overlap_table(result), sep="\n\n")
+    print(markdown_table(result), ci_table(result), paired_table(result), cost_table(result), overlap_table(result),
+          sep="\n\n")
     if goal is not None:
         print(verdict(result, goal))
     print(f"computed this run: {ev.computed}; wrote {out}")

@@ -5,7 +5,9 @@ exported as CSV or JSON. Shipped example runs (read-only) are listed alongside.
 The one run format, shared by the app and `mucs attribute`: a folder holding result.json,
 scores.csv, losses.npz, query.png, meta.json and the `.mucs` marker. `RunStore.save` writes a new
 run under the store's root; `write_run` writes the same layout into a folder of the caller's
-choosing (`mucs attribute --out DIR`), so a run folder inside an app's runs folder is listed by it."""
+choosing (`mucs attribute --out DIR`), so a run folder inside an app's runs folder is listed by it.
+The runs of a collection (a batch; mucs/explorer/collection.py) are run folders inside the
+collection's folder: the store lists them too, by the id `COLLECTION/RUN`."""
 import dataclasses
 import os
 import shutil
@@ -28,6 +30,7 @@ META = "meta.json"
 RUN_FILES = ("result.json", "losses.npz", "scores.csv", META)   # what makes a folder a run
 EXAMPLE_PREFIX = "example:"
 DEFAULT_EXAMPLES = os.path.join(ASSETS, "examples")
+COLLECTION_FILE = "collection.json"   # what makes a folder a collection (its runs are subfolders)
 
 
 def _is_run(path: str) -> bool:
@@ -37,6 +40,15 @@ def _is_run(path: str) -> bool:
 def is_run(path: str) -> bool:
     """True when `path` is a run folder in the one run format (what RunStore lists)."""
     return os.path.isdir(path) and _is_run(path)
+
+
+def is_collection(path: str) -> bool:
+    """True when `path` is a collection folder (a collection.json; its runs are subfolders)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, COLLECTION_FILE))
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and os.sep not in name and "/" not in name and name != ".."
 
 
 def _portable(att: Attribution) -> Attribution:
@@ -119,9 +131,12 @@ class RunStore:
             base, name = self.examples, run_id[len(EXAMPLE_PREFIX):]
         else:
             base, name = self.root, run_id
-        if not name or base is None or name.startswith(".") or os.sep in name or "/" in name or name in ("..",):
+        parts = name.split("/")
+        # a run at the top of the folder, or COLLECTION/RUN: a run inside a collection's folder
+        if base is None or len(parts) > 2 or not all(_plain_name(n) for n in parts) or \
+                (len(parts) == 2 and not is_collection(os.path.join(base, parts[0]))):
             raise MucsError(f"unknown run {run_id!r}")
-        p = os.path.join(base, name)
+        p = os.path.join(base, *parts)
         if not _is_run(p):
             raise MucsError(f"unknown run {run_id!r}")
         return p
@@ -168,6 +183,8 @@ class RunStore:
         if hit is not None and stamp is not None and hit[0] == stamp:
             return hit[1]
         base = dict(id=run_id, example=self.is_example(run_id))
+        if "/" in run_id:
+            base["collection"] = run_id.rsplit("/", 1)[0]
         try:
             m, settings = dict(read_meta(p), **base), dict(read_result(p)["settings"])
         except MucsError as e:
@@ -201,21 +218,31 @@ class RunStore:
             raise MucsError(f"run {run_id} cannot be read: {type(e).__name__}: {e}") from e
 
     def list(self) -> list:
-        """Metadata of every run: user runs newest first, then the examples. A run whose files are
-        malformed is listed as {id, example, damaged: why}, never fails the listing."""
+        """Metadata of every run, the runs of collections included: user runs newest first (by
+        creation time), then the examples (newest first too). A run whose files are malformed is
+        listed as {id, example, damaged: why}, never fails the listing."""
         out = []
         recover_moved_aside(self.root)   # a run that a killed save left moved aside is listed again
         for base, prefix in ((self.root, ""), (self.examples, EXAMPLE_PREFIX)):
             if not base or not os.path.isdir(base):
                 continue
             try:
-                names = sorted((n for n in os.listdir(base) if not n.startswith(".")), reverse=not prefix)
+                names = sorted(n for n in os.listdir(base) if not n.startswith("."))
             except OSError:
                 continue
+            found = []
             for name in names:
-                if not _is_run(os.path.join(base, name)):
-                    continue
-                out.append(dict(self._summary(prefix + name)[0]))
+                p = os.path.join(base, name)
+                if _is_run(p):
+                    found.append(prefix + name)
+                elif is_collection(p):
+                    try:
+                        found += [f"{prefix}{name}/{m}" for m in sorted(os.listdir(p))
+                                  if _plain_name(m) and _is_run(os.path.join(p, m))]
+                    except OSError:
+                        continue
+            metas = [dict(self._summary(run_id)[0]) for run_id in found]
+            out += sorted(metas, key=lambda m: (str(m.get("created", "")), m["id"]), reverse=True)
         return out
 
     def ids(self) -> List:          # List: `list` here would name the method above
@@ -237,22 +264,27 @@ class RunStore:
 
     # --- export ----------------------------------------------------------------------------------
     def export(self, run_id: str, fmt: str, out_dir: Optional[str] = None, class_names=None) -> str:
-        """Write the run as CSV (every training item: rank, index, score, label, class, L_o, L_u)
-        or JSON (result + metadata) into `out_dir` (a new temporary folder by default); returns the path."""
+        """Write the run as CSV or JSON, both with every training item (rank, index, score, label,
+        class, L_o, L_u; JSON: `items`, beside the result and metadata) into `out_dir` (a new
+        temporary folder by default); returns the path."""
         fmt = (fmt or "").lower()
         if fmt not in ("csv", "json"):
             raise MucsError(f"export format must be csv or json, got {fmt!r}")
         att = self.load(run_id)
         meta = self.meta(run_id)
         out_dir = out_dir or tempfile.mkdtemp(prefix="mucs-export-")
-        safe = run_id.replace(":", "-")
-        path = os.path.join(out_dir, f"mucs-{safe}.{fmt}")
+        path = os.path.join(out_dir, f"mucs-{safe_name(run_id)}.{fmt}")
         if fmt == "json":
-            data = dict(meta=meta, result=att.result_json())
+            data = dict(meta=meta, result=att.result_json(), items=att.items_json(class_names))
             atomic_write(path, dumps_strict(data, "the JSON export", indent=1, default=_json_default).encode())
         else:
             atomic_write(path, att.scores_csv(class_names).encode())
         return path
+
+
+def safe_name(run_id: str) -> str:
+    """A run or collection id as part of a file name (no ':' or '/')."""
+    return str(run_id).replace(":", "-").replace("/", "-")
 
 
 def _json_default(o):

@@ -123,7 +123,7 @@ def plot_svgs(att: Attribution, class_names=None) -> dict:
                                  log_x=True, log_y=True, diagonal=True, labels=names, colour_label="skew")
     curve = att.curve or []
     tol = (att.settings or {}).get("tol")
-    hl = [(att.loss_null, "L_null", svg.GREY)]
+    hl = [] if att.loss_null is None else [(att.loss_null, "L_null", svg.GREY)]
     if tol is not None and att.loss_null is not None:
         hl.append(((1 - tol) * att.loss_null, "stop: (1−τ)·L_null", svg.RED))
     series = [dict(name="L_f (forget, on the query)", x=[c["step"] for c in curve], y=[c["loss_f"] for c in curve],
@@ -174,14 +174,15 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
     # query and the run in brief
     stop = ("converged: the forget loss reached (1 − τ)·L<sub>null</sub>" if att.converged
             else "<b>hit the step cap</b> before the query was forgotten")
-    brief = [("query source", _e(q.get("source") or meta.get("source") or "")),
+    brief = [("method", _e(f"{info.get('method', 'mucs')}: {info.get('method_description', 'MUCS')}")),
+             ("query source", _e(q.get("source") or meta.get("source") or "")),
              (("query prompt", _e(q["prompt"])) if q.get("prompt") else
               ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)"))),
              ("model", _e(" · ".join(str(info[k]) for k in ("denoiser", "model_family", "conditioning") if info.get(k))
                           or "UNet2DModel")),
              ("conversions of the query", _e("; ".join(q.get("conversions") or []) or "none")),
              ("unlearning", f"{att.steps} steps, {stop}"),
-             ("L_null (untrained model's loss)", f"{att.loss_null:.6g}"),
+             ("L_null (untrained model's loss)", "–" if att.loss_null is None else f"{att.loss_null:.6g}"),
              ("unlearning learning rate", _e(_fmt(info.get("unlearning_lr", "")))),
              ("training images", _e(len(att.scores))),
              ("top-k", _e(len(att.top)))]
@@ -204,7 +205,8 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
         cards.append(f"<div class='card' data-index='{i}'>{img}<div class='cap'>#{rank} · {i}"
                      f"{(' · ' + _e(lab)) if lab else ''} · {float(att.scores[i]):.4f}</div>"
                      + (f"<div class='sub'>“{_e(att.captions[i])}”</div>" if att.captions is not None else "")
-                     + f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div></div>")
+                     + (f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div>"
+                        if np.isfinite(att.loss_original[i]) else "") + "</div>")
     parts.append(f"<div class='grid' id='topk'>{''.join(cards)}</div>")
     # plots
     figs = plot_svgs(att, names)
@@ -311,25 +313,35 @@ def _is_report(path: str) -> bool:
             head = f.read(4096)
     except OSError:
         return False
-    return head.startswith("<!doctype html>") and "<title>MUCS report" in head
+    return head.startswith("<!doctype html>") and ("<title>MUCS report" in head or "<title>MUCS collection report" in head)
 
 
 def cmd_report(a) -> None:
     from ..cache import check_out_file
+    from .history import COLLECTION_FILE, is_collection
     out = a.out or "report.html"
     check_out_file(out, force=getattr(a, "force", False), ours=_is_report,
-                   protect=[os.path.join(a.run_dir, f) for f in ("result.json", "losses.npz", "scores.csv", "query.png")])
-    text = report_for_dir(a.run_dir, a.data)
+                   protect=[os.path.join(a.run_dir, f) for f in ("result.json", "losses.npz", "scores.csv", "query.png",
+                                                                  COLLECTION_FILE)])
+    if is_collection(a.run_dir):     # a collection: its own report (every overlap figure)
+        from .collection_report import report_for_folder
+        text = report_for_folder(a.run_dir, a.data, getattr(a, "model", None))
+    else:
+        text = report_for_dir(a.run_dir, a.data)
     write_report(out, text)
     print(f"report: {out} ({len(text) / 1024:.0f} KB, self-contained)")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write a self-contained HTML report of one run (opens offline)",
+    p = sub.add_parser("report", help="write a self-contained HTML report of one run or collection (opens offline)",
                        description="One HTML file with the query, the top-k images (rank, index, class, score), "
                                    "the plots, warnings, settings, timings and fingerprints of a run folder "
-                                   "(as written by `attribute --out` or stored by the app).")
-    p.add_argument("run_dir", help="run folder (result.json, losses.npz, scores.csv, query.png)")
+                                   "(as written by `attribute --out` or stored by the app); for a collection folder "
+                                   "(collection.json: `attribute --seeds/--images`, the app's batches) every "
+                                   "generation with its top-k and every overlap analysis with its data.")
+    p.add_argument("run_dir", help="run folder (result.json, losses.npz, scores.csv, query.png) or collection folder")
+    p.add_argument("--model", default=None,
+                   help="a collection's model, for method agreement (default: the path recorded in the collection)")
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--data", default=None,
                    help="the run's training set, for the top-k images (default: the path recorded in the run)")

@@ -21,6 +21,7 @@ from ..sources.data import QueryImage, load_dataset, load_query_image, to_model_
 from ..defaults import cache_dir_for, settings_for
 from ..errors import Cancelled, MucsError
 from ..sources.generate import generate
+from .batch import BatchOps
 from .history import RunStore
 from ..sources.models import class_names_for, load_model
 from ..method.neighbours import NeighbourIndex, pixel_features
@@ -34,7 +35,7 @@ MAX_STEPS_LIMIT = 10_000      # the largest step cap a user may ask for in the a
 MAX_JOBS = 256                # running jobs remembered for cancelling (finished ones are forgotten at once)
 # the history table: the store's columns with the main settings of each run after the class
 HISTORY_COLUMNS = ["id", "created (UTC)", "kind", "source", "class", "K", "lr ÷", "cap", "settings", "steps",
-                   "converged", "top-k", "seconds"]
+                   "converged", "top-k", "seconds", "model", "data"]
 # the paper's choices (Settings() defaults) that decide whether a run "used the paper's settings";
 # top_k, the step cap (the paper has none) and engineering options do not count
 PAPER_KEYS = ("noises", "noise_fraction", "rho", "lam", "tol", "batch_size", "lr", "lr_factor", "weight_decay",
@@ -111,7 +112,7 @@ class Job:
                          "nothing was saved")
 
 
-class Explorer:
+class Explorer(BatchOps):
     def __init__(self, model_path: str, data_path: str, overrides: Optional[dict] = None,
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
@@ -182,9 +183,22 @@ class Explorer:
         return (f"**Model** `{os.path.basename(m.path)}`: {kind}; images {m.size}×{m.size}, {m.channels} channel(s), "
                 f"{cond}, {params / 1e6:.2f} M parameters, {m.prediction_type} prediction, device {m.device}.  \n"
                 f"**Training set** `{os.path.basename(d.source)}`: {len(d)} images{caps}.  \n"
-                f"**Settings**: the {self.profile} profile" + (
-                    " (half the unlearning batch at twice the lr, screened scoring: faster, top-k close to the "
-                    "recommended one; docs/benchmarks.md, attribution speed)." if self.profile == "fast" else "."))
+                f"**Settings**: {self.profile_text()}")
+
+    def profile_text(self) -> str:
+        """Which settings the app serves, in words: a model folder with no recommended settings
+        (mucs_settings.json) gets the paper's under the name 'recommended', and the page says so."""
+        from ..defaults import has_recommended
+        own = has_recommended(self.model.path or self.model_path)
+        if self.profile == "fast":
+            return ("the fast profile (half the unlearning batch at twice the lr, screened scoring: faster, top-k "
+                    "close to the full way's; docs/benchmarks.md, attribution speed)"
+                    + ("." if own else "; this model recommends no settings of its own (no mucs_settings.json), so "
+                       "the rest are the paper's."))
+        if self.profile == "recommended" and not own:
+            return ("the paper's: this model recommends no settings of its own "
+                    "(no mucs_settings.json in its folder; docs/models.md), so they may take longer than needed.")
+        return f"the {self.profile} profile."
 
     def user_settings(self, overrides: Optional[dict] = None) -> Settings:
         """The settings of one run asked for in the app or through its API. `overrides`: a dict of
@@ -261,18 +275,18 @@ class Explorer:
             label = None
         elif label is None or label == "":
             raise MucsError("choose a class: this model is class-conditional")
-        label = self.model.check_label(None if label is None else int(label))
+        lab = self.model.check_label(None if label is None else int(label))
         prompt = self.model.check_prompt(prompt if self.text else None)
         guidance = default_guidance(self.model) if guidance_scale in (None, "") else check_guidance(guidance_scale)
         count = check_int(count, "the number of images (1..16 at a time)", 1, 16)
         steps = check_int(steps, "sampler steps", 1, 1000)
         seed = check_int(seed, "the seed", 0, SEED_MAX - count)
         seeds = [seed + i for i in range(count)]
-        imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel,
+        imgs = generate(self.model, [lab] * count, seeds, steps, progress=progress, cancel=cancel,
                         prompts=None if prompt is None else [prompt] * count, guidance_scale=guidance,
                         negative_prompt=negative_prompt or "")
         extra = dict(prompt=prompt, guidance_scale=guidance, negative_prompt=negative_prompt or "") if self.text else {}
-        return [Query(image=im, label=label, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
+        return [Query(image=im, label=lab, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
                                                        **extra), prompt=prompt)
                 for im, s in zip(imgs, seeds)]
 
@@ -280,7 +294,7 @@ class Explorer:
         """Read an uploaded file (any size/mode) as the model sees it; the class is left to the user."""
         if not path:
             raise MucsError("no file uploaded")
-        q = load_query_image(path, self.model.channels, self.model.size)
+        q = load_query_image(path, self.model.channels, self.model.size, self.data.background())
         return Query(image=q.uint8, label=None,
                      meta=dict(kind="upload", file=os.path.basename(str(path)), conversions=list(q.conversions)))
 
@@ -440,6 +454,11 @@ class Explorer:
         cls = (f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else
                f"prompt “{q['prompt']}”" if q.get("prompt") else "no class")
         conv = "; ".join(q.get("conversions") or []) or "none"
+        if att.loss_null is None:   # a run of another method (mucs attribute --method dtrak|trak|abu|..)
+            times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in att.stage_times.items())
+            return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
+                    f"Method **{att.info.get('method')}**: {att.info.get('method_description', '')}.  \n"
+                    f"Time: {times}.")
         stop = "converged (L_f reached (1−τ)·L_null)" if att.converged else "**hit the step cap** (not converged)"
         st = att.stage_times
         times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in st.items())
@@ -493,15 +512,36 @@ class Explorer:
         except MucsError:
             return {}
 
-    def history_table(self) -> list:
-        """The store's rows plus the main settings of each run: K, lr factor, step cap, and whether it
-        used the paper's settings."""
+    def history_table(self, every: bool = False) -> list:
+        """The store's rows, newest first, plus the main settings of each run (K, lr factor, step cap,
+        whether it used the paper's settings) and the model and training set it was made with. Only
+        the served model's and training set's runs (and those that do not say) unless `every`: the
+        others do not open here."""
+        metas = {m["id"]: m for m in self.store.list()}
         rows = []
         for row in self.store.table():   # id, created, kind, source, class, steps, converged, top-k, seconds
+            m = metas.get(row[0], {})
+            if not every and not self.is_served(m):
+                continue
             st = self.run_settings_dict(row[0])
             extra = [st.get("noises", ""), _lr_text(st), st.get("max_steps", ""), paper_mark(st) if st else ""]
-            rows.append(list(row[:5]) + extra + list(row[5:]))
+            names = [os.path.basename(os.path.normpath(str(m[k]))) if m.get(k) else "" for k in ("model", "data")]
+            rows.append(list(row[:5]) + extra + list(row[5:]) + names)
         return rows
+
+    def is_served(self, meta: dict) -> bool:
+        """Whether a run's meta.json names the served model and training set (or does not say). A
+        bare name (the shipped examples record 'fashion16', not this machine's path) is compared
+        with the served folder's or file's name."""
+        from ..defaults import shown_path
+        for key, here in (("model", self.model.path or self.model_path), ("data", self.data.source)):
+            theirs = meta.get(key)
+            if not theirs or not here:
+                continue
+            theirs, here = os.path.normpath(str(theirs)), os.path.normpath(shown_path(here))
+            if theirs != here and (os.sep in theirs or theirs != os.path.basename(here)):
+                return False
+        return True
 
     # --- explain, compare, report --------------------------------------------------------------------
     def load_run(self, run_id: str) -> Attribution:
@@ -543,7 +583,9 @@ class Explorer:
             if self._ctx is None:
                 model = copy.copy(self.model)
                 model.unet = copy.deepcopy(self.model.unet).eval()
-                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir)
+                from ..method.baselines import CPU_OPTIONS
+                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir,
+                                    options={k: dict(v) for k, v in CPU_OPTIONS.items()})
         return self._ctx
 
     def pixel_index(self) -> NeighbourIndex:
@@ -585,8 +627,8 @@ class Explorer:
             if name == "mucs":
                 mark = {i: ("s", f"+{m['shared'][i] - 1} other list{'s' if m['shared'][i] > 2 else ''}")
                         for i in items if i in m["shared"]}
-            rows.append(dict(title=label, subtitle=f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
-                             if name != "mucs" else "the run's own scores", items=items,
+            rows.append(dict(title=label, subtitle=(f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
+                             if name != "mucs" else "the run's own scores") + f" · {m['seconds'][name]:.1f} s", items=items,
                              scores={i: _score_text(name, m["scores"][name][i]) for i in items}, mark=mark,
                              query=att.query_image if not rows else None))
         key = ('<span style="border-color:#2a9d4b;background:#e9f7ee">green: also in MUCS\'s top-k</span>'
@@ -677,6 +719,10 @@ def _score_text(method: str, score: float) -> str:
         return f"rank avg {score:.3f}"
     if method.endswith("_nn"):
         return f"d² {max(0.0, -float(score)):.3g}"
+    if method in ("dtrak", "trak"):
+        return f"score {score:.3g}"
+    if method == "abu":
+        return f"Δloss {score:.3g}"
     return f"skew {score:.4f}"
 
 

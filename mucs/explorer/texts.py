@@ -52,11 +52,15 @@ about as long as the run's unlearning stage, and the result is checked against t
 last two replayed models stay in memory."""
 
 METHODS = """\
-**Methods side by side**: the same query ranked by MUCS, by **pixel NN** (the training images nearest in
-pixel space), by **feature NN** (nearest in the diffusion model's own mid-block features) and by the
-**MUCS + pixel NN** ensemble (the mean of the two rankings). Images that another method shares with
-MUCS are framed green; the heatmap gives the overlap |A∩B| / min(|A|,|B|) of every pair of methods.
-The baselines take a second or two; MUCS's scores are the run's own."""
+**Methods side by side**: the same query ranked by MUCS, by **D-TRAK** (Zheng et al., ICLR 2024: projected
+gradients of the model's mean squared output, TRAK's kernel), by **AbU** (Wang et al., NeurIPS 2024: one
+Fisher-preconditioned unlearning step, ranked by the loss increase), by **pixel NN** (the training images
+nearest in pixel space), by **feature NN** (nearest in the diffusion model's own mid-block features) and
+by the **MUCS + pixel NN** ensemble (the mean of the two rankings). Images that another method shares
+with MUCS are framed green; the heatmap gives the overlap |A∩B| / min(|A|,|B|) of every pair of methods;
+each row gives the method's seconds. The first D-TRAK call computes its training features once (minutes
+on a CPU, then cached), AbU its Fisher; MUCS's scores are the run's own. D-TRAK projects to d = 4096 and
+AbU averages 4,000 draws here (docs/methods-compared.md)."""
 
 OVERLAP = """\
 **Runs side by side and overlap.** Choose two or more runs and press *Compare runs*: each run's query and
@@ -71,3 +75,18 @@ Every run of this and earlier sessions, newest first, then the example runs that
 **K** is the number of noise levels, **lr ÷** the unlearning learning rate as a fraction of the
 training one, **cap** the unlearning step cap; **settings** says *paper* when the run used the paper's
 settings (K = 100, lr ÷ 10, ...), which take several times longer than the recommended ones."""
+
+BATCH = """\
+**Generate and attribute a batch**: many generations at once, to see whether the same training images
+drive many of them (the paper's overlap analysis). Choose one or more classes and a seed range
+(e.g. *0-15*: 16 images per class), or upload several images with their class, and press the button:
+one job attributes them one after another with the page's Settings (the noise set, L_o and L_null are
+shared, so each item costs its unlearning and L_u only). The table shows each item's status; Cancel
+keeps the finished items and starts no more. The items are saved as one **collection**: every item is a
+normal run (History lists it), and the collection's overlap analyses appear below."""
+
+COLLECTIONS = """\
+**Collections** (batches): each row is one batch, its items being normal runs listed above. *Open*
+shows its overlap analyses on **Batch & collections**; *Delete* removes the collection with all its
+runs. On the command line: `mucs attribute --seeds 0-15 --label 3` or `--images DIR` writes the same
+collection, and `mucs report COLLECTION_DIR` its self-contained HTML report."""

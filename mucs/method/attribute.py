@@ -44,7 +44,7 @@ class Attribution:
     top: np.ndarray                    # (k,) indices, best first
     loss_original: np.ndarray          # (N,) mean over noises of L_o
     loss_unlearned: np.ndarray         # (N,) mean over noises of L_u
-    loss_null: float
+    loss_null: Optional[float]         # None: a run of a method without L_null (D-TRAK, TRAK, AbU, NN)
     steps: int
     converged: bool
     curve: list
@@ -73,10 +73,29 @@ class Attribution:
         for rank, i in enumerate(order, 1):
             lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
             name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, csv_text(name), f"{self.loss_original[i]:.8g}",
-                   f"{self.loss_unlearned[i]:.8g}"]
+            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, csv_text(name), _cell(self.loss_original[i]),
+                   _cell(self.loss_unlearned[i])]
             w.writerow(row + ([csv_text(self.captions[i])] if self.captions is not None else []))
         return buf.getvalue()
+
+    def items_json(self, class_names=None) -> list:
+        """Every training item as a dict, best first, with the columns of scores.csv (rank, index,
+        score, label, class, loss_original, loss_unlearned[, caption]): the JSON export's `items`.
+        A value that is not finite (an item screening left out) is null."""
+        def num(v):
+            v = float(v)
+            return v if np.isfinite(v) else None
+        out = []
+        for rank, i in enumerate(top_k(self.scores, len(self.scores)), 1):
+            lab = None if self.labels is None else int(self.labels[i])
+            row = dict(rank=rank, index=int(i), score=num(self.scores[i]), label=lab,
+                       **{"class": class_names[lab] if lab is not None and class_names and 0 <= lab < len(class_names)
+                          else ""},
+                       loss_original=num(self.loss_original[i]), loss_unlearned=num(self.loss_unlearned[i]))
+            if self.captions is not None:
+                row["caption"] = str(self.captions[i])
+            out.append(row)
+        return out
 
     def save(self, out_dir: str, class_names=None) -> None:
         """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
@@ -89,8 +108,11 @@ class Attribution:
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
         if self.captions is not None:
             labels["captions"] = np.asarray(self.captions, dtype=str)
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned,
-                 **labels)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
+        # a method without losses (all NaN: D-TRAK, TRAK, the NN baselines) saves none: every saved number is finite
+        losses = {} if np.isnan(self.loss_original).all() and np.isnan(self.loss_unlearned).all() else dict(
+            loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
+        arrays = dict(scores=self.scores, **losses, **labels)
+        np.savez(buf, **arrays)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
         files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
@@ -119,6 +141,11 @@ class Attribution:
 
 MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items × K = 100) are memory-mapped
 SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
+
+
+def _cell(v) -> str:
+    """A loss for scores.csv: empty for a method that has none (NaN: D-TRAK, TRAK, the NN baselines)."""
+    return f"{v:.8g}" if np.isfinite(v) else ""
 
 
 @dataclass

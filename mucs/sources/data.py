@@ -38,6 +38,7 @@ class TrainingSet:
     files: Optional[list] = None
     captions: Optional[list] = None    # one caption per image (text-conditional models), else None
     _fingerprint: Optional[str] = field(default=None, repr=False)
+    _background: Optional[tuple] = field(default=None, repr=False)
 
     def __len__(self):
         return len(self.images)
@@ -94,6 +95,18 @@ class TrainingSet:
 
     def caption(self, i) -> str:
         return "" if self.captions is None else str(self.captions[int(i)])
+
+    def background(self) -> tuple:
+        """The training images' background colour, one uint8 per channel: the median of their border
+        pixels (of up to 500 images). An uploaded query with transparency is composited on it, so a
+        transparent PNG of a dark-background set is not put on white."""
+        if self._background is None:
+            idx = np.linspace(0, len(self.images) - 1, min(len(self.images), 500)).round().astype(int)
+            im = np.asarray(self.images[idx])
+            border = np.concatenate([im[:, 0].reshape(-1, im.shape[-1]), im[:, -1].reshape(-1, im.shape[-1]),
+                                     im[:, :, 0].reshape(-1, im.shape[-1]), im[:, :, -1].reshape(-1, im.shape[-1])])
+            self._background = tuple(int(v) for v in np.median(border, axis=0).round())
+        return self._background
 
     def check_matches(self, model) -> None:
         """Refuse a dataset whose size, channels, labels or captions do not fit the model."""
@@ -433,9 +446,10 @@ def _as_channels(a: np.ndarray, c: int) -> np.ndarray:
     return np.asarray(Image.fromarray(a).convert("L"))[..., None]
 
 
-def _normalise_mode(im: Image.Image):
-    """8-bit L or RGB from any PIL mode; returns (image, notes). Alpha is composited on white,
-    16-bit and float images are rescaled to 8 bits."""
+def _normalise_mode(im: Image.Image, background=None):
+    """8-bit L or RGB from any PIL mode; returns (image, notes). Alpha is composited on `background`
+    (one value per channel, the training set's: TrainingSet.background; white when not given), and
+    said with a warning; 16-bit and float images are rescaled to 8 bits."""
     notes = []
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im).astype(np.float64)
@@ -446,9 +460,18 @@ def _normalise_mode(im: Image.Image):
         im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).round().astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im).convert("RGB")
-        notes.append("alpha composited on white")
+        bg = tuple(background) if background is not None else (255,)
+        rgb = (bg * 3)[:3] if len(bg) == 1 else bg[:3]
+        transparent = np.asarray(im)[..., 3].min() < 255
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (*rgb, 255)), im).convert("RGB")
+        if background is None:
+            notes.append("alpha composited on white")
+        elif transparent:
+            shade = "black" if max(rgb) < 32 else "white" if min(rgb) > 223 else f"RGB {rgb[0]},{rgb[1]},{rgb[2]}"
+            notes.append(f"warning: transparent (alpha) pixels composited on the training set's background ({shade}, the "
+                         "median of its images' borders); check that the query looks like a training image")
+        else:
+            notes.append("alpha channel dropped (fully opaque)")
     if im.mode not in ("L", "RGB"):
         notes.append(f"mode {im.mode} converted to RGB")
         im = im.convert("RGB")
@@ -467,9 +490,10 @@ class QueryImage:
         return to_uint8(self.x)
 
 
-def load_query_image(src, channels: int, size: int) -> QueryImage:
+def load_query_image(src, channels: int, size: int, background=None) -> QueryImage:
     """Read a query (path, bytes, PIL image or uint8 array) and convert it to the model's
-    channels and resolution; every change made is listed in `conversions`."""
+    channels and resolution; every change made is listed in `conversions`. `background`: the
+    training set's (TrainingSet.background), what transparent pixels are composited on."""
     src_name = src if isinstance(src, (str, os.PathLike)) else None
     try:
         if isinstance(src, np.ndarray):
@@ -504,7 +528,7 @@ def load_query_image(src, channels: int, size: int) -> QueryImage:
                 (text[:160] or type(e).__name__)
         raise MucsError(f"not a readable image: {why}") from None
     try:
-        im, notes = _normalise_mode(im)
+        im, notes = _normalise_mode(im, background)
     except MucsError as e:
         raise MucsError(f"query image: {e}") from None
     want = "L" if channels == 1 else "RGB"
