@@ -80,7 +80,7 @@ def check_int(value, what: str, lo: int, hi: int) -> int:
         v = int(value)
     elif isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
             and float(value).is_integer():
-        v = int(value)
+        v = int(float(value))
     elif isinstance(value, str):
         try:
             v = int(value.strip())
