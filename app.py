@@ -625,7 +625,7 @@ def load_overrides(text):
         raise MucsError(f"--settings is neither a JSON object nor a readable JSON file: {e}") from e
     if not isinstance(d, dict):
         raise MucsError("--settings must be a JSON object")
-    from mucs.checks import check_settings_dict
+    from mucs.settings import check_settings_dict
     return check_settings_dict(d.get("settings", d), what="--settings")
 
 

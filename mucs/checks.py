@@ -5,7 +5,7 @@ import math
 import numbers
 import os
 import stat
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 
 import numpy as np
 
@@ -77,15 +77,15 @@ def _type_name(t) -> str:
             tuple: "a list of strings"}.get(t, getattr(t, "__name__", str(t)))
 
 
-def check_settings_dict(d, what: str = "settings") -> dict:
-    """Validate a user-supplied {setting: value} dictionary against mucs.settings.Settings: every key
-    must be a setting, every value of the setting's type (int, float, bool, str, list of str; null
-    only where the default is null) and finite. Returns a normalised copy (ints as float where a
-    float is expected, lists as tuples); raises MucsError naming the first bad key."""
-    from .settings import Settings
+def check_fields_dict(d, known_fields, what: str = "settings") -> dict:
+    """Validate a user-supplied {setting: value} dictionary against dataclass fields (the Settings
+    fields: mucs.settings.check_settings_dict; this module knows no Settings, so settings may import
+    it): every key must be a field, every value of the field's type (int, float, bool, str, list of
+    str; null only where the default is null) and finite. Returns a normalised copy (ints as float
+    where a float is expected, lists as tuples); raises MucsError naming the first bad key."""
     if not isinstance(d, dict):
         raise MucsError(f"{what} must be a JSON object of setting: value, got {type(d).__name__}")
-    known = {f.name: f for f in fields(Settings)}
+    known = {f.name: f for f in known_fields}
     out: dict = {}
     for key, value in d.items():
         if key not in known:

@@ -3,12 +3,15 @@
 This module is the single source of truth for settings: the `mucs attribute` options are built
 from the `Settings` fields and the help texts in `HELP` (see `add_cli_options`), `--settings` JSON
 and a model folder's `mucs_settings.json` are checked against the same fields
-(mucs.checks.check_settings_dict), and `APP_EXCLUDED` names the fields the app does not show as a
+(check_settings_dict, below), and `APP_EXCLUDED` names the fields the app does not show as a
 widget (tests/test_settings_source.py checks that the app covers every other one)."""
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass, fields
+
+from .checks import check_fields_dict, read_json_object
+from .errors import MucsError
 
 log = logging.getLogger("mucs")
 LOSS_WEIGHTINGS = ("none", "edm")
@@ -98,7 +101,6 @@ class Settings:
         return Settings.from_dict(d)
 
     def validate(self) -> "Settings":
-        from .errors import MucsError
         checks = [(self.noises >= 1, "noises must be ≥ 1"), (0 < self.noise_fraction <= 1, "noise fraction f must be in (0, 1]"),
                   (self.batch_size >= 1, "batch size must be ≥ 1"), (self.lam >= 0, "λ must be ≥ 0"),
                   (0 <= self.tol < 1, "tolerance τ must be in [0, 1)"), (self.max_steps >= 0, "step cap must be ≥ 0"),
@@ -122,6 +124,14 @@ class Settings:
                 raise MucsError(msg)
         return self
 
+
+
+def check_settings_dict(d, what: str = "settings") -> dict:
+    """Validate a user-supplied {setting: value} dictionary (a --settings JSON, mucs_settings.json, the
+    app's and the HTTP API's overrides) against the Settings fields (mucs.checks.check_fields_dict):
+    every key a setting, every value of its type and finite. Returns a normalised copy; raises
+    MucsError naming the first bad key."""
+    return check_fields_dict(d, fields(Settings), what)
 
 # --- the command line, built from the fields above ------------------------------------------------
 # One help text per field (tests/test_settings_source.py fails when a field has none).
@@ -243,7 +253,6 @@ def add_cli_options(parser, group_title: str = "MUCS settings (mucs.Settings; de
 def cli_overrides(args) -> dict:
     """The settings given on a command line built by `add_cli_options`: `--settings` first, then
     the flags; checked like mucs_settings.json (unknown keys and wrong types are one MucsError)."""
-    from .checks import check_settings_dict
     out = {}
     text = getattr(args, "settings_json", None)
     if text:
@@ -261,8 +270,6 @@ def cli_overrides(args) -> dict:
 def load_settings_json(text: str, what: str = "--settings") -> dict:
     """Settings from a JSON object given inline or as a path to a JSON file (a {"settings": {...}}
     wrapper, as in mucs_settings.json, is accepted), checked against the fields."""
-    from .checks import check_settings_dict, read_json_object
-    from .errors import MucsError
     if os.path.isfile(text):
         d = read_json_object(text, "a JSON object of setting: value")
         where = f"{what} {text}"
