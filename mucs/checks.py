@@ -304,14 +304,17 @@ def available_host_memory():
 
 def available_device_memory(device):
     """Free bytes on a CUDA device (what torch could still allocate, its own cache included); None
-    for other devices."""
+    for other devices, and (with a warning naming the reason) when the CUDA runtime cannot tell."""
     if getattr(device, "type", str(device).split(":")[0]) != "cuda":
         return None
     import torch
     try:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    except Exception:
+    except Exception as e:   # a driver or runtime error: skip the device check, but say so
+        import logging
+        logging.getLogger("mucs").warning("could not read the free memory of %s (%s: %s): the GPU memory check "
+                                          "is skipped", device, type(e).__name__, e)
         return None
 
 

@@ -96,8 +96,15 @@ class Settings:
         return cls(**kw)
 
     def replace(self, **changes) -> "Settings":
+        """A copy with each of `changes` applied as given. None is a value, not "keep": it resets a field
+        whose default is None (`lr`: the model's training lr ÷ lr_factor) and is a MucsError for any other;
+        a caller that means "keep the current value" leaves the key out."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for k, v in changes.items():
+            if v is None and k in defaults and defaults[k] is not None:
+                raise MucsError(f"setting {k} cannot be None (leave it out to keep its value)")
         d = self.to_dict()
-        d.update({k: v for k, v in changes.items() if v is not None})
+        d.update(changes)
         return Settings.from_dict(d)
 
     def validate(self) -> "Settings":
