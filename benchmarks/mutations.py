@@ -1,7 +1,7 @@
 """Mutation check of the method's core rules: each mutation is applied to a copy of `mucs/`, the fast
 targeted tests run on the copy, and the script prints which tests kill it (tests/README.md keeps the table).
 
-    nice -n 19 python3 benchmarks/mutations.py [--only NAME ...] [--list]
+    nice -n 19 python3 benchmarks/mutations.py [--only NAME ...] [--jobs N] [--list]
 
 Two stages per mutation, to stay cheap on a shared machine: first the pure tests (tiny tensors, no
 model; every failing one is listed), then, only when none of those fails, the tests on the tiny model
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNLEARN, ATTRIBUTE, LOSSES = "mucs/method/unlearn.py", "mucs/method/attribute.py", "mucs/method/losses.py"
@@ -105,6 +106,8 @@ def run_tests(dst: str, model_dir: str, tests: list, first_only: bool) -> tuple:
     failed = [m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (\S+)", out.stdout, re.M)]
     if out.returncode not in (0, 1) and not failed:     # 2-5: interrupted, internal or usage error, no tests
         failed = [f"pytest exit {out.returncode}: {out.stdout.strip().splitlines()[-1:] or out.stderr[-200:]}"]
+    if failed and "baseline" in dst:
+        print(out.stdout[-3000:])                         # why the unmutated code fails
     return [f.split("::", 1)[-1] for f in failed], time.time() - t0
 
 
@@ -112,6 +115,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", help="run only the mutations whose name contains one of these")
     p.add_argument("--list", action="store_true", help="list the mutations and exit")
+    p.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
     a = p.parse_args()
     if a.list:
         print("\n".join(m[0] for m in MUTATIONS))
@@ -124,7 +128,6 @@ def main() -> int:
           f"{' + uncommitted changes' if dirty.strip() else ''}, {os.cpu_count()} CPUs (nice 19)")
     work = tempfile.mkdtemp(prefix="mucs-mutations-")
     model_dir = os.path.join(work, "tiny-model")
-    survivors = 0
     try:
         base = os.path.join(work, "baseline")
         copy_tree(base)
@@ -132,7 +135,9 @@ def main() -> int:
         print(f"baseline (no mutation): {'FAILED ' + ', '.join(failed) if failed else 'all pass'} ({secs:.0f} s)")
         if failed:
             return 1
-        for i, (name, path, old, new) in enumerate(chosen):
+
+        def one(i: int) -> tuple:
+            name, path, old, new = chosen[i]
             dst = os.path.join(work, f"m{i}")
             copy_tree(dst)
             mutate(dst, path, old, new)
@@ -141,10 +146,13 @@ def main() -> int:
             if not killers:
                 killers, secs2 = run_tests(dst, model_dir, ON_MODEL, first_only=True)
                 secs, stage = secs + secs2, "tiny model, first failure"
-            survivors += not killers
+            shutil.rmtree(dst, ignore_errors=True)
             verdict = ("killed by " + ", ".join(killers) + f" [{stage}]") if killers else "SURVIVED"
             print(f"{name} ({path}): {verdict} ({secs:.0f} s)", flush=True)
-            shutil.rmtree(dst, ignore_errors=True)
+            return name, killers
+        with ThreadPoolExecutor(max(1, a.jobs)) as pool:       # each job is its own pytest process
+            results = list(pool.map(one, range(len(chosen))))
+        survivors = sum(not killers for _, killers in results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{len(chosen) - survivors} of {len(chosen)} mutations killed")
