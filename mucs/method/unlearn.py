@@ -140,7 +140,7 @@ def unlearn(model, data, query_x: torch.Tensor, query_cond, loss_null: float, s:
             losses = per_item_loss(model.predictor(unet), ac, model.prediction_type, x[sl], cond_index(yy, sl), t[sl],
                                    eps[sl], s.loss_weighting, s.sigma_data)
             L, L_f, L_r = objective(losses, is_f[sl], loss_null, s, batch=B)
-            lf, lr_ = lf + float(L_f), lr_ + float(L_r)
+            lf, lr_ = lf + float(L_f.detach()), lr_ + float(L_r.detach())
             if chunk is not None and may_step:
                 L.backward()                 # micro-batch: accumulate now, free its activations
         curve.append(dict(step=step, loss_f=lf, loss_r=lr_))
