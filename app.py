@@ -347,7 +347,9 @@ def build(ex: Explorer) -> gr.Blocks:
         m = ex.compare_methods(run_id)
         lines = [f"Top-{m['k']} of each method for this run's query. Shared with MUCS: " + ", ".join(
             f"{lab} {len(m['with_mucs'][n])}/{len(m['tops'][n])}" for n, lab in zip(m["names"], m["labels"])
-            if n != "mucs") + "."]
+            if n != "mucs") + "."] + [f"- **{lab}** ({m['seconds'][n]:.1f} s): {m['descriptions'][n]}"
+                                      for n, lab in zip(m["names"], m["labels"])]
+        lines += [f"- **{n}**: not shown: {why}" for n, why in m.get("skipped", {}).items()]
         return "\n".join(lines), m["html"], plots.methods_overlap(m["matrix"], m["labels"])
 
     WHY_START = "Click an image of the top-k (or type its training index and press *Explain*)."
@@ -378,7 +380,7 @@ def build(ex: Explorer) -> gr.Blocks:
                                                         visible=text_model, elem_id="gen-prompt", max_lines=2, scale=3)
                                 gen_seed = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
                                 gen_count = gr.Slider(1, 16, value=4, step=1, label="Images", elem_id="gen-count")
-                                gen_steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)",
+                                gen_steps = gr.Slider(1, 1000, value=50, step=1, label="Sampler steps (DDIM)",
                                                       elem_id="gen-steps")
                             with gr.Row(visible=text_model):
                                 gen_guidance = gr.Slider(1, 20, value=ex.default_guidance(), step=0.5,
@@ -575,9 +577,20 @@ def parse_args(argv=None):
     p.add_argument("--settings", default=None,
                    help="MUCS setting overrides as a JSON object or a path to a JSON file, e.g. "
                         "'{\"noises\": 16, \"max_steps\": 40}' (default: the model's recommended settings)")
-    p.add_argument("--fast", action="store_true",
-                   help="serve the fast settings profile (half the unlearning batch at twice the lr, screened "
-                        "scoring; docs/benchmarks.md) instead of the recommended one; --settings applies on top")
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument("--fast", action="store_true",
+                         help="serve the fast settings profile (half the unlearning batch at twice the lr, screened "
+                              "scoring; docs/benchmarks.md) instead of the recommended one; --settings applies on top")
+    profile.add_argument("--paper-settings", action="store_true",
+                         help="serve the paper's settings (mucs.Settings()) instead of the model's recommended ones")
+    p.add_argument("--train-lr", type=float, default=None,
+                   help="the model's training learning rate when its folder records none (unlearning: it ÷ lr_factor)")
+    p.add_argument("--cache-dir", default=None, help="where L_o, L_null and other caches are written "
+                                                      "(default: $MUCS_CACHE_DIR or ~/.cache/mucs)")
+    p.add_argument("--image-column", default=None,
+                   help="image column of a Hugging Face dataset (default: the first Image feature)")
+    p.add_argument("--label-column", default=None,
+                   help="label column of a Hugging Face dataset (default: a ClassLabel feature)")
     p.add_argument("--runs", default=None, help="run history folder (default: $MUCS_RUNS_DIR or runs/ in the repo)")
     p.add_argument("--examples", default="default",
                    help="folder of read-only example runs (default: assets/examples; '' for none)")
@@ -717,8 +730,11 @@ def main(argv=None):
         _check_device(a.device)
         ex = Explorer(a.model, a.data, load_overrides(a.settings), runs_dir=a.runs,
                       examples_dir=a.examples or None, device=a.device, max_request_seconds=a.max_request_seconds,
-                      max_steps_limit=a.max_steps_limit, profile="fast" if a.fast else "recommended",
-                      lora=a.lora, caption_column=a.caption_column, allow_untrained=a.allow_untrained)
+                      max_steps_limit=a.max_steps_limit,
+                      profile="fast" if a.fast else "paper" if a.paper_settings else "recommended",
+                      lora=a.lora, caption_column=a.caption_column, allow_untrained=a.allow_untrained,
+                      train_lr=a.train_lr, cache_dir=a.cache_dir, image_column=a.image_column,
+                      label_column=a.label_column)
     except MucsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,11 @@ def main():
     ap.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the sample grid")
     a = ap.parse_args()
     model, data = load_model(a.model), load_dataset(a.data)
-    grid = sample_grid(model, per_class=10, seed=0, steps=50)
+    prompts = None
+    if model.conditioning == "text":   # one row per class, each from a caption of that class
+        names = data.class_names or []
+        prompts = [f"a large grey {n.lower().split('/')[0]}" for n in names] or sorted(set(data.captions))[:10]
+    grid = sample_grid(model, per_class=10, seed=0, steps=50, prompts=prompts)
     grid = grid.repeat(a.scale, 0).repeat(a.scale, 1)
     save_png(grid, os.path.join(a.model, "samples.png"))
     if a.settings is not None:

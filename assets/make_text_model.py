@@ -84,7 +84,7 @@ def main():
                                 block_out_channels=(32, 64), norm_num_groups=16, cross_attention_dim=32,
                                 attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
     model = DiffusionModel(unet=unet, scheduler=sched, vae=vae, text_encoder=text_encoder, tokenizer=tok)
     bar = TextBar()
     t1 = time.time()

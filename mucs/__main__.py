@@ -1,6 +1,7 @@
 """Command line: `mucs [-v] {train,generate,attribute,report,evaluate} ...` (also `python -m mucs`).
 Errors: one line, exit status 2. The attribute options are generated from mucs.settings.Settings."""
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -108,7 +109,8 @@ def cmd_generate(a):
     check_steps(a.steps, model.scheduler.config.num_train_timesteps)
     guidance = default_guidance(model) if a.guidance_scale is None else a.guidance_scale
     bar = TextBar()
-    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar, prompts=[prompt], guidance_scale=guidance,
+    img = generate(model, [label], [a.seed], steps=a.steps, progress=bar,
+                   prompts=None if prompt is None else [prompt], guidance_scale=guidance,
                    negative_prompt=a.negative_prompt)[0]
     bar.close()
     info = dict(label=label, seed=a.seed, steps=a.steps)
@@ -169,6 +171,7 @@ def cmd_attribute(a):
         raise MucsError("--image is required (or --list-classes to see the model's classes)")
     if a.out and a.runs:
         raise MucsError("give --out DIR (this folder) or --runs DIR (a new run in that runs folder), not both")
+    method_options = _method_options(a)
     if a.paper_settings and a.fast:
         raise MucsError("--fast and --paper-settings are two different starting points: pass one")
     images, labels, prompts = list(a.image), list(a.label or []), list(a.prompt or [])
@@ -193,6 +196,8 @@ def cmd_attribute(a):
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
     labels = [model.check_label(lab) for lab in labels]
     prompts = [model.check_prompt(p if p is not None else _png_prompt(im, model)) for p, im in zip(prompts, images)]
+    from .method.baselines import check_supported
+    check_supported(a.method, model)   # D-TRAK/TRAK/AbU: pixel UNet2DModel only, one line before any work
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
                         caption_column=a.caption_column)
     data.check_matches(model)
@@ -212,19 +217,56 @@ def cmd_attribute(a):
     group = init_from_env()     # under torchrun: the loss matrices are split over the ranks
     # one Attributor for every query: the noise set, L_o and L_null are computed (or read) once
     attributor = Attributor(model, data, s, cache_dir=cache_dir, allow_untrained=a.allow_untrained)
+    ctx = None
+    if a.method != "mucs":   # another method, in the same run format (its query-independent part computed once)
+        from .method.baselines import Context
+        ctx = Context(model, data, s, cache_dir=cache_dir, options={a.method: method_options})
+        ctx._attributor = attributor
     class_names = class_names_for(model, data)
-    if group is None or group.rank == 0:   # before a long run: which settings, and how long it should take
+    if ctx is None and (group is None or group.rank == 0):   # before a long run: which settings, how long
         print(f"{profile} settings (K={s.noises}, B={s.batch_size}, step cap {s.max_steps}); per query "
               f"{attributor.estimate(s).text()}", file=sys.stderr)
     for n, (image, query, label, prompt, out) in enumerate(zip(images, queries, labels, prompts, outs)):
         if len(images) > 1 and (group is None or group.rank == 0):
             print(f"query {n + 1}/{len(images)}: {image}")
         bar = TextBar() if group is None or group.rank == 0 else None
-        res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image), prompt=prompt)
+        if ctx is not None:
+            from .method.baselines import attribution
+            res = attribution(a.method, ctx, dataclasses.replace(query, prompt=prompt), label,
+                              source=os.path.abspath(image), progress=bar)
+        else:
+            res = attributor.attribute(query, label, progress=bar, source=os.path.abspath(image), prompt=prompt)
         if bar is not None:
             bar.close()
         if group is None or group.rank == 0:   # rank 0 writes the runs
             _write_cli_run(res, out, runs_root, a.force, image, model, data, class_names)
+
+
+def _method_options(a) -> dict:
+    """--method and --method-options checked before anything is loaded (one error line)."""
+    from .method import baselines
+    baselines.components(a.method)
+    if a.method_options is None:
+        return {}
+    text = a.method_options
+    if os.path.isfile(text):
+        with open(text) as f:
+            text = f.read()
+    try:
+        opts = json.loads(text)
+    except ValueError as e:
+        raise MucsError(f"--method-options must be a JSON object: {e}") from None
+    if not isinstance(opts, dict):
+        raise MucsError("--method-options must be a JSON object, e.g. '{\"dim\": 4096}'")
+    if a.method in ("dtrak", "trak"):
+        from .method.dtrak import options_from
+        options_from(opts)
+    elif a.method == "abu":
+        from .method.abu import abu_options
+        abu_options(opts)
+    elif opts:
+        raise MucsError(f"--method-options: the method {a.method!r} takes none (MUCS takes its settings flags)")
+    return opts
 
 
 def _png_prompt(path, model):
@@ -255,17 +297,22 @@ def _write_cli_run(res, out, runs_root, force, image, model, data, class_names):
     for note in res.query["conversions"]:
         print(f"note: query {note}")
     from .explorer.history import RunStore, write_run
-    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source)
+    meta = dict(kind="cli", source=os.path.abspath(image), model=model.path, data=data.source,
+                method=res.info.get("method", "mucs"))
     if out:
         out = write_run(res, out, meta, force=force, class_names=class_names)
     else:
         store = RunStore(runs_root, examples=None)
         out = store.path(store.save(res, meta, class_names=class_names))
-    print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
+    if res.loss_null is None:
+        print(f"method {res.info.get('method')}: {res.info.get('method_description')}")
+    else:
+        print(f"unlearning: {res.steps} steps, converged={res.converged}, L_null={res.loss_null:.4f}")
     print("stage times (s): " + ", ".join(f"{k}={v:.1f}" for k, v in res.stage_times.items()))
     print("top-k: " + " ".join(f"{int(i)}({res.scores[i]:.4f})" for i in res.top))
     from .explorer.diagnostics import warnings
-    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps):
+    for w in warnings(res.scores, res.top, res.labels, res.query.get("label"), res.converged, res.steps) \
+            if res.loss_null is not None else ():   # the tie and saturation warnings read MUCS's skew
         print(f"warning: {w}")
     print(f"wrote {out}/scores.csv and {out}/result.json")
     print(f"run saved: {out}  (the app lists it with: python app.py --runs {os.path.dirname(out)})")
@@ -356,6 +403,13 @@ def build_parser():
                    help="runs folder the new run is saved in (default: $MUCS_RUNS_DIR, runs/ in a checkout, else "
                         "~/.local/share/mucs/runs); the app lists the same folder")
     p.add_argument("--force", action="store_true", help=FORCE_HELP % "run")
+    p.add_argument("--method", default="mucs", metavar="NAME",
+                   help="attribution method: mucs (default), dtrak, trak, abu, pixel_nn, feature_nn, a MUCS ablation or an "
+                        "ensemble a+b; the run records it (docs/methods-compared.md)")
+    p.add_argument("--method-options", default=None, metavar="JSON",
+                   help="options of dtrak/trak (timesteps, dim, lam, seed, proj_type, block, batch) or abu (lr, steps, "
+                        "batch, accum, loss_timesteps, fisher_epochs, weights, seed), as JSON or a JSON file; "
+                        "default: the papers' values")
     add_cli_options(p)   # one option per mucs.Settings field, plus --settings JSON
     p.set_defaults(fn=cmd_attribute)
 

@@ -150,23 +150,21 @@ def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES):
     `max_bytes`, unreadable, bad JSON or nested too deeply: one MucsError, nothing hangs or recurses."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise MucsError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise MucsError(f"cannot read {path}: not a regular file")
-        if st.st_size > max_bytes:
-            raise MucsError(f"cannot read {path}: {st.st_size} bytes, more than a {what} file holds "
-                            f"(at most {max_bytes})")
-        with os.fdopen(fd, "rb") as f:
-            fd = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MucsError(f"cannot read {path}: not a regular file")
+            if st.st_size > max_bytes:
+                raise MucsError(f"cannot read {path}: {st.st_size} bytes, more than a {what} file holds "
+                                f"(at most {max_bytes})")
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             data = f.read(max_bytes + 1)
     except OSError as e:
         raise MucsError(f"cannot read {path}: {e.strerror or e}") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
     return parse_json(data, f"{path}")
 
 

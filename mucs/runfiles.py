@@ -6,6 +6,7 @@ import math
 import numbers
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ MAX_QUERY_PIXELS = 4096 * 4096     # a run's query.png is the model-sized query:
 MAX_RUN_JSON_BYTES = 64 << 20      # result.json / meta.json
 MAX_RUN_ITEMS = 200_000_000        # training items of a run's losses.npz (3 float64 arrays: 4.8 GB)
 LOSS_ARRAYS = ("scores", "loss_original", "loss_unlearned")
+LOSSES = ("loss_original", "loss_unlearned")
 # meta.json fields that the history table shows: each must be a plain JSON value (not a list/object)
 META_SHOWN = ("id", "created", "kind", "source", "class_name", "label", "steps", "converged", "top_k", "seconds",
               "model", "data", "num_train")
@@ -39,7 +41,8 @@ def check_result(r, where: str = "result.json") -> dict:
     for key in ("settings", "query", "stage_times"):
         if not isinstance(r.get(key), dict):
             raise bad(f"{key} must be an object, got {type(r.get(key)).__name__}")
-    if not _real(r.get("loss_null")):
+    # null: a run of a method without L_null (D-TRAK, TRAK, AbU, the NN baselines: result.json's method)
+    if not (_real(r.get("loss_null")) or r.get("loss_null") is None and r.get("method") not in (None, "mucs")):
         raise bad(f"loss_null must be a finite number, got {r.get('loss_null')!r:.60}")
     if not _int(r.get("unlearning_steps")) or r["unlearning_steps"] < 0:
         raise bad("unlearning_steps must be an integer ≥ 0")
@@ -109,16 +112,20 @@ def read_losses(folder: str) -> dict:
     training item, finite; their sizes are read from the headers before anything is decompressed."""
     path = os.path.join(folder, "losses.npz")
     heads = npz_headers(path)
-    missing = [k for k in LOSS_ARRAYS if k not in heads]
+    # a method without losses (D-TRAK, TRAK, the NN baselines) saves neither loss array: NaN here
+    missing = [k for k in LOSS_ARRAYS if k not in heads and (k == "scores" or LOSSES[1 - LOSSES.index(k)] in heads)]
     if missing:
         raise MucsError(f"{path}: no {missing[0]} array")
     n = heads["scores"][0][0] if len(heads["scores"][0]) == 1 else None
-    for k in LOSS_ARRAYS + (("labels",) if "labels" in heads else ()):
+    if n is None:
+        raise MucsError(f"{path}: scores must be a 1-D float array of one entry per training item, got "
+                        f"{heads['scores'][1]} {heads['scores'][0]}")
+    for k in [a for a in LOSS_ARRAYS if a in heads] + (["labels"] if "labels" in heads else []):
         shape, dtype = heads[k]
-        if n is None or shape != (n,) or dtype.kind not in ("iu" if k == "labels" else "f"):
+        if shape != (n,) or dtype.kind not in ("iu" if k == "labels" else "f"):
             raise MucsError(f"{path}: {k} must be a 1-D {'integer' if k == 'labels' else 'float'} array of one "
                             f"entry per training item, got {dtype} {shape}")
-    if not 1 <= n <= MAX_RUN_ITEMS:
+    if n is None or not 1 <= n <= MAX_RUN_ITEMS:
         raise MucsError(f"{path}: {n} training items (at most {MAX_RUN_ITEMS})")
     if "captions" in heads and (heads["captions"][0] != (n,) or heads["captions"][1].kind != "U"
                                 or heads["captions"][1].itemsize > 4 * MAX_CAPTION_CHARS):
@@ -127,7 +134,9 @@ def read_losses(folder: str) -> dict:
     with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in heads if k in LOSS_ARRAYS + ("labels", "captions")}
     for k in LOSS_ARRAYS:
-        if not np.isfinite(out[k]).all():
+        if k not in out:
+            out[k] = np.full(n, np.nan)
+        elif not np.isfinite(out[k]).all():
             raise MucsError(f"{path}: {k} holds NaN or inf")
     if "labels" in out:
         if out["labels"].dtype.kind == "u" and n and out["labels"].max() > np.iinfo(np.int64).max:
@@ -168,7 +177,7 @@ def read_query_png(folder: str):
             raise OSError("not a regular file")
         with warnings.catch_warnings():   # PIL's bomb warning: the size is refused below, with figures
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im: Any = Image.open(path)
         with im:
             if im.width * im.height > MAX_QUERY_PIXELS:
                 raise MucsError(f"{path}: {im.width}x{im.height} is far larger than a query (at most "

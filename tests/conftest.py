@@ -209,3 +209,16 @@ def damaged_runs(good: str, root) -> dict:
             f.write(body if isinstance(body, bytes) else body.encode())
         out[name] = phrase
     return out
+
+
+def assert_same_unlearning(whole, parts, model, moved_at_least: float = 1e-5):
+    """Two unlearning runs (e.g. whole batch vs micro-batches) took the same steps: curves and weights
+    equal to float tolerance, and the weights did move from `model`'s (so the comparison means something)."""
+    import torch
+    assert whole.steps == parts.steps
+    for a, b in zip(whole.curve, parts.curve):
+        assert a["loss_f"] == pytest.approx(b["loss_f"], rel=1e-5)
+        assert a["loss_r"] == pytest.approx(b["loss_r"], rel=1e-5, abs=1e-7)
+    for (n, p), q in zip(whole.unet.named_parameters(), parts.unet.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+    assert max((p - q).abs().max().item() for p, q in zip(whole.unet.parameters(), model.unet.parameters())) > moved_at_least

@@ -249,9 +249,11 @@ def test_replayed_unlearning_gives_per_noise_unlearned_losses(env, two_runs):
 def test_methods_and_runs_side_by_side_direct(env, two_runs):
     ex, _, fns, _ = env
     text, html, fig = fns["compare_methods"].fn(two_runs[0])
-    assert "Shared with MUCS" in text and "pixel NN" in text
-    assert html.count('class="h"') == 4 and html.count("<img") == 4 * 5 + 1     # 4 methods × top-5, the query
-    assert list(fig.data[0].x) == ["MUCS", "pixel NN", "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    assert "Shared with MUCS" in text and "pixel NN" in text and "D-TRAK" in text and "AbU" in text
+    assert html.count('class="h"') == 6 and html.count("<img") == 6 * 5 + 1     # 6 methods × top-5, the query
+    assert list(fig.data[0].x) == ["MUCS", "D-TRAK", "AbU (attribution by unlearning)", "pixel NN",
+                                   "feature NN (model features)", "MUCS + pixel NN (rank average)"]
+    assert "Fisher-preconditioned" in text and " s): " in text      # one line per method, with its seconds
     m = ex.compare_methods(two_runs[0])
     assert m["tops"]["mucs"] == [int(i) for i in ex.store.load(two_runs[0]).top]   # the run's own MUCS scores
     html = fns["compare_runs"].fn(two_runs)
@@ -333,6 +335,27 @@ def test_fast_profile_is_served_and_said_on_the_page(tiny_model_dir, tiny_npz, t
     assert rec.settings.screen_noises == 0 and "the recommended profile" in rec.describe()
 
 
+def test_the_app_takes_the_clis_model_and_data_options(tiny_model_dir, tiny_npz, tmp_path, monkeypatch):
+    """--paper-settings, --train-lr, --cache-dir, --image-column/--label-column: the same resolution as
+    the CLI (one set of defaults for every entry point)."""
+    from mucs.settings import Settings
+    a = app.parse_args(["--model", tiny_model_dir, "--data", tiny_npz, "--paper-settings", "--train-lr", "2e-3",
+                        "--cache-dir", str(tmp_path / "c"), "--image-column", "img", "--label-column", "y"])
+    assert (a.paper_settings, a.train_lr, a.cache_dir, a.image_column, a.label_column) == (
+        True, 2e-3, str(tmp_path / "c"), "img", "y")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--fast", "--paper-settings"])
+    seen = {}
+    monkeypatch.setattr(app, "launch", lambda demo, ex, *args, **kw: seen.update(ex=ex))
+    monkeypatch.setenv("MUCS_RUNS_DIR", str(tmp_path / "runs"))
+    assert app.main(["--model", tiny_model_dir, "--data", tiny_npz, "--paper-settings", "--train-lr", "2e-3",
+                     "--cache-dir", str(tmp_path / "c"), "--examples", ""]) == 0
+    ex = seen["ex"]
+    assert ex.settings == Settings().validate() and ex.model.learning_rate == 2e-3
+    assert ex.attributor.cache_dir == str(tmp_path / "c")
+    assert app.main(["--model", tiny_model_dir, "--data", tiny_npz, "--image-column", "img"]) == 2   # not a dataset
+
+
 def test_parse_args():
     with pytest.raises(SystemExit):
         app.parse_args(["--host", "0.0.0.0"])
@@ -391,7 +414,7 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
         index, why_text, *_ = c.predict(run_ids[0], top[0], api_name="/why_replay")
         assert "Unlearning replayed" in why_text and "L_u recomputed here: its mean matches" in why_text
         m_text, m_html, m_plot = c.predict(run_ids[0], api_name="/compare_methods")
-        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 4
+        assert "Shared with MUCS" in m_text and m_html.count('class="h"') == 6
         r_html = c.predict(run_ids, api_name="/compare_runs")
         assert r_html.count('class="h"') == 2 and all(r in r_html for r in run_ids)
         with pytest.raises(Exception, match="at least two"):

@@ -242,8 +242,9 @@ def test_model_key_depends_on_removed_set_and_recipe(first_run):
 def test_cli_user_errors_exit_2(tiny_npz, tmp_path, capsys):
     from mucs.__main__ import main
     base = ["evaluate", "--preset", "tiny", "--data", tiny_npz, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o.json")]
-    assert main(base + ["--methods", "dtrak"]) == 2
+    assert main(base + ["--methods", "dtrakk"]) == 2
     assert "unknown attribution method" in capsys.readouterr().err
+    assert main(base + ["--method-options", '{"abu": 3}']) == 2
     assert main(base + ["--k-frac", "1.5"]) == 2
     assert main(base + ["--n-train", "1000"]) == 2
     assert main(base + ["--target-auc", "1.5"]) == 2
@@ -254,6 +255,10 @@ def test_cli_user_errors_exit_2(tiny_npz, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o.json")
     with pytest.raises(SystemExit):
         main(["evaluate", "--preset", "huge"])
+    # one default device for every command: CUDA when present, else the CPU (not always the CPU)
+    from mucs.__main__ import build_parser
+    assert build_parser().parse_args(["evaluate"]).device is None
+    assert build_parser().parse_args(["attribute", "--list-classes"]).device is None
 
 
 def test_out_is_never_replaced_without_force(first_run, tmp_path, capsys):
@@ -406,3 +411,34 @@ def test_replicate_seeds_average_each_items_similarity_over_their_own_retrains(f
     # a replicate whose model A is not in the work folder: --cached-only says so
     with pytest.raises(MucsError, match="seed 2"):
         ev_mod.Evaluation(cfg.replace(retrain_seeds=(2,)), work, log=lambda m: None, cached_only=True).run(["pixel_nn"])
+
+
+def test_paired_differences_and_method_settings_in_the_results(first_run):
+    """The paired MUCS − method rows are the per-target AUC differences (their mean is the difference of the
+    two AUCs) and every method's resolved settings are recorded, train_noise included."""
+    from mucs.evaluation.metrics import auc, paired_difference
+    from mucs.evaluation.report import paired_table
+    result = first_run["result"]
+    p = result["paired"]["mucs-pixel_nn"]["ssim"]
+    a, b = result["methods"]["mucs"]["targets"]["ssim"]["auc"], result["methods"]["pixel_nn"]["targets"]["ssim"]["auc"]
+    assert p["auc_difference"] == pytest.approx(a - b)
+    assert p["auc_difference_ci95"][0] <= p["auc_difference"] <= p["auc_difference_ci95"][1]
+    assert p["items_favouring_a"] + p["items_favouring_b"] <= p["n"] == first_run["cfg"].targets
+    assert "`mucs-pixel_nn`" in paired_table(result)
+    ms = result["method_settings"]
+    assert ms["mucs"]["settings"]["train_noise"] == first_run["cfg"].mucs_settings().train_noise
+    assert set(ms) == set(METHODS)
+    # by hand: a method that changes every item more than every random removal is 1 - 0 ahead of one that never does
+    rnd = np.linspace(0.5, 0.6, 12)
+    d = paired_difference(rnd, np.full(6, 0.1), np.full(6, 0.9), "ssim")
+    assert d["auc_difference"] == 1.0 == auc(rnd, np.full(6, 0.1)) - auc(rnd, np.full(6, 0.9))
+    assert d["items_favouring_a"] == 6 and d["similarity_drop_difference"] == pytest.approx(0.8)
+
+
+def test_exemplar_ranking_metrics():
+    from mucs.evaluation.exemplars import ranking_metrics
+    scores = np.arange(20, dtype=float)[::-1].copy()        # item i has rank i + 1
+    m = ranking_metrics(scores, np.array([0, 1, 14]))
+    assert m["recall_at_10"] == pytest.approx(2 / 3) and m["mean_rank"] == pytest.approx(6.0)
+    assert m["ap"] == pytest.approx((1 / 1 + 2 / 2 + 3 / 15) / 3)
+    assert ranking_metrics(scores, np.array([0, 1, 2]))["ap"] == 1.0

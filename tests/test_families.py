@@ -13,7 +13,7 @@ from mucs.errors import MucsError
 from mucs.sources import tiny
 from mucs.sources.data import QueryImage, TrainingSet, load_dataset, to_model_range
 
-from conftest import TINY_TEXT as TINY, captioned  # noqa: E402
+from conftest import TINY_TEXT as TINY, assert_same_unlearning, captioned  # noqa: E402
 
 
 def _scheduler(T=100):
@@ -109,6 +109,11 @@ def test_text_model_cli_generate_attribute_and_reopen(sd_dir, data_npz, tmp_path
     with open(os.path.join(store.path(rid), "scores.csv")) as f:
         header = f.readline().strip().split(",")
     assert header[-1] == "caption"
+    report = str(tmp_path / "r.html")
+    assert main(["report", store.path(rid), "--data", data_npz, "--out", report]) == 0
+    html = open(report).read()      # the query's prompt, the model's family and every top-k item's caption
+    assert "prompt <b>“a dark ring”</b>" in html and "UNet2DConditionModel · unet2d_condition · text" in html
+    assert html.count("<div class='sub'>“a ") == len(att.top)
     assert main(args[:-2] + ["--prompt", "a dark ring", "a light ring"]) == 2
     assert "one --prompt for every --image" in capsys.readouterr().err
     assert main(["attribute", "--model", sd_dir, "--data", data_npz, "--list-classes"]) == 0
@@ -354,3 +359,40 @@ def test_captions_from_every_source(tmp_path):
     a = TrainingSet(images=d.images, captions=d.captions)
     b = TrainingSet(images=d.images, captions=d.captions[::-1])
     assert a.fingerprint() != b.fingerprint() != TrainingSet(images=d.images).fingerprint()
+
+
+def test_micro_batched_unlearning_of_a_text_latent_model_takes_the_same_steps(sd_dir, data_npz, monkeypatch):
+    """unlearn_chunk works for a text-conditional latent model: chunks carry each item's caption
+    embedding and the query's prompt, and give the whole batch's curve and weights (plain SGD, as in
+    test_method's pixel version: AdamW turns float noise in near-zero gradients into full steps)."""
+    from mucs.method.unlearn import unlearn
+    from mucs.sources.models import load_model
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr * 100))
+    m, d = load_model(sd_dir), load_dataset(data_npz)
+    x = m.encode_images(d.tensor([2]))[0]
+    cond = m.encode_prompts([d.captions[2]])
+    s = TINY.replace(max_steps=3, tol=0.0, batch_size=8)
+    whole = unlearn(m, d, x, cond, loss_null=5.0, s=s)
+    parts = unlearn(m, d, x, cond, loss_null=5.0, s=s.replace(unlearn_chunk=3))
+    assert whole.steps == 3
+    assert_same_unlearning(whole, parts, m)
+
+
+def test_time_estimate_before_a_run(sd_dir, data_npz, tmp_path):
+    """The estimate said before a run scales with what the settings ask for and drops what is cached
+    (no timing is asserted: only how the stages follow the settings)."""
+    from mucs.method.attribute import Attributor
+    from mucs.sources.models import load_model
+    a = Attributor(load_model(sd_dir), load_dataset(data_npz), TINY, cache_dir=str(tmp_path / "c"))
+    e = a.estimate(TINY)
+    assert set(e.stages) == {"original_losses", "null_loss", "unlearning", "unlearned_losses"}
+    assert e.cached == dict(original_losses=False, null_loss=False) and e.stages["original_losses"][0] > 0
+    lo, hi = e.stages["unlearning"]
+    lo2, hi2 = a.estimate(TINY.replace(max_steps=2 * TINY.max_steps)).stages["unlearning"]
+    assert 0 < lo < hi and lo2 == pytest.approx(2 * lo) and hi2 == pytest.approx(2 * hi)
+    assert a.estimate(TINY.replace(noises=2 * TINY.noises)).stages["original_losses"][0] == pytest.approx(
+        2 * e.stages["original_losses"][0])
+    a.prepare(TINY)
+    e = a.estimate(TINY)
+    assert e.stages["original_losses"] == e.stages["null_loss"] == (0.0, 0.0)
+    assert "cached already: original losses, null loss — an estimate from a short probe" in e.text()

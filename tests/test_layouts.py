@@ -219,3 +219,22 @@ def test_assets_and_runs_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(d.sys, "platform", "linux")
     assert d.default_runs_dir() == str(tmp_path / "xdg" / "mucs" / "runs")
+
+
+def test_a_hub_models_recommended_settings_are_read_by_the_app_too(hf_cache, monkeypatch, tmp_path, tiny_npz):
+    """The app (Explorer) reads mucs_settings.json from the resolved snapshot folder of a Hub id, as the
+    CLI does, not from the raw id string (where it would silently find nothing)."""
+    import json
+    from mucs.explorer.state import Explorer
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    snap = hf_cache / "models--someorg--tiny-cond" / "snapshots" / commit
+    save_layout("root", tiny_unet(num_class_embeds=4), make_scheduler(), snap)
+    (snap / "mucs_settings.json").write_text(json.dumps({"settings": {"noises": 7}}))
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(commit)
+    ex = Explorer("someorg/tiny-cond", tiny_npz, runs_dir=str(tmp_path / "runs"), examples_dir=None)
+    assert ex.settings.noises == 7
+    # one resolution for every entry point: the Python API without settings uses them too
+    from mucs.method.attribute import Attributor
+    from mucs.sources.data import load_dataset
+    assert Attributor(load_model("someorg/tiny-cond"), load_dataset(tiny_npz)).settings.noises == 7

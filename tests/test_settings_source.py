@@ -291,7 +291,7 @@ def test_requirements_files_match_pyproject_and_cover_every_import():
     assert "ray" in _spec_map(extras["eval"]) and "ray" in dev and "ray" not in core   # optional, but CI's tests use it
     # every third-party module imported anywhere is provided by one of them
     dist = {"PIL": "pillow", "faiss": "faiss-cpu", "sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub",
-            "gradio_client": "gradio-client"}
+            "gradio_client": "gradio-client", "trak": "traker"}
     local = {"mucs", "app", "conftest", "make_dataset", "take"}
     dist["yaml"] = "pyyaml"                  # tests/test_docs.py reads mkdocs.yml and CITATION.cff
     provided = set(core) | set(dev) | {n for specs in extras.values() for n in _spec_map(specs)}

@@ -38,6 +38,17 @@ def add_parser(sub):
     p.add_argument("--noises", type=int, default=None, help="MUCS K")
     p.add_argument("--max-steps", type=int, default=None, help="MUCS unlearning step cap")
     p.add_argument("--lr-factor", type=float, default=None, help="MUCS unlearning lr = training lr ÷ this")
+    p.add_argument("--target-seed", type=int, default=None,
+                   help="seed of target 0 (target i: this + i; default 1000). Held-out reporting: seeds never used "
+                        "for a choice, e.g. 3000")
+    p.add_argument("--control-seed", type=int, default=None, help="seed of control 0 (default 2000; held out: e.g. 4000)")
+    p.add_argument("--method-options", default=None, metavar="JSON",
+                   help='options of dtrak, trak and abu by method, e.g. \'{"abu": {"accum": 625}, "dtrak": {"dim": 4096}}\' '
+                        "(over the preset's; the results JSON records every method's resolved settings)")
+    p.add_argument("--protocol", default="counterfactual", choices=["counterfactual", "exemplars"],
+                   help="counterfactual (default): remove, retrain, measure; exemplars: fine-tune model A on exemplars "
+                        "of a held-out class and rank them among the training images (no retraining; "
+                        "benchmarks/exemplars.md)")
     p.add_argument("--control-design", default=None, choices=["shared", "disjoint"],
                    help="shared: controls in the targets' classes; disjoint: controls only in classes no target uses")
     p.add_argument("--engine", default="auto", choices=["auto", "ray", "serial"],
@@ -52,7 +63,8 @@ def add_parser(sub):
                    help="torch CPU threads per task (Ray: the CPUs each task declares, default 1; serial: this process)")
     p.add_argument("--gpus-per-task", type=float, default=1.0,
                    help="with --device cuda on Ray: the GPUs each task declares (default 1: one task per GPU)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present, else CPU, as every "
+                                                  "other command; with --address the workers' device, default cpu)")
     p.add_argument("--cached-only", action="store_true",
                    help="compute nothing: report the methods whose retrains are already in the work folder")
     p.add_argument("--target-auc", type=float, default=None,
@@ -67,14 +79,29 @@ def cmd_evaluate(a):
     from ..sources.models import pick_device
     from . import Evaluation
     from .engine import SerialEngine, make_engine
-    from .report import check_out, ci_table, markdown_table, overlap_table, target_auc, verdict
+    from .report import check_out, ci_table, cost_table, markdown_table, overlap_table, paired_table, target_auc, verdict
     retrain_seeds = None
     if a.retrain_seeds is not None:
         try:
             retrain_seeds = tuple(int(x) for x in a.retrain_seeds.split(",") if x.strip())
         except ValueError:
             raise MucsError(f"--retrain-seeds takes comma-separated integers, got {a.retrain_seeds!r}") from None
-    cfg = preset(a.preset, retrain_seeds=retrain_seeds, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
+    import json
+    method_options = None
+    if a.method_options:
+        try:
+            method_options = json.loads(a.method_options)
+        except ValueError as e:
+            raise MucsError(f"--method-options must be JSON: {e}") from None
+        if not isinstance(method_options, dict) or not all(isinstance(v, dict) for v in method_options.values()):
+            raise MucsError('--method-options must map a method to its options, e.g. {"abu": {"accum": 625}}')
+        base = PRESETS[a.preset].get("method_options", {})
+        method_options = {m: dict(base.get(m, {}), **method_options.get(m, {})) for m in set(base) | set(method_options)}
+    if a.protocol == "exemplars":
+        from .exemplars import cmd_exemplars
+        return cmd_exemplars(a, method_options)
+    cfg = preset(a.preset, retrain_seeds=retrain_seeds, target_seed=a.target_seed, control_seed=a.control_seed,
+                 method_options=method_options, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  targets=a.targets, controls=a.controls, target_block=a.target_block, k_frac=a.k_frac,
                  random_repeats=a.random_repeats,
                  noises=a.noises, max_steps=a.max_steps, lr_factor=a.lr_factor,
@@ -90,7 +117,7 @@ def cmd_evaluate(a):
     out = a.out or os.path.join(work, "results.json")
     check_out(out, work, a.force)
     # on a cluster the device is the workers' (this machine may have none); locally it is checked here
-    device = a.device if a.address else str(pick_device(a.device))
+    device = (a.device or "cpu") if a.address else str(pick_device(a.device))
     ev = Evaluation(cfg, work, device=device, cached_only=a.cached_only, threads=a.threads)
     engine = SerialEngine() if a.cached_only else make_engine(a.engine, a.address, a.workers, a.threads, device,
                                                               a.gpus_per_task)
@@ -101,7 +128,8 @@ def cmd_evaluate(a):
         result = ev.run(methods, out_json=out)
     finally:
         engine.close()
-    print(markdown_table(result), ci_table(result), overlap_table(result), sep="\n\n")
+    print(markdown_table(result), ci_table(result), paired_table(result), cost_table(result), overlap_table(result),
+          sep="\n\n")
     if goal is not None:
         print(verdict(result, goal))
     print(f"computed this run: {ev.computed}; wrote {out}")

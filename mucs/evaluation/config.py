@@ -1,7 +1,7 @@
 """What an evaluation is: its configuration (the training recipe, the items, the removal, the MUCS
 settings) and the named presets. Changing a field that enters a cache key (the recipe, the items,
 the MUCS settings) makes the evaluation compute new artefacts; the work folder keeps the old ones."""
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 import numpy as np
@@ -63,6 +63,8 @@ class EvalConfig:
     null_batches: int = 20
     null_batch_size: int = 64
     mucs_seed: int = 0
+    # options of the other methods by name (dtrak, trak, abu; mucs.method.dtrak / abu), over the papers' defaults
+    method_options: dict = field(default_factory=dict)
 
     def seeds(self) -> list:
         """The training seed of each replicate: train_seed, then retrain_seeds (without repeats)."""
@@ -93,6 +95,7 @@ class EvalConfig:
         d = asdict(self)
         d["channels"] = list(self.channels)
         d["retrain_seeds"] = list(self.retrain_seeds)
+        d["method_options"] = {k: dict(v) for k, v in (self.method_options or {}).items()}
         return d
 
     def replace(self, **changes) -> "EvalConfig":
@@ -102,7 +105,20 @@ class EvalConfig:
         d["retrain_seeds"] = tuple(d["retrain_seeds"])
         return EvalConfig(**{k: v for k, v in d.items() if k in {f.name for f in fields(EvalConfig)}})
 
+    def resolved_options(self, method: str):
+        """The full options dict of a dtrak/trak/abu method (defaults filled in), else None."""
+        from ..method.abu import abu_options
+        from ..method.dtrak import options_from
+        if method in ("dtrak", "trak"):
+            return asdict(options_from(self.method_options.get(method)))
+        if method == "abu":
+            return asdict(abu_options(self.method_options.get(method)))
+        return None
+
     def validate(self) -> "EvalConfig":
+        for m in self.method_options or {}:
+            if self.resolved_options(m) is None:
+                raise MucsError(f"method options given for {m!r}: only dtrak, trak and abu take options")
         checks = [(self.targets >= 1, "at least one target is needed"), (self.controls >= 0, "controls must be ≥ 0"),
                   (0 < self.k_frac < 1, "k fraction must be in (0, 1)"),
                   (self.random_repeats >= 2, "at least two random removal repeats are needed"),
@@ -135,7 +151,11 @@ PRESETS: dict[str, dict] = {
     # classes no target uses (control_design "disjoint", see benchmarks/counterfactual.md)
     "full": dict(n_train=500, channels=(16, 32, 32), train_steps=1500, train_batch=32, lr=1e-3, ema_decay=0.995,
                  warmup=50, targets=20, controls=20, sample_steps=25, k_frac=0.01, random_repeats=4, noises=32,
-                 unlearn_batch=32, max_steps=400, null_batches=20, null_batch_size=64, control_design="disjoint"),
+                 unlearn_batch=32, max_steps=400, null_batches=20, null_batch_size=64, control_design="disjoint",
+                 # for 2 CPU cores: AbU takes one step of 80 × 50 = 4,000 draws instead of the published 80 × 625
+                 # (~13 min per query here); D-TRAK/TRAK project to d = 4096 (their quickstart's value) instead of
+                 # 32768 (their CIFAR runs; 8× the projection cost) — with N = 500 ≪ d either keeps Φ's geometry
+                 method_options={"abu": {"accum": 50}, "dtrak": {"dim": 4096}, "trak": {"dim": 4096}}),   # = CPU_OPTIONS
 }
 
 

@@ -123,10 +123,11 @@ class Job:
     def attribution_key(self, method: str, model_fingerprint: str, i: int, img) -> str:
         it = self.items()["targets"]
         s = self.cfg.mucs_settings()
+        opts = self.cfg.resolved_options(method)      # dtrak, trak, abu: their options (other keys unchanged)
         return cache_key(kind="scores", method=method, model=model_fingerprint, data=self.data().fingerprint(),
                          settings=settings_key(s) if method.startswith("mucs") else None, ctx_seed=CTX_SEED,
                          label=it["labels"][i], seed=it["seeds"][i],
-                         image=cache_key(img=np.asarray(img).tobytes().hex()))
+                         image=cache_key(img=np.asarray(img).tobytes().hex()), **({} if opts is None else dict(options=opts)))
 
     def attribution_path(self, method: str, i: int, key: str) -> str:
         return os.path.join(self.work, "attributions", method, f"target{i:03d}-{key[:16]}.npz")

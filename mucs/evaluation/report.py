@@ -57,6 +57,29 @@ def overlap_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(result: dict, metric: str = "ssim") -> str:
+    """MUCS − each other method on the same targets: the per-target AUC difference (mean = the AUCs'
+    difference) and the target-similarity drop difference, with bootstrap intervals over targets."""
+    rows = ["| MUCS − method | Δ target AUC | 95 % interval | Δ similarity drop | 95 % interval "
+            "| targets favouring MUCS / other |",
+            "|---|---|---|---|---|---|"]
+    for name, r in (result.get("paired") or {}).items():
+        p = r[metric]
+        rows.append(f"| `{name}` | {p['auc_difference']:+.3f} | {p['auc_difference_ci95'][0]:+.3f} – "
+                    f"{p['auc_difference_ci95'][1]:+.3f} | {p['similarity_drop_difference']:+.4f} | "
+                    f"{p['similarity_drop_difference_ci95'][0]:+.4f} – {p['similarity_drop_difference_ci95'][1]:+.4f} | "
+                    f"{p['items_favouring_a']} / {p['items_favouring_b']} of {p['n']} |")
+    return "\n".join(rows)
+
+
+def cost_table(result: dict) -> str:
+    """Per-query compute seconds of each method, D-TRAK/TRAK's one-off feature pass apart."""
+    rows = ["| method | per query (s) | one-off (s) |", "|---|---|---|"]
+    for m, r in (result.get("timing", {}).get("per_query") or {}).items():
+        rows.append(f"| `{m}` | {r['per_query_seconds']:.1f} | {r['one_off_seconds']:.1f} |")
+    return "\n".join(rows)
+
+
 def verdict(result: dict, target_auc: float) -> str:
     """MUCS's target-SSIM AUC against `target_auc` (an input, e.g. a target value), its
     control AUC's distance from 0.5, and the methods it does not beat on target SSIM."""

@@ -37,6 +37,7 @@ class State:
     random: list = field(default_factory=list)     # the measured random removals, in seed order
     by_seed: dict = field(default_factory=dict)    # name -> {training seed: sims of that replicate alone}
     seed_sims: dict = field(default_factory=dict)  # seed -> sims between model A's items and that seed's model A's
+    stages: dict = field(default_factory=dict)     # (method, target) -> stage seconds (D-TRAK: features, query)
 
     def compute_seconds(self) -> dict:
         """Seconds per stage (train, generate, attribute:<method>) summed over the artefacts used."""
@@ -132,7 +133,8 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
             if not all(job.cached_attribution(m, model_fp, i, before["targets"][i]) is not None for i in range(T)):
                 available.discard(m)
                 continue
-        mucs_type = m in baselines.ABLATIONS
+        # MUCS-type and the gradient/unlearning baselines: the first target fills the query-independent caches
+        mucs_type = m in baselines.ABLATIONS or m in ("dtrak", "trak", "abu")
         first = submit("attribute", m, steps.attributed, job, m, 0, a, ga, *(previous_first if mucs_type else []),
                        name=f"attribute {m} target 0")
         if mucs_type:
@@ -156,6 +158,7 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
             elif kind == "attribute":
                 scores[info][val["i"]] = val["scores"]
                 st.seconds[(f"attribute:{info}", val["i"])] = val["seconds"]
+                st.stages[(info, val["i"])] = val.get("stages", {})
                 st.computed["attributions"] += val["computed"]
             elif kind == "seed":
                 st.seed_sims[info] = val

@@ -101,12 +101,13 @@ def context(job: Job, model_a) -> baselines.Context:
     is kept (it holds the model, so the id cannot be reused while it is kept)."""
     settings = json.dumps(job.cfg.mucs_settings().to_dict(), sort_keys=True, default=str)
     key = (id(model_a), model_a.fingerprint(), job.data().fingerprint(), settings, os.path.join(job.work, "cache"),
-           str(job.device))
+           str(job.device), json.dumps(job.cfg.method_options, sort_keys=True))
     ctx = _CONTEXTS.get(key)
     if ctx is None:
         _CONTEXTS.clear()
         ctx = baselines.Context(model=model_a, data=job.data(), settings=job.cfg.mucs_settings(),
-                                cache_dir=os.path.join(job.work, "cache"), seed=CTX_SEED)
+                                cache_dir=os.path.join(job.work, "cache"), seed=CTX_SEED,
+                                options={k: dict(v) for k, v in job.cfg.method_options.items()})
         _CONTEXTS[key] = ctx
     return ctx
 
@@ -153,11 +154,16 @@ def attributed(job: Job, method: str, i: int, model_a, before, *after) -> dict:
         sc = baselines.scores(method, ctx, QueryImage(to_model_range(img), []), label, query_id=i)
         dt = time.perf_counter() - t0
         info = ctx.info.get(("mucs", i), {})
-        hit = dict(scores=np.asarray(sc, np.float64), seconds=np.array(dt), **{k: np.array(v) for k, v in info.items()})
+        other = ctx.info.get((method, i), {}) if method in ("dtrak", "trak", "abu") else {}
+        # D-TRAK/TRAK: the one-off feature pass apart from the per-query cost
+        times = {f"seconds_{k}": np.array(v) for k, v in other.get("stage_times", {}).items()}
+        hit = dict(scores=np.asarray(sc, np.float64), seconds=np.array(dt), **times,
+                   **{k: np.array(v) for k, v in info.items()})
         save_arrays(path, key, **hit)
         job.say(f"  {method} target {i}: {dt:.1f} s" + "".join(f", {k}={v}" for k, v in info.items()))
     return dict(method=method, i=int(i), scores=np.asarray(hit["scores"], np.float64),
-                seconds=float(hit.get("seconds", 0.0)), computed=computed)
+                seconds=float(hit.get("seconds", 0.0)), computed=computed,
+                stages={k[8:]: float(v) for k, v in hit.items() if k.startswith("seconds_")})
 
 
 def measured(job: Job, model_a, before, after) -> dict:

@@ -58,6 +58,11 @@ def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
     within = {m: dict(mean_pairwise=mean_pairwise_overlap(st.sets[m]), random_expected=rand_exp,
                       recurring=recurring(st.sets[m], 10)) for m in done + rnames[:1]}
     between = {a: {b: between_methods(st.sets[a], st.sets[b]) for b in done} for a in done}
+    from .metrics import paired_difference
+    # MUCS − each other method, target by target (the same targets, so the difference can be resolved)
+    paired = {f"mucs-{m}": {metric: paired_difference(pooled(rnames, "targets", metric), sims["mucs"]["targets"][metric],
+                                                       sims[m]["targets"][metric], metric) for metric in METRICS}
+              for m in done if m != "mucs" and "mucs" in done}
     it = job.items()
     return dict(
         description=DESCRIPTION,
@@ -67,14 +72,51 @@ def summarise(job: Job, st: State, methods, engine: str = "serial") -> dict:
                    target_seeds=it["targets"]["seeds"], target_labels=it["targets"]["labels"],
                    control_seeds=it["controls"]["seeds"], control_labels=it["controls"]["labels"],
                    random_removal_seeds=[int(n.split("#")[1]) for n in rnames], mucs_seed=cfg.mucs_seed),
-        methods=res, overlap=dict(within=within, between=between),
+        methods=res, overlap=dict(within=within, between=between), paired=paired,
+        method_settings={m: method_settings(cfg, m) for m in methods},
         replicates={str(t): {g: {metric: float(np.mean(v)) for metric, v in st.seed_sims[t][g].items()}
                              for g in st.seed_sims[t]} for t in seeds[1:] if t in st.seed_sims},
         metrics_skipped=skipped_metrics(),
-        timing=dict(compute_seconds=st.compute_seconds(), torch_threads=job.threads or torch.get_num_threads(),
+        timing=dict(compute_seconds=st.compute_seconds(), per_query=per_query(st, methods),
+                    torch_threads=job.threads or torch.get_num_threads(),
                     device=str(job.device), engine=engine,
                     note="compute seconds recorded with each cached retrain, generation and attribution used "
                          "in this table, whichever task and run computed it"))
+
+
+def method_settings(cfg, name: str) -> dict:
+    """Everything a row's method was run with, resolved (defaults filled in), so its meaning cannot drift
+    when a default changes: the MUCS settings (with the ablation's changes), the options of D-TRAK,
+    TRAK and AbU, or the components of an ensemble."""
+    from ..method import baselines
+    parts = baselines.components(name)
+    if len(parts) > 1:
+        return dict(ensemble=parts, components={p: method_settings(cfg, p) for p in parts})
+    out = dict(description=baselines.description(name))
+    if name in baselines.ABLATIONS:
+        s = cfg.mucs_settings()
+        out["settings"] = (s.replace(**baselines.ABLATIONS[name]) if baselines.ABLATIONS[name] else s).to_dict()
+    elif cfg.resolved_options(name) is not None:
+        out["options"] = cfg.resolved_options(name)
+    return out
+
+
+ONE_OFF = ("features", "fisher", "original_losses")   # query-independent stages, paid once and cached
+
+
+def per_query(st: State, methods) -> dict:
+    """Per method: mean compute seconds per attributed target without the query-independent stages
+    (D-TRAK/TRAK's feature pass, AbU's Fisher and original losses: paid by the first target and
+    cached), and those one-off seconds apart."""
+    out = {}
+    for m in check_methods(methods)[1]:
+        rows = [(v, st.stages.get((m, i), {})) for (stage, i), v in st.seconds.items() if stage == f"attribute:{m}"]
+        if not rows:
+            continue
+        once = [sum(x.get(k, 0.0) for k in ONE_OFF) for _, x in rows]
+        out[m] = dict(per_query_seconds=float(np.mean([v - o for (v, _), o in zip(rows, once)])),
+                      one_off_seconds=float(max(once)), targets=len(rows))
+    return out
 
 
 def skipped_metrics() -> dict:

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import html
 import io
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,8 +20,9 @@ from ..sources.data import QueryImage, to_model_range
 from ..errors import MucsError
 from ..method.unlearn import top_k
 
-METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
-LABELS = {"mucs": "MUCS", "pixel_nn": "pixel NN", "feature_nn": "feature NN (model features)",
+METHODS = ("mucs", "dtrak", "abu", "pixel_nn", "feature_nn", "mucs+pixel_nn")
+LABELS = {"mucs": "MUCS", "dtrak": "D-TRAK", "trak": "TRAK (loss gradients)", "abu": "AbU (attribution by unlearning)",
+          "pixel_nn": "pixel NN", "feature_nn": "feature NN (model features)",
           "mucs+pixel_nn": "MUCS + pixel NN (rank average)", "mucs+feature_nn": "MUCS + feature NN (rank average)",
           "random": "random"}
 MEMO_LIMIT = 400      # entries kept in the baselines memo before it is cleared
@@ -34,11 +36,14 @@ def query_id(run_id: str) -> int:
 def run_query(att) -> QueryImage:
     if att.query_image is None:
         raise MucsError("this run has no stored query image, so other methods cannot score it")
-    return QueryImage(x=to_model_range(att.query_image), conversions=[])
+    return QueryImage(x=to_model_range(att.query_image), conversions=[], prompt=att.query.get("prompt"))
 
 
-def method_scores(ctx: baselines.Context, att, run_id: str, names: Sequence[str] = METHODS) -> dict:
-    """{method: (N,) scores} for the run's query; 'mucs' (alone or in an ensemble) is the run's own scores."""
+def method_scores(ctx: baselines.Context, att, run_id: str, names: Sequence[str] = METHODS,
+                  timings: Optional[dict] = None) -> dict:
+    """{method: (N,) scores} for the run's query; 'mucs' (alone or in an ensemble) is the run's own scores.
+    `timings` (a dict) receives each method's seconds for this call (a memoised method: ~0; MUCS: the
+    run's own total; D-TRAK/TRAK's first call includes its one-off feature pass, AbU's its Fisher)."""
     for n in names:
         baselines.components(n)            # unknown names: one clear error before any work
     if len(ctx.memo) > MEMO_LIMIT:
@@ -46,12 +51,16 @@ def method_scores(ctx: baselines.Context, att, run_id: str, names: Sequence[str]
     qid = query_id(run_id)
     ctx.memo[("mucs", qid)] = np.asarray(att.scores, np.float64)
     q, label = run_query(att), att.query.get("label")
-    out = {}
+    out, seconds = {}, {}
     for n in names:
+        t0 = time.perf_counter()
         s = baselines.scores(n, ctx, q, label, qid)
+        seconds[n] = time.perf_counter() - t0 if n != "mucs" else float(att.stage_times.get("total", 0.0))
         if len(s) != len(att.scores):
             raise MucsError("the run and the training set differ in size")
         out[n] = s
+    if timings is not None:
+        timings.update(seconds)
     return out
 
 
@@ -66,13 +75,18 @@ def ranks_of(scores: np.ndarray) -> np.ndarray:
 def methods_side_by_side(ctx: baselines.Context, att, run_id: str, names: Sequence[str] = METHODS,
                          k: Optional[int] = None) -> dict:
     """Each method's top-k for the run's query, their pairwise overlap and, per method, which of
-    its images MUCS also picked."""
+    its images MUCS also picked. Methods that cannot score this model (D-TRAK, TRAK, AbU on a latent, text or
+    LoRA model) are left out, with why, in 'skipped'."""
     k = int(k or len(att.top))
-    sc = method_scores(ctx, att, run_id, names)
+    skipped = {n: why for n in names if (why := baselines.unsupported(n, ctx.model))}
+    names = [n for n in names if n not in skipped]
+    seconds: dict = {}
+    sc = method_scores(ctx, att, run_id, names, seconds)
     tops = {n: [int(i) for i in top_k(s, min(k, len(s)))] for n, s in sc.items()}
     sets = [tops[n] for n in names]
     mucs_top = set(tops.get("mucs", [int(i) for i in att.top[:k]]))
-    return dict(names=list(names), labels=[LABELS.get(n, n) for n in names], k=k, tops=tops, scores=sc,
+    return dict(names=list(names), labels=[LABELS.get(n, n) for n in names], k=k, tops=tops, scores=sc, seconds=seconds,
+                descriptions={n: baselines.description(n) for n in names}, skipped=skipped,
                 matrix=ov.overlap_matrix(sets), shared=ov.shared_counts(sets),
                 with_mucs={n: [i for i in tops[n] if i in mucs_top] for n in names})
 

@@ -101,7 +101,7 @@ class RunStore:
             os.makedirs(self.root, exist_ok=True)
         except OSError as e:
             raise MucsError(f"run folder {self.root} cannot be created: {e.strerror or e}") from e
-        self._summaries = {}   # run folder -> (file stamps, (meta, settings)): see _summary
+        self._summaries: dict = {}   # run folder -> (file stamps, (meta, settings)): see _summary
         self._clean_stale()
 
     def _clean_stale(self, older_than: float = 3600.0) -> None:

@@ -123,7 +123,7 @@ def plot_svgs(att: Attribution, class_names=None) -> dict:
                                  log_x=True, log_y=True, diagonal=True, labels=names, colour_label="skew")
     curve = att.curve or []
     tol = (att.settings or {}).get("tol")
-    hl = [(att.loss_null, "L_null", svg.GREY)]
+    hl = [] if att.loss_null is None else [(att.loss_null, "L_null", svg.GREY)]
     if tol is not None and att.loss_null is not None:
         hl.append(((1 - tol) * att.loss_null, "stop: (1−τ)·L_null", svg.RED))
     series = [dict(name="L_f (forget, on the query)", x=[c["step"] for c in curve], y=[c["loss_f"] for c in curve],
@@ -167,17 +167,22 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
              f"<p class='muted'>Which training images made the model generate this image? Query: "
              f"{_e(q.get('source') or meta.get('source') or 'unknown source')}"
              + (f", class <b>{_e(cls)}</b> ({_e(label)})" if label is not None else "")
+             + (f", prompt <b>“{_e(q['prompt'])}”</b>" if q.get("prompt") else "")
              + (f"; run created {_e(meta['created'])}" if meta.get("created") else "")
              + f"; report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>",
              f"<details open><summary><b>How to read this</b></summary><p>{METHOD}</p></details>"]
     # query and the run in brief
     stop = ("converged: the forget loss reached (1 − τ)·L<sub>null</sub>" if att.converged
             else "<b>hit the step cap</b> before the query was forgotten")
-    brief = [("query source", _e(q.get("source") or meta.get("source") or "")),
-             ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)")),
+    brief = [("method", _e(f"{info.get('method', 'mucs')}: {info.get('method_description', 'MUCS')}")),
+             ("query source", _e(q.get("source") or meta.get("source") or "")),
+             (("query prompt", _e(q["prompt"])) if q.get("prompt") else
+              ("query class", _e(f"{cls} ({label})" if label is not None else "none (unconditional)"))),
+             ("model", _e(" · ".join(str(info[k]) for k in ("denoiser", "model_family", "conditioning") if info.get(k))
+                          or "UNet2DModel")),
              ("conversions of the query", _e("; ".join(q.get("conversions") or []) or "none")),
              ("unlearning", f"{att.steps} steps, {stop}"),
-             ("L_null (untrained model's loss)", f"{att.loss_null:.6g}"),
+             ("L_null (untrained model's loss)", "–" if att.loss_null is None else f"{att.loss_null:.6g}"),
              ("unlearning learning rate", _e(_fmt(info.get("unlearning_lr", "")))),
              ("training images", _e(len(att.scores))),
              ("top-k", _e(len(att.top)))]
@@ -199,7 +204,9 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
                else "<div style='aspect-ratio:1;background:#eee'></div>")
         cards.append(f"<div class='card' data-index='{i}'>{img}<div class='cap'>#{rank} · {i}"
                      f"{(' · ' + _e(lab)) if lab else ''} · {float(att.scores[i]):.4f}</div>"
-                     f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div></div>")
+                     + (f"<div class='sub'>“{_e(att.captions[i])}”</div>" if att.captions is not None else "")
+                     + (f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div>"
+                        if np.isfinite(att.loss_original[i]) else "") + "</div>")
     parts.append(f"<div class='grid' id='topk'>{''.join(cards)}</div>")
     # plots
     figs = plot_svgs(att, names)

@@ -115,7 +115,9 @@ class Explorer:
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
                  max_steps_limit: Optional[int] = MAX_STEPS_LIMIT, profile: str = "recommended",
-                 lora: Optional[str] = None, caption_column: Optional[str] = None, allow_untrained: bool = False):
+                 lora: Optional[str] = None, caption_column: Optional[str] = None, allow_untrained: bool = False,
+                 train_lr: Optional[float] = None, cache_dir: Optional[str] = None, image_column: Optional[str] = None,
+                 label_column: Optional[str] = None):
         self.model_path = model_path
         if max_request_seconds is not None and not (0 < float(max_request_seconds) < float("inf")):
             raise MucsError(f"the request time limit must be a positive number of seconds, got {max_request_seconds}")
@@ -123,16 +125,18 @@ class Explorer:
             raise MucsError(f"the step cap limit must be at least 1, got {max_steps_limit}")
         self.max_request_seconds = None if max_request_seconds is None else float(max_request_seconds)
         self.max_steps_limit = None if max_steps_limit is None else int(max_steps_limit)
-        self.model = load_model(model_path, device, lora=lora)
-        self.data = load_dataset(data_path, caption_column=caption_column)
+        self.model = load_model(model_path, device, train_lr=train_lr, lora=lora)
+        self.data = load_dataset(data_path, image_column=image_column, label_column=label_column,
+                                 caption_column=caption_column)
         self.data.check_matches(self.model)
         from ..settings import check_settings_dict
         # the settings profile (recommended, fast or paper; mucs.defaults.PROFILES), then the app's --settings
         self.profile = profile
-        self.settings = settings_for(model_path, profile, **check_settings_dict(overrides or {}, "settings")).validate()
+        self.settings = settings_for(self.model.path or model_path, profile,   # a Hub id: its snapshot folder
+                                     **check_settings_dict(overrides or {}, "settings")).validate()
         if self.settings.top_k > len(self.data):
             raise MucsError(f"top-k {self.settings.top_k} is more than the {len(self.data)} training images")
-        self.attributor = Attributor(self.model, self.data, self.settings, cache_dir_for(model_path),
+        self.attributor = Attributor(self.model, self.data, self.settings, cache_dir or cache_dir_for(model_path),
                                      allow_untrained=allow_untrained)
         if examples_dir == "default":
             from .history import DEFAULT_EXAMPLES
@@ -246,7 +250,7 @@ class Explorer:
 
     # --- queries ------------------------------------------------------------------------------------
     def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,
-                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
+                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Union[float, str, None] = None,
                  negative_prompt: str = "") -> list:
         """`count` queries from consecutive seeds with the deterministic sampler (a text model's from
         `prompt`, with classifier-free guidance)."""
@@ -265,7 +269,8 @@ class Explorer:
             raise MucsError("sampler steps must be in 1..1000")
         seeds = [seed + i for i in range(count)]
         imgs = generate(self.model, [label] * count, seeds, steps, progress=progress, cancel=cancel,
-                        prompts=[prompt] * count, guidance_scale=guidance, negative_prompt=negative_prompt or "")
+                        prompts=None if prompt is None else [prompt] * count, guidance_scale=guidance,
+                        negative_prompt=negative_prompt or "")
         extra = dict(prompt=prompt, guidance_scale=guidance, negative_prompt=negative_prompt or "") if self.text else {}
         return [Query(image=im, label=label, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
                                                        **extra), prompt=prompt)
@@ -435,6 +440,11 @@ class Explorer:
         cls = (f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else
                f"prompt “{q['prompt']}”" if q.get("prompt") else "no class")
         conv = "; ".join(q.get("conversions") or []) or "none"
+        if att.loss_null is None:   # a run of another method (mucs attribute --method dtrak|trak|abu|..)
+            times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in att.stage_times.items())
+            return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
+                    f"Method **{att.info.get('method')}**: {att.info.get('method_description', '')}.  \n"
+                    f"Time: {times}.")
         stop = "converged (L_f reached (1−τ)·L_null)" if att.converged else "**hit the step cap** (not converged)"
         st = att.stage_times
         times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in st.items())
@@ -538,7 +548,9 @@ class Explorer:
             if self._ctx is None:
                 model = copy.copy(self.model)
                 model.unet = copy.deepcopy(self.model.unet).eval()
-                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir)
+                from ..method.baselines import CPU_OPTIONS
+                self._ctx = Context(model, self.data, self.settings, self.attributor.cache_dir,
+                                    options={k: dict(v) for k, v in CPU_OPTIONS.items()})
         return self._ctx
 
     def pixel_index(self) -> NeighbourIndex:
@@ -580,8 +592,8 @@ class Explorer:
             if name == "mucs":
                 mark = {i: ("s", f"+{m['shared'][i] - 1} other list{'s' if m['shared'][i] > 2 else ''}")
                         for i in items if i in m["shared"]}
-            rows.append(dict(title=label, subtitle=f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
-                             if name != "mucs" else "the run's own scores", items=items,
+            rows.append(dict(title=label, subtitle=(f"{len(m['with_mucs'][name])}/{len(items)} shared with MUCS"
+                             if name != "mucs" else "the run's own scores") + f" · {m['seconds'][name]:.1f} s", items=items,
                              scores={i: _score_text(name, m["scores"][name][i]) for i in items}, mark=mark,
                              query=att.query_image if not rows else None))
         key = ('<span style="border-color:#2a9d4b;background:#e9f7ee">green: also in MUCS\'s top-k</span>'
@@ -672,6 +684,10 @@ def _score_text(method: str, score: float) -> str:
         return f"rank avg {score:.3f}"
     if method.endswith("_nn"):
         return f"d² {max(0.0, -float(score)):.3g}"
+    if method in ("dtrak", "trak"):
+        return f"score {score:.3g}"
+    if method == "abu":
+        return f"Δloss {score:.3g}"
     return f"skew {score:.4f}"
 
 

@@ -52,11 +52,15 @@ about as long as the run's unlearning stage, and the result is checked against t
 last two replayed models stay in memory."""
 
 METHODS = """\
-**Methods side by side**: the same query ranked by MUCS, by **pixel NN** (the training images nearest in
-pixel space), by **feature NN** (nearest in the diffusion model's own mid-block features) and by the
-**MUCS + pixel NN** ensemble (the mean of the two rankings). Images that another method shares with
-MUCS are framed green; the heatmap gives the overlap |A∩B| / min(|A|,|B|) of every pair of methods.
-The baselines take a second or two; MUCS's scores are the run's own."""
+**Methods side by side**: the same query ranked by MUCS, by **D-TRAK** (Zheng et al., ICLR 2024: projected
+gradients of the model's mean squared output, TRAK's kernel), by **AbU** (Wang et al., NeurIPS 2024: one
+Fisher-preconditioned unlearning step, ranked by the loss increase), by **pixel NN** (the training images
+nearest in pixel space), by **feature NN** (nearest in the diffusion model's own mid-block features) and
+by the **MUCS + pixel NN** ensemble (the mean of the two rankings). Images that another method shares
+with MUCS are framed green; the heatmap gives the overlap |A∩B| / min(|A|,|B|) of every pair of methods;
+each row gives the method's seconds. The first D-TRAK call computes its training features once (minutes
+on a CPU, then cached), AbU its Fisher; MUCS's scores are the run's own. D-TRAK projects to d = 4096 and
+AbU averages 4,000 draws here (docs/methods-compared.md)."""
 
 OVERLAP = """\
 **Runs side by side and overlap.** Choose two or more runs and press *Compare runs*: each run's query and

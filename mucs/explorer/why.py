@@ -43,12 +43,20 @@ def loss_rows(unet, model, data, noise_set, indices, s: Settings) -> np.ndarray:
                        compile=s.compile)
 
 
+def _mucs_run(att) -> None:
+    """'Why' reads MUCS's L_o, L_u and L_null: a run of D-TRAK, TRAK, AbU or a baseline has no L_null."""
+    if att.loss_null is None:
+        raise MucsError(f"'why' explains a MUCS run; this run is {(att.info or {}).get('method', 'another method')}'s "
+                        f"(no L_null): use Methods side by side to compare it")
+
+
 def replay_unlearning(model, data, att, s: Settings, progress=None, cancel=None):
     """The run's unlearned UNet, recomputed: the same query pixels, label, settings, seed, learning
     rate and L_null. Refuses a run made with another model."""
     from ..sources.data import to_model_range
     from ..progress import Reporter
     from ..method.unlearn import unlearn
+    _mucs_run(att)
     fp = (att.info or {}).get("model_fingerprint")
     if fp and fp != model.fingerprint():
         raise MucsError("this run was made with another model: its unlearning cannot be replayed here")
@@ -125,6 +133,7 @@ def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_
     kept or replayed) gives the per-noise L_u; `rank_scores` ({method: scores}) the other methods'
     ranks; `neighbour_index` (a pixel NeighbourIndex) the nearest training images."""
     from .compare import ranks_of
+    _mucs_run(att)
     n = len(att.scores)
     try:
         i = int(index)

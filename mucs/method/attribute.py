@@ -17,11 +17,12 @@ from .. import __version__
 from ..cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
 from ..cache import save_arrays_best_effort as save_arrays
 from ..checks import check_request_memory, dumps_strict, require_finite
+from ..defaults import settings_for
 from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
 from .distributed import Group
 from ..errors import MucsError
-from ..sources.inputs import model_inputs
-from .losses import loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
+from ..sources.inputs import ModelInputs, model_inputs
+from .losses import LOSS_VERSION, loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
 from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
 from ..progress import Reporter
@@ -43,7 +44,7 @@ class Attribution:
     top: np.ndarray                    # (k,) indices, best first
     loss_original: np.ndarray          # (N,) mean over noises of L_o
     loss_unlearned: np.ndarray         # (N,) mean over noises of L_u
-    loss_null: float
+    loss_null: Optional[float]         # None: a run of a method without L_null (D-TRAK, TRAK, AbU, NN)
     steps: int
     converged: bool
     curve: list
@@ -72,8 +73,8 @@ class Attribution:
         for rank, i in enumerate(order, 1):
             lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
             name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, name, f"{self.loss_original[i]:.8g}",
-                   f"{self.loss_unlearned[i]:.8g}"]
+            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, name, _cell(self.loss_original[i]),
+                   _cell(self.loss_unlearned[i])]
             w.writerow(row + ([self.captions[i]] if self.captions is not None else []))
         return buf.getvalue()
 
@@ -88,8 +89,11 @@ class Attribution:
         labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
         if self.captions is not None:
             labels["captions"] = np.asarray(self.captions, dtype=str)
-        np.savez(buf, scores=self.scores, loss_original=self.loss_original, loss_unlearned=self.loss_unlearned,
-                 **labels)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
+        # a method without losses (all NaN: D-TRAK, TRAK, the NN baselines) saves none: every saved number is finite
+        losses = {} if np.isnan(self.loss_original).all() and np.isnan(self.loss_unlearned).all() else dict(
+            loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
+        arrays = dict(scores=self.scores, **losses, **labels)
+        np.savez(buf, **arrays)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
         files = {"scores.csv": self.scores_csv(class_names).encode(),
                  "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
                  "losses.npz": buf.getvalue()}
@@ -120,6 +124,11 @@ MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items 
 SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
 
 
+def _cell(v) -> str:
+    """A loss for scores.csv: empty for a method that has none (NaN: D-TRAK, TRAK, the NN baselines)."""
+    return f"{v:.8g}" if np.isfinite(v) else ""
+
+
 @dataclass
 class UnlearnRecord:
     """What a result keeps of an unlearning run (the weights themselves are not kept)."""
@@ -137,11 +146,12 @@ class Attributor:
                  allow_untrained: bool = False):
         data.check_matches(model)
         self.model, self.data = model, data
-        self.settings = (settings or Settings()).validate()
+        # no settings: the model's recommended ones (its mucs_settings.json, else the paper's), as the CLI and app
+        self.settings = (settings or settings_for(model.path or "")).validate()
         self.cache_dir = cache_dir or default_cache_dir()
         self.allow_untrained = allow_untrained   # score a network that is not trained on this data (research only)
-        self._inputs = None
-        self._trained = {}
+        self._inputs: Optional[ModelInputs] = None
+        self._trained: dict = {}
         self._noise = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)   # a failed request's noise sets are dropped
         self._lo = BoundedMemo(MEMO_ENTRIES, MEMO_BYTES)
         self._null: dict = {}
@@ -246,12 +256,13 @@ class Attributor:
         return value, hit is not None
 
     def _lo_key(self, s: Settings) -> str:
-        return cache_key(kind="loss_original", model=self.model.fingerprint(), data=self.data.fingerprint(),
-                         noise=self.noise_set(s).params, prediction=self.model.prediction_type,
+        return cache_key(kind="loss_original", version=LOSS_VERSION, model=self.model.fingerprint(),
+                         data=self.data.fingerprint(), noise=self.noise_set(s).params, prediction=self.model.prediction_type,
                          **self._weighting_key(s), **self._precision_key(s))
 
     def _null_key(self, s: Settings) -> str:
-        return cache_key(kind="loss_null", config=public_config(self.model.unet.config), data=self.data.fingerprint(),
+        return cache_key(kind="loss_null", version=LOSS_VERSION, config=public_config(self.model.unet.config),
+                         data=self.data.fingerprint(),
                          scheduler=public_config(self.model.scheduler.config), batches=s.null_batches,
                          batch_size=s.null_batch_size, seed=s.seed, **self._train_noise_key(s), **self._weighting_key(s))
 
@@ -362,7 +373,8 @@ class Attributor:
         if self.cache_unlearned:
             lr = unlearning_lr(self.model, s)
             fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
-            key = cache_key(kind="loss_unlearned", model=self.model.fingerprint(), data=self.data.fingerprint(),
+            key = cache_key(kind="loss_unlearned", version=LOSS_VERSION, model=self.model.fingerprint(),
+                            data=self.data.fingerprint(),
                             noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
                             query=hashlib.sha256(x.detach().cpu().float().numpy().tobytes()).hexdigest(),
                             **({} if prompt is None else dict(prompt=prompt)))
@@ -405,7 +417,8 @@ class Attributor:
         base = s.replace(fragile_refs=0, screen_noises=0)
         fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "screen_keep", *FLOAT_TOLERANCE_ONLY)}
         lr = unlearning_lr(self.model, base)
-        key = cache_key(kind="reference_skews", model=self.model.fingerprint(), data=self.data.fingerprint(),
+        key = cache_key(kind="reference_skews", version=LOSS_VERSION, model=self.model.fingerprint(),
+                        data=self.data.fingerprint(),
                         settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)
         hit = self._load_cached("reference_skews", key)
         if hit is not None:

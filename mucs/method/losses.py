@@ -11,6 +11,14 @@ from ..sources.models import alphas_cumprod, per_item_loss
 from .noise import NoiseSet, TrainingNoise
 
 
+# The loss definition's version, part of every cache key of numbers it produces (L_o, L_null, L_u, the
+# reference skews). Bump it with any change to the per-item loss, the loss matrices, the null loss, the
+# noise sets or unlearning that alters a number: caches made by the old code are then never read.
+# tests/test_cache_versions.py pins the outputs of version LOSS_VERSION on a fixed tiny case and fails
+# when they change without a bump. Keys of version 1 (before 2026-12-07) carried no version.
+LOSS_VERSION = 2
+
+
 def train_noise_for(model, s) -> TrainingNoise:
     """The training-time noise of unlearning and L_null that the settings `s` ask for."""
     return TrainingNoise(model.scheduler.alphas_cumprod, s.train_noise, s.sigma_min, s.sigma_max, s.p_mean, s.p_std)

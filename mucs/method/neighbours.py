@@ -1,6 +1,6 @@
 """Nearest training neighbours with faiss: in pixel space, or in the diffusion model's own
 features (mid-block activations at a fixed noise level). No pretrained network needed."""
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ def feature_timestep(model, timestep: Optional[int] = None) -> int:
     return max(0, min(n - 1, t))
 
 
-def _middle(net: torch.nn.Module) -> torch.nn.Module:
+def _middle(net: Any) -> Any:
     """The module whose output is the feature: a UNet's mid block, a transformer's middle block."""
     if getattr(net, "mid_block", None) is not None:
         return net.mid_block

@@ -7,7 +7,7 @@ A condition is a dict of per-item tensors (or None for an unconditional model): 
 with the helpers at the end (`cond_index`, `cond_cat`, `cond_repeat`, `cond_to`).
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -58,7 +58,7 @@ class Family:
             return (x,), dict(timestep=t, class_labels=cond["class_labels"])
         # pixart: T5 caption embeddings with their attention mask; resolution/aspect-ratio conditions only
         # where the model was built with them (PixArt-α 1024px)
-        extra = {"resolution": None, "aspect_ratio": None}
+        extra: dict = {"resolution": None, "aspect_ratio": None}
         if getattr(net, "use_additional_conditions", False):
             n, size = len(x), float(x.shape[-1] * 8)
             extra = {"resolution": torch.tensor([[size, size]], device=x.device).expand(n, 2),
@@ -71,7 +71,7 @@ class Family:
         return pred[:, :channels] if self.learned_sigma else pred
 
 
-def family_of(net: torch.nn.Module) -> Family:
+def family_of(net: Any) -> Family:
     """The Family of a loaded denoiser (refusing one MUCS cannot attribute, with the reason)."""
     name = type(net).__name__
     cfg = net.config

@@ -50,7 +50,8 @@ def fit(model, data, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: i
         x0, cond = inputs.x0(idx).to(dev), inputs.cond(idx)
         if cond_dropout and uncond is not None:
             drop = torch.rand(batch_size, generator=g) < cond_dropout
-            cond = {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k].expand_as(v), v) for k, v in cond.items()}
+            cond = {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k].expand_as(v), v)
+                    for k, v in (cond or {}).items()}
         t, eps = training_noise(batch_size, model.x0_shape, T, g, dev)
         loss = per_item_loss(model.predictor(net), ac, model.prediction_type, x0, cond_to(cond, dev), t, eps).mean()
         opt.zero_grad(set_to_none=True)
@@ -119,7 +120,7 @@ def save_pipeline(model, folder: str, record: Optional[dict] = None) -> None:
     os.makedirs(folder, exist_ok=True)
     import diffusers
     den = "unet" if model.family.name.startswith("unet") else "transformer"
-    index = {"_class_name": PIPELINES[model.family.name], "_diffusers_version": diffusers.__version__,
+    index: dict = {"_class_name": PIPELINES[model.family.name], "_diffusers_version": diffusers.__version__,
              den: ["diffusers", type(model.unet).__name__], "scheduler": ["diffusers", type(model.scheduler).__name__]}
     model.unet.save_pretrained(os.path.join(folder, den), safe_serialization=True)
     model.scheduler.save_pretrained(os.path.join(folder, "scheduler"))
@@ -131,7 +132,8 @@ def save_pipeline(model, folder: str, record: Optional[dict] = None) -> None:
         kw = {"safe_serialization": True} if role != "tokenizer" else {}
         part.save_pretrained(os.path.join(folder, role), **kw)
     if model.family.name == "unet2d_condition":   # StableDiffusionPipeline.from_pretrained opens the folder too
-        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+        index.update({"safety_checker": [None, None], "feature_extractor": [None, None],
+                      "requires_safety_checker": False})
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump(index, f, indent=1)
     if record is not None:

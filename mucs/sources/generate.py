@@ -45,7 +45,7 @@ def generated_info(path: str):
         return None
     try:
         with Image.open(path) as im:
-            info = json.loads(im.text[PNG_KEY])
+            info = json.loads(getattr(im, "text", {})[PNG_KEY])   # PNG text chunks (PngImageFile.text)
         return info if isinstance(info, dict) else None
     except (OSError, ValueError, KeyError, RecursionError):
         return None
@@ -109,6 +109,10 @@ def generate(model, labels: Sequence[Optional[int]], seeds: Sequence[int], steps
     guidance = default_guidance(model) if guidance_scale is None else check_guidance(guidance_scale)
     report = Reporter(progress, cancel)
     sched = DDIMScheduler.from_config(model.scheduler.config)
+    if model.latent and sched.config.clip_sample:
+        # latents are not bounded to [-1, 1] as pixels are: clipping the predicted x0 there (a DDPM
+        # config's default) turns every sample into texture; Stable Diffusion's configs turn it off
+        sched = DDIMScheduler.from_config(sched.config, clip_sample=False)
     steps = check_steps(steps, sched.config.num_train_timesteps)
     sched.set_timesteps(steps)
     shape = model.x0_shape
@@ -147,11 +151,14 @@ def check_guidance(g) -> float:
     return float(g)
 
 
-def sample_grid(model, per_class: int = 10, seed: int = 0, steps: int = 50, progress=None) -> np.ndarray:
-    """A (rows*H, per_class*W, C) grid: one row per class (a single row when unconditional)."""
-    classes = list(range(model.num_classes)) if model.num_classes else [None]
+def sample_grid(model, per_class: int = 10, seed: int = 0, steps: int = 50, progress=None,
+                prompts: Optional[Sequence[str]] = None) -> np.ndarray:
+    """A (rows*H, per_class*W, C) grid: one row per class (a text model: per prompt; a single row
+    when unconditional)."""
+    classes: list = list(prompts) if prompts else list(range(model.num_classes)) if model.num_classes else [None]
     labels = [c for c in classes for _ in range(per_class)]
     seeds = [seed + i for i in range(len(labels))]
-    imgs = generate(model, labels, seeds, steps, progress)
+    imgs = (generate(model, [None] * len(labels), seeds, steps, progress, prompts=labels) if prompts
+            else generate(model, labels, seeds, steps, progress))
     H, W, C = imgs.shape[1:]
     return imgs.reshape(len(classes), per_class, H, W, C).transpose(0, 2, 1, 3, 4).reshape(len(classes) * H, per_class * W, C)

@@ -58,7 +58,7 @@ class ModelInputs:
         kind = self.model.conditioning
         if kind == "class":
             return self.model.label_cond(np.asarray(self.data.labels)[np.asarray(idx)])
-        if kind == "text":
+        if kind == "text" and self.text is not None:
             rows = self.text["index"][np.asarray(idx)]
             out = {"encoder_hidden_states": torch.from_numpy(np.array(self.text["emb"][rows], np.float32))}
             if self.text.get("mask") is not None:
@@ -153,6 +153,9 @@ def _cached(cache_dir, kind: str, key: str, shapes: dict, compute, what: str, sh
     return arrays
 
 
+INPUTS_VERSION = 1   # bump with any change to how latents or caption embeddings are computed (cache keys)
+
+
 def _shipped(model) -> Optional[str]:
     """A model folder's read-only cache/ (the shipped example models carry their latents and captions there)."""
     return os.path.join(model.path, "cache") if model.path else None
@@ -160,7 +163,8 @@ def _shipped(model) -> Optional[str]:
 
 def _latents(model, data, cache_dir, report) -> np.ndarray:
     from ..cache import cache_key
-    key = cache_key(kind="latents", vae=component_fingerprint(model.vae), data=data.fingerprint(), mode="mean",
+    key = cache_key(kind="latents", version=INPUTS_VERSION, vae=component_fingerprint(model.vae),
+                    data=data.fingerprint(), mode="mean",
                     scaling=model.vae.config.get("scaling_factor"), shift=model.vae.config.get("shift_factor"))
     shape = (len(data), *model.x0_shape)
 
@@ -183,7 +187,7 @@ def _caption_embeddings(model, data, cache_dir, report) -> dict:
                         "a metadata.jsonl/.csv 'text' column in an image folder, or a dataset text column)")
     unique, index = np.unique(np.asarray(data.captions, dtype=object).astype(str), return_inverse=True)
     h = hashlib.sha256("\0".join(unique).encode())
-    key = cache_key(kind="captions", text_encoder=component_fingerprint(model.text_encoder),
+    key = cache_key(kind="captions", version=INPUTS_VERSION, text_encoder=component_fingerprint(model.text_encoder),
                     tokenizer=hashlib.sha256(json.dumps(sorted(model.tokenizer.get_vocab().items())).encode()).hexdigest(),
                     captions=h.hexdigest(), max_length=model.train_config.get("max_sequence_length"))
     probe = model.encode_prompts([str(unique[0])])

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import re
-from typing import Optional
+from typing import Any, Optional
 
 from ..errors import MucsError
 from .families import REFUSED_DENOISERS, REFUSED_SCHEDULERS, SUPPORTED_DENOISERS, refusal
@@ -127,9 +127,10 @@ def _refuse_unsupported(path: str, layout: dict) -> None:
 @contextlib.contextmanager
 def _quiet_libraries():
     """diffusers and transformers log every missing key at WARNING; we check the load ourselves."""
-    import diffusers
-    levels = [diffusers.logging.get_verbosity()]
-    diffusers.logging.set_verbosity_error()
+    from diffusers.utils import logging as diffusers_logging
+    transformers: Any
+    levels = [diffusers_logging.get_verbosity()]
+    diffusers_logging.set_verbosity_error()
     try:
         import transformers
         levels.append(transformers.logging.get_verbosity())
@@ -141,7 +142,7 @@ def _quiet_libraries():
     try:
         yield
     finally:
-        diffusers.logging.set_verbosity(levels[0])
+        diffusers_logging.set_verbosity(levels[0])
         if transformers is not None:
             transformers.logging.set_verbosity(levels[1])
             if bars:
@@ -159,9 +160,10 @@ def load_component(root: str, sub: Optional[str], class_name: str, library: str 
                         + (f" (only {pickled[0]}: pickled weights can run code and are not loaded; convert them "
                            "with save_pretrained(..., safe_serialization=True))" if pickled else ""))
     lib = _library(library, class_name)
-    cls = getattr(lib, class_name, None)
-    if not isinstance(cls, type):
+    found = getattr(lib, class_name, None)
+    if not isinstance(found, type):
         raise MucsError(f"{folder}: unknown {library} class {class_name!r}")
+    cls: Any = found
     with _quiet_libraries():
         if library == "diffusers":
             net, info = cls.from_pretrained(root, subfolder=sub, use_safetensors=True, output_loading_info=True,

@@ -51,9 +51,9 @@ class DiffusionModel:
     scheduler: Any             # a diffusers scheduler with alphas_cumprod
     path: str = ""
     train_config: dict = field(default_factory=dict)
-    vae: Optional[torch.nn.Module] = None
-    text_encoder: Optional[torch.nn.Module] = None
-    tokenizer: Optional[object] = None
+    vae: Any = None                      # diffusers AutoencoderKL (Any: dynamic configs), or None
+    text_encoder: Any = None             # transformers CLIPTextModel / T5EncoderModel, or None
+    tokenizer: Any = None
     lora: Optional[dict] = None          # {"path", "parameters", "keys"} of a loaded LoRA adapter
     _fingerprint: Optional[str] = None
     _warned_lr: bool = field(default=False, repr=False, compare=False)

@@ -6,6 +6,8 @@ import json
 import os
 import re
 
+from typing import Any
+
 import torch
 
 CLIP_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
@@ -81,35 +83,39 @@ def vae(channels: int = 1, latent_channels: int = 4, blocks=(16, 32), seed: int 
     from diffusers import AutoencoderKL
     torch.manual_seed(seed)
     n = len(blocks)
-    return AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=latent_channels,
+    net: Any = AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=latent_channels,
                          block_out_channels=tuple(blocks), down_block_types=("DownEncoderBlock2D",) * n,
                          up_block_types=("UpDecoderBlock2D",) * n, layers_per_block=1, norm_num_groups=8,
-                         sample_size=8 * 2 ** (n - 1), scaling_factor=1.0).eval()
+                         sample_size=8 * 2 ** (n - 1), scaling_factor=1.0)
+    return net.eval()
 
 
 def unet_condition(size: int = 8, channels: int = 4, cross_dim: int = 32, blocks=(32, 64), seed: int = 0):
     """A UNet2DConditionModel (cross-attention on text embeddings) in SD's layout, tiny."""
     from diffusers import UNet2DConditionModel
     torch.manual_seed(seed)
-    return UNet2DConditionModel(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+    net: Any = UNet2DConditionModel(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
                                 block_out_channels=tuple(blocks), norm_num_groups=8, cross_attention_dim=cross_dim,
                                 attention_head_dim=4,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    return net.eval()
 
 
 def dit(size: int = 8, channels: int = 1, num_classes: int = 4, learned_sigma: bool = True, seed: int = 0):
     from diffusers import DiTTransformer2DModel
     torch.manual_seed(seed)
-    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
+    net: Any = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
                                  out_channels=2 * channels if learned_sigma else channels, num_layers=2, sample_size=size,
-                                 patch_size=2, num_embeds_ada_norm=num_classes, norm_num_groups=1).eval()
+                                 patch_size=2, num_embeds_ada_norm=num_classes, norm_num_groups=1)
+    return net.eval()
 
 
 def pixart(size: int = 8, channels: int = 4, caption_channels: int = 32, learned_sigma: bool = True, seed: int = 0):
     from diffusers import PixArtTransformer2DModel
     torch.manual_seed(seed)
-    return PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
+    net: Any = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
                                     out_channels=2 * channels if learned_sigma else channels, num_layers=2,
                                     cross_attention_dim=16, sample_size=size, patch_size=2,
-                                    caption_channels=caption_channels, norm_num_groups=1).eval()
+                                    caption_channels=caption_channels, norm_num_groups=1)
+    return net.eval()
