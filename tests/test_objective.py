@@ -21,7 +21,7 @@ def _grad(lam=0.3, null=1.0, **changes):
     losses = torch.tensor(LOSSES, dtype=torch.float64, requires_grad=True)
     L, L_f, L_r = objective(losses, torch.tensor(IS_FORGET), null, Settings(lam=lam, **changes))
     L.backward()
-    return losses.grad.tolist(), float(L), float(L_f), float(L_r)
+    return losses.grad.tolist(), float(L.detach()), float(L_f.detach()), float(L_r.detach())
 
 
 def test_objective_gradient_retain_one_over_b_forget_minus_lambda_over_b_below_null_only():
