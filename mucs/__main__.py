@@ -526,8 +526,9 @@ def build_parser():
 
     try:  # the counterfactual evaluation lives in its own module
         from .evaluation.cli import add_parser as add_evaluate_parser
-    except ImportError:
+    except ImportError as e:   # still a command: running it is one error line naming what is missing
         add_evaluate_parser = None   # type: ignore[assignment]
+        _add_unavailable_evaluate(sub, e)
     if add_evaluate_parser is not None:
         add_evaluate_parser(sub)
         ev = sub.choices.get("evaluate")
@@ -576,6 +577,20 @@ def setup_logging(verbose: int = 0):
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     return undo
+
+
+def _add_unavailable_evaluate(sub, error: ImportError) -> None:
+    """`evaluate` when its module cannot be imported: it takes any arguments and exits 2 with an error
+    line naming the missing module, rather than disappearing from the CLI."""
+    missing = error.name or "a module it needs"
+
+    def unavailable(a):
+        raise MucsError(f"the evaluate command is unavailable: importing it failed on {missing} ({error}); "
+                        "install the project's requirements (pip install -r requirements.txt)")
+    ev = sub.add_parser("evaluate", help=f"(unavailable: {missing} failed to import)", add_help=False,
+                        prefix_chars="+")          # no options: every argument is taken as is
+    ev.add_argument("args", nargs="*")
+    ev.set_defaults(fn=unavailable)
 
 
 def main(argv=None):

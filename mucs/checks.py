@@ -5,7 +5,7 @@ import math
 import numbers
 import os
 import stat
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 
 import numpy as np
 
@@ -109,15 +109,16 @@ def _type_name(t) -> str:
             tuple: "a list of strings"}.get(t, getattr(t, "__name__", str(t)))
 
 
-def check_settings_dict(d, what: str = "settings") -> dict:
-    """Validate a user-supplied {setting: value} dictionary against mucs.settings.Settings: every key
-    must be a setting, every value of the setting's type (int, float, bool, str, list of str; null
-    only where the default is null) and finite. Returns a normalised copy (ints as float where a
-    float is expected, lists as tuples); raises MucsError naming the first bad key."""
-    from .settings import Settings, check_value
+def check_fields_dict(d, known_fields, what: str = "settings", check_value=None) -> dict:
+    """Validate a user-supplied {setting: value} dictionary against dataclass fields (the Settings
+    fields: mucs.settings.check_settings_dict; this module knows no Settings, so settings may import
+    it): every key must be a field, every value of the field's type (int, float, bool, str, list of
+    str; null only where the default is null), finite and accepted by `check_value(name, value)` (the
+    settings' declared ranges). Returns a normalised copy (ints as float where a float is expected,
+    lists as tuples); raises MucsError naming the first bad key."""
     if not isinstance(d, dict):
         raise MucsError(f"{what} must be a JSON object of setting: value, got {type(d).__name__}")
-    known = {f.name: f for f in fields(Settings)}
+    known = {f.name: f for f in known_fields}
     out: dict = {}
     for key, value in d.items():
         if key not in known:
@@ -162,7 +163,8 @@ def check_settings_dict(d, what: str = "settings") -> dict:
                 raise MucsError(bad)
             value = tuple(value)
         try:
-            check_value(key, value)     # its range, where the setting is declared (mucs.settings.RANGES)
+            if check_value is not None:
+                check_value(key, value)     # its range, where the setting is declared (mucs.settings.RANGES)
         except MucsError as e:
             raise MucsError(f"{what}: {e}") from None
         out[key] = value
@@ -338,14 +340,17 @@ def available_host_memory():
 
 def available_device_memory(device):
     """Free bytes on a CUDA device (what torch could still allocate, its own cache included); None
-    for other devices."""
+    for other devices, and (with a warning naming the reason) when the CUDA runtime cannot tell."""
     if getattr(device, "type", str(device).split(":")[0]) != "cuda":
         return None
     import torch
     try:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    except Exception:
+    except Exception as e:   # a driver or runtime error: skip the device check, but say so
+        import logging
+        logging.getLogger("mucs").warning("could not read the free memory of %s (%s: %s): the GPU memory check "
+                                          "is skipped", device, type(e).__name__, e)
         return None
 
 

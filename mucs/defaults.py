@@ -98,7 +98,8 @@ FAST = dict(batch_size=50, lr_factor=2.5, screen_noises=2, screen_keep=50)
 
 def settings_for(model_path: str, profile: str = "recommended", **overrides) -> Settings:
     """The settings of a profile (see PROFILES) for a model folder, then explicit overrides."""
-    from .checks import check_settings_dict, read_json_object
+    from .checks import read_json_object
+    from .settings import check_settings_dict
     from .errors import MucsError
     if profile not in PROFILES:
         raise MucsError(f"unknown settings profile {profile!r}: choose one of {', '.join(PROFILES)}")

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_settings_dict, npz_headers, read_json
+from .checks import npz_headers, read_json
+from .settings import check_settings_dict
 from .errors import MucsError
 
 MAX_QUERY_PIXELS = 4096 * 4096     # a run's query.png is the model-sized query: far below this

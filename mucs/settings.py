@@ -3,12 +3,15 @@
 This module is the single source of truth for settings: the `mucs attribute` options are built
 from the `Settings` fields and the help texts in `HELP` (see `add_cli_options`), `--settings` JSON
 and a model folder's `mucs_settings.json` are checked against the same fields
-(mucs.checks.check_settings_dict), and `APP_EXCLUDED` names the fields the app does not show as a
+(check_settings_dict, below), and `APP_EXCLUDED` names the fields the app does not show as a
 widget (tests/test_settings_source.py checks that the app covers every other one)."""
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass, fields
+
+from .checks import check_fields_dict, read_json_object
+from .errors import MucsError
 
 log = logging.getLogger("mucs")
 LOSS_WEIGHTINGS = ("none", "edm")
@@ -93,8 +96,15 @@ class Settings:
         return cls(**kw)
 
     def replace(self, **changes) -> "Settings":
+        """A copy with each of `changes` applied as given. None is a value, not "keep": it resets a field
+        whose default is None (`lr`: the model's training lr ÷ lr_factor) and is a MucsError for any other;
+        a caller that means "keep the current value" leaves the key out."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for k, v in changes.items():
+            if v is None and k in defaults and defaults[k] is not None:
+                raise MucsError(f"setting {k} cannot be None (leave it out to keep its value)")
         d = self.to_dict()
-        d.update({k: v for k, v in changes.items() if v is not None})
+        d.update(changes)
         return Settings.from_dict(d)
 
     def validate(self) -> "Settings":
@@ -110,7 +120,7 @@ class Settings:
 INF = float("inf")
 LR_RANGE = (1e-8, 10.0)   # a learning rate below this changes no fp32 weight; above, AdamW diverges at once
 # The range of every number setting, declared once: (low, high, low included, high included).
-# Settings.validate and mucs.checks.check_settings_dict (so --settings, every flag, mucs_settings.json
+# Settings.validate and check_settings_dict (below) (so --settings, every flag, mucs_settings.json
 # and the app's settings) check each value against it before anything is loaded or computed.
 RANGES = {
     "noises": (1, INF, True, False), "noise_fraction": (0, 1, False, True), "rho": (0, 100, False, True),
@@ -149,6 +159,13 @@ def check_value(name: str, value) -> None:
     if not ((value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)):
         raise MucsError(f"setting {name} must be {range_text(name)}, got {value:g}")
 
+
+def check_settings_dict(d, what: str = "settings") -> dict:
+    """Validate a user-supplied {setting: value} dictionary (a --settings JSON, mucs_settings.json, the
+    app's and the HTTP API's overrides) against the Settings fields (mucs.checks.check_fields_dict):
+    every key a setting, every value of its type and finite. Returns a normalised copy; raises
+    MucsError naming the first bad key."""
+    return check_fields_dict(d, fields(Settings), what, check_value)
 
 # --- the command line, built from the fields above ------------------------------------------------
 # One help text per field (tests/test_settings_source.py fails when a field has none).
@@ -271,7 +288,6 @@ def add_cli_options(parser, group_title: str = "MUCS settings (mucs.Settings; de
 def cli_overrides(args) -> dict:
     """The settings given on a command line built by `add_cli_options`: `--settings` first, then
     the flags; checked like mucs_settings.json (unknown keys and wrong types are one MucsError)."""
-    from .checks import check_settings_dict
     out = {}
     text = getattr(args, "settings_json", None)
     if text:
@@ -289,8 +305,6 @@ def cli_overrides(args) -> dict:
 def load_settings_json(text: str, what: str = "--settings") -> dict:
     """Settings from a JSON object given inline or as a path to a JSON file (a {"settings": {...}}
     wrapper, as in mucs_settings.json, is accepted), checked against the fields."""
-    from .checks import check_settings_dict, read_json_object
-    from .errors import MucsError
     if os.path.isfile(text):
         d = read_json_object(text, "a JSON object of setting: value")
         where = f"{what} {text}"

@@ -18,7 +18,8 @@ from PIL import Image
 from mucs.__main__ import main
 from mucs.cache import (MARKER, atomic_write_dir, check_out_dir, check_writable_dir, folder_kind, load_arrays,
                         recover_dir, save_arrays, save_arrays_best_effort)
-from mucs.checks import check_settings_dict, dumps_strict, require_finite
+from mucs.checks import dumps_strict, require_finite
+from mucs.settings import check_settings_dict
 from mucs.errors import MucsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

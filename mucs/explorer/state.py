@@ -131,7 +131,7 @@ class Explorer(BatchOps):
         self.data = load_dataset(data_path, image_column=image_column, label_column=label_column,
                                  caption_column=caption_column)
         self.data.check_matches(self.model)
-        from ..checks import check_settings_dict
+        from ..settings import check_settings_dict
         # the settings profile (recommended, fast or paper; mucs.defaults.PROFILES), then the app's --settings
         self.profile = profile
         self.settings = settings_for(self.model.path or model_path, profile,   # a Hub id: its snapshot folder
@@ -205,7 +205,7 @@ class Explorer(BatchOps):
         mucs.Settings values by field name; a missing (or null) field keeps the model's recommended
         value. An unknown field, a value of the wrong type, a field that is not a per-run choice
         (USER_SETTINGS), settings over the app's limits or too big for memory: one MucsError."""
-        from ..checks import check_settings_dict
+        from ..settings import check_settings_dict
         if isinstance(overrides, dict):
             overrides = {k: v for k, v in overrides.items() if v is not None}
         ov_ = check_settings_dict({} if overrides is None else overrides, what="settings")

@@ -2,6 +2,7 @@
 gradient ascent while it keeps fitting the training data."""
 import copy
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -34,6 +35,26 @@ def forget_loss(losses: torch.Tensor, loss_null: float, bounded: bool = True) ->
     return forget_terms(losses, loss_null, bounded).mean()
 
 
+def objective(losses: torch.Tensor, is_forget: torch.Tensor, loss_null: float, s: Settings,
+              batch: Optional[int] = None) -> tuple:
+    """Step 3's objective, the one the unlearning loop differentiates: (L, L_f, L_r) with
+    L_f = (1/B)·Σ_forget min(ℓ, L_null) (ℓ unbounded when `s.bounded` is off), L_r = (1/B)·Σ_retain ℓ
+    (0 when `s.retain` is off) and L = L_r − λ·L_f, λ = `s.lam`.
+
+    `losses` are per-item losses, `is_forget` marks the forget items. B is the forget (and retain) batch
+    size: `batch`, by default the number of forget items. A micro-batch passes the whole step's B, so the
+    chunks' terms add up to the step's. So ∂L/∂ℓ is 1/B for a retain item and −λ/B for a forget item
+    below L_null, 0 above it. L_f and L_r come back in float64 (what the stop rule and the curve read),
+    L in the losses' dtype."""
+    B = int(is_forget.sum()) if batch is None else int(batch)
+    if B < 1:
+        raise ValueError("the objective needs a batch size B ≥ 1")
+    sum_f = forget_terms(losses[is_forget], loss_null, s.bounded).sum()
+    sum_r = losses[~is_forget].sum() if s.retain else losses.new_zeros(())
+    L = (sum_r - s.lam * sum_f) / B        # one term per item, so micro-batches add up
+    return L, sum_f.double() / B, sum_r.double() / B
+
+
 def _one_batch(forget, retain):
     """The step's items as one (x, cond, t, ε, is_forget) batch: the forget and retain batches share a
     forward, which runs faster than two halves and gives each item the same loss (eval mode; GroupNorm
@@ -49,12 +70,6 @@ def _one_batch(forget, retain):
 
 def _slices(n: int, chunk):
     return [slice(0, n)] if not chunk else [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
-
-
-def _sums(losses: torch.Tensor, is_forget: torch.Tensor, loss_null: float, bounded: bool):
-    """Σ min(ℓ, L_null) over the forget items (Σ ℓ when unbounded) and Σ ℓ over the retain items: the
-    objective is a sum of per-item terms, so micro-batches add up to the whole batch's gradient."""
-    return forget_terms(losses[is_forget], loss_null, bounded).sum(), losses[~is_forget].sum()
 
 
 def should_stop(loss_f: float, loss_null: float, tol: float) -> bool:
@@ -128,17 +143,15 @@ def unlearn(model, data, query_x: torch.Tensor, query_cond, loss_null: float, s:
             retain = (inputs.x0(idx).to(dev), cond_to(inputs.cond(idx), dev), t_r, eps_r)
         may_step = step < s.max_steps
         opt.zero_grad(set_to_none=True)
-        sum_f, sum_r = 0.0, 0.0
+        lf, lr_ = 0.0, 0.0
         x, yy, t, eps, is_f = _one_batch(forget, retain)
         for sl in _slices(len(x), chunk):
             losses = per_item_loss(model.predictor(unet), ac, model.prediction_type, x[sl], cond_index(yy, sl), t[sl],
                                    eps[sl], s.loss_weighting, s.sigma_data)
-            lf_sum, lr_sum = _sums(losses, is_f[sl], loss_null, s.bounded)
-            sum_f, sum_r = sum_f + float(lf_sum.detach()), sum_r + float(lr_sum.detach())
-            objective = (lr_sum - s.lam * lf_sum) / B      # L = L_r − λ·L_f, one term per item
+            L, L_f, L_r = objective(losses, is_f[sl], loss_null, s, batch=B)
+            lf, lr_ = lf + float(L_f.detach()), lr_ + float(L_r.detach())
             if chunk is not None and may_step:
-                objective.backward()         # micro-batch: accumulate now, free its activations
-        lf, lr_ = sum_f / B, sum_r / B
+                L.backward()                 # micro-batch: accumulate now, free its activations
         curve.append(dict(step=step, loss_f=lf, loss_r=lr_))
         if report is not None:
             report("unlearning", min(1.0, lf / ((1 - s.tol) * loss_null)) if loss_null > 0 else 1.0,
@@ -149,7 +162,7 @@ def unlearn(model, data, query_x: torch.Tensor, query_cond, loss_null: float, s:
         if not may_step:
             break
         if chunk is None:
-            objective.backward()             # whole batch: one backward, after the stop check
+            L.backward()                     # whole batch: one backward, after the stop check
         opt.step()
         step += 1
     for p in unet.parameters():
