@@ -536,7 +536,7 @@ def build_parser():
             ev.add_argument("--force", action="store_true",
                             help="replace an existing --out even when it is not an evaluate results JSON")
             ev.set_defaults(fn=_guard_evaluate_out(ev.get_default("fn")))
-    from .explorer.report import add_parser as add_report_parser   # python -m mucs report RUN_DIR --out report.html
+    from .explorer.report_command import add_parser as add_report_parser   # python -m mucs report RUN_DIR --out report.html
     add_report_parser(sub)
     return ap
 
