@@ -137,7 +137,7 @@ def test_missing_class_and_missing_query_are_refused(env):
         list(fns["attribute"].fn(None, 1, ATTR, request=request()))
     with pytest.raises(gr.Error, match="out of range"):
         list(fns["attribute"].fn(q, 9, ATTR, request=request()))
-    with pytest.raises(gr.Error, match="top-k"):
+    with pytest.raises(gr.Error, match="top_k must be ≥ 1"):
         list(fns["attribute"].fn(q, 1, dict(ATTR, top_k=0), request=request()))
     with pytest.raises(gr.Error, match="choose a class"):
         fns["generate"].fn(None, 0, 1, 5, request=request())

@@ -48,7 +48,7 @@ def test_ranks_by_scipy_equal_the_hand_written_ones_bit_for_bit():
 def test_components_and_unknown_methods():
     assert baselines.components("mucs+pixel_nn") == ["mucs", "pixel_nn"]
     with pytest.raises(MucsError):
-        baselines.components("dtrak")
+        baselines.components("dtrack")
     with pytest.raises(MucsError):
         baselines.components("mucs+mucs")
     assert {"mucs", "mucs_plain_ga", "mucs_unnormalised", "mucs_fresh_noise", "random", "pixel_nn",
@@ -75,7 +75,7 @@ def test_ablations_pass_their_settings(ctx, monkeypatch):
     seen = []
 
     class Fake:
-        def attribute(self, query, label, settings=None):
+        def attribute(self, query, label, settings=None, prompt=None):
             seen.append(settings)
             from types import SimpleNamespace
             return SimpleNamespace(scores=np.arange(len(ctx.data), dtype=float), steps=1, converged=True)

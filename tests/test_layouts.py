@@ -159,7 +159,7 @@ def test_missing_training_lr_warns_once_and_train_lr_sets_it(tmp_path, caplog):
         assert m.learning_rate is None and m.learning_rate is None
     assert caplog.text.count("--train-lr") == 1
     assert load_model(folder, "cpu", train_lr=2e-4).learning_rate == 2e-4
-    with pytest.raises(MucsError, match="positive"):
+    with pytest.raises(MucsError, match=r"--train-lr must be in \[1e-08, 10\]"):
         load_model(folder, "cpu", train_lr=0.0)
 
 
