@@ -27,6 +27,12 @@ class BatchUpdate:
     record: Optional[dict] = None      # the final collection record
 
 
+# The methods a collection's agreement figure compares. Not D-TRAK or AbU: opening a collection would
+# run AbU's unlearning for every generation and D-TRAK's one-off gradient pass (minutes each on a CPU);
+# a run's methods-side-by-side view shows them one query at a time.
+AGREEMENT_METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
+
+
 class BatchOps:
     """Batch attribution and collections; mixed into Explorer (uses its model, data, attributor,
     store, settings and class names)."""
@@ -229,10 +235,9 @@ class BatchOps:
             an = analysis.analyse(run_ids, atts, names, len(self.data), self.data.labels, self.class_names)
             agree = None
             if with_agreement:
-                from .compare import METHODS
                 with self._baseline_lock:
-                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, METHODS, len(self.data),
-                                               self.data.labels, self.class_names)
+                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, AGREEMENT_METHODS,
+                                               len(self.data), self.data.labels, self.class_names)
             self._coll_memo = memo = (key, an, agree)
         _, an, agree = memo
         html = figs.page(an, agree, self.data.images, self.class_name, prefix=f"coll-{_safe(coll_id)}")
