@@ -395,7 +395,7 @@ def build(ex: Explorer) -> gr.Blocks:
             gr.Markdown(texts.METHOD)
         gen_state = gr.State([])
         query_state = gr.State(None)
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:   # a phone: every view reachable
             with gr.Tab("Query & attribute", id="query", elem_id="tab-query"):
                 with gr.Row():
                     with gr.Column(scale=3):

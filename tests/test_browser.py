@@ -38,7 +38,7 @@ from mucs.explorer import Explorer  # noqa: E402
 FAST = dict(noises=16, batch_size=32, null_batches=10, null_batch_size=32, max_steps=8, top_k=5)
 DEFAULT_FAST = dict(noises=16, null_batches=20, batch_size=50, max_steps=30, top_k=10)
 LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]"}
-TABS = ("Query & attribute", "Results", "History & overlap")
+TABS = ("Query & attribute", "Results", "Batch & collections", "History & overlap")
 
 
 def free_port():
@@ -178,7 +178,8 @@ def test_browser_flow(served, tmp_path):
             page.locator("#methods-btn").click()
             page.locator("#methods-grid img").first.wait_for()
             k = len(att.top)
-            assert page.locator("#methods-grid img").count() == 4 * k + 1
+            from mucs.explorer.compare import METHODS     # every method scores this pixel class model
+            assert page.locator("#methods-grid img").count() == len(METHODS) * k + 1
             sync_api.expect(page.locator("#methods-text")).to_contain_text("Shared with MUCS")
             page.locator("#plot-methods .js-plotly-plot").first.wait_for()
             shot(page, "08-methods-side-by-side.png", page.locator("#methods-panel"))
