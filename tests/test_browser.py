@@ -10,6 +10,7 @@ DEFAULT_FAST, or $MUCS_BROWSER_SETTINGS as JSON, so that it takes minutes on a C
 example runs appear in its history); otherwise a tiny model is used.
 """
 import json
+import math
 import os
 import re
 import socket
@@ -311,7 +312,11 @@ def test_browser_batch_cancel_and_collection(served):
             # a click on a point of the map opens that run on Results
             point = page.locator("#collection-figures figure[id$='-map'] [data-run]").first
             run_id = point.get_attribute("data-run")
-            point.click()
+            circle = point.locator("circle")           # drawn where it can be seen: finite coordinates
+            assert all(math.isfinite(float(circle.get_attribute(a))) for a in ("cx", "cy"))
+            # a DOM click on the point (the page's delegated handler); a pointer click timed out under a
+            # loaded CI while the panel was still settling after Open
+            point.dispatch_event("click")
             page.locator("#topk-gallery img").first.wait_for()
             sync_api.expect(page.locator("#run-id textarea, #run-id input").first).to_have_value(run_id)
         finally:
