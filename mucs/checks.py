@@ -54,6 +54,16 @@ def _first_non_finite(obj, path="$"):
     return None
 
 
+def json_default(o):
+    """json.dumps' `default` for results: numpy scalars and arrays as plain numbers and lists, anything
+    else as its text."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def dumps_strict(obj, what: str = "JSON", **kw) -> str:
     """json.dumps(obj, allow_nan=False, **kw); a NaN/inf raises MucsError naming where it is."""
     try:

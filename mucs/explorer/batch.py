@@ -7,9 +7,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from ..checks import json_default
 from ..errors import MucsError
 from ..progress import BatchOverall, BatchProgress
 from . import collection as coll
+from .history import safe_name
 
 MAX_BATCH = 64          # the most items one batch may ask for in the app
 
@@ -240,7 +242,7 @@ class BatchOps:
                                                len(self.data), self.data.labels, self.class_names)
             self._coll_memo = memo = (key, an, agree)
         _, an, agree = memo
-        html = figs.page(an, agree, self.data.images, self.class_name, prefix=f"coll-{_safe(coll_id)}")
+        html = figs.page(an, agree, self.data.images, self.class_name, prefix=f"coll-{safe_name(coll_id)}")
         return dict(id=coll_id, record=rec, run_ids=run_ids, names=names, analysis=an, agreement=agree, html=html,
                     summary=collection_summary(rec, an, agree, self.class_name))
 
@@ -255,10 +257,10 @@ class BatchOps:
         if fmt not in ("csv", "json"):
             raise MucsError(f"export format must be csv or json, got {fmt!r}")
         o = self.open_collection(coll_id)
-        base = os.path.join(self.downloads_dir(), f"mucs-collection-{_safe(coll_id)}-analyses")
+        base = os.path.join(self.downloads_dir(), f"mucs-collection-{safe_name(coll_id)}-analyses")
         if fmt == "json":
             body = dict(collection=o["record"], analyses=analysis.json_parts(o["analysis"], o["agreement"]))
-            atomic_write(base + ".json", json.dumps(body, indent=1, allow_nan=False, default=_plain).encode())
+            atomic_write(base + ".json", json.dumps(body, indent=1, allow_nan=False, default=json_default).encode())
             return base + ".json"
         tmp = base + ".zip.part"
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
@@ -302,19 +304,6 @@ def collection_summary(rec: dict, an: dict, agree, class_name=str) -> str:
     if failed:
         lines.append("⚠️ Failed: " + "; ".join(f"{it['name']}: {it.get('error')}" for it in failed[:3]))
     return "  \n".join(lines)
-
-
-def _safe(coll_id: str) -> str:
-    return str(coll_id).replace(":", "-").replace("/", "-")
-
-
-def _plain(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _asked(items) -> dict:

@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from ..cache import MARKER, atomic_write, check_out_dir, folder_kind, marker_bytes
-from ..checks import dumps_strict
+from ..checks import dumps_strict, json_default
 from ..defaults import shown_path
 from ..errors import Cancelled, MucsError
 from ..progress import ProgressEvent
@@ -158,7 +158,7 @@ def new_record(coll_id: str, items: Sequence[BatchItem], asked: dict, settings: 
 
 def save_record(folder: str, record: dict) -> None:
     atomic_write(os.path.join(folder, COLLECTION_FILE),
-                 dumps_strict(record, "collection.json", indent=1, default=_json_default).encode())
+                 dumps_strict(record, "collection.json", indent=1, default=json_default).encode())
 
 
 def load_record(folder: str) -> dict:
@@ -382,14 +382,6 @@ class CollectionStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return dest
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def load_members(folder: str) -> tuple:

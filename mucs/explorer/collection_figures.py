@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..checks import json_default
 from . import svg
 from .analysis import json_parts, tables, to_csv
 from .compare import png_uri
@@ -144,7 +145,7 @@ def blocks(an: dict, agree: Optional[dict], images, class_name: Callable = lambd
         else:
             body = ch[key]
         header, rows = tab[key]
-        as_json = json.dumps(js[key], indent=1, allow_nan=False, default=_plain)
+        as_json = json.dumps(js[key], indent=1, allow_nan=False, default=json_default)
         links = (f"<div class='dl'>Data: <a download='{prefix}-{key}.csv' href='{data_uri(to_csv(header, rows), 'text/csv')}'>"
                  f"CSV</a><a download='{prefix}-{key}.json' href='{data_uri(as_json, 'application/json')}'>JSON</a></div>")
         wide = " wide" if key in ("recurring", "agreement") else ""
@@ -157,11 +158,3 @@ def page(an: dict, agree: Optional[dict], images, class_name: Callable = lambda 
     """Every block in one HTML fragment (with its CSS)."""
     b = blocks(an, agree, images, class_name, prefix)
     return CSS + "<div class='mucs-coll'>" + "".join(b[k] for k in ORDER if k in b) + "</div>"
-
-
-def _plain(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

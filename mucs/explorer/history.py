@@ -17,11 +17,10 @@ import uuid
 from datetime import datetime, timezone
 from typing import List, Optional
 
-import numpy as np
 
 from ..method.attribute import Attribution
 from ..cache import atomic_write, atomic_write_dir, check_writable_dir, recover_moved_aside, write_tree
-from ..checks import dumps_strict
+from ..checks import dumps_strict, json_default
 from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from ..errors import MucsError
 from ..runfiles import read_meta, read_result
@@ -79,7 +78,7 @@ def run_meta(att: Attribution, run_id: str, meta: Optional[dict] = None, now: Op
 
 
 def _meta_bytes(m: dict) -> bytes:
-    return dumps_strict(m, "the run's meta.json", indent=1, default=_json_default).encode()
+    return dumps_strict(m, "the run's meta.json", indent=1, default=json_default).encode()
 
 
 def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: bool = False,
@@ -276,7 +275,7 @@ class RunStore:
         path = os.path.join(out_dir, f"mucs-{safe_name(run_id)}.{fmt}")
         if fmt == "json":
             data = dict(meta=meta, result=att.result_json(), items=att.items_json(class_names))
-            atomic_write(path, dumps_strict(data, "the JSON export", indent=1, default=_json_default).encode())
+            atomic_write(path, dumps_strict(data, "the JSON export", indent=1, default=json_default).encode())
         else:
             atomic_write(path, att.scores_csv(class_names).encode())
         return path
@@ -285,11 +284,3 @@ class RunStore:
 def safe_name(run_id: str) -> str:
     """A run or collection id as part of a file name (no ':' or '/')."""
     return str(run_id).replace(":", "-").replace("/", "-")
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
