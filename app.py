@@ -291,9 +291,10 @@ def build(ex: Explorer) -> gr.Blocks:
                 class_plot: plots.class_breakdown(att.top, att.labels, ex.class_names, att.query.get("label"))}
 
     def result_outputs(run_id, att=None):
-        """A run's results (`att`, or the stored run, its view computed once per version of its files)."""
-        view = run_view(run_id, att) if att is not None else views.get(
-            (run_id, ex.store.stamp(run_id)), lambda: run_view(run_id, ex.store.load(run_id)))
+        """A stored run's results (`att`: the run as loaded or just saved), its view computed once per
+        version of its files: opening a run again, or the run an attribution just showed, computes nothing."""
+        view = views.get((run_id, ex.store.stamp(run_id)),
+                         lambda: run_view(run_id, att if att is not None else ex.store.load(run_id)))
         return {run_box: run_id, **view, results_empty: gr.update(visible=False),
                 why_text: WHY_START, why_plot: EMPTY_WHY, why_hist: EMPTY_WHY_HIST, why_neighbours: [],
                 methods_text: METHODS_START, methods_html: "", methods_plot: EMPTY_METHODS}

@@ -11,17 +11,16 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 from typing import Iterable, Optional
 
 import numpy as np
 
 from .errors import MucsError
+from .leftovers import OWNER_RE, STALE_SECONDS, abandoned, owner_tag
 
 log = logging.getLogger("mucs")
 
 MARKER = ".mucs"          # {"mucs": kind, ...} in every folder we write: how we recognise our own
-STALE_SECONDS = 3600.0    # staging leftovers older than this are a crash's, not a writer's at work
 _RAND = r"[a-z0-9_]{8}"   # tempfile's random part
 
 
@@ -34,7 +33,7 @@ def atomic_write(path: str, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp{owner_tag()}-", suffix=os.path.basename(path))
     try:
         os.chmod(tmp, 0o644)   # mkstemp makes 0600 files; results and caches are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -50,8 +49,8 @@ def atomic_write(path: str, data: bytes) -> None:
 
 
 def _drop_stale_file_temps(folder: str, base: str) -> None:
-    """Remove `.tmp-XXXXXXXX<base>` files that a killed atomic_write left behind (only old ones)."""
-    pat = re.compile(r"\.tmp-" + _RAND + re.escape(base) + "$")
+    """Remove `.tmp[~owner]-XXXXXXXX<base>` files that a killed atomic_write left behind (mucs.leftovers)."""
+    pat = re.compile(r"\.tmp(?:" + OWNER_RE + ")?-" + _RAND + re.escape(base) + "$")
     try:
         names = [n for n in os.listdir(folder) if pat.match(n)]
     except OSError:
@@ -60,7 +59,7 @@ def _drop_stale_file_temps(folder: str, base: str) -> None:
         p = os.path.join(folder, n)
         with contextlib.suppress(OSError):
             st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_SECONDS:
+            if stat.S_ISREG(st.st_mode) and abandoned(p):
                 os.unlink(p)
 
 
@@ -319,7 +318,7 @@ def _staging(path: str, which: str) -> str:
 
 def _leftovers(path: str, which: str) -> list:
     parent = os.path.dirname(os.path.abspath(path))
-    pat = re.compile(re.escape(_staging(path, which)) + _RAND + "$")
+    pat = re.compile(re.escape(_staging(path, which)) + _RAND + "(?:" + OWNER_RE + ")?$")
     try:
         return [os.path.join(parent, n) for n in os.listdir(parent) if pat.match(n)]
     except OSError:
@@ -403,9 +402,14 @@ def recover_dir(path: str, stale_seconds: float = STALE_SECONDS) -> None:
 
 def recover_for_reading(path: str) -> None:
     """What a reader does first: a folder that an interrupted swap left moved aside (`path` missing,
-    its old copy in .old-<name>-*/x) is moved back, as the next writer would. Never raises: a folder
-    this process cannot write is left for a writer."""
-    if os.path.lexists(path) or not _leftovers(path, "old"):
+    its old copy in .old-<name>-*/x) is moved back, as the next writer would, and leftovers of a writer
+    that is gone are removed (mucs.leftovers). Never raises: a folder this process cannot write is left
+    for a writer."""
+    olds = _leftovers(path, "old")
+    if os.path.lexists(path):
+        if not any(abandoned(p) for p in olds + _leftovers(path, "tmp")):
+            return   # in place, and no leftover of a writer that is gone
+    elif not olds:
         return
     try:
         recover_dir(path)
@@ -414,8 +418,8 @@ def recover_for_reading(path: str) -> None:
 
 
 def recover_moved_aside(folder: str) -> None:
-    """recover_for_reading for every entry of `folder` that an interrupted swap left moved aside."""
-    pat = re.compile(r"\.old-(.+)-" + _RAND + "$")
+    """recover_for_reading for every entry of `folder` that an interrupted swap left moved aside or staged."""
+    pat = re.compile(r"\.(?:old|tmp)-(.+)-" + _RAND + "(?:" + OWNER_RE + ")?$")
     try:
         names = os.listdir(folder)
     except OSError:
@@ -437,7 +441,7 @@ def _recover_locked(path: str, stale_seconds: float) -> None:
             continue   # a kept file could not be moved back: leave the folder for the next try
         shutil.rmtree(old, ignore_errors=True)
     for tmp in _leftovers(path, "tmp"):
-        if time.time() - _mtime(tmp) > stale_seconds:
+        if abandoned(tmp, stale_seconds):   # its writer is gone (or unknown, and it is old)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -477,7 +481,7 @@ def staging_dir(path: str) -> str:
     """A new empty folder beside `path` to build its next content in (for move_dir_into_place)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "tmp"))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "tmp"), suffix=owner_tag())
     os.chmod(tmp, 0o755)
     return tmp
 
@@ -518,7 +522,7 @@ def move_dir_into_place(tmp: str, path: str, kind: Optional[str] = None, force: 
             kept = _kept_entries(path, kind, force, "output folder", os.listdir(tmp)) if kind else []
             if not kind and (not os.path.isdir(path) or os.path.islink(path)):
                 raise MucsError(f"refusing to replace {path}: it is not a folder")
-            old = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "old"))
+            old = tempfile.mkdtemp(dir=parent, prefix=_staging(path, "old"), suffix=owner_tag())
             if kept:
                 with open(os.path.join(old, KEEP), "w") as f:
                     json.dump(kept, f)

@@ -438,7 +438,18 @@ def test_files_are_served_whole_while_runs_are_opened_and_rewritten(served):
     rewrote a gallery image in place for each request showing it, and measured a file by its path before
     opening it again, so a client got a truncated or overlong body, or none between a rewrite's renames.)"""
     import dataclasses
+
+    from gradio import processing_utils
+    from PIL import Image
+
     from mucs.explorer.history import write_run
+    # Gradio's image writer (every gallery and image output) leaves a file it already wrote alone
+    image, cache = Image.new("L", (8, 8), 7), str(served["root"] / "gradio-cache")
+    first = processing_utils.save_pil_to_cache(image, cache, format="png")
+    st = os.stat(first)
+    time.sleep(0.02)
+    assert processing_utils.save_pil_to_cache(image, cache, format="png") == first
+    assert (os.stat(first).st_ino, os.stat(first).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     port, ex = served["port"], served["ex"]
     _, cookie = login(port)
     rids = [fake_run(ex, 40 + i) for i in range(3)]

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from datetime import datetime, timezone
 from typing import List, Optional
@@ -24,6 +23,7 @@ from ..cache import (atomic_write, atomic_write_dir, check_writable_dir, recover
 from ..checks import dumps_strict, json_default
 from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from ..errors import MucsError
+from ..leftovers import STALE_SECONDS, abandoned, clean_tempdir, owner_tag
 from ..runfiles import read_meta, read_result
 
 META = "meta.json"
@@ -90,6 +90,7 @@ def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: b
     files (mucs.cache.check_out_dir). Returns the absolute path."""
     path = os.path.abspath(path)
     files = run_files(att, os.path.basename(path), meta, class_names)
+    clean_tempdir()   # staging folders of earlier versions' killed writers (mucs-run-*)
     atomic_write_dir(path, files, kind="run", force=force)
     return path
 
@@ -116,13 +117,19 @@ class RunStore:
         self._summaries: dict = {}   # run folder -> (file stamps, (meta, settings)): see _summary
         self._clean_stale()
 
-    def _clean_stale(self, older_than: float = 3600.0) -> None:
-        """Drop staging folders left by a crash (hidden, so never listed)."""
-        now = time.time()
-        for name in os.listdir(self.root):
+    def _clean_stale(self, older_than: float = STALE_SECONDS) -> None:
+        """Drop staging folders left by a crash (hidden, so never listed): at once when their writer is
+        gone, after `older_than` seconds when it is unknown (mucs.leftovers); and this project's
+        abandoned staging folders in $TMPDIR."""
+        try:
+            names = [n for n in os.listdir(self.root) if n.startswith(".staging-")]
+        except OSError:
+            names = []
+        for name in names:
             p = os.path.join(self.root, name)
-            if name.startswith(".staging-") and os.path.isdir(p) and now - os.path.getmtime(p) > older_than:
+            if os.path.isdir(p) and not os.path.islink(p) and abandoned(p, older_than):
                 shutil.rmtree(p, ignore_errors=True)
+        clean_tempdir()
 
     # --- paths ---------------------------------------------------------------------------------
     def path(self, run_id: str) -> str:
@@ -164,7 +171,8 @@ class RunStore:
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         files = run_files(att, run_id, meta, class_names, now)
-        staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
+        self._clean_stale()
+        staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-", suffix=owner_tag())
         try:
             inner = os.path.join(staging, "run")
             write_tree(inner, files, kind="run")
@@ -177,7 +185,7 @@ class RunStore:
         if self.is_example(run_id):
             raise MucsError("example runs are read-only")
         p = self.path(run_id)
-        trash = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
+        trash = tempfile.mkdtemp(dir=self.root, prefix=".staging-", suffix=owner_tag())
         os.rename(p, os.path.join(trash, "x"))   # disappears at once, then is removed
         shutil.rmtree(trash, ignore_errors=True)
 

@@ -20,6 +20,7 @@ from ..method.attribute import Attribution, Attributor
 from ..sources.data import QueryImage, load_dataset, load_query_image, to_model_range
 from ..defaults import cache_dir_for, settings_for
 from ..errors import Cancelled, MucsError
+from ..leftovers import owner_tag
 from ..sources.generate import generate
 from .batch import BatchOps
 from .history import RunStore
@@ -662,7 +663,8 @@ class Explorer(BatchOps):
     def downloads_dir(self) -> str:
         """This session's folder for downloadable files (a file per run and format, replaced atomically)."""
         if self._downloads is None or not os.path.isdir(self._downloads):
-            self._downloads = tempfile.mkdtemp(prefix="mucs-downloads-")
+            # tagged with this process: once it is gone, the next app or run write removes it (mucs.leftovers)
+            self._downloads = tempfile.mkdtemp(prefix="mucs-downloads-", suffix=owner_tag())
         return self._downloads
 
     def export_file(self, run_id: str, fmt: str) -> str:
