@@ -642,6 +642,9 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
                                         "per image)", visible=conditional, elem_id="batch-classes", scale=3)
             seeds = gr.Textbox("0-7", label="Seeds (e.g. 0-15 or 0,3,7)", elem_id="batch-seeds", scale=1)
             steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)", elem_id="batch-steps", scale=2)
+        prompts = gr.Textbox("", lines=3, visible=ex.text, elem_id="batch-prompts",
+                             label="Prompts, one per line (generate: each prompt × each seed; uploads: the one "
+                                   "prompt the images were made with)")
         uploads = gr.File(label=f"Images to attribute (several; at most {MAX_IMAGE_BYTES // 2**20} MB each)",
                           file_count="multiple", file_types=IMAGE_TYPES, type="filepath", elem_id="batch-uploads",
                           visible=False)
@@ -665,7 +668,8 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
             dl_zip = gr.DownloadButton("Download the collection (zip)", value=None, interactive=False,
                                        elem_id="collection-download-zip", scale=1, size="md")
         figures = gr.HTML("", elem_id="collection-figures", js_on_load=MAP_JS, label="collection figures", show_label=False)
-    return SimpleNamespace(kind=kind, classes=classes, seeds=seeds, steps=steps, uploads=uploads, run_btn=run_btn,
+    return SimpleNamespace(kind=kind, classes=classes, seeds=seeds, steps=steps, uploads=uploads, prompts=prompts,
+                           run_btn=run_btn,
                            cancel_btn=cancel_btn, job_box=job_box, status=status, items=items, coll_box=coll_box,
                            summary=summary, data_fmt=data_fmt, dl_data=dl_data, dl_zip=dl_zip, figures=figures)
 
@@ -694,19 +698,20 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
                  r["run"] or ""] for n, r in enumerate(u.items)]
 
     @user_errors
-    def on_batch(kind_, labels, seeds_, steps_, files, settings=None, request: gr.Request = None):
+    def on_batch(kind_, labels, seeds_, steps_, files, settings=None, prompts_="", request: gr.Request = None):
         """Generate and attribute a batch as one collection: `kind` 'generate' (each of `labels` × each of
-        `seeds`, e.g. '0-15', sampled with `sampler_steps`) or 'upload' (the image files `uploads`, `labels`
-        one class for all or one per file); `settings` the same dict as /attribute. Streams the overall
-        progress and per-item status; the first update carries the job id (/cancel), the last the
-        collection id and its overlap analyses."""
+        `seeds`, e.g. '0-15', sampled with `sampler_steps`; a text model: each of `prompts`, one per line,
+        × each seed) or 'upload' (the image files `uploads`, `labels` one class for all or one per file; a
+        text model: the one prompt they were made with); `settings` the same dict as /attribute. Streams
+        the overall progress and per-item status; the first update carries the job id (/cancel), the last
+        the collection id and its overlap analyses."""
         st = ex.user_settings(settings)
         labels = labels if isinstance(labels, (list, tuple)) else ([] if labels in (None, "") else [labels])
         if kind_ == "upload":
             paths = [getattr(f, "name", f) for f in (files or [])]
-            batch = ex.batch_uploads(paths, labels if len(labels) != 1 else labels[0])
+            batch = ex.batch_uploads(paths, labels if len(labels) != 1 else labels[0], prompt=prompts_)
         elif kind_ in (None, "", "generate"):
-            batch = ex.batch_generated(labels, seeds_, int(steps_ or 50))
+            batch = ex.batch_generated(labels, seeds_, int(steps_ or 50), prompts=prompts_)
         else:
             raise MucsError(f"kind must be generate or upload, got {kind_!r}")
         # the app's per-request time limit applies per item
@@ -714,7 +719,8 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
         with ex.job(_session(request), limit=limit) as job:
             yield {status: f"**starting**: {len(batch)} items, job `{job.id}`", job_box: job.id,
                    items: gr.update(value=[[n + 1, it.name, it.source, ex.class_name(it.label) if it.label is not None
-                                            else "", "pending", "", "", ""] for n, it in enumerate(batch)],
+                                            else (it.prompt or ""), "pending", "", "", ""]
+                                           for n, it in enumerate(batch)],
                                     visible=True)}
             for u in ex.attribute_batch_stream(batch, st, job.event):
                 if u.record is None:
@@ -791,7 +797,7 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
                 show_progress="hidden")
     b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
                        api_visibility="private", show_progress="hidden").success(
-        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box],
+        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box, b.prompts],
         [status, items, job_box] + coll_outputs + lists + page.history_components, api_name="attribute_batch",
         concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
     b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)

@@ -29,11 +29,14 @@ def analyse(run_ids: Sequence[str], atts: Sequence, names: Sequence[str], n_item
     sets = [[int(i) for i in a.top] for a in atts]
     sizes = [len(s) for s in sets]
     g = len(sets)
-    labels = [a.query.get("label") for a in atts]
+    # a query's group: its class, or a text model's prompt (within/across pairs compare groups)
+    labels = [a.query.get("label") if a.query.get("label") is not None else a.query.get("prompt") for a in atts]
 
     def cname(y) -> str:
         if y is None:
             return ""
+        if isinstance(y, str):      # a prompt
+            return y
         return class_names[int(y)] if class_names and 0 <= int(y) < len(class_names) else str(y)
     out = dict(run_ids=list(run_ids), names=list(names), labels=labels, classes=[cname(y) for y in labels],
                sizes=sizes, count=g, n_items=int(n_items))
