@@ -262,7 +262,7 @@ def build(ex: Explorer) -> gr.Blocks:
         ex.check_run(att)
         tol = att.settings.get("tol")
         return {run_box: run_id, summary: ex.summary(att, run_id), results_empty: gr.update(visible=False),
-                results_body: gr.Column(visible=True),
+                results_body: gr.update(visible=True),
                 result_query: upscale(att.query_image, 192) if att.query_image is not None else None,
                 top_gallery: ex.top_gallery(att),
                 neighbour_gallery: ex.neighbours(att.query_image) if att.query_image is not None else [],

@@ -246,6 +246,7 @@ def test_report_of_a_collection_is_self_contained(batch, tmp_path, capsys):
     for key in ("coverage", "recurring", "concentration", "classes", "heatmap", "map", "agreement"):
         assert f"id='coll-{key}'" in text, key
     assert text.count("class='gen'") == 4
+    assert "AbU" not in text and "D-TRAK" not in text      # the cheap methods only (it ran AbU per generation)
     assert not re.findall(r"(?:src|href)=['\"](?:https?:)?//", text)      # nothing fetched from any host
     assert main(["report", folder, "--out", str(out)]) == 0                # its own report is replaced
 

@@ -14,6 +14,10 @@ from ..method import overlap as ov
 DRAWS = 200            # random top-k collections drawn for each band
 MAX_HEATMAP = 60       # the pairwise heatmap shows at most this many runs (the first ones in clustering order)
 RECURRING = 24         # images listed as recurring
+# The methods a collection's agreement figure compares (the app and `mucs report COLLECTION`). Not D-TRAK
+# or AbU: a collection would run AbU's unlearning for every generation and D-TRAK's one-off gradient pass
+# (minutes each on a CPU); a run's methods-side-by-side view shows them one query at a time.
+AGREEMENT_METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
 
 
 def band(values: np.ndarray, lo: float = 2.5, hi: float = 97.5) -> tuple:

@@ -29,10 +29,6 @@ class BatchUpdate:
     record: Optional[dict] = None      # the final collection record
 
 
-# The methods a collection's agreement figure compares. Not D-TRAK or AbU: opening a collection would
-# run AbU's unlearning for every generation and D-TRAK's one-off gradient pass (minutes each on a CPU);
-# a run's methods-side-by-side view shows them one query at a time.
-AGREEMENT_METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
 
 
 class BatchOps:
@@ -247,7 +243,7 @@ class BatchOps:
             agree = None
             if with_agreement:
                 with self._baseline_lock:
-                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, AGREEMENT_METHODS,
+                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, analysis.AGREEMENT_METHODS,
                                                len(self.data), self.data.labels, self.class_names)
             self._coll_memo = memo = (key, an, agree)
         _, an, agree = memo
