@@ -89,6 +89,8 @@ def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
     by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert type(by_id["download-data"]).__name__ == "DownloadButton"   # no empty File panel
     assert type(by_id["download-report"]).__name__ == "DownloadButton"
+    # sampler steps: the CLI's range (1-1000) for a query and for a batch alike
+    assert [(by_id[k].minimum, by_id[k].maximum) for k in ("gen-steps", "batch-steps")] == [(1, 1000)] * 2
     # a refused upload empties the file box: a failure-only follow-up writes None into it
     clear = fns["clear_upload"]
     assert clear.trigger_only_on_failure and [o._id for o in clear.outputs] == [by_id["upload-file"]._id]
@@ -186,12 +188,14 @@ def test_attribute_open_export_direct(env, tmp_path):
     run_id = final["run-id"]
     assert run_id in ex.store.ids() and len(final["topk-gallery"]) == 5
     assert final["results-empty"]["visible"] is False and final["status"].startswith("**done**")
+    assert final["results-body"]["visible"] is True       # hidden until a run: no empty placeholders
     # overall progress: shown with every live update, never going back
     overall = [int(m.group(1)) for o in outs[:-1] for m in [re.search(r"overall (\d+)%", by_id(o)["status"])] if m]
     assert overall and overall == sorted(overall)
     opened = by_id(fns["open_run"].fn(run_id))
     assert opened["run-id"] == run_id and opened["summary"].startswith("**Run**")
     assert opened["results-empty"]["visible"] is False and "Click an image" in opened["why-text"]
+    assert opened["results-body"]["visible"] is True
     path = fns["export"].fn(run_id, "json")["value"]
     assert json.load(open(path))["meta"]["seed"] == 5
     assert fns["export"].fn("", "csv") == {"value": None, "interactive": False, "__type__": "update"}
