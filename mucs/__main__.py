@@ -292,7 +292,7 @@ def _attribute_collection(a, overrides):
     check_out_dir(out, coll.KIND, force=a.force, what="--out", protect=[a.model, a.data, cache_dir, a.lora, a.images] + files)
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
-    prompts = [model.check_prompt(p) for p in (a.prompt or [])]
+    prompts = [q for q in (model.check_prompt(p) for p in (a.prompt or [])) if q is not None]
     if model.conditioning == "text" and not prompts:
         raise MucsError("the model is text-conditional: give --prompt (with --seeds: the prompts to generate, each × "
                         "each seed; with --images: one for all images or one per image)")

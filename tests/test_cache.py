@@ -1,4 +1,5 @@
-"""The original-loss cache: hit, miss on any key change, corrupt files rebuilt, atomic writes."""
+"""The original-loss cache: hit, miss on any key change, corrupt files rebuilt, atomic writes; the file format
+(safetensors, key and checksum in the header, finite numbers only, earlier .npz entries migrated)."""
 import os
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 
 from mucs import Attributor, load_dataset, load_model
 from mucs.method import losses as losses_mod
-from mucs.cache import atomic_write, load_arrays, save_arrays
+from mucs.cache import atomic_write, cache_file, load_arrays, save_arrays
+from mucs.errors import MucsError
 from mucs.sources.data import TrainingSet
 
 
@@ -69,7 +71,7 @@ def test_corrupt_or_partial_cache_is_rebuilt(tiny_model_dir, tiny_npz, fast_sett
 
 
 def test_checksum_detects_changed_values(tmp_path):
-    p = str(tmp_path / "a.npz")
+    p = str(tmp_path / "a.safetensors")
     save_arrays(p, "k", loss=np.arange(6.0))
     assert load_arrays(p, "k")["loss"].tolist() == list(range(6))
     assert load_arrays(p, "other") is None
@@ -115,3 +117,66 @@ def test_cache_keys_do_not_depend_on_where_the_model_lies(tiny_model_dir, tiny_n
     shutil.copytree(tiny_model_dir, moved)
     b = Attributor(load_model(str(moved)), d, fast_settings, cache_dir=str(tmp_path / "c"))
     assert b.original_losses(fast_settings)[1] and b.null_loss(fast_settings)[1]
+
+
+def test_cache_file_format_header_and_values(tmp_path):
+    """A safetensors file that the library itself reads back, the key, format, checksum and the caller's
+    versions in its header; numbers of every dtype, 0-d arrays and strings come back as saved."""
+    from safetensors import safe_open
+    p = cache_file(str(tmp_path), "loss_original", "k1")
+    assert p.endswith("loss_original-k1.safetensors")
+    arrays = dict(loss=np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2], n=np.array(2.5), ok=np.array(True),
+                  idx=np.arange(3), empty=np.zeros((0, 2)), record=np.array('{"steps": 3}'))
+    save_arrays(p, "k1", dict(loss_version=7), **arrays)
+    with safe_open(p, "numpy") as f:
+        header = f.metadata()
+        assert sorted(f.keys()) == ["empty", "idx", "loss", "n", "ok"]
+    assert header["key"] == "k1" and header["loss_version"] == "7" and header["format"].startswith("mucs-cache/")
+    assert len(header["sha256"]) == 64 and header["text:record"] == '{"steps": 3}'
+    got = load_arrays(p, "k1")
+    assert set(got) == set(arrays) and str(got["record"]) == '{"steps": 3}'
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape and np.array_equal(got[k], v), k
+    assert os.stat(p).st_mode & 0o777 == 0o644
+
+
+def test_non_finite_numbers_are_never_saved(tmp_path):
+    p = str(tmp_path / "x.safetensors")
+    for bad in (np.array([1.0, np.nan]), np.array(np.inf, np.float32)):
+        with pytest.raises(MucsError, match="NaN or inf"):
+            save_arrays(p, "k", loss=bad)
+    assert not os.path.exists(p) and os.listdir(tmp_path) == []
+    with pytest.raises(MucsError, match="not supported"):
+        save_arrays(p, "k", names=np.array(["a", "b"]))
+
+
+def test_an_entry_of_the_earlier_npz_format_is_read_and_migrated(tmp_path, caplog):
+    """A cache entry written by an earlier version (.npz with __key__ and __checksum__) is served when its key
+    and checksum match, rewritten as .safetensors, and the .npz removed; another key's .npz is left alone."""
+    import hashlib
+    import logging
+
+    def old_format(path, key, **arrays):     # the earlier save_arrays
+        h = hashlib.sha256()
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
+            h.update(a.tobytes())
+        np.savez(path, __key__=np.array(key), __checksum__=np.array(h.hexdigest()), **arrays)
+    lo = np.random.default_rng(0).random((5, 3)).astype(np.float32)
+    old_format(str(tmp_path / "loss_original-k.npz"), "k", loss=lo)
+    old_format(str(tmp_path / "loss_original-j.npz"), "other", loss=lo)
+    old_format(str(tmp_path / "loss_original-bad.npz"), "bad", loss=lo)
+    raw = bytearray((tmp_path / "loss_original-bad.npz").read_bytes())
+    i = raw.find(lo.tobytes())
+    raw[i + 3] ^= 0xFF
+    (tmp_path / "loss_original-bad.npz").write_bytes(bytes(raw))
+    with caplog.at_level(logging.INFO, logger="mucs"):
+        got = load_arrays(cache_file(str(tmp_path), "loss_original", "k"), "k")
+    assert np.array_equal(got["loss"], lo) and "migrated" in caplog.text
+    assert not (tmp_path / "loss_original-k.npz").exists()
+    assert np.array_equal(load_arrays(cache_file(str(tmp_path), "loss_original", "k"), "k")["loss"], lo)
+    assert load_arrays(cache_file(str(tmp_path), "loss_original", "j"), "j") is None        # keyed otherwise
+    assert load_arrays(cache_file(str(tmp_path), "loss_original", "bad"), "bad") is None    # checksum fails
+    assert sorted(os.listdir(tmp_path)) == ["loss_original-bad.npz", "loss_original-j.npz",
+                                            "loss_original-k.safetensors"]

@@ -203,7 +203,7 @@ def test_fallbacks_and_cache_rebuilds_are_logged(tiny_model_dir, tiny_npz, tmp_p
     assert "loss_original: cache hit" in caplog.text and "loss_null: cache hit" in caplog.text
     assert "cache miss" not in caplog.text
     # a damaged cache file: a warning, then a rebuild
-    (lo_file,) = glob.glob(str(tmp_path / "cache" / "loss_original-*.npz"))
+    (lo_file,) = glob.glob(str(tmp_path / "cache" / "loss_original-*.safetensors"))
     with open(lo_file, "r+b") as f:
         f.truncate(100)
     caplog.clear()

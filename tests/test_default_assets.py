@@ -61,6 +61,10 @@ def test_generated_image_attributes(model, data, tmp_path):
     r = Attributor(model, data, s, cache_dir=cache_dir_for(DEFAULT_MODEL)).attribute(QueryImage(to_model_range(img), []), 7)
     assert r.scores.shape == (1000,) and np.isfinite(r.scores).all()
     assert len(r.top) == s.top_k and all(0 <= i < 1000 for i in r.top) and len(set(r.top.tolist())) == s.top_k
+    # the top-k are the k highest scores, best first (more than "it ran": the ranking the run reports)
+    rest = np.delete(r.scores, r.top)
+    assert np.all(np.diff(r.scores[r.top]) <= 0) and r.scores[r.top].min() >= rest.max()
+    assert not s.screen_noises and r.steps <= 3                 # unscreened: every item is ranked; the step cap holds
 
 
 def test_subset_rebuilds_bit_for_bit():

@@ -37,11 +37,12 @@ def test_readme_is_at_most_15_kb():
 
 
 def test_every_relative_link_resolves_in_a_clone():
-    bad = []
+    bad, checked = [], 0
     for page in LINKED:
         for target in _links(page):
             if re.match(r"[a-z]+:", target):
                 continue                                   # https:, mailto:
+            checked += 1
             file, _, anchor = target.partition("#")
             path = os.path.normpath(os.path.join(os.path.dirname(page), file)) if file else page
             rel = os.path.relpath(page, ROOT)
@@ -49,17 +50,21 @@ def test_every_relative_link_resolves_in_a_clone():
                 bad.append(f"{rel} -> {target} (no such file in the repository)")
             elif anchor and path.endswith(".md") and anchor not in _anchors(path):
                 bad.append(f"{rel} -> {target} (no such heading)")
+    assert checked > 50, f"only {checked} relative links found: the link scan is not checking anything"
     assert not bad, "\n".join(bad)
 
 
 def test_docs_pages_link_only_inside_docs():
     """The site holds only docs/: a link from a page to another file of the repository would break there
     (name such files as code instead)."""
+    checked = 0
     for page in PAGES:
         for target in _links(page):
             if not re.match(r"[a-z]+:", target) and target.split("#")[0]:
+                checked += 1
                 path = os.path.normpath(os.path.join(DOCS, target.split("#")[0]))
                 assert path.startswith(DOCS + os.sep), f"{os.path.basename(page)} links outside docs/: {target}"
+    assert checked > 20, f"only {checked} links between docs pages found: the scan is not checking anything"
 
 
 def test_every_page_is_in_the_site_nav():

@@ -192,13 +192,13 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
     assert ev.model_dir([]) == os.path.join(ev.work, "models", "3a7d66e0b97dc5f3")
     job = ev.job
     assert job.generated_key("/x/0123456789abcdef") == "16f5490da8987526fedada26c6744c33"
-    assert os.path.isfile(os.path.join(ev.work, "generated", "3a7d66e0b97dc5f3.npz"))
+    assert os.path.isfile(os.path.join(ev.work, "generated", "3a7d66e0b97dc5f3.safetensors"))
     assert os.path.isfile(os.path.join(ev.work, "models", "3a7d66e0b97dc5f3.json"))
     sub = ev_mod.Evaluation(ev_mod.preset("tiny", data=tiny_npz, n_train=16, control_design="disjoint"),
                             str(tmp_path / "w2"), log=lambda m: None)
     assert os.listdir(tmp_path / "w2") == ["data-c312ac3603a5.npz"]
     assert sub.model_key([2]) == "939210d9c14c278a571af95dfd572966"
-    # attributions: attributions/<method>/target###-<key16>.npz; MUCS settings added after the noise-range
+    # attributions: attributions/<method>/target###-<key16>.safetensors (.npz before); MUCS settings added after the noise-range
     # change enter the key only when they differ from their defaults
     model_a = ev.load(ev.model_dir([]))
     img = ev.generated(ev.model_dir([]))["targets"][1]
@@ -209,10 +209,10 @@ def test_cache_keys_and_folder_layout_are_those_of_earlier_runs(first_run, tiny_
     key = cache_key(kind="scores", method="mucs", model=model_a.fingerprint(), data=ev.data().fingerprint(),
                     settings=old_settings, ctx_seed=0, label=1, seed=1001,
                     image=cache_key(img=np.asarray(img).tobytes().hex()))
-    assert os.path.isfile(os.path.join(ev.work, "attributions", "mucs", f"target001-{key[:16]}.npz"))
+    assert os.path.isfile(os.path.join(ev.work, "attributions", "mucs", f"target001-{key[:16]}.safetensors"))
     pix = cache_key(kind="scores", method="pixel_nn", model=model_a.fingerprint(), data=ev.data().fingerprint(),
                     settings=None, ctx_seed=0, label=1, seed=1001, image=cache_key(img=np.asarray(img).tobytes().hex()))
-    assert os.path.isfile(os.path.join(ev.work, "attributions", "pixel_nn", f"target001-{pix[:16]}.npz"))
+    assert os.path.isfile(os.path.join(ev.work, "attributions", "pixel_nn", f"target001-{pix[:16]}.safetensors"))
     from mucs.evaluation.plan import settings_key
     assert "screen_noises" not in settings_key(s) and settings_key(s.replace(screen_noises=2))["screen_noises"] == 2
     assert "unlearn_chunk" not in settings_key(s) and settings_key(s.replace(precision="bf16"))["precision"] == "bf16"

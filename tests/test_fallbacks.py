@@ -8,12 +8,13 @@ import filelock   # imported before any test hides fcntl: filelock picks its loc
 import pytest
 
 from mucs import Settings, cache
+from mucs.cache import locks
 from mucs.errors import MucsError
 
 
 @pytest.fixture()
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(cache, "_UNLOCKED_WARNED", set())
+    monkeypatch.setattr(locks, "UNLOCKED_WARNED", set())
 
 
 def test_swap_without_fcntl_is_locked_with_filelock(tmp_path, monkeypatch, fresh_warnings, caplog):
@@ -22,7 +23,7 @@ def test_swap_without_fcntl_is_locked_with_filelock(tmp_path, monkeypatch, fresh
     monkeypatch.setitem(sys.modules, "fcntl", None)            # `import fcntl` raises ImportError
     lock_file = str(tmp_path / cache.SWAP_LOCK_FILE)
     with caplog.at_level(logging.WARNING, logger="mucs"):
-        with cache._swap_lock(str(tmp_path / "run")):
+        with cache.swap_lock(str(tmp_path / "run")):
             with pytest.raises(filelock.Timeout):
                 filelock.FileLock(lock_file, timeout=0).acquire()
         other = filelock.FileLock(lock_file, timeout=0)
@@ -51,7 +52,7 @@ def test_swap_without_any_lock_warns_once_with_the_reason(tmp_path, monkeypatch,
     monkeypatch.setitem(sys.modules, "fcntl", None)
     monkeypatch.setitem(sys.modules, "filelock", None)
     with caplog.at_level(logging.WARNING, logger="mucs"):
-        with cache._swap_lock(str(tmp_path / "other" / "x")):
+        with cache.swap_lock(str(tmp_path / "other" / "x")):
             pass
     assert "filelock package is not installed" in caplog.text
 

@@ -567,7 +567,7 @@ def test_concurrent_writers_neither_fail_nor_leak(tmp_path):
 def test_out_check_waits_for_a_swap_in_progress(tmp_path):
     """CI caught it once: a check that read the folder between a concurrent writer's two renames saw
     the run half-gone and refused it as "not a MUCS run". The check now reads under the swap lock."""
-    from mucs.cache import _swap_lock
+    from mucs.cache import swap_lock
     out = str(tmp_path / "run")
     atomic_write_dir(out, {"result.json": b"1", "scores.csv": b"x"})
     done, errors = threading.Event(), []
@@ -578,7 +578,7 @@ def test_out_check_waits_for_a_swap_in_progress(tmp_path):
         except MucsError as e:
             errors.append(e)
         done.set()
-    with _swap_lock(out):   # a writer between its two renames: `out` is briefly missing
+    with swap_lock(out):   # a writer between its two renames: `out` is briefly missing
         os.rename(out, str(tmp_path / "aside"))
         t = threading.Thread(target=check)
         t.start()
@@ -647,7 +647,7 @@ def test_read_only_file_system_is_refused():
 
 
 def test_fifo_at_a_cache_path_does_not_hang(tmp_path):
-    p = str(tmp_path / "loss_original-k.npz")
+    p = str(tmp_path / "loss_original-k.safetensors")
     os.mkfifo(p)
     result = {}
 
@@ -668,7 +668,7 @@ def test_fifo_at_a_cache_path_does_not_hang(tmp_path):
 
 
 def test_folder_at_a_cache_path_and_failed_cache_writes(tmp_path, caplog):
-    d = tmp_path / "loss_original-k.npz"
+    d = tmp_path / "loss_original-k.safetensors"
     d.mkdir()
     with pytest.raises(MucsError, match="is a folder"):
         load_arrays(str(d), "k")
@@ -956,15 +956,22 @@ def test_evaluate_checks_every_option_before_training_or_making_its_work_folder(
 
 def test_a_nan_cache_with_a_valid_checksum_is_rebuilt(tiny_model_dir, tiny_npz, tmp_path, work, capsys, fast_env):
     """Issue 21, point 11: not "try a smaller λ" on every run, but the cache recomputed."""
-    from mucs.cache import load_arrays, save_arrays
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from mucs.cache import load_arrays
+    from mucs.cache.arrays import digest
     argv = ["attribute", "--model", tiny_model_dir, "--data", tiny_npz, "--image", _query(tmp_path, tiny_npz),
             "--label", "0", "--out", str(work / "run")] + FAST
     assert main(argv) == 0
     capsys.readouterr()
-    (path,) = (tmp_path / "cache").glob("loss_original-*.npz")
-    key = path.name[len("loss_original-"):-len(".npz")]
+    (path,) = (tmp_path / "cache").glob("loss_original-*.safetensors")
+    key = path.name[len("loss_original-"):-len(".safetensors")]
     good = load_arrays(str(path), key)["loss"]
-    save_arrays(str(path), key, loss=np.full_like(good, np.nan))     # its checksum is valid
+    with safe_open(str(path), "numpy") as f:
+        header = f.metadata()
+    bad = {"loss": np.full_like(good, np.nan)}   # save_arrays refuses NaN: written by hand, with a valid checksum
+    save_file(bad, str(path), metadata=dict(header, sha256=digest(bad, {})))
     assert main(argv) == 0, capsys.readouterr().err
     assert "holds NaN or inf: ignored, recomputing" in capsys.readouterr().err
     assert np.allclose(load_arrays(str(path), key)["loss"], good)

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cache import atomic_write, cache_key, load_arrays, move_dir_into_place, save_arrays, staging_dir
+from ..cache import CACHE_EXT, atomic_write, cache_key, load_arrays, move_dir_into_place, save_arrays, staging_dir
 from ..errors import MucsError
 
 
@@ -148,7 +148,7 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
     model = load_model(ft_dir, "cpu")
     labels, seeds = [ec.held_out_class] * ec.generations, [ec.gen_seed + j for j in range(ec.generations)]
     gkey = cache_key(kind="exemplar_generations", model=model.fingerprint(), seeds=seeds, steps=job.cfg.sample_steps)
-    gpath = os.path.join(job.work, "exemplars", f"generated-{gkey[:12]}.npz")
+    gpath = os.path.join(job.work, "exemplars", f"generated-{gkey[:12]}{CACHE_EXT}")
     hit = load_arrays(gpath, gkey)
     if hit is None:
         hit = dict(images=generate(model, labels, seeds, job.cfg.sample_steps))
@@ -173,7 +173,7 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
             key = cache_key(kind="exemplar_scores", method=m, model=model.fingerprint(), data=cand.fingerprint(),
                             settings=settings_key(job.cfg.mucs_settings()) if m.startswith("mucs") else None,
                             options=opts, seed=seeds[j])
-            path = os.path.join(job.work, "exemplars", "scores", m, f"gen{j:03d}-{key[:16]}.npz")
+            path = os.path.join(job.work, "exemplars", "scores", m, f"gen{j:03d}-{key[:16]}{CACHE_EXT}")
             got = load_arrays(path, key)
             if got is None:
                 t0 = time.perf_counter()

@@ -9,9 +9,11 @@ Work folder layout (content-addressed; kept compatible with every earlier versio
     data-<key12>.npz                      the balanced training subset (when n_train < the source)
     models/<model_key16>/                 model A (nothing removed) and every retrain (diffusers layout)
     models/<model_key16>.json             what was removed, why, and the training seconds
-    generated/<model_key16>.npz           every target and control sampled by that model (keyed)
-    generated/<model_key16>-<items8>.npz  the same for another set of items, when the first name is taken
-    attributions/<method>/target###-<key16>.npz   one target's scores by one method (keyed)
+    generated/<model_key16>.safetensors   every target and control sampled by that model (keyed)
+    generated/<model_key16>-<items8>.safetensors  the same for another set of items, when the first name is taken
+    attributions/<method>/target###-<key16>.safetensors   one target's scores by one method (keyed)
+
+(keyed entries of the earlier format, `.npz` in place of `.safetensors`, are read and migrated)
     cache/                                MUCS's loss caches (L_o, L_null)
     results.json                          the latest table
 """
@@ -24,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from ..method import baselines
-from ..cache import atomic_write, cache_key, load_arrays
+from ..cache import CACHE_EXT, atomic_write, cache_key, load_arrays
 from ..errors import MucsError
 from .config import GROUPS, EvalConfig
 
@@ -102,13 +104,13 @@ class Job:
                          steps=self.cfg.sample_steps)
 
     def _generated_names(self, model_path: str) -> tuple:
-        """(key, generated/<model>.npz, generated/<model>-<items8>.npz) for this evaluation's items."""
+        """(key, generated/<model>.safetensors, generated/<model>-<items8>.safetensors) for this evaluation's items."""
         key = self.generated_key(model_path)
         base = os.path.join(self.work, "generated", os.path.basename(model_path))
-        return key, f"{base}.npz", f"{base}-{key[:8]}.npz"
+        return key, f"{base}{CACHE_EXT}", f"{base}-{key[:8]}{CACHE_EXT}"
 
     def generated_path(self, model_path: str) -> str:
-        """Where the items of this evaluation sampled by `model_path` are written: generated/<model>.npz,
+        """Where the items of this evaluation sampled by `model_path` are written: generated/<model>.safetensors,
         unless that file holds another evaluation's items (e.g. 20 targets where this one has 40); then
         a name with the items' key, so both stay cached side by side."""
         key, plain, keyed = self._generated_names(model_path)
@@ -130,7 +132,7 @@ class Job:
                          image=cache_key(img=np.asarray(img).tobytes().hex()), **({} if opts is None else dict(options=opts)))
 
     def attribution_path(self, method: str, i: int, key: str) -> str:
-        return os.path.join(self.work, "attributions", method, f"target{i:03d}-{key[:16]}.npz")
+        return os.path.join(self.work, "attributions", method, f"target{i:03d}-{key[:16]}{CACHE_EXT}")
 
     def cached_attribution(self, method: str, model_fingerprint: str, i: int, img) -> Optional[dict]:
         key = self.attribution_key(method, model_fingerprint, i, img)

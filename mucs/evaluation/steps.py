@@ -4,7 +4,7 @@ in-process (serial engine) or as Ray tasks; each returns a small dict with what 
 compute seconds recorded with the artefact and whether it was computed now.
 
     retrained(job, removed, why, retrain)            -> model folder        (models/<key16>/)
-    generated(job, model)                            -> targets + controls  (generated/<key16>.npz)
+    generated(job, model)                            -> targets + controls  (generated/<key16>.safetensors)
     attributed(job, method, i, model_a, before, ...) -> one target's scores (attributions/<method>/...)
     measured(job, model_a, before, after)            -> similarities per group and metric
 

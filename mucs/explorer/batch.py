@@ -43,6 +43,7 @@ class BatchOps:
     class_names: Any
     upload: Any
     class_name: Any
+    text: Any
     load_run: Any
     baselines_context: Any
     downloads_dir: Any

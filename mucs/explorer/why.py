@@ -9,7 +9,10 @@ recomputed for the few items asked about, on the run's own noise set:
   the run's unlearning (same query, label, settings, seed, learning rate and L_null: deterministic
   on a given machine and torch build) at the cost of the run's unlearning stage; the explorer keeps
   the last replayed models in memory. Without it the per-noise L_u is not shown, only its stored mean.
-Every recomputed row is checked against the stored means, and the result says whether it matched."""
+Every recomputed row is checked against the stored means, and the result says whether it matched.
+An item that a screened run (screen_noises) did not keep was scored on the screening levels only: its
+stored means and skew are over those levels, it is checked on them, and the result says so plainly;
+with the unlearned model at hand its skew over all K levels is computed here as well."""
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -17,6 +20,7 @@ import numpy as np
 
 from ..errors import MucsError
 from ..method.losses import loss_matrix
+from ..method.unlearn import skew
 from ..settings import Settings
 
 MATCH_RTOL = 2e-3       # recomputed row means agree with the stored means to this relative tolerance
@@ -91,6 +95,8 @@ class Why:
     neighbours: list = field(default_factory=list)   # [(index, squared distance)], nearest first
     notes: list = field(default_factory=list)
     checks: dict = field(default_factory=dict)       # 'L_o' / 'L_u': recomputed mean matches the stored one
+    screening_levels: Optional[list] = None   # a screened-out item: the levels it was scored on (column indices)
+    full_skew: Optional[float] = None         # a screened-out item's skew over all K, computed here (needs L_u)
 
     @property
     def per_noise_skew(self) -> Optional[np.ndarray]:
@@ -99,12 +105,17 @@ class Why:
         lo, lu = self.loss_original.astype(np.float64), self.loss_unlearned.astype(np.float64)
         return (lu - lo) / (lu + lo + 1e-3)
 
+    def _levels(self) -> str:
+        if self.screening_levels is None:
+            return f"K = {len(self.sigmas)} noise levels"
+        return f"{len(self.screening_levels)} screening levels"
+
     def summary(self) -> str:
         """Markdown: the item's score, rank and where it sits, ranks under other methods, checks, notes."""
         cls = f" ({self.class_name})" if self.class_name else ""
         lines = [f"**Training image {self.index}{cls}**: skew **{self.score:.4f}**, rank **{self.rank}** of {self.n} "
                  f"under MUCS (higher than {self.percentile:.1%} of the training images).",
-                 f"Mean loss over the K = {len(self.sigmas)} noise levels: L_o = {self.mean_original:.4g} before, "
+                 f"Mean loss over the {self._levels()}: L_o = {self.mean_original:.4g} before, "
                  f"L_u = {self.mean_unlearned:.4g} after unlearning the query (L_null, an untrained model's loss: "
                  f"{self.loss_null:.4g})."]
         if self.ranks:
@@ -127,6 +138,41 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= MATCH_RTOL * max(abs(a), abs(b), 1e-6)
 
 
+def screening_levels(att) -> Optional[list]:
+    """The noise levels (column indices) of a screened run's first stage; None for a run scored in full."""
+    sc = (att.info or {}).get("screening")
+    return [int(c) for c in sc["noises"]] if isinstance(sc, dict) and sc.get("noises") else None
+
+
+def _screened_out(att, i: int, lo: np.ndarray) -> Optional[list]:
+    """The screening levels when item `i` of a screened run was not kept (scored on those levels only),
+    else None. A run does not list its kept items; the stored mean L_o tells: a kept item's is over all
+    K levels, a screened-out item's over the screening levels (the recomputed row gives both)."""
+    cols = screening_levels(att)
+    stored = float(att.loss_original[i])
+    if cols is None or _close(float(lo.mean()), stored) or not _close(float(lo[cols].mean()), stored):
+        return None
+    return cols
+
+
+def _screened_note(att, why_cols: list, K: int, score: float, full: Optional[float]) -> str:
+    """What a screened-out item's numbers are, said plainly, and its skew over all K when computed."""
+    kept = att.info["screening"].get("kept", "best")
+    text = (f"**Screened out at the first stage.** This run scored every training image on {len(why_cols)} of the "
+            f"K = {K} noise levels first, then only the {kept} with the highest screening skew on all K; this image "
+            f"was not among them. Its skew {score:.4f} is its screening score: it and the mean losses above are over "
+            f"those {len(why_cols)} levels, and it could not enter the run's top-k.")
+    if full is None:
+        return text + " Replaying the unlearning also computes its skew over all K levels."
+    text += f" Its skew over all K levels, computed here from the replayed unlearned model: **{full:.4f}**"
+    top = np.asarray(att.top, np.int64)
+    if len(top) and not (att.info or {}).get("fragile_correction"):
+        low = float(np.min(np.asarray(att.scores, np.float64)[top]))
+        text += (f" (the run's top-k starts at {low:.4f}: scored in full, it would "
+                 f"{'have entered it' if full > low else 'not have entered it'})")
+    return text + "."
+
+
 def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_scores: Optional[dict] = None,
             neighbour_index=None, k_neighbours: int = 6, class_name=lambda y: "") -> Why:
     """The 'why' of training item `index` in run `att`. `unlearned_unet` (the run's unlearned model,
@@ -145,18 +191,24 @@ def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_
     ns = attributor.noise_set(s)
     inputs = attributor.inputs()     # (a latent model's latents and caption embeddings: encoded once)
     lo = loss_rows(model.unet, model, inputs, ns, [i], s)[0]
-    checks = {"L_o": _close(float(lo.mean()), float(att.loss_original[i]))}
+    cols = _screened_out(att, i, lo)
+    levels = slice(None) if cols is None else cols        # what the stored means were taken over
+    checks = {"L_o": _close(float(lo[levels].mean()), float(att.loss_original[i]))}
     notes = []
-    lu = None
+    lu = full = None
     if unlearned_unet is not None:
         ns_u = attributor.noise_set(s, 0 if s.consistent_noise else FRESH_NOISE_OFFSET)
         lu = loss_rows(unlearned_unet, model, inputs, ns_u, [i], s)[0]
-        checks["L_u"] = _close(float(lu.mean()), float(att.loss_unlearned[i]))
+        checks["L_u"] = _close(float(lu[levels].mean()), float(att.loss_unlearned[i]))
+        if cols is not None:
+            full = float(skew(lu[None], lo[None], s.normalised)[0])
     else:
         notes.append("The per-noise L_u needs the run's unlearned model, which a stored run does not keep: the plot "
                      "shows L_o at each noise level and the stored mean L_u as a dashed line. **Replay the "
                      "unlearning** to see L_u per noise level (it costs about as long as the run's unlearning stage).")
     scores = np.asarray(att.scores, np.float64)
+    if cols is not None:
+        notes.insert(0, _screened_note(att, cols, len(lo), float(scores[i]), full))
     rank = int(ranks_of(scores)[i])
     label = None if att.labels is None else int(att.labels[i])
     ranks = {}
@@ -173,4 +225,5 @@ def explain(model, data, attributor, att, index: int, unlearned_unet=None, rank_
                rank=rank, n=n, percentile=float(np.mean(scores < scores[i])),
                sigmas=np.asarray(ts, np.float64), timesteps=np.asarray(ns.timesteps), loss_original=lo,
                loss_unlearned=lu, mean_original=float(att.loss_original[i]), mean_unlearned=float(att.loss_unlearned[i]),
-               loss_null=float(att.loss_null), ranks=ranks, neighbours=neighbours, notes=notes, checks=checks)
+               loss_null=float(att.loss_null), ranks=ranks, neighbours=neighbours, notes=notes, checks=checks,
+               screening_levels=cols, full_skew=full)

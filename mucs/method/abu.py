@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cache import cache_key, load_arrays
+from ..cache import cache_file, cache_key, load_arrays
 from ..cache import save_arrays_best_effort as save_arrays
 from ..errors import MucsError
 from ..sources.models import alphas_cumprod
@@ -201,8 +201,7 @@ class Abu:
                          prediction=self.model.prediction_type, seed=self.o.seed, **parts)
 
     def _cached(self, kind, key, compute):
-        import os
-        path = os.path.join(self.cache_dir, f"{kind}-{key}.npz")
+        path = cache_file(self.cache_dir, kind, key)
         hit = load_arrays(path, key)
         if hit is not None:
             log.info("%s: cache hit %s", kind, path)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..cache import BoundedMemo, atomic_write_dir, cache_key, default_cache_dir, load_arrays
+from ..cache import BoundedMemo, atomic_write_dir, cache_file, cache_key, default_cache_dir, load_arrays
 from ..cache import save_arrays_best_effort as save_arrays
 from ..checks import check_request_memory, dumps_strict, require_finite
 from ..defaults import settings_for
@@ -249,13 +249,17 @@ class Attributor:
         return np.memmap(tempfile.TemporaryFile(dir=self.cache_dir), np.float32, "w+", shape=(n, k))
 
     def _cache_path(self, kind: str, key: str) -> str:
-        return os.path.join(self.cache_dir, f"{kind}-{key}.npz")
+        return cache_file(self.cache_dir, kind, key)
+
+    def _save_cached(self, kind: str, key: str, **arrays) -> bool:
+        """Cache `arrays` under `key` (best effort), the loss definition's version in the file's header."""
+        return save_arrays(self._cache_path(kind, key), key, dict(loss_version=LOSS_VERSION), **arrays)
 
     def _load_cached(self, kind: str, key: str):
         """The cached arrays from the cache folder, else from the read-only `cache/` a model folder
         may ship (the embedded model ships its L_o and L_null there); None on a miss."""
         for folder in (self.cache_dir, os.path.join(self.model.path, SHIPPED_CACHE)):
-            path = os.path.join(folder, f"{kind}-{key}.npz")
+            path = cache_file(folder, kind, key)
             hit = load_arrays(path, key)
             if hit is not None and not _finite_cache(hit, masked=kind == "loss_unlearned"):
                 # its checksum matches, so it was written so (or edited and re-summed): rebuilt, never used
@@ -283,7 +287,7 @@ class Attributor:
             self._lo[key] = hit["loss"]
             return hit["loss"], True
         lo = require_finite("L_o", self.loss_matrix(self.model.unet, ns, s, report, "original losses"), "original losses")
-        if save_arrays(self._cache_path("loss_original", key), key, loss=lo):
+        if self._save_cached("loss_original", key, loss=lo):
             log.info("loss_original: rebuilt and cached in %s", self._cache_path("loss_original", key))
         self._lo[key] = lo
         return lo, False
@@ -298,7 +302,7 @@ class Attributor:
             value = float(hit["loss_null"])
         else:
             value = require_finite("L_null", null_loss(self.model, self.inputs(report), s, report), "null loss")
-            if save_arrays(self._cache_path("loss_null", key), key, loss_null=np.array(value)):
+            if self._save_cached("loss_null", key, loss_null=np.array(value)):
                 log.info("loss_null: rebuilt (%.4g) and cached in %s", value, self._cache_path("loss_null", key))
         self._null[key] = value
         return value, hit is not None
@@ -317,7 +321,7 @@ class Attributor:
     def cached_parts(self, s: Settings) -> dict:
         """Which query-independent parts of `s` are cached (in memory or on disk) already: nothing is loaded."""
         def on_disk(kind, key):
-            return any(os.path.isfile(os.path.join(f, f"{kind}-{key}.npz"))
+            return any(os.path.isfile(cache_file(f, kind, key))
                        for f in (self.cache_dir, os.path.join(self.model.path, SHIPPED_CACHE)))
         lo, null = self._lo_key(s), self._null_key(s)
         return dict(original_losses=lo in self._lo or on_disk("loss_original", lo),
@@ -446,8 +450,8 @@ class Attributor:
         times["unlearned_losses"] = time.perf_counter() - t0
         rec = UnlearnRecord(steps=u.steps, converged=u.converged, curve=u.curve, lr=u.lr)
         if key is not None and screening is None:   # only full matrices: the key leaves screening out
-            save_arrays(self._cache_path("loss_unlearned", key), key, loss=lu,
-                        record=np.array(json.dumps(dict(rec.__dict__))))
+            self._save_cached("loss_unlearned", key, loss=lu,
+                              record=np.array(json.dumps(dict(rec.__dict__))))
         return rec, lu, mask, screening
 
     def reference_skews(self, s: Settings, report=None) -> tuple:
@@ -482,7 +486,7 @@ class Attributor:
                 report("reference queries", (j + 1) / len(labels))
         skews = np.stack(rows)
         lab = np.array([-1 if y is None else y for y in labels], np.int64)
-        save_arrays(self._cache_path("reference_skews", key), key, skews=skews, labels=lab)
+        self._save_cached("reference_skews", key, skews=skews, labels=lab)
         return skews, None if not C else lab, False
 
     def fragile_correction(self, s: Settings, label, report=None) -> tuple:
