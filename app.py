@@ -31,7 +31,7 @@ from mucs.defaults import DATA_REQUIRED  # noqa: E402
 from mucs.sources.data import IMAGE_EXTS, MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
 from mucs.explorer.state import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
-from mucs.settings import LOSS_WEIGHTINGS, TRAIN_NOISE_KINDS  # noqa: E402
+from mucs.settings import APP_WIDGETS, CHOICES, Widget, field_types  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
@@ -41,30 +41,22 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger("mucs.app")
 
 # The settings the page shows, row by row: (mucs.Settings field, its widget given the settings in force
-# and the training-set size). The page gathers them into ONE dict by field name, the `settings` parameter
-# of /attribute, so a row added here adds a widget and leaves the API's parameters as they are
-# (tests/test_app.py checks it; tests/test_settings_source.py checks the fields against mucs.Settings).
-SETTING_WIDGETS = [
-    [("top_k", lambda s, n: gr.Number(s.top_k, precision=0, label=f"top-k (1..{n})", elem_id="set-top-k")),
-     ("noises", lambda s, n: gr.Number(s.noises, precision=0, label="noises K", elem_id="set-noises")),
-     ("noise_fraction", lambda s, n: gr.Number(s.noise_fraction, label="noise fraction f", elem_id="set-f")),
-     ("lam", lambda s, n: gr.Number(s.lam, label="λ (forget weight)", elem_id="set-lam")),
-     ("tol", lambda s, n: gr.Number(s.tol, label="τ (stop tolerance)", elem_id="set-tol")),
-     ("max_steps", lambda s, n: gr.Number(s.max_steps, precision=0, label="step cap", elem_id="set-max-steps")),
-     ("seed", lambda s, n: gr.Number(s.seed, precision=0, label="seed", elem_id="set-seed"))],
-    [("bounded", lambda s, n: gr.Checkbox(s.bounded, label="bounded forget loss", elem_id="set-bounded")),
-     ("retain", lambda s, n: gr.Checkbox(s.retain, label="retain term", elem_id="set-retain")),
-     ("consistent_noise", lambda s, n: gr.Checkbox(s.consistent_noise, label="consistent noise",
-                                                   elem_id="set-consistent")),
-     ("normalised", lambda s, n: gr.Checkbox(s.normalised, label="normalised skew", elem_id="set-normalised"))],
-    [("sigma_min", lambda s, n: gr.Number(s.sigma_min, label="σ min of the noise grid", elem_id="set-sigma-min")),
-     ("sigma_max", lambda s, n: gr.Number(s.sigma_max, label="σ max of the noise grid", elem_id="set-sigma-max")),
-     ("train_noise", lambda s, n: gr.Dropdown(list(TRAIN_NOISE_KINDS), value=s.train_noise,
-                                              label="training-time noise (unlearning, L_null)",
-                                              elem_id="set-train-noise")),
-     ("loss_weighting", lambda s, n: gr.Dropdown(list(LOSS_WEIGHTINGS), value=s.loss_weighting,
-                                                 label="loss weighting", elem_id="set-loss-weighting"))],
-]
+# and the training-set size), as each field declares it (mucs.settings.APP_WIDGETS). The page gathers them
+# into ONE dict by field name, the `settings` parameter of /attribute, so a widget added leaves the API's
+# parameters as they are (tests/test_app.py checks it; tests/test_settings_source.py checks the fields).
+def _setting_widget(name: str, w: Widget):
+    """The widget the field declares: a checkbox for a bool, a dropdown for choices, else a number box."""
+    t = field_types()[name]
+    if t is bool:
+        return lambda s, n: gr.Checkbox(getattr(s, name), label=w.label, elem_id=w.elem_id)
+    if name in CHOICES:
+        return lambda s, n: gr.Dropdown(list(CHOICES[name]), value=getattr(s, name), label=w.label, elem_id=w.elem_id)
+    return lambda s, n: gr.Number(getattr(s, name), precision=0 if t is int else None, label=w.label.format(n=n),
+                                  elem_id=w.elem_id)
+
+
+SETTING_WIDGETS = [[(name, _setting_widget(name, w)) for name, w in APP_WIDGETS.items() if w.row == row]
+                   for row in sorted({w.row for w in APP_WIDGETS.values()})]
 
 
 def setting_keys() -> list:

@@ -26,7 +26,7 @@ from .history import RunStore
 from ..sources.models import class_names_for, load_model
 from ..method.neighbours import NeighbourIndex, pixel_features
 from ..progress import Overall, OverallProgress, ProgressEvent
-from ..settings import Settings
+from ..settings import APP_WIDGETS, PAPER_KEYS, Settings
 
 log = logging.getLogger("mucs.explorer")
 KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
@@ -36,16 +36,9 @@ MAX_JOBS = 256                # running jobs remembered for cancelling (finished
 # the history table: the store's columns with the main settings of each run after the class
 HISTORY_COLUMNS = ["id", "created (UTC)", "kind", "source", "class", "K", "lr ÷", "cap", "settings", "steps",
                    "converged", "top-k", "seconds", "model", "data"]
-# the paper's choices (Settings() defaults) that decide whether a run "used the paper's settings";
-# top_k, the step cap (the paper has none) and engineering options do not count
-PAPER_KEYS = ("noises", "noise_fraction", "rho", "lam", "tol", "batch_size", "lr", "lr_factor", "weight_decay",
-              "frozen", "null_batches", "null_batch_size", "bounded", "retain", "consistent_noise", "normalised",
-              "train_noise", "loss_weighting", "sigma_min", "sigma_max")
-
-# the settings a user may change per run in the app (everything else comes from the model's defaults)
-USER_SETTINGS = ("top_k", "noises", "noise_fraction", "lam", "tol", "max_steps", "seed",
-                 "bounded", "retain", "consistent_noise", "normalised", "sigma_min", "sigma_max", "train_noise",
-                 "loss_weighting")
+# the settings a user may change per run in the app, in page order (everything else comes from the model's
+# defaults): the fields declared with an app widget (mucs.settings.APP_WIDGETS)
+USER_SETTINGS = tuple(APP_WIDGETS)
 
 
 def upscale(img: np.ndarray, target: int = 128) -> Image.Image:

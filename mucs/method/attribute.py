@@ -26,13 +26,10 @@ from .losses import LOSS_VERSION, loss_matrix, null_loss, screen_columns, train_
 from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
 from ..progress import Reporter
-from ..settings import Settings
+from ..settings import FLOAT_TOLERANCE_ONLY, SCORING_ONLY, Settings
 from .unlearn import frozen_names, skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
-# machine choices that change L_o/L_u only to float tolerance: left out of the L_u and reference-skew keys
-# (L_o's key never held them), so a cached matrix serves any batching, memory format or compile backend
-FLOAT_TOLERANCE_ONLY = ("eval_batch_size", "unlearn_chunk", "memory_format", "compile")
 MEMO_ENTRIES, MEMO_BYTES = 4, 1 << 30   # noise sets and L_o matrices kept in memory (the newest always)
 log = logging.getLogger("mucs")
 
@@ -401,11 +398,6 @@ class Attributor:
         return lu, mask, dict(noises=[int(c) for c in cols], kept=int(len(keep)), forwards=int(forwards),
                               forwards_full=int(N * K), saving=float(N * K / forwards))
 
-    # settings that change only how L_u and L_o are turned into scores, not the unlearned model or L_u, and
-    # the machine choices that change them only to float tolerance (FLOAT_TOLERANCE_ONLY)
-    SCORING_ONLY = ("normalised", "top_k", "fragile_refs", "fragile_seed", "screen_noises", "screen_keep",
-                    *FLOAT_TOLERANCE_ONLY)
-
     def unlearned(self, x: torch.Tensor, label, lnull: float, lo: np.ndarray, s: Settings, report=None,
                   times: Optional[dict] = None, prompt: Optional[str] = None) -> tuple:
         """Unlearn the query `x` (pixels in [-1, 1]; encoded by the VAE for a latent model) with its
@@ -420,7 +412,7 @@ class Attributor:
         key = None
         if self.cache_unlearned:
             lr = unlearning_lr(self.model, s)
-            fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
+            fields = {k: v for k, v in s.to_dict().items() if k not in SCORING_ONLY}
             key = cache_key(kind="loss_unlearned", version=LOSS_VERSION, model=self.model.fingerprint(),
                             data=self.data.fingerprint(),
                             noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
