@@ -38,7 +38,8 @@ def check_labels(labels, where: str) -> np.ndarray:
 def check_npz_sizes(path: str) -> None:
     """Shapes, types and the memory the arrays take, read from their .npy headers before anything is
     decompressed: a small archive that inflates to gigabytes is refused, not loaded."""
-    from ..checks import available_host_memory, format_bytes, npz_headers, npz_nbytes
+    from ..checks import npz_headers, npz_nbytes
+    from ..memory import available_host_memory, format_bytes
     heads = npz_headers(path)
     if "images" not in heads:
         raise MucsError(f"{path} has no 'images' array")
