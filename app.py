@@ -232,14 +232,18 @@ def build(ex: Explorer) -> gr.Blocks:
         with ex.job(_session(request)) as job:
             # the job id first: any client can cancel this attribution with /cancel and this id
             yield {status: f"**starting**: job `{job.id}` · {ex.estimate_text(st)}", job_box: job.id}
+            sent = None
             for u in ex.attribute_stream(q, st, job.event):
                 frac = u.overall.fraction if u.overall is not None else u.fraction
                 # Gradio's own bar: the stage only; the time left is on the status line alone, which Cancel
                 # replaces (two lines with a time left overlapped, and one stayed after Cancel)
                 progress(frac, desc=u.stage)
                 if u.result is None:
-                    yield {status: progress_text(u), live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
-                           job_box: job.id}
+                    out = {status: progress_text(u)}
+                    if (len(u.curve), u.loss_null) != sent:   # the curve only when it grew: events stay small
+                        sent = (len(u.curve), u.loss_null)
+                        out[live_curve] = plots.unlearning_curve(u.curve, u.loss_null, st.tol)
+                    yield out
                 else:
                     yield {status: f"**done** in {_secs(u.overall.elapsed if u.overall else 0)}: run `{u.run_id}` saved",
                            live_curve: plots.unlearning_curve(u.curve, u.loss_null, st.tol),
@@ -250,6 +254,7 @@ def build(ex: Explorer) -> gr.Blocks:
         ex.check_run(att)
         tol = att.settings.get("tol")
         return {run_box: run_id, summary: ex.summary(att, run_id), results_empty: gr.update(visible=False),
+                results_body: gr.update(visible=True),
                 result_query: upscale(att.query_image, 192) if att.query_image is not None else None,
                 top_gallery: ex.top_gallery(att),
                 neighbour_gallery: ex.neighbours(att.query_image) if att.query_image is not None else [],
@@ -422,7 +427,7 @@ def build(ex: Explorer) -> gr.Blocks:
                         query_image = gr.Image(label="Query (as the model sees it)", type="pil", format="png",
                                                interactive=False, height=220, elem_id="query-image")
                         query_info = gr.Markdown("No query yet: generate, upload or pick a training image.",
-                                                 elem_id="query-info")
+                                                 elem_id="query-info", label="query info", show_label=False)
                         query_class = gr.Dropdown(choices, value=None, label="Query class", visible=conditional,
                                                   elem_id="query-class")
                         query_prompt = gr.Textbox("", label="Query prompt (the caption it was made with, or the one "
@@ -441,78 +446,83 @@ def build(ex: Explorer) -> gr.Blocks:
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
                     job_box = gr.Textbox("", label="Job id (any client can cancel it: /cancel with this id)",
                                          interactive=False, max_lines=1, elem_id="job-id")
-                status = gr.Markdown("", elem_id="status")
+                status = gr.Markdown("", elem_id="status", label="status", show_label=False)
                 live_curve = gr.Plot(plots.empty("Mirrored unlearning", "starts when you click Attribute"),
                                      label="Unlearning (live): forget loss L_f rising to L_null, retain loss L_r",
                                      elem_id="live-curve")
             with gr.Tab("Results", id="results", elem_id="tab-results"):
-                results_empty = gr.Markdown(texts.RESULTS_EMPTY, elem_id="results-empty")
-                with gr.Row():
-                    result_query = gr.Image(label="Query", type="pil", format="png", interactive=False, height=200,
-                                            elem_id="result-query", scale=1, min_width=160)
-                    with gr.Column(scale=4):
-                        run_box = gr.Textbox(label="Run id", interactive=False, elem_id="run-id")
-                        summary = gr.Markdown("", elem_id="summary")
+                results_empty = gr.Markdown(texts.RESULTS_EMPTY, elem_id="results-empty", label="results placeholder",
+                                            show_label=False)
+                # everything below stays hidden until a run is opened: an empty tab was ~3,000 px of placeholders
+                with gr.Column(visible=False, elem_id="results-body") as results_body:
+                    with gr.Row():
+                        result_query = gr.Image(label="Query", type="pil", format="png", interactive=False, height=200,
+                                                elem_id="result-query", scale=1, min_width=160)
+                        with gr.Column(scale=4):
+                            run_box = gr.Textbox(label="Run id", interactive=False, elem_id="run-id")
+                            summary = gr.Markdown("", elem_id="summary", label="summary", show_label=False)
+                            with gr.Row():
+                                export_fmt = gr.Radio(["csv", "json"], value="csv", label="Scores of every training image as",
+                                                      elem_id="export-fmt", scale=2)
+                                dl_data = gr.DownloadButton("Download CSV", value=None, interactive=False,
+                                                            elem_id="download-data", scale=1, size="md")
+                                dl_report = gr.DownloadButton("Download report (HTML)", value=None, interactive=False,
+                                                              elem_id="download-report", scale=1, size="md",
+                                                              variant="primary")
+                    top_gallery = gr.Gallery(label="Most influential training images (top-k, best first): "
+                                                   "rank · index · class · score — click one to see why",
+                                             columns=5, height="auto", format="png", object_fit="contain",
+                                             elem_id="topk-gallery", elem_classes=GALLERY, interactive=False, allow_preview=False)
+                    with gr.Accordion("Why this image?", open=True, elem_id="why-panel"):
+                        gr.Markdown(texts.WHY, elem_classes=["plot-note"])
                         with gr.Row():
-                            export_fmt = gr.Radio(["csv", "json"], value="csv", label="Scores of every training image as",
-                                                  elem_id="export-fmt", scale=2)
-                            dl_data = gr.DownloadButton("Download CSV", value=None, interactive=False,
-                                                        elem_id="download-data", scale=1, size="md")
-                            dl_report = gr.DownloadButton("Download report (HTML)", value=None, interactive=False,
-                                                          elem_id="download-report", scale=1, size="md",
-                                                          variant="primary")
-                top_gallery = gr.Gallery(label="Most influential training images (top-k, best first): "
-                                               "rank · index · class · score — click one to see why",
-                                         columns=5, height="auto", format="png", object_fit="contain",
-                                         elem_id="topk-gallery", elem_classes=GALLERY, interactive=False, allow_preview=False)
-                with gr.Accordion("Why this image?", open=True, elem_id="why-panel"):
-                    gr.Markdown(texts.WHY, elem_classes=["plot-note"])
-                    with gr.Row():
-                        why_index = gr.Number(None, precision=0, label=f"training index (0..{n_train - 1})",
-                                              elem_id="why-index", scale=1, min_width=140)
-                        why_btn = gr.Button("Explain", elem_id="why-btn", scale=1)
-                        replay_btn = gr.Button("Replay unlearning (per-noise L_u)", elem_id="replay-btn", scale=2)
-                    why_text = gr.Markdown(WHY_START, elem_id="why-text")
-                    with gr.Row():
-                        why_plot = gr.Plot(EMPTY_WHY, label="Loss at each noise level (x: σ, y: loss, log axes)",
-                                           elem_id="plot-why")
-                        why_hist = gr.Plot(EMPTY_WHY_HIST, label="Its skew among all training images",
-                                           elem_id="plot-why-hist")
-                    why_neighbours = gr.Gallery(label="Its nearest training images in pixel space (d² = squared "
-                                                      "distance)", columns=6, height="auto", format="png",
-                                                object_fit="contain", elem_id="why-neighbours", elem_classes=GALLERY,
-                                                interactive=False, allow_preview=False)
-                neighbour_gallery = gr.Gallery(label="Nearest training images to the query in pixel space "
-                                                     "(for comparison)", columns=10, height="auto", format="png",
-                                               object_fit="contain", elem_id="neighbour-gallery", elem_classes=GALLERY,
-                                               interactive=False, allow_preview=False)
-                with gr.Accordion("What the plots show (axes and how to read them)", open=False, elem_id="help-plots"):
-                    gr.Markdown(texts.PLOTS)
-                hist_plot, scatter_plot = plot_row(
-                    "appears after a run",
-                    ("Skew of every training item", "Skew histogram (x: skew, y: images, log)", "plot-histogram"),
-                    ("L_o vs L_u", "L_o vs L_u (mean loss before / after unlearning, log axes)", "plot-scatter"))
-                curve_plot, class_plot = plot_row(
-                    "appears after a run",
-                    ("Mirrored unlearning", "Unlearning curve (x: step, y: loss)", "plot-curve"),
-                    ("Top-k classes", "Top-k classes (x: class, y: images)", "plot-classes"))
-                with gr.Accordion("Methods side by side: MUCS, pixel NN, feature NN, MUCS + pixel NN", open=True,
-                                  elem_id="methods-panel"):
-                    gr.Markdown(texts.METHODS, elem_classes=["plot-note"])
-                    methods_btn = gr.Button("Compare methods", elem_id="methods-btn")
-                    methods_text = gr.Markdown(METHODS_START, elem_id="methods-text")
-                    methods_html = gr.HTML("", elem_id="methods-grid")
-                    methods_plot = gr.Plot(EMPTY_METHODS, label="Overlap of the methods' top-k sets",
-                                           elem_id="plot-methods")
+                            why_index = gr.Number(None, precision=0, label=f"training index (0..{n_train - 1})",
+                                                  elem_id="why-index", scale=1, min_width=140)
+                            why_btn = gr.Button("Explain", elem_id="why-btn", scale=1)
+                            replay_btn = gr.Button("Replay unlearning (per-noise L_u)", elem_id="replay-btn", scale=2)
+                        why_text = gr.Markdown(WHY_START, elem_id="why-text", label="why this image", show_label=False)
+                        with gr.Row():
+                            why_plot = gr.Plot(EMPTY_WHY, label="Loss at each noise level (x: σ, y: loss, log axes)",
+                                               elem_id="plot-why")
+                            why_hist = gr.Plot(EMPTY_WHY_HIST, label="Its skew among all training images",
+                                               elem_id="plot-why-hist")
+                        why_neighbours = gr.Gallery(label="Its nearest training images in pixel space (d² = squared "
+                                                          "distance)", columns=6, height="auto", format="png",
+                                                    object_fit="contain", elem_id="why-neighbours", elem_classes=GALLERY,
+                                                    interactive=False, allow_preview=False)
+                    neighbour_gallery = gr.Gallery(label="Nearest training images to the query in pixel space "
+                                                         "(for comparison)", columns=10, height="auto", format="png",
+                                                   object_fit="contain", elem_id="neighbour-gallery", elem_classes=GALLERY,
+                                                   interactive=False, allow_preview=False)
+                    with gr.Accordion("What the plots show (axes and how to read them)", open=False, elem_id="help-plots"):
+                        gr.Markdown(texts.PLOTS)
+                    hist_plot, scatter_plot = plot_row(
+                        "appears after a run",
+                        ("Skew of every training item", "Skew histogram (x: skew, y: images, log)", "plot-histogram"),
+                        ("L_o vs L_u", "L_o vs L_u (mean loss before / after unlearning, log axes)", "plot-scatter"))
+                    curve_plot, class_plot = plot_row(
+                        "appears after a run",
+                        ("Mirrored unlearning", "Unlearning curve (x: step, y: loss)", "plot-curve"),
+                        ("Top-k classes", "Top-k classes (x: class, y: images)", "plot-classes"))
+                    with gr.Accordion("Methods side by side: MUCS, pixel NN, feature NN, MUCS + pixel NN", open=True,
+                                      elem_id="methods-panel"):
+                        gr.Markdown(texts.METHODS, elem_classes=["plot-note"])
+                        methods_btn = gr.Button("Compare methods", elem_id="methods-btn")
+                        methods_text = gr.Markdown(METHODS_START, elem_id="methods-text", label="methods summary",
+                                                   show_label=False)
+                        methods_html = gr.HTML("", elem_id="methods-grid", label="methods top-k", show_label=False)
+                        methods_plot = gr.Plot(EMPTY_METHODS, label="Overlap of the methods' top-k sets",
+                                               elem_id="plot-methods")
             with gr.Tab("History & overlap", id="history", elem_id="tab-history"):
                 gr.Markdown(texts.HISTORY, elem_classes=["plot-note"])
                 history_every = gr.Checkbox(False, label="Runs of every model and training set (by default only "
                                             "those of the served model and data, the ones that open here)",
                                             elem_id="history-every")
+                # no wrapping: each column as wide as its words (percent widths broke "converged" into
+                # three lines while half the table stayed empty); a narrow screen scrolls the table
                 history = gr.Dataframe(ex.history_table(), headers=HISTORY_HEADERS, interactive=False,
-                                       elem_id="history-table", max_height=320, wrap=True,
-                                       column_widths=["15%", "8%", "5%", "8%", "6%", "4%", "4%", "4%", "7%", "4%",
-                                                      "6%", "4%", "5%", "10%", "10%"])
+                                       elem_id="history-table", max_height=320, wrap=False, label="history",
+                                       show_label=False)
                 with gr.Row():
                     # allow_custom_value: the API takes any existing run id, also one made after the page loaded
                     run_select = gr.Dropdown(ex.store.ids(), label="Run", elem_id="run-select", allow_custom_value=True)
@@ -526,8 +536,8 @@ def build(ex: Explorer) -> gr.Blocks:
                 with gr.Accordion("How to read the comparison", open=False, elem_id="help-overlap"):
                     gr.Markdown(texts.OVERLAP)
                 overlap_text = gr.Markdown("Choose two or more runs above and press *Compare runs*.",
-                                           elem_id="overlap-summary")
-                runs_html = gr.HTML("", elem_id="runs-grid")
+                                           elem_id="overlap-summary", label="overlap summary", show_label=False)
+                runs_html = gr.HTML("", elem_id="runs-grid", label="runs top-k", show_label=False)
                 overlap_heat, overlap_dist = plot_row(
                     "compare two or more runs", ("Overlap matrix", "Overlap matrix", "plot-overlap"),
                     ("Overlap vs random", "Overlap vs random (x: overlap, y: fraction of pairs)", "plot-overlap-dist"))
@@ -541,7 +551,7 @@ def build(ex: Explorer) -> gr.Blocks:
         query_outputs = [query_state, query_image, query_info, query_class, query_prompt]
         result_components = [run_box, summary, results_empty, result_query, top_gallery, neighbour_gallery, hist_plot,
                              scatter_plot, curve_plot, class_plot, why_text, why_plot, why_hist, why_neighbours,
-                             methods_text, methods_html, methods_plot]
+                             methods_text, methods_html, methods_plot, results_body]
         history_components = [history, run_select, overlap_select]
         why_components = [why_index, why_text, why_plot, why_hist, why_neighbours]
 
@@ -598,7 +608,7 @@ def collections_panel(ex: Explorer) -> SimpleNamespace:
     with gr.Accordion("Collections (batches)", open=True, elem_id="collections-panel"):
         gr.Markdown(texts.COLLECTIONS, elem_classes=["plot-note"])
         table = gr.Dataframe(ex.collection_table(), headers=COLLECTION_HEADERS, interactive=False, wrap=True,
-                             elem_id="collections-table", max_height=260)
+                             elem_id="collections-table", max_height=260, label="collections", show_label=False)
         with gr.Row():
             select = gr.Dropdown(ex.collections.ids(), label="Collection", elem_id="collection-select",
                                  allow_custom_value=True, scale=3)
@@ -624,6 +634,9 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
                                         "per image)", visible=conditional, elem_id="batch-classes", scale=3)
             seeds = gr.Textbox("0-7", label="Seeds (e.g. 0-15 or 0,3,7)", elem_id="batch-seeds", scale=1)
             steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)", elem_id="batch-steps", scale=2)
+        prompts = gr.Textbox("", lines=3, visible=ex.text, elem_id="batch-prompts",
+                             label="Prompts, one per line (generate: each prompt × each seed; uploads: the one "
+                                   "prompt the images were made with)")
         uploads = gr.File(label=f"Images to attribute (several; at most {MAX_IMAGE_BYTES // 2**20} MB each)",
                           file_count="multiple", file_types=IMAGE_TYPES, type="filepath", elem_id="batch-uploads",
                           visible=False)
@@ -632,12 +645,13 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
             cancel_btn = gr.Button("Cancel the batch", variant="stop", elem_id="batch-cancel-btn")
             job_box = gr.Textbox("", label="Job id (/cancel takes it)", interactive=False, max_lines=1,
                                  elem_id="batch-job-id")
-        status = gr.Markdown("The page's Settings (on *Query & attribute*) apply to every item.", elem_id="batch-status")
+        status = gr.Markdown("The page's Settings (on *Query & attribute*) apply to every item.",
+                             elem_id="batch-status", label="batch status", show_label=False)
         items = gr.Dataframe([], headers=BATCH_HEADERS, interactive=False, wrap=True, elem_id="batch-items",
-                             max_height=300, visible=False)
+                             max_height=300, visible=False, label="batch items", show_label=False)
         coll_box = gr.Textbox("", label="Collection id", interactive=False, elem_id="collection-id")
         summary = gr.Markdown("Run a batch above, or open a collection on *History & overlap*.",
-                              elem_id="collection-summary")
+                              elem_id="collection-summary", label="collection summary", show_label=False)
         with gr.Row():
             data_fmt = gr.Radio(["json", "csv"], value="json", label="Every analysis as", elem_id="collection-data-fmt",
                                 scale=2)
@@ -645,8 +659,9 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
                                         elem_id="collection-download-data", scale=1, size="md")
             dl_zip = gr.DownloadButton("Download the collection (zip)", value=None, interactive=False,
                                        elem_id="collection-download-zip", scale=1, size="md")
-        figures = gr.HTML("", elem_id="collection-figures", js_on_load=MAP_JS)
-    return SimpleNamespace(kind=kind, classes=classes, seeds=seeds, steps=steps, uploads=uploads, run_btn=run_btn,
+        figures = gr.HTML("", elem_id="collection-figures", js_on_load=MAP_JS, label="collection figures", show_label=False)
+    return SimpleNamespace(kind=kind, classes=classes, seeds=seeds, steps=steps, uploads=uploads, prompts=prompts,
+                           run_btn=run_btn,
                            cancel_btn=cancel_btn, job_box=job_box, status=status, items=items, coll_box=coll_box,
                            summary=summary, data_fmt=data_fmt, dl_data=dl_data, dl_zip=dl_zip, figures=figures)
 
@@ -675,19 +690,20 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
                  r["run"] or ""] for n, r in enumerate(u.items)]
 
     @user_errors
-    def on_batch(kind_, labels, seeds_, steps_, files, settings=None, request: gr.Request = None):
+    def on_batch(kind_, labels, seeds_, steps_, files, settings=None, prompts_="", request: gr.Request = None):
         """Generate and attribute a batch as one collection: `kind` 'generate' (each of `labels` × each of
-        `seeds`, e.g. '0-15', sampled with `sampler_steps`) or 'upload' (the image files `uploads`, `labels`
-        one class for all or one per file); `settings` the same dict as /attribute. Streams the overall
-        progress and per-item status; the first update carries the job id (/cancel), the last the
-        collection id and its overlap analyses."""
+        `seeds`, e.g. '0-15', sampled with `sampler_steps`; a text model: each of `prompts`, one per line,
+        × each seed) or 'upload' (the image files `uploads`, `labels` one class for all or one per file; a
+        text model: the one prompt they were made with); `settings` the same dict as /attribute. Streams
+        the overall progress and per-item status; the first update carries the job id (/cancel), the last
+        the collection id and its overlap analyses."""
         st = ex.user_settings(settings)
         labels = labels if isinstance(labels, (list, tuple)) else ([] if labels in (None, "") else [labels])
         if kind_ == "upload":
             paths = [getattr(f, "name", f) for f in (files or [])]
-            batch = ex.batch_uploads(paths, labels if len(labels) != 1 else labels[0])
+            batch = ex.batch_uploads(paths, labels if len(labels) != 1 else labels[0], prompt=prompts_)
         elif kind_ in (None, "", "generate"):
-            batch = ex.batch_generated(labels, seeds_, int(steps_ or 50))
+            batch = ex.batch_generated(labels, seeds_, int(steps_ or 50), prompts=prompts_)
         else:
             raise MucsError(f"kind must be generate or upload, got {kind_!r}")
         # the app's per-request time limit applies per item
@@ -695,7 +711,8 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
         with ex.job(_session(request), limit=limit) as job:
             yield {status: f"**starting**: {len(batch)} items, job `{job.id}`", job_box: job.id,
                    items: gr.update(value=[[n + 1, it.name, it.source, ex.class_name(it.label) if it.label is not None
-                                            else "", "pending", "", "", ""] for n, it in enumerate(batch)],
+                                            else (it.prompt or ""), "pending", "", "", ""]
+                                           for n, it in enumerate(batch)],
                                     visible=True)}
             for u in ex.attribute_batch_stream(batch, st, job.event):
                 if u.record is None:
@@ -772,7 +789,7 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
                 show_progress="hidden")
     b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
                        api_visibility="private", show_progress="hidden").success(
-        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box],
+        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box, b.prompts],
         [status, items, job_box] + coll_outputs + lists + page.history_components, api_name="attribute_batch",
         concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
     b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)
@@ -871,6 +888,11 @@ PUBLIC_EXACT = {"/", "/login", "/login/", "/favicon.ico", "/manifest.json", "/ro
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
 
 
+# Gradio's "Use via API" page asks this route whether an MCP server runs (to show an MCP tab); the app
+# runs none (mcp_server=False), so it gets an explicit answer instead of a missing route's bare 404
+MCP_PROBE = "/gradio_api/mcp/schema"
+
+
 class LoginWall:
     """ASGI middleware: with --auth, every HTTP and websocket request but the login page's (PUBLIC_*)
     needs the session cookie that POST /login sets. Also refuses `file=` paths to hidden entries
@@ -887,6 +909,8 @@ class LoginWall:
                 refusal = (401, "Not authenticated")
             elif self._hidden_file(path):
                 refusal = (404, "File not found")
+            elif path == MCP_PROBE:
+                refusal = (404, "MCP is off in this app: use its Python, JavaScript or HTTP API")
             if refusal is not None:
                 if scope["type"] == "websocket":
                     return await send({"type": "websocket.close", "code": 1008})

@@ -292,9 +292,12 @@ def _attribute_collection(a, overrides):
     check_out_dir(out, coll.KIND, force=a.force, what="--out", protect=[a.model, a.data, cache_dir, a.lora, a.images] + files)
     check_writable_dir(cache_dir, "--cache-dir" if a.cache_dir else "the cache folder ($MUCS_CACHE_DIR)")
     model = load_model(a.model, a.device or device_for_rank(), train_lr=a.train_lr, lora=a.lora)
-    if model.conditioning == "text":
-        raise MucsError("--seeds and --images take class-conditional or unconditional models for now; for a text "
-                        "model attribute its images with --image FILE ... --prompt")
+    prompts = [model.check_prompt(p) for p in (a.prompt or [])]
+    if model.conditioning == "text" and not prompts:
+        raise MucsError("the model is text-conditional: give --prompt (with --seeds: the prompts to generate, each × "
+                        "each seed; with --images: one for all images or one per image)")
+    if files and len(prompts) > 1 and len(prompts) != len(files):
+        raise MucsError(f"give one --prompt for every image in {a.images} ({len(files)}), or a single one for all")
     data = load_dataset(_resolve_data(a), image_column=a.image_column, label_column=a.label_column,
                         caption_column=a.caption_column)
     data.check_matches(model)
@@ -302,13 +305,15 @@ def _attribute_collection(a, overrides):
         from .sources.generate import check_steps
         steps = check_steps(a.sampler_steps, model.scheduler.config.num_train_timesteps)
         labs = [model.check_label(v) for v in (labels or [None])]
-        items = coll.generated_items(labs, seeds, steps)
+        items = coll.prompt_items(prompts, seeds, steps) if prompts else coll.generated_items(labs, seeds, steps)
     else:
         labs = labels * len(files) if len(labels) == 1 else (labels or [None] * len(files))
         labs = [model.check_label(v) for v in labs]
         for f in files:     # every image read before any work: a bad one is one error, nothing written
             load_query_image(f, model.channels, model.size)
         items = coll.image_items(files, labs)
+        for it, p in zip(items, (prompts * len(files) if len(prompts) == 1 else prompts)):
+            it.prompt = p
     profile = "paper" if a.paper_settings else "fast" if a.fast else "recommended"
     s = settings_for(model.path if os.path.isdir(model.path or "") else a.model, profile).replace(**overrides)
     s.validate()
@@ -323,6 +328,8 @@ def _attribute_collection(a, overrides):
     cid = os.path.basename(out)
     asked = (dict(kind="generated", labels=labs, seeds=seeds, sampler_steps=items[0].sampler_steps) if seeds
              else dict(kind="images", files=[it.record()["file"] for it in items], labels=labs))
+    if prompts:
+        asked["prompts"] = prompts
     record = coll.new_record(cid, items, asked, s.to_dict(), model, data, class_names)
     if lead:
         coll.create_folder(out, record, force=a.force)
@@ -340,7 +347,8 @@ def _attribute_collection(a, overrides):
             bp.start_item()
             bar["bar"] = TextBar()
             print(f"item {ev.index + 1}/{ev.count}: {ev.item.source}"
-                  + (f", class {ev.item.label}" if ev.item.label is not None else ""), file=sys.stderr)
+                  + (f", class {ev.item.label}" if ev.item.label is not None else "")
+                  + (f", prompt “{ev.item.prompt}”" if ev.item.prompt else ""), file=sys.stderr)
             return
         if bar["bar"] is not None:
             bar["bar"].close()

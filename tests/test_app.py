@@ -186,12 +186,14 @@ def test_attribute_open_export_direct(env, tmp_path):
     run_id = final["run-id"]
     assert run_id in ex.store.ids() and len(final["topk-gallery"]) == 5
     assert final["results-empty"]["visible"] is False and final["status"].startswith("**done**")
+    assert final["results-body"]["visible"] is True       # hidden until a run: no empty placeholders
     # overall progress: shown with every live update, never going back
     overall = [int(m.group(1)) for o in outs[:-1] for m in [re.search(r"overall (\d+)%", by_id(o)["status"])] if m]
     assert overall and overall == sorted(overall)
     opened = by_id(fns["open_run"].fn(run_id))
     assert opened["run-id"] == run_id and opened["summary"].startswith("**Run**")
     assert opened["results-empty"]["visible"] is False and "Click an image" in opened["why-text"]
+    assert opened["results-body"]["visible"] is True
     path = fns["export"].fn(run_id, "json")["value"]
     assert json.load(open(path))["meta"]["seed"] == 5
     assert fns["export"].fn("", "csv") == {"value": None, "interactive": False, "__type__": "update"}

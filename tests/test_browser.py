@@ -123,6 +123,9 @@ def test_browser_flow(served, tmp_path):
             page.get_by_role("tab", name="Results").click()
             sync_api.expect(page.locator("#results-empty")).to_contain_text("No results yet")
             sync_api.expect(page.locator("#results-empty")).to_contain_text("Attribute")
+            # the empty tab is the hint alone, not ~3,000 px of empty placeholders
+            sync_api.expect(page.locator("#topk-gallery")).to_be_hidden()
+            assert page.locator("#tab-results").bounding_box()["height"] < 400
             page.get_by_role("tab", name="Query & attribute").click()
             # generate: gallery and the query preview appear
             page.locator("#generate-btn").click()
@@ -197,6 +200,12 @@ def test_browser_flow(served, tmp_path):
             page.get_by_role("tab", name="History & overlap").click()
             sync_api.expect(page.locator("#history-table")).to_contain_text(run_id)
             sync_api.expect(page.locator("#history-table")).to_contain_text("lr ÷")
+            # no word broken over lines: every header and cell of the history is one line of text
+            lines = page.locator("#history-table").evaluate(
+                "t => [...t.querySelectorAll('th, td')].filter(c => c.innerText.trim()).map(c => {"
+                " const r = document.createRange(); r.selectNodeContents(c);"
+                " return [c.innerText.trim(), new Set([...r.getClientRects()].map(x => Math.round(x.top))).size]; })")
+            assert lines and all(n == 1 for _, n in lines), [x for x in lines if x[1] != 1][:5]
             choose(page, "overlap-select", 2)
             page.locator("#overlap-btn").click()
             sync_api.expect(page.locator("#overlap-summary")).to_contain_text("Mean pairwise overlap")
@@ -365,3 +374,25 @@ def test_browser_text_model(tmp_path_factory, tiny_text_dir, tiny_captions_npz):
         demo.close()
     (run_id,) = ex.store.ids()
     assert ex.store.load(run_id).query["prompt"] == "a light square"
+
+
+def test_report_top_k_rows_are_whole(tmp_path):
+    """The HTML report's top-10 fills whole rows at every width (it wrapped 9 + 1 at 1,200 px): one row
+    of 10 on a wide screen, rows of 5 on narrow ones."""
+    from mucs.explorer.report import report_for_dir
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "examples")
+    runs = sorted(d for d in os.listdir(examples) if os.path.isfile(os.path.join(examples, d, "result.json")))
+    page_file = tmp_path / "report.html"
+    page_file.write_text(report_for_dir(os.path.join(examples, runs[0]), DEFAULT_DATA))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            for width, per_row in ((1200, 10), (1400, 10), (800, 5), (390, 5)):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.goto(page_file.as_uri())
+                tops = page.evaluate("[...document.querySelectorAll('#topk .card')].map(c => c.offsetTop)")
+                rows = [tops.count(t) for t in sorted(set(tops))]
+                assert len(tops) == 10 and rows == [per_row] * (10 // per_row), (width, rows)
+        finally:
+            browser.close()

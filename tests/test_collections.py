@@ -246,5 +246,44 @@ def test_report_of_a_collection_is_self_contained(batch, tmp_path, capsys):
     for key in ("coverage", "recurring", "concentration", "classes", "heatmap", "map", "agreement"):
         assert f"id='coll-{key}'" in text, key
     assert text.count("class='gen'") == 4
+    assert "AbU" not in text and "D-TRAK" not in text      # the cheap methods only (it ran AbU per generation)
     assert not re.findall(r"(?:src|href)=['\"](?:https?:)?//", text)      # nothing fetched from any host
     assert main(["report", folder, "--out", str(out)]) == 0                # its own report is replaced
+
+
+def test_text_model_batches_are_prompts_by_seeds(tiny_text_dir, tiny_captions_npz, tmp_path, monkeypatch, capsys):
+    """A text model's batch: each prompt × each seed generated with its prompt and attributed with it (the
+    app, the API and `mucs attribute --seeds --prompt`); its overlap pairs are grouped by prompt."""
+    from conftest import TINY_TEXT
+    from mucs.__main__ import main
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    small = dict(TINY_TEXT.to_dict(), top_k=3)
+    ex = Explorer(tiny_text_dir, tiny_captions_npz, small, runs_dir=str(tmp_path / "runs"), examples_dir=None)
+    with pytest.raises(MucsError, match="type a prompt"):
+        ex.batch_generated(None, "0-1", 5, prompts="  \n")
+    items = ex.batch_generated(None, "0-1", 5, prompts="a dark ring\na light square\n")
+    assert [(it.prompt, it.seed) for it in items] == [("a dark ring", 0), ("a dark ring", 1),
+                                                     ("a light square", 0), ("a light square", 1)]
+    cid, rec = ex.attribute_batch(items, ex.user_settings({}))
+    assert rec["status"] == "done" and rec["asked"]["prompts"] == ["a dark ring", "a light square"]
+    runs = [ex.store.load(f"{cid}/{it['name']}") for it in rec["items"]]
+    assert [r.query["prompt"] for r in runs] == [it.prompt for it in items]
+    # the same seed, another prompt: another image (the prompt reached the sampler)
+    assert not np.array_equal(runs[0].query_image, runs[2].query_image)
+    opened = ex.open_collection(cid)
+    an = opened["analysis"]
+    assert an["classes"] == [it.prompt for it in items]       # pairs grouped by prompt: 2 within, 4 across
+    assert len(an["pairs"]["within_values"]) == 2 and len(an["pairs"]["across_values"]) == 4
+    assert "a dark ring" in opened["html"]
+    assert any("2 prompts × seeds 0-1" in str(row) for row in ex.collection_table())
+    # the CLI: --seeds with --prompt; without a prompt one line and nothing written
+    out = tmp_path / "cli-coll"
+    base = ["attribute", "--model", tiny_text_dir, "--data", tiny_captions_npz, "--settings", json.dumps(small)]
+    assert main(base + ["--seeds", "0", "--out", str(out)]) == 2
+    assert "give --prompt" in capsys.readouterr().err and not out.exists()
+    assert main(base + ["--seeds", "0", "--prompt", "a dark ring", "a light square", "--sampler-steps", "5",
+                        "--out", str(out)]) == 0
+    rec = coll.load_record(str(out))
+    assert [it["prompt"] for it in rec["items"]] == ["a dark ring", "a light square"]
+    assert [it["status"] for it in rec["items"]] == ["done", "done"]
+

@@ -222,16 +222,17 @@ def test_run_ids_made_after_start_up_work_without_a_list_call(served):
 
 
 # --- /attribute over plain HTTP (the curl example of docs/api.md) -------------------------------------------
-def call(port, api, data, cookie, session):
+def call(port, api, data, cookie, session, every=False):
     """One call as the curl example of docs/api.md makes it: POST /gradio_api/call/<api> with the data and a
-    session of the caller's choosing, then GET its event stream. (last event, its data)."""
+    session of the caller's choosing, then GET its event stream. (last event, its data), or with `every`
+    the list of (event, raw data) of the whole stream."""
     h = {"Cookie": cookie, "Content-Type": "application/json"}
     status, body, _ = raw(port, "POST", f"/gradio_api/call/{api}", h, json.dumps(dict(data=data, session_hash=session)))
     assert status == 200, body[:300]
     status, body, _ = raw(port, "GET", f"/gradio_api/call/{api}/{json.loads(body)['event_id']}", h)
     events = [e for e in re.findall(r"event: (\w+)\ndata: (.*)", body.decode()) if e[0] != "heartbeat"]
     assert status == 200 and events, body[:300]
-    return events[-1][0], json.loads(events[-1][1])
+    return events if every else (events[-1][0], json.loads(events[-1][1]))
 
 
 def test_attribute_over_plain_http_takes_a_settings_dict(served):
@@ -243,10 +244,16 @@ def test_attribute_over_plain_http_takes_a_settings_dict(served):
     event, data = call(port, "attribute", [label, {"nosies": 4}], cookie, session)
     assert event == "error" and "unknown setting 'nosies' (did you mean 'noises'?)" in json.dumps(data)
     assert set(ex.store.ids()) == before
-    event, data = call(port, "attribute", [label, {"top_k": 3}], cookie, session)
+    events = call(port, "attribute", [label, {"top_k": 3}], cookie, session, every=True)
+    event, data = events[-1][0], json.loads(events[-1][1])
     assert event == "complete" and data[0].startswith("**done**")
     (rid,) = set(ex.store.ids()) - before
-    assert rid in data and ex.store.load(rid).settings["top_k"] == 3
+    assert data[3] == rid and ex.store.load(rid).settings["top_k"] == 3     # docs/api.md's curl reads [3]
+    # progress events stay small: a status line, and the live curve only when it grew, without plotly's
+    # 6.5 KB named template (the curl example printed 5.3 MB for one run)
+    progress = [len(d) for e, d in events[:-1] if e == "generating" and "**done**" not in d[:40]]   # not the result
+    assert progress and max(progress) < 5000, progress
+    assert sum(progress) < 2500 * len(progress), progress
     assert ex.store.load(rid).settings["noises"] == SMALL["noises"]      # the rest: the recommended settings
 
 
@@ -402,3 +409,16 @@ def test_generate_and_pick_with_bad_values_are_clean_errors(served):
     for evt in (None, gr.SelectData(None, {"index": 7, "value": None})):
         with pytest.raises(gr.Error, match="pick one of the 1 generated images"):
             fns["pick_generated"].fn([q], evt)
+
+
+def test_api_page_names_every_component_and_answers_the_mcp_probe(served):
+    """"Use via API" lists each endpoint's outputs by label (an unlabelled one showed as `value_106`), and
+    its probe for an MCP server gets the app's answer (MCP is off), not a missing route."""
+    info = served["demo"].get_api_info()["named_endpoints"]
+    unnamed = [(api, r.get("label")) for api, ep in info.items() for r in ep["parameters"] + ep["returns"]
+               if not r.get("label") or re.fullmatch(r"(value|param)_\d+", str(r.get("label")))]
+    assert not unnamed, unnamed
+    _, cookie = login(served["port"])
+    status, body, _ = raw(served["port"], "GET", "/gradio_api/mcp/schema", {"Cookie": cookie})
+    assert status == 404 and "MCP is off" in json.loads(body)["detail"]
+

@@ -55,3 +55,25 @@ def test_why_figures():
     f = plots.skew_histogram(scores, [19, 18], mark=3)
     assert any("item 3" in (a.text or "") for a in f.layout.annotations)
     assert plots.methods_overlap(np.eye(2), ["a", "b"]).data[0].type == "heatmap"
+
+
+def test_log_axes_label_full_values_and_figures_stay_small():
+    """Log axes carry their own ticks, each labelled with its full value (plotly's minor labels on a log
+    axis are bare "2" and "5" that read like values), and a figure does not carry plotly's 6.5 KB
+    named template (the live curve is sent with every progress event)."""
+    rng = np.random.default_rng(1)
+    lo, lu = 10 ** rng.uniform(-2.5, -1.2, 200), 10 ** rng.uniform(-2, 0.3, 200)
+    f = plots.loss_scatter(lo, lu, rng.normal(size=200), [0, 1])
+    for ax, vals in ((f.layout.xaxis, lo), (f.layout.yaxis, lu)):
+        ticks, text = list(ax.tickvals), list(ax.ticktext)
+        assert len(ticks) >= 2 and ax.type == "log"
+        assert [float(t) for t in text] == [float(f"{v:.3g}") for v in ticks]
+        assert min(ticks) <= vals.min() * 2.5 and max(ticks) >= vals.max() / 2.5   # ticks span the data
+    assert set(f.layout.yaxis.ticktext) >= {"0.01", "0.1", "1"}
+    ticks = plots.log_ticks([3, 7])            # under one step of the grid: 5 and the ends, full values
+    assert ticks["ticktext"] and all(float(t) > 0 for t in ticks["ticktext"])
+    assert plots.log_ticks([]) == {} and plots.log_ticks([0, -1, np.nan]) == {}
+    h = plots.skew_histogram(rng.normal(size=1000), [0])
+    assert h.layout.yaxis.tickvals[0] == 1 and 1000 in h.layout.yaxis.tickvals
+    curve = [dict(step=i, loss_f=0.1 * i, loss_r=0.05) for i in range(30)]
+    assert len(plots.unlearning_curve(curve, 0.5, 0.05).to_json()) < 4000

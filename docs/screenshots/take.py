@@ -100,6 +100,17 @@ def main(argv=None):
             page.locator("#plot-overlap .js-plotly-plot").first.wait_for()
             scroll_all(page)
             page.screenshot(path=path("09-runs-side-by-side.png"), full_page=True)
+            # the shipped example collection: its overlap analyses (assets/make_example_collection.py)
+            shipped = [c for c in ex.collections.ids() if c.startswith("example:")]
+            if shipped:
+                page.locator("#collection-select input").first.click()
+                page.get_by_role("option", name=shipped[0], exact=True).click()
+                page.locator("#collection-open-btn").click()
+                page.locator("#collection-figures svg").first.wait_for()
+                page.wait_for_timeout(800)
+                scroll_all(page)
+                page.screenshot(path=path("13-collection.png"), full_page=True)
+                page.locator("#collection-figures").screenshot(path=path("14-collection-figures.png"))
             phone = ctx.new_page()
             phone.set_viewport_size({"width": 390, "height": 844})
             phone.set_default_timeout(120_000)

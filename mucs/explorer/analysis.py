@@ -14,6 +14,10 @@ from ..method import overlap as ov
 DRAWS = 200            # random top-k collections drawn for each band
 MAX_HEATMAP = 60       # the pairwise heatmap shows at most this many runs (the first ones in clustering order)
 RECURRING = 24         # images listed as recurring
+# The methods a collection's agreement figure compares (the app and `mucs report COLLECTION`). Not D-TRAK
+# or AbU: a collection would run AbU's unlearning for every generation and D-TRAK's one-off gradient pass
+# (minutes each on a CPU); a run's methods-side-by-side view shows them one query at a time.
+AGREEMENT_METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
 
 
 def band(values: np.ndarray, lo: float = 2.5, hi: float = 97.5) -> tuple:
@@ -29,11 +33,14 @@ def analyse(run_ids: Sequence[str], atts: Sequence, names: Sequence[str], n_item
     sets = [[int(i) for i in a.top] for a in atts]
     sizes = [len(s) for s in sets]
     g = len(sets)
-    labels = [a.query.get("label") for a in atts]
+    # a query's group: its class, or a text model's prompt (within/across pairs compare groups)
+    labels = [a.query.get("label") if a.query.get("label") is not None else a.query.get("prompt") for a in atts]
 
     def cname(y) -> str:
         if y is None:
             return ""
+        if isinstance(y, str):      # a prompt
+            return y
         return class_names[int(y)] if class_names and 0 <= int(y) < len(class_names) else str(y)
     out = dict(run_ids=list(run_ids), names=list(names), labels=labels, classes=[cname(y) for y in labels],
                sizes=sizes, count=g, n_items=int(n_items))

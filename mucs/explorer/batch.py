@@ -30,10 +30,6 @@ class BatchUpdate:
     record: Optional[dict] = None      # the final collection record
 
 
-# The methods a collection's agreement figure compares. Not D-TRAK or AbU: opening a collection would
-# run AbU's unlearning for every generation and D-TRAK's one-off gradient pass (minutes each on a CPU);
-# a run's methods-side-by-side view shows them one query at a time.
-AGREEMENT_METHODS = ("mucs", "pixel_nn", "feature_nn", "mucs+pixel_nn")
 
 
 class BatchOps:
@@ -60,12 +56,14 @@ class BatchOps:
         return self._collections
 
     # --- planning -----------------------------------------------------------------------------------
-    def batch_generated(self, labels, seeds, sampler_steps: int = 50) -> list:
+    def batch_generated(self, labels, seeds, sampler_steps: int = 50, prompts=None) -> list:
         """Items for class × seeds: `labels` one class or several (ignored for an unconditional model),
-        `seeds` a list or text such as '0-15' or '0,3,7'."""
+        `seeds` a list or text such as '0-15' or '0,3,7'; a text model's: prompt × seeds, `prompts` a
+        list or one prompt per line."""
         from ..sources.generate import check_steps
-        self._check_family()
         steps = check_steps(sampler_steps, self.model.scheduler.config.num_train_timesteps)
+        if self.text:
+            return self._check_batch_size(coll.prompt_items(self._prompts(prompts), coll.parse_seeds(seeds), steps))
         if self.model.num_classes is None:
             labels = [None]
         else:
@@ -76,10 +74,10 @@ class BatchOps:
         items = coll.generated_items(labels, coll.parse_seeds(seeds), steps)
         return self._check_batch_size(items)
 
-    def batch_uploads(self, paths: Sequence[str], labels) -> list:
+    def batch_uploads(self, paths: Sequence[str], labels, prompt=None) -> list:
         """Items for several uploaded files, each read (and converted) now: a bad file is one error
-        before anything runs. `labels`: one class for all, or one per file."""
-        self._check_family()
+        before anything runs. `labels`: one class for all, or one per file; a text model's images
+        share one `prompt` (the caption they were made with)."""
         paths = [p for p in (paths or []) if p]
         if not paths:
             raise MucsError("upload one or more images first")
@@ -87,6 +85,12 @@ class BatchOps:
         if len(labels) == 1:
             labels = labels * len(paths)
         queries = [self.upload(p) for p in paths]
+        shared = None
+        if self.text:
+            given = self._prompts(prompt)
+            if len(given) > 1:
+                raise MucsError("uploaded images share one prompt: type the one they were made with, on one line")
+            shared = given[0]
         if self.model.num_classes is None:
             labels = [None] * len(paths)
         else:
@@ -96,15 +100,16 @@ class BatchOps:
         items = coll.image_items([q.meta["file"] for q in queries], labels, kind="upload",
                                  pixels=[q.image for q in queries])
         for it, q in zip(items, queries):
-            it.source = f"upload {q.meta['file']}"
+            it.source, it.prompt = f"upload {q.meta['file']}", shared
         return self._check_batch_size(items)
 
-    def _check_family(self) -> None:
-        """Batches take class-conditional and unconditional models; a text model's prompts are not
-        planned per item yet: one clear line instead of items with no prompt."""
-        if getattr(self.model, "conditioning", "class") == "text":
-            raise MucsError("batches take class-conditional or unconditional models for now: attribute a text "
-                            "model's images one at a time (Query & attribute, with their prompt)")
+    def _prompts(self, prompts) -> list:
+        """A text model's prompts for a batch (a list, or text with one per line), each checked."""
+        lines = list(prompts) if isinstance(prompts, (list, tuple)) else str(prompts or "").splitlines()
+        lines = [str(p).strip() for p in lines if str(p).strip()]
+        if not lines:
+            raise MucsError("type a prompt (one per line): this model is text-conditional")
+        return [self.model.check_prompt(p) for p in lines]
 
     def _check_batch_size(self, items) -> list:
         limit = getattr(self, "max_batch", MAX_BATCH)
@@ -239,7 +244,7 @@ class BatchOps:
             agree = None
             if with_agreement:
                 with self._baseline_lock:
-                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, AGREEMENT_METHODS,
+                    agree = analysis.agreement(self.baselines_context(), atts, run_ids, analysis.AGREEMENT_METHODS,
                                                len(self.data), self.data.labels, self.class_names)
             self._coll_memo = memo = (key, an, agree)
         _, an, agree = memo
@@ -311,20 +316,28 @@ def _asked(items) -> dict:
     """What a batch asked for, in collection.json: class × seeds, or the images."""
     kinds = {it.kind for it in items}
     if kinds == {"generated"}:
-        labels, seeds = [], []
+        labels, seeds, prompts = [], [], []
         for it in items:
             if it.label not in labels:
                 labels.append(it.label)
             if it.seed not in seeds:
                 seeds.append(it.seed)
-        return dict(kind="generated", labels=labels, seeds=seeds, sampler_steps=items[0].sampler_steps)
-    return dict(kind="images", files=[it.record().get("file") for it in items], labels=[it.label for it in items])
+            if it.prompt is not None and it.prompt not in prompts:
+                prompts.append(it.prompt)
+        return dict(kind="generated", labels=labels, seeds=seeds, sampler_steps=items[0].sampler_steps,
+                    **(dict(prompts=prompts) if prompts else {}))
+    extra = dict(prompt=items[0].prompt) if items and items[0].prompt is not None else {}
+    return dict(kind="images", files=[it.record().get("file") for it in items], labels=[it.label for it in items],
+                **extra)
 
 
 def describe_asked(record: dict, class_name=str) -> str:
     """'class 3 (Dress) × seeds 0-15' / '5 uploaded images'."""
     a = record.get("asked") or {}
     if a.get("kind") == "generated":
+        if a.get("prompts"):
+            ps = a["prompts"]
+            return (f"{len(ps)} prompts" if len(ps) > 1 else f"“{ps[0]}”") + f" × seeds {_ranges(a.get('seeds', []))}"
         labs = [v for v in a.get("labels", []) if v is not None]
         cls = ", ".join(f"{v} ({class_name(v)})" for v in labs) if labs else "unconditional"
         return f"class {cls} × seeds {_ranges(a.get('seeds', []))}"
@@ -346,5 +359,5 @@ def _ranges(vals) -> str:
 
 def _row(it, ex) -> dict:
     return dict(name=it.name, source=it.source, label=it.label,
-                class_name=ex.class_name(it.label) if it.label is not None else "", status=it.status,
+                class_name=ex.class_name(it.label) if it.label is not None else (it.prompt or ""), status=it.status,
                 seconds=None, run=None, error=None, steps=None, converged=None)

@@ -46,6 +46,7 @@ class BatchItem:
     seed: Optional[int] = None
     sampler_steps: Optional[int] = None
     file: Optional[str] = None         # an image file (CLI) or an upload's file name
+    prompt: Optional[str] = None       # a text model's prompt (generated with it, attributed with it)
     index: Optional[int] = None        # a training image
     status: str = PENDING
     error: Optional[str] = None
@@ -102,6 +103,16 @@ def generated_items(labels: Sequence[Optional[int]], seeds: Sequence[int], sampl
     return [BatchItem(name=f"{n:0{w}d}-" + (f"c{lab}-" if lab is not None else "") + f"seed{s}", kind="generated",
                       label=lab, seed=s, sampler_steps=int(sampler_steps), source=f"generated seed {s}")
             for n, (lab, s) in enumerate(pairs)]
+
+
+def prompt_items(prompts: Sequence[str], seeds: Sequence[int], sampler_steps: int = 50) -> list:
+    """Prompt × seed for a text model: one generated item per (prompt, seed), prompt by prompt."""
+    pairs = [(n, p, int(s)) for n, p in enumerate(prompts) for s in seeds]
+    _check_count(len(pairs))
+    w = _width(len(pairs))
+    return [BatchItem(name=f"{k:0{w}d}-p{n}-seed{s}", kind="generated", prompt=p, seed=s,
+                      sampler_steps=int(sampler_steps), source=f"generated seed {s}")
+            for k, (n, p, s) in enumerate(pairs)]
 
 
 def image_items(files: Sequence[str], labels: Sequence[Optional[int]], kind: str = "image",
@@ -213,7 +224,8 @@ def make_query(model, item: BatchItem, background=None):
     from ..sources.data import QueryImage, load_query_image, to_model_range
     if item.kind == "generated":
         from ..sources.generate import generate
-        img = generate(model, [item.label], [int(item.seed or 0)], item.sampler_steps or 50)[0]
+        img = generate(model, [item.label], [int(item.seed or 0)], item.sampler_steps or 50,
+                       prompts=None if item.prompt is None else [item.prompt])[0]
         return QueryImage(x=to_model_range(img), conversions=[])
     src = item.pixels if item.pixels is not None else item.file
     if src is None:
@@ -253,11 +265,11 @@ def run_batch(attributor, items: Sequence[BatchItem], settings, folder: str, rec
         try:
             q = make_query(model, it, data.background())
             label = model.check_label(it.label)
-            att = attributor.attribute(q, label, settings=settings, cancel=cancel, source=it.source,
+            att = attributor.attribute(q, label, settings=settings, cancel=cancel, source=it.source, prompt=it.prompt,
                                        progress=lambda ev, n=n: say(BatchEvent(n, count, RUNNING, event=ev)))
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
-            meta = dict(kind=it.kind, source=it.source, seed=it.seed, sampler_steps=it.sampler_steps,
+            meta = dict(kind=it.kind, source=it.source, seed=it.seed, sampler_steps=it.sampler_steps, prompt=it.prompt,
                         file=os.path.basename(it.file) if it.file else None, index=it.index,
                         conversions=list(q.conversions), model=model.path, data=data.source,
                         collection=record.get("id"))
@@ -295,6 +307,9 @@ def run_batch(attributor, items: Sequence[BatchItem], settings, folder: str, rec
 def short_name(item: dict, class_name=None) -> str:
     """A generation's short name for figures: 'Dress s3' (class and seed) or the file stem."""
     cls = item.get("class_name") or (class_name(item["label"]) if class_name and item.get("label") is not None else "")
+    if not cls and item.get("prompt"):     # a text model's generation: its prompt, shortened
+        p = str(item["prompt"])
+        cls = p if len(p) <= 24 else p[:23] + "…"
     if item.get("kind") == "generated":
         return f"{cls} s{item.get('seed')}".strip()
     stem = os.path.splitext(os.path.basename(str(item.get("file") or item.get("name"))))[0]

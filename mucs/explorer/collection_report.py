@@ -136,10 +136,9 @@ def report_for_folder(folder: str, data_path: Optional[str] = None, model_path: 
 def _agreement(model_path: str, data, record: dict, members: list) -> dict:
     from ..method.baselines import Context
     from ..sources.models import load_model
-    from .compare import METHODS
     model = load_model(model_path, "cpu")
     data.check_matches(model)
     ctx = Context(model, data)          # the baselines only: each run's own MUCS scores are reused
     run_ids = [f"{record['id']}/{n}" for n, _ in members]
-    return analysis.agreement(ctx, [a for _, a in members], run_ids, METHODS, len(data), data.labels,
+    return analysis.agreement(ctx, [a for _, a in members], run_ids, analysis.AGREEMENT_METHODS, len(data), data.labels,
                               record.get("class_names"))

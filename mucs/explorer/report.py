@@ -53,7 +53,8 @@ h1 { font-size: 1.5em; margin: 0.2em 0; } h2 { font-size: 1.15em; margin-top: 1.
 .muted { color: #666; } .warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 6px 10px; margin: 6px 0; }
 .row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 .query img { width: 192px; height: 192px; image-rendering: pixelated; border: 1px solid #ccc; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(118px, 1fr)); gap: 10px; }
+.grid { display: grid; grid-template-columns: repeat(var(--cols, 5), minmax(0, 1fr)); gap: 10px; }
+@media (max-width: 900px) { .grid { grid-template-columns: repeat(var(--half, 5), minmax(0, 1fr)); gap: 6px; } }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 4px; text-align: center; font-size: 12px; }
 .card img { width: 100%; aspect-ratio: 1; image-rendering: pixelated; display: block; }
 .card .cap { margin-top: 3px; word-break: break-word; } .card .sub { color: #666; font-size: 11px; }
@@ -62,7 +63,7 @@ th { background: #f6f8fa; } code { font-size: 12px; word-break: break-all; }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 14px; }
 .plots figure { margin: 0; } .plots svg { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 12.5px; color: #444; margin-top: 4px; }
-@media (max-width: 520px) { .plots { grid-template-columns: 1fr; } .grid { grid-template-columns: repeat(3, 1fr); } }
+@media (max-width: 520px) { .plots { grid-template-columns: 1fr; } .card { font-size: 10px; padding: 2px; } }
 """
 
 
@@ -215,7 +216,9 @@ def _top_k_section(att: Attribution, data, names, data_note: str) -> list:
                      + (f"<div class='sub'>“{_e(att.captions[i])}”</div>" if att.captions is not None else "")
                      + (f"<div class='sub'>{float(att.loss_original[i]):.3g} → {float(att.loss_unlearned[i]):.3g}</div>"
                         if np.isfinite(att.loss_original[i]) else "") + "</div>")
-    parts.append(f"<div class='grid' id='topk'>{''.join(cards)}</div>")
+    # whole rows: the top-10 in one row of 10 (two of 5 on narrow screens), never 9 + 1
+    cols = max(1, min(len(cards), 10))
+    parts.append(f"<div class='grid' id='topk' style='--cols:{cols};--half:{-(-cols // 2)}'>{''.join(cards)}</div>")
     return parts
 
 

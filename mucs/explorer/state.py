@@ -1,6 +1,7 @@
 """The explorer session behind the app: one model, its training set, an Attributor and a run
 store. Every app callback calls one method here; nothing here knows about Gradio."""
 import logging
+import math
 import os
 import queue
 import secrets
@@ -519,7 +520,10 @@ class Explorer(BatchOps):
             st = self.run_settings_dict(row[0])
             extra = [st.get("noises", ""), _lr_text(st), st.get("max_steps", ""), paper_mark(st) if st else ""]
             names = [os.path.basename(os.path.normpath(str(m[k]))) if m.get(k) else "" for k in ("model", "data")]
-            rows.append(list(row[:5]) + extra + list(row[5:]) + names)
+            # compact cells (the table's columns fit their words): minutes of the UTC time, whole seconds
+            when = str(row[1] or "")[:16].replace("T", " ")
+            secs = round(float(row[8])) if isinstance(row[8], (int, float)) and math.isfinite(row[8]) else row[8]
+            rows.append([row[0], when] + list(row[2:5]) + extra + list(row[5:8]) + [secs] + names)
         return rows
 
     def is_served(self, meta: dict) -> bool:
