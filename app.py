@@ -589,10 +589,12 @@ def build(ex: Explorer) -> gr.Blocks:
         why_btn.click(on_why, [run_box, why_index], why_components, api_name="why")
         methods_btn.click(on_methods, [run_box], [methods_text, methods_html, methods_plot], api_name="compare_methods")
         demo.load(on_refresh, None, history_components, api_name="load_history")
-        wire_batch(ex, batch_tab, SimpleNamespace(
+        shared = SimpleNamespace(
             collections=coll_panel, tabs=tabs, on_settings=on_settings, setting_widgets=setting_widgets,
             settings_box=settings_box, result_outputs=result_outputs, result_components=result_components,
-            history_outputs=history_outputs, history_components=history_components))
+            history_outputs=history_outputs, history_components=history_components)
+        wire_batch(ex, batch_tab, shared)
+        wire_collections(ex, batch_tab, shared)
     return demo
 
 
@@ -621,7 +623,7 @@ def collections_panel(ex: Explorer) -> SimpleNamespace:
 def build_batch_tab(ex: Explorer) -> SimpleNamespace:
     """The "Batch & collections" tab (built inside the page's Tabs): the batch form (class × seeds, or
     several uploads), its progress and per-item status, and the opened collection's summary, overlap
-    figures and downloads. `wire_batch` connects it."""
+    figures and downloads. `wire_batch` and `wire_collections` connect it."""
     conditional = ex.model.num_classes is not None
     choices = ex.class_choices()
     with gr.Tab("Batch & collections", id="batch", elem_id="tab-batch"):
@@ -666,23 +668,26 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
                            summary=summary, data_fmt=data_fmt, dl_data=dl_data, dl_zip=dl_zip, figures=figures)
 
 
+def _collection_view(ex: Explorer, b: SimpleNamespace, coll_id) -> dict:
+    """The batch tab's collection view (id, summary, figures) showing `coll_id`."""
+    o = ex.open_collection(coll_id)
+    return {b.coll_box: coll_id, b.summary: o["summary"], b.figures: o["html"]}
+
+
+def _collection_listing(ex: Explorer, page: SimpleNamespace, select=None) -> dict:
+    """The collections table and chooser, `select` chosen."""
+    ids = ex.collections.ids()
+    panel = page.collections
+    return {panel.table: ex.collection_table(), panel.select: gr.update(choices=ids, value=select)}
+
+
 def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
-    """The batch tab's events: /attribute_batch (one queue job: overall progress, per-item status, time
-    left; /cancel_batch keeps the finished items), /open_collection, /list_collections,
-    /delete_collection, /collection_data, /export_collection, and a click on the map opening a run.
-    `page`: the components and callbacks of `build` they share."""
+    """The batch tab's run events: /attribute_batch (one queue job: overall progress, per-item status, time
+    left; /cancel_batch keeps the finished items) and the kind switch. `page`: the components and
+    callbacks of `build` they share; the collections' events: `wire_collections`."""
     kind, classes, seeds, steps, uploads = b.kind, b.classes, b.seeds, b.steps, b.uploads
-    status, items, job_box, coll_box, summary, figures = b.status, b.items, b.job_box, b.coll_box, b.summary, b.figures
-    panel, tabs = page.collections, page.tabs
-    coll_outputs = [coll_box, summary, figures]
-
-    def view(coll_id):
-        o = ex.open_collection(coll_id)
-        return {coll_box: coll_id, summary: o["summary"], figures: o["html"]}
-
-    def listing(select=None):
-        ids = ex.collections.ids()
-        return {panel.table: ex.collection_table(), panel.select: gr.update(choices=ids, value=select)}
+    status, items, job_box = b.status, b.items, b.job_box
+    lists = [page.collections.table, page.collections.select]
 
     def rows(u):
         return [[n + 1, r["name"], r["source"], r["class_name"], r["status"] + (f": {r['error']}" if r["error"] else ""),
@@ -724,9 +729,9 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
                     u.record["status"], u.record["status"])
                 out = {status: f"**{word}**: {done} of {len(u.items)} items saved in collection `{u.collection_id}` "
                                f"({_secs(u.record.get('seconds'))})", items: rows(u), job_box: job.id,
-                       **listing(u.collection_id), **page.history_outputs()}
+                       **_collection_listing(ex, page, u.collection_id), **page.history_outputs()}
                 if done:
-                    out.update(view(u.collection_id))
+                    out.update(_collection_view(ex, b, u.collection_id))
                 yield out
 
     def on_cancel_batch(job_id: str = "", request: gr.Request = None):
@@ -737,21 +742,44 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
         return ("**cancelling**: the finished items stay saved, the rest will not start" if hit
                 else "**nothing to cancel**")
 
+    def on_kind(k):
+        up = k == "upload"
+        return {seeds: gr.update(visible=not up), steps: gr.update(visible=not up), uploads: gr.update(visible=up),
+                b.run_btn: gr.update(value="Attribute the uploaded images" if up else "Generate and attribute the batch")}
+
+    kind.change(on_kind, [kind], [seeds, steps, uploads, b.run_btn], queue=False, api_visibility="private",
+                show_progress="hidden")
+    b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
+                       api_visibility="private", show_progress="hidden").success(
+        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box, b.prompts],
+        [status, items, job_box, b.coll_box, b.summary, b.figures] + lists + page.history_components,
+        api_name="attribute_batch", concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
+    b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)
+
+
+def wire_collections(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
+    """The collections' events: /open_collection, /list_collections, /delete_collection, /collection_data,
+    /export_collection, and a click on the map opening a run."""
+    coll_box, figures = b.coll_box, b.figures
+    panel, tabs = page.collections, page.tabs
+    coll_outputs = [coll_box, b.summary, figures]
+    lists = [panel.table, panel.select]
+
     @user_errors
     def on_open_collection(coll_id):
         if not coll_id:
             raise MucsError("choose a collection to open")
-        return {**view(coll_id), tabs: gr.Tabs(selected="batch")}
+        return {**_collection_view(ex, b, coll_id), tabs: gr.Tabs(selected="batch")}
 
     def on_list_collections():
-        return listing()
+        return _collection_listing(ex, page)
 
     @user_errors
     def on_delete_collection(coll_id):
         if not coll_id:
             raise MucsError("choose a collection to delete")
         ex.delete_collection(coll_id)
-        return {**listing(), **page.history_outputs()}
+        return {**_collection_listing(ex, page), **page.history_outputs()}
 
     def on_collection_file(coll_id, fmt):
         """Every analysis of the collection as JSON, or its CSV tables in one zip."""
@@ -779,20 +807,6 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
             raise MucsError("click a point of the map (or a row name of the heatmap) to open its run")
         return {**page.result_outputs(run_id, ex.load_run(run_id)), tabs: gr.Tabs(selected="results")}
 
-    def on_kind(k):
-        up = k == "upload"
-        return {seeds: gr.update(visible=not up), steps: gr.update(visible=not up), uploads: gr.update(visible=up),
-                b.run_btn: gr.update(value="Attribute the uploaded images" if up else "Generate and attribute the batch")}
-
-    lists = [panel.table, panel.select]
-    kind.change(on_kind, [kind], [seeds, steps, uploads, b.run_btn], queue=False, api_visibility="private",
-                show_progress="hidden")
-    b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
-                       api_visibility="private", show_progress="hidden").success(
-        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box, b.prompts],
-        [status, items, job_box] + coll_outputs + lists + page.history_components, api_name="attribute_batch",
-        concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
-    b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)
     panel.open_btn.click(on_open_collection, [panel.select], coll_outputs + [tabs], api_name="open_collection")
     panel.refresh_btn.click(on_list_collections, None, lists, api_name="list_collections")
     panel.delete_btn.click(on_delete_collection, [panel.select], lists + page.history_components,
