@@ -73,7 +73,7 @@ def test_settings_tables_are_derived_from_one_declaration_per_field():
     HELP, RANGES, the app's widgets, PAPER_KEYS, SCORING_ONLY ... are derived from it, and the code reads
     those derived tables, not copies of its own."""
     import mucs.settings as S
-    from mucs.explorer import state
+    from mucs.explorer import state, stored_runs
     from mucs.method import attribute, fragile
     for f in fields(Settings):
         m = f.metadata
@@ -94,7 +94,7 @@ def test_settings_tables_are_derived_from_one_declaration_per_field():
     places = [(w.row, w.col) for w in S.APP_WIDGETS.values()]
     assert places == sorted(places) and len(set(places)) == len(places), "two app widgets in one place"
     assert len({w.elem_id for w in S.APP_WIDGETS.values()}) == len(S.APP_WIDGETS)
-    assert state.USER_SETTINGS == tuple(S.APP_WIDGETS) and state.PAPER_KEYS is S.PAPER_KEYS
+    assert state.USER_SETTINGS == tuple(S.APP_WIDGETS) and stored_runs.PAPER_KEYS is S.PAPER_KEYS
     assert attribute.SCORING_ONLY is S.SCORING_ONLY and fragile.FLOAT_TOLERANCE_ONLY is S.FLOAT_TOLERANCE_ONLY
     assert _app_setting_keys() == set(S.APP_WIDGETS)
 

@@ -8,21 +8,18 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-import numpy as np
-
-from ..checks import SEED_MAX, check_int
 from ..method.attribute import Attribution, Attributor
-from ..sources.data import QueryImage, load_dataset, load_query_image, to_model_range
+from ..sources.data import load_dataset
 from ..defaults import cache_dir_for, settings_for
 from ..errors import Cancelled, MucsError
-from ..sources.generate import generate
 from .batch import BatchOps
+from .queries import Query, QueryOps  # noqa: F401 (Query re-exported)
 from .stored_runs import KEEP_UNLEARNED, StoredRuns, paper_mark, upscale  # noqa: F401 (re-exported)
 from .history import RunStore
 from ..sources.models import class_names_for, load_model
-from ..method.neighbours import NeighbourIndex, pixel_features
+from ..method.neighbours import NeighbourIndex
 from ..progress import Overall, OverallProgress, ProgressEvent
 from ..settings import APP_WIDGETS, Settings
 
@@ -36,19 +33,6 @@ HISTORY_COLUMNS = ["id", "created (UTC)", "kind", "source", "class", "K", "lr ÷
 # the settings a user may change per run in the app, in page order (everything else comes from the model's
 # defaults): the fields declared with an app widget (mucs.settings.APP_WIDGETS)
 USER_SETTINGS = tuple(APP_WIDGETS)
-
-
-@dataclass
-class Query:
-    """The current query: pixels as the model sees them, its class or prompt, and where it came from."""
-    image: np.ndarray            # (H, W, C) uint8
-    label: Optional[int]
-    meta: dict = field(default_factory=dict)   # kind (generated/upload/training), seed, steps, index, file, conversions
-    prompt: Optional[str] = None   # text-conditional models: the caption it was made with (or typed for an upload)
-
-    def to_query_image(self) -> QueryImage:
-        return QueryImage(x=to_model_range(self.image), conversions=list(self.meta.get("conversions", [])),
-                          prompt=self.prompt)
 
 
 @dataclass
@@ -94,7 +78,7 @@ class Job:
                          "nothing was saved")
 
 
-class Explorer(StoredRuns, BatchOps):
+class Explorer(QueryOps, StoredRuns, BatchOps):
     def __init__(self, model_path: str, data_path: str, overrides: Optional[dict] = None,
                  runs_dir: Optional[str] = None, examples_dir: Optional[str] = "default", device: Optional[str] = None,
                  max_request_seconds: Optional[float] = MAX_REQUEST_SECONDS,
@@ -246,76 +230,6 @@ class Explorer(StoredRuns, BatchOps):
             return [dict(id=j.id, session=j.session, seconds=round(time.monotonic() - j.started, 1))
                     for j in self._cancel.values()]
 
-    # --- queries ------------------------------------------------------------------------------------
-    def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,
-                 progress=None, cancel=None, prompt: Optional[str] = None, guidance_scale: Union[float, str, None] = None,
-                 negative_prompt: str = "") -> list:
-        """`count` queries from consecutive seeds with the deterministic sampler (a text model's from
-        `prompt`, with classifier-free guidance)."""
-        from ..sources.generate import check_guidance, default_guidance
-        if self.model.num_classes is None:
-            label = None
-        elif label is None or label == "":
-            raise MucsError("choose a class: this model is class-conditional")
-        lab = self.model.check_label(None if label is None else int(label))
-        prompt = self.model.check_prompt(prompt if self.text else None)
-        guidance = default_guidance(self.model) if guidance_scale in (None, "") else check_guidance(guidance_scale)
-        count = check_int(count, "the number of images (1..16 at a time)", 1, 16)
-        steps = check_int(steps, "sampler steps", 1, 1000)
-        seed = check_int(seed, "the seed", 0, SEED_MAX - count)
-        seeds = [seed + i for i in range(count)]
-        imgs = generate(self.model, [lab] * count, seeds, steps, progress=progress, cancel=cancel,
-                        prompts=None if prompt is None else [prompt] * count, guidance_scale=guidance,
-                        negative_prompt=negative_prompt or "")
-        extra = dict(prompt=prompt, guidance_scale=guidance, negative_prompt=negative_prompt or "") if self.text else {}
-        return [Query(image=im, label=lab, meta=dict(kind="generated", seed=s, sampler_steps=steps, conversions=[],
-                                                       **extra), prompt=prompt)
-                for im, s in zip(imgs, seeds)]
-
-    def upload(self, path: str) -> Query:
-        """Read an uploaded file (any size/mode) as the model sees it; the class is left to the user."""
-        if not path:
-            raise MucsError("no file uploaded")
-        q = load_query_image(path, self.model.channels, self.model.size, self.data.background())
-        return Query(image=q.uint8, label=None,
-                     meta=dict(kind="upload", file=os.path.basename(str(path)), conversions=list(q.conversions)))
-
-    def training_item(self, index) -> Query:
-        try:
-            i = int(index)
-        except (TypeError, ValueError):
-            raise MucsError(f"training index must be an integer, got {index!r}") from None
-        if not 0 <= i < len(self.data):
-            raise MucsError(f"training index {i} out of range 0..{len(self.data) - 1}")
-        label = None if self.data.labels is None or self.model.num_classes is None else int(self.data.labels[i])
-        prompt = self.data.caption(i) if self.text else None
-        return Query(image=self.data.images[i], label=label, meta=dict(kind="training", index=i, conversions=[]),
-                     prompt=prompt)
-
-    def with_prompt(self, q: Optional[Query], prompt) -> Optional[Query]:
-        """The query with a new prompt typed by the user (blank: none); checked when attributed."""
-        if q is None or not self.text:
-            return q
-        p = prompt.strip() if isinstance(prompt, str) else ""
-        return Query(q.image, q.label, q.meta, p or None)
-
-    def with_label(self, q: Query, label, prompt: Optional[str] = None) -> Query:
-        """The query with the class (or, for a text model, the prompt) chosen by the user, checked
-        against the model; a text query keeps its own prompt when none is given."""
-        if q is None:
-            raise MucsError("no query yet: generate, upload or pick a training image first")
-        if self.text:
-            p = prompt if isinstance(prompt, str) and prompt.strip() else q.prompt
-            if not p:
-                raise MucsError("type the query's prompt: this model is text-conditional (the caption the image "
-                                "was made with, or the one you want to ask about)")
-            return Query(q.image, None, q.meta, self.model.check_prompt(p))
-        if self.model.num_classes is None:
-            return Query(q.image, None, q.meta)
-        if label is None or label == "":
-            raise MucsError("choose the query's class: this model is class-conditional")
-        return Query(q.image, self.model.check_label(int(label)), q.meta)
-
     # --- attribution ----------------------------------------------------------------------------------
     def attribute(self, q: Query, settings: Optional[Settings] = None, progress=None, cancel=None) -> tuple:
         """Run MUCS for a query and store the run; returns (run_id, Attribution)."""
@@ -385,84 +299,6 @@ class Explorer(StoredRuns, BatchOps):
                 cancel.set()
                 t.join(timeout=30)
 
-    # --- results -------------------------------------------------------------------------------------
-    def class_name(self, label) -> str:
-        if label is None:
-            return ""
-        names = self.class_names
-        return names[int(label)] if names and 0 <= int(label) < len(names) else str(label)
-
-    def item_text(self, i, limit: int = 60) -> str:
-        """How a training item is named under its image: its class, or (text models) its caption."""
-        i = int(i)
-        if self.data.captions is not None and (self.text or self.data.labels is None):
-            c = self.data.caption(i)
-            return f"“{c[:limit - 1]}…”" if len(c) > limit else f"“{c}”"
-        return "" if self.data.labels is None else self.class_name(self.data.labels[i])
-
-    def _lab(self, i) -> str:
-        t = self.item_text(i)
-        return f" {t}" if t else ""
-
-    def top_gallery(self, att: Attribution, target: int = 128) -> list:
-        """[(image, caption)] of the top-k training items, best first."""
-        out = []
-        for rank, i in enumerate(att.top, 1):
-            i = int(i)
-            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{self._lab(i)} · {att.scores[i]:.4f}"))
-        return out
-
-    def neighbours(self, image: np.ndarray, k: int = 8, target: int = 128) -> list:
-        """[(image, caption)] of the k nearest training items in pixel space (for comparison)."""
-        d, idx = self.pixel_index().search(pixel_features(to_model_range(image)[None]), k)
-        out = []
-        for dist, i in zip(d[0], idx[0]):
-            i = int(i)
-            out.append((upscale(self.data.images[i], target), f"{i}{self._lab(i)} · d²={dist:.3g}"))
-        return out
-
-    def check_run(self, att: Attribution) -> None:
-        """Refuse a stored run made with another model or training set."""
-        fp = att.info.get("data_fingerprint")
-        if len(att.scores) != len(self.data) or (fp and fp != self.data.fingerprint()):
-            raise MucsError("this run was made with another training set; open it with the matching --data")
-        m, q = self.model, att.query_image
-        if q is not None and q.shape != (m.size, m.size, m.channels):
-            raise MucsError(f"this run's query.png is {'x'.join(map(str, q.shape))}, not the model's "
-                            f"{m.size}x{m.size}x{m.channels}: the run was made with another model or edited")
-
-    def summary(self, att: Attribution, run_id: str = "") -> str:
-        q = att.query
-        cls = (f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else
-               f"prompt “{q['prompt']}”" if q.get("prompt") else "no class")
-        conv = "; ".join(q.get("conversions") or []) or "none"
-        if att.loss_null is None:   # a run of another method (mucs attribute --method dtrak|trak|abu|..)
-            times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in att.stage_times.items())
-            return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
-                    f"Method **{att.info.get('method')}**: {att.info.get('method_description', '')}.  \n"
-                    f"Time: {times}.")
-        stop = "converged (L_f reached (1−τ)·L_null)" if att.converged else "**hit the step cap** (not converged)"
-        st = att.stage_times
-        times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in st.items())
-        s = att.settings
-        return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
-                f"Unlearning: {att.steps} steps, {stop}; L_null = {att.loss_null:.4g}.  \n"
-                f"Settings: K={s.get('noises')}, f={s.get('noise_fraction')}, λ={s.get('lam')}, τ={s.get('tol')}, "
-                f"cap={s.get('max_steps')}, top-k={s.get('top_k')}, seed={s.get('seed')}"
-                f"{'' if s.get('bounded', True) else ', unbounded'}{'' if s.get('retain', True) else ', no retain'}"
-                f"{'' if s.get('consistent_noise', True) else ', fresh noise'}"
-                f"{'' if s.get('normalised', True) else ', un-normalised'}; "
-                + (f"noise grid σ {s['sigma_min']:g}–{s['sigma_max']:g}" if "sigma_min" in s
-                   else "noise grid over the scheduler's full σ range (a run made before the fix)")
-                + f"{_levels(att.info.get('noise_levels'))}, training-time noise {s.get('train_noise', 'uniform')}, "
-                f"loss weighting {s.get('loss_weighting', 'none')}.  \n"
-                f"Time: {times}." + "".join(f"  \n⚠️ {w}" for w in self.warnings(att)))
-
-    def warnings(self, att: Attribution) -> list:
-        """Plain-language warnings for a run (tied top-k, saturated class, step cap)."""
-        from .diagnostics import warnings
-        return warnings(att.scores, att.top, att.labels, att.query.get("label"), att.converged, att.steps)
-
 class _JobContext:
     def __init__(self, ex: Explorer, session: str, limit):
         self.ex, self.session, self.limit = ex, session, limit
@@ -484,15 +320,6 @@ def _apply(state: dict, ev: ProgressEvent) -> None:
         state["curve"].append(dict(step=ev.info.get("step", len(state["curve"])), loss_f=ev.info["loss_f"],
                                    loss_r=ev.info.get("loss_r")))
         state["loss_null"] = ev.info.get("loss_null", state["loss_null"])
-
-
-def _levels(levels) -> str:
-    """' (kept: σ 0.40–80, steps 301–991)' from result.json's noise_levels, '' for older runs."""
-    if not levels:
-        return ""
-    sig = [lv["sigma_t"] for lv in levels]
-    ts = [lv["timestep"] for lv in levels]
-    return f" (kept: σ {min(sig):.2g}–{max(sig):.3g}, steps {min(ts)}–{max(ts)})"
 
 
 def _source(q: Query) -> str:

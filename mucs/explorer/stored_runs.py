@@ -12,7 +12,8 @@ from PIL import Image
 from ..errors import Cancelled, MucsError
 from ..method import overlap as ov
 from ..method.attribute import Attribution
-from ..method.neighbours import NeighbourIndex
+from ..method.neighbours import NeighbourIndex, pixel_features
+from ..sources.data import to_model_range
 from ..settings import PAPER_KEYS, Settings
 
 KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
@@ -28,6 +29,84 @@ def upscale(img: np.ndarray, target: int = 128) -> Image.Image:
 
 class StoredRuns:
     """The Explorer's methods on stored runs; they use its store, model, data, attributor and locks."""
+
+    # --- results -------------------------------------------------------------------------------------
+    def class_name(self, label) -> str:
+        if label is None:
+            return ""
+        names = self.class_names
+        return names[int(label)] if names and 0 <= int(label) < len(names) else str(label)
+
+    def item_text(self, i, limit: int = 60) -> str:
+        """How a training item is named under its image: its class, or (text models) its caption."""
+        i = int(i)
+        if self.data.captions is not None and (self.text or self.data.labels is None):
+            c = self.data.caption(i)
+            return f"“{c[:limit - 1]}…”" if len(c) > limit else f"“{c}”"
+        return "" if self.data.labels is None else self.class_name(self.data.labels[i])
+
+    def _lab(self, i) -> str:
+        t = self.item_text(i)
+        return f" {t}" if t else ""
+
+    def top_gallery(self, att: Attribution, target: int = 128) -> list:
+        """[(image, caption)] of the top-k training items, best first."""
+        out = []
+        for rank, i in enumerate(att.top, 1):
+            i = int(i)
+            out.append((upscale(self.data.images[i], target), f"#{rank} · {i}{self._lab(i)} · {att.scores[i]:.4f}"))
+        return out
+
+    def neighbours(self, image: np.ndarray, k: int = 8, target: int = 128) -> list:
+        """[(image, caption)] of the k nearest training items in pixel space (for comparison)."""
+        d, idx = self.pixel_index().search(pixel_features(to_model_range(image)[None]), k)
+        out = []
+        for dist, i in zip(d[0], idx[0]):
+            i = int(i)
+            out.append((upscale(self.data.images[i], target), f"{i}{self._lab(i)} · d²={dist:.3g}"))
+        return out
+
+    def check_run(self, att: Attribution) -> None:
+        """Refuse a stored run made with another model or training set."""
+        fp = att.info.get("data_fingerprint")
+        if len(att.scores) != len(self.data) or (fp and fp != self.data.fingerprint()):
+            raise MucsError("this run was made with another training set; open it with the matching --data")
+        m, q = self.model, att.query_image
+        if q is not None and q.shape != (m.size, m.size, m.channels):
+            raise MucsError(f"this run's query.png is {'x'.join(map(str, q.shape))}, not the model's "
+                            f"{m.size}x{m.size}x{m.channels}: the run was made with another model or edited")
+
+    def summary(self, att: Attribution, run_id: str = "") -> str:
+        q = att.query
+        cls = (f"class **{q.get('class_name')}** ({q.get('label')})" if q.get("label") is not None else
+               f"prompt “{q['prompt']}”" if q.get("prompt") else "no class")
+        conv = "; ".join(q.get("conversions") or []) or "none"
+        if att.loss_null is None:   # a run of another method (mucs attribute --method dtrak|trak|abu|..)
+            times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in att.stage_times.items())
+            return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
+                    f"Method **{att.info.get('method')}**: {att.info.get('method_description', '')}.  \n"
+                    f"Time: {times}.")
+        stop = "converged (L_f reached (1−τ)·L_null)" if att.converged else "**hit the step cap** (not converged)"
+        st = att.stage_times
+        times = ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in st.items())
+        s = att.settings
+        return (f"**Run** `{run_id}`: query {q.get('source') or ''}, {cls}; conversions: {conv}.  \n"
+                f"Unlearning: {att.steps} steps, {stop}; L_null = {att.loss_null:.4g}.  \n"
+                f"Settings: K={s.get('noises')}, f={s.get('noise_fraction')}, λ={s.get('lam')}, τ={s.get('tol')}, "
+                f"cap={s.get('max_steps')}, top-k={s.get('top_k')}, seed={s.get('seed')}"
+                f"{'' if s.get('bounded', True) else ', unbounded'}{'' if s.get('retain', True) else ', no retain'}"
+                f"{'' if s.get('consistent_noise', True) else ', fresh noise'}"
+                f"{'' if s.get('normalised', True) else ', un-normalised'}; "
+                + (f"noise grid σ {s['sigma_min']:g}–{s['sigma_max']:g}" if "sigma_min" in s
+                   else "noise grid over the scheduler's full σ range (a run made before the fix)")
+                + f"{_levels(att.info.get('noise_levels'))}, training-time noise {s.get('train_noise', 'uniform')}, "
+                f"loss weighting {s.get('loss_weighting', 'none')}.  \n"
+                f"Time: {times}." + "".join(f"  \n⚠️ {w}" for w in self.warnings(att)))
+
+    def warnings(self, att: Attribution) -> list:
+        """Plain-language warnings for a run (tied top-k, saturated class, step cap)."""
+        from .diagnostics import warnings
+        return warnings(att.scores, att.top, att.labels, att.query.get("label"), att.converged, att.steps)
 
     # --- overlap --------------------------------------------------------------------------------------
     def overlap(self, run_ids, pairs: int = 2000) -> dict:
@@ -273,3 +352,12 @@ def _short(run_id: str, att: Attribution) -> str:
     cls = att.query.get("class_name")
     tail = run_id.split(":")[-1][-6:]
     return f"{cls or 'query'} {tail}"
+
+
+def _levels(levels) -> str:
+    """' (kept: σ 0.40–80, steps 301–991)' from result.json's noise_levels, '' for older runs."""
+    if not levels:
+        return ""
+    sig = [lv["sigma_t"] for lv in levels]
+    ts = [lv["timestep"] for lv in levels]
+    return f" (kept: σ {min(sig):.2g}–{max(sig):.3g}, steps {min(ts)}–{max(ts)})"
