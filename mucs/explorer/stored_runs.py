@@ -1,6 +1,7 @@
-"""What the Explorer does with its stored runs (a mixin of mucs.explorer.state.Explorer): overlaps of
-their top-k sets, the history table with each run's main settings, opening, replaying and explaining
-a run, methods and runs side by side, and the files a run is downloaded as."""
+"""What the Explorer does with a run's result and its stored runs (a mixin of
+mucs.explorer.state.Explorer): galleries, neighbours and summary of a result; overlaps of top-k
+sets, the history table with each run's main settings, opening, replaying and explaining a run,
+methods and runs side by side, and the files a run is downloaded as."""
 import math
 import os
 import tempfile
