@@ -635,7 +635,7 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
                                   label="Classes (generate: each class × each seed; uploads: one for all, or one "
                                         "per image)", visible=conditional, elem_id="batch-classes", scale=3)
             seeds = gr.Textbox("0-7", label="Seeds (e.g. 0-15 or 0,3,7)", elem_id="batch-seeds", scale=1)
-            steps = gr.Slider(5, 200, value=50, step=1, label="Sampler steps (DDIM)", elem_id="batch-steps", scale=2)
+            steps = gr.Slider(1, 1000, value=50, step=1, label="Sampler steps (DDIM)", elem_id="batch-steps", scale=2)
         prompts = gr.Textbox("", lines=3, visible=ex.text, elem_id="batch-prompts",
                              label="Prompts, one per line (generate: each prompt × each seed; uploads: the one "
                                    "prompt the images were made with)")

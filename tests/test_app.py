@@ -89,6 +89,8 @@ def test_every_event_has_an_api_name_and_heavy_events_share_one_slot(env):
     by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert type(by_id["download-data"]).__name__ == "DownloadButton"   # no empty File panel
     assert type(by_id["download-report"]).__name__ == "DownloadButton"
+    # sampler steps: the CLI's range (1-1000) for a query and for a batch alike
+    assert [(by_id[k].minimum, by_id[k].maximum) for k in ("gen-steps", "batch-steps")] == [(1, 1000)] * 2
     # a refused upload empties the file box: a failure-only follow-up writes None into it
     clear = fns["clear_upload"]
     assert clear.trigger_only_on_failure and [o._id for o in clear.outputs] == [by_id["upload-file"]._id]

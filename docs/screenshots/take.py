@@ -42,9 +42,27 @@ def open_run(page, run_id):
     page.wait_for_timeout(800)
 
 
+def shoot_collection(page, ex, path):
+    """The shipped example collection (assets/make_example_collection.py) with its overlap analyses."""
+    shipped = [c for c in ex.collections.ids() if c.startswith("example:")]
+    if not shipped:
+        return
+    page.get_by_role("tab", name="History & overlap").click()
+    page.locator("#collection-select input").first.click()
+    page.get_by_role("option", name=shipped[0], exact=True).click()
+    page.locator("#collection-open-btn").click()
+    page.locator("#collection-figures svg").first.wait_for()
+    page.wait_for_timeout(800)
+    scroll_all(page)
+    page.screenshot(path=path("13-collection.png"), full_page=True)
+    page.locator("#collection-figures").screenshot(path=path("14-collection-figures.png"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "screenshots"))
+    ap.add_argument("--only-collection", action="store_true",
+                    help="only the example collection's views (13-, 14-): no attribution replayed")
     a = ap.parse_args(argv)
     from playwright.sync_api import expect, sync_playwright
 
@@ -66,6 +84,10 @@ def main(argv=None):
             page.set_default_timeout(600_000)
             page.goto("http://127.0.0.1:7899/")
             page.locator("#generate-btn").wait_for()
+            if a.only_collection:
+                shoot_collection(page, ex, path)
+                browser.close()
+                return
             page.get_by_role("tab", name="Results").click()
             page.wait_for_timeout(400)
             page.screenshot(path=path("12-results-empty.png"))
@@ -100,17 +122,7 @@ def main(argv=None):
             page.locator("#plot-overlap .js-plotly-plot").first.wait_for()
             scroll_all(page)
             page.screenshot(path=path("09-runs-side-by-side.png"), full_page=True)
-            # the shipped example collection: its overlap analyses (assets/make_example_collection.py)
-            shipped = [c for c in ex.collections.ids() if c.startswith("example:")]
-            if shipped:
-                page.locator("#collection-select input").first.click()
-                page.get_by_role("option", name=shipped[0], exact=True).click()
-                page.locator("#collection-open-btn").click()
-                page.locator("#collection-figures svg").first.wait_for()
-                page.wait_for_timeout(800)
-                scroll_all(page)
-                page.screenshot(path=path("13-collection.png"), full_page=True)
-                page.locator("#collection-figures").screenshot(path=path("14-collection-figures.png"))
+            shoot_collection(page, ex, path)
             phone = ctx.new_page()
             phone.set_viewport_size({"width": 390, "height": 844})
             phone.set_default_timeout(120_000)
