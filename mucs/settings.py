@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from .checks import check_fields_dict, read_json_object
 from .errors import MucsError
@@ -37,9 +37,10 @@ class Widget(NamedTuple):
     elem_id: str
 
 
-def setting(default, help: str, *, flag: str = None, json_only: str = None, range: tuple = None,
-            choices: tuple = None, paper: bool = False, scoring_only: bool = False, float_tolerance: bool = False,
-            app: Widget = None, app_hidden: str = None):
+def setting(default, help: str, *, flag: Optional[str] = None, json_only: Optional[str] = None,
+            range: Optional[tuple] = None, choices: Optional[tuple] = None, paper: bool = False,
+            scoring_only: bool = False, float_tolerance: bool = False, app: Optional[Widget] = None,
+            app_hidden: Optional[str] = None):
     """A Settings field and its declaration (kept in the field's metadata):
     help: the CLI help text; flag: the CLI flag when it is not --name-with-dashes (a bool, default
     true, is switched off by it); json_only: why it has no flag (reachable through --settings only);
@@ -104,7 +105,7 @@ class Settings:
     batch_size: int = setting(100, "B, retain/forget batch size", range=(1, INF, True, False), paper=True,
                               app_hidden=MODEL_CHOICE)
     # None: the model's training lr ÷ lr_factor (field_types reads float)
-    lr: float = setting(None, "unlearning learning rate (default: the model's training lr ÷ --lr-factor)",  # type: ignore[assignment]
+    lr: float = setting(None, "unlearning learning rate (default: the model's training lr ÷ --lr-factor)",
                         flag="--unlearning-lr", range=LR_RANGE + (True, True), paper=True,
                         app_hidden="derived from the training lr")
     lr_factor: float = setting(10.0, "unlearning lr = training lr ÷ this", range=(1e-3, 1e6, True, True), paper=True,
@@ -331,7 +332,8 @@ def add_cli_options(parser, group_title: str = "MUCS settings (mucs.Settings; de
         if t is bool:   # every boolean defaults to on; its flag turns it off
             g.add_argument(flag, dest=f.name, action="store_const", const=not d, default=None, help=help_)
         elif t is tuple:
-            g.add_argument(flag, dest=f.name, default=None, help=f"{help_} (default: {','.join(d)})")
+            listed = ','.join(map(str, d if isinstance(d, tuple) else ()))
+            g.add_argument(flag, dest=f.name, default=None, help=f"{help_} (default: {listed})")
         else:
             shown = "training lr ÷ lr factor" if d is None else d
             limits = f"; {_range_text(m['range'])}" if "range" in m and f.name != "seed" else ""

@@ -2,7 +2,7 @@
 upload or a training image, with its class or prompt, as the model sees it."""
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -27,6 +27,10 @@ class Query:
 
 class QueryOps:
     """Making queries; uses the Explorer's model, data and class names."""
+    # the Explorer's attributes these methods use (declared for the type checker)
+    model: Any
+    data: Any
+    text: Any
 
     # --- queries ------------------------------------------------------------------------------------
     def generate(self, label: Union[int, str, None], seed: int, count: int = 1, steps: int = 50,

@@ -5,7 +5,7 @@ methods and runs side by side, and the files a run is downloaded as."""
 import math
 import os
 import tempfile
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -30,6 +30,21 @@ def upscale(img: np.ndarray, target: int = 128) -> Image.Image:
 
 class StoredRuns:
     """The Explorer's methods on stored runs; they use its store, model, data, attributor and locks."""
+    # the Explorer's attributes these methods use (declared for the type checker)
+    store: Any
+    model: Any
+    model_path: Any
+    data: Any
+    text: Any
+    settings: Any
+    attributor: Any
+    class_names: Any
+    _unlearned: Any
+    _baseline_lock: Any
+    _lock: Any
+    _neigh: Any
+    _ctx: Any
+    _downloads: Any
 
     # --- results -------------------------------------------------------------------------------------
     def class_name(self, label) -> str:
