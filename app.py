@@ -32,7 +32,7 @@ from mucs.sources.data import IMAGE_EXTS, MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
 from mucs.explorer.serving import Views, content_file, png_file, send_file  # noqa: E402
 from mucs.explorer.state import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
-from mucs.settings import LOSS_WEIGHTINGS, TRAIN_NOISE_KINDS  # noqa: E402
+from mucs.settings import APP_WIDGETS, CHOICES, Widget, field_types  # noqa: E402
 
 HEAVY = "heavy"          # the one queue slot shared by sampling, attribution and replays
 GALLERY = ["mucs-gallery"]   # compact galleries with full captions (see CSS)
@@ -42,30 +42,22 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger("mucs.app")
 
 # The settings the page shows, row by row: (mucs.Settings field, its widget given the settings in force
-# and the training-set size). The page gathers them into ONE dict by field name, the `settings` parameter
-# of /attribute, so a row added here adds a widget and leaves the API's parameters as they are
-# (tests/test_app.py checks it; tests/test_settings_source.py checks the fields against mucs.Settings).
-SETTING_WIDGETS = [
-    [("top_k", lambda s, n: gr.Number(s.top_k, precision=0, label=f"top-k (1..{n})", elem_id="set-top-k")),
-     ("noises", lambda s, n: gr.Number(s.noises, precision=0, label="noises K", elem_id="set-noises")),
-     ("noise_fraction", lambda s, n: gr.Number(s.noise_fraction, label="noise fraction f", elem_id="set-f")),
-     ("lam", lambda s, n: gr.Number(s.lam, label="λ (forget weight)", elem_id="set-lam")),
-     ("tol", lambda s, n: gr.Number(s.tol, label="τ (stop tolerance)", elem_id="set-tol")),
-     ("max_steps", lambda s, n: gr.Number(s.max_steps, precision=0, label="step cap", elem_id="set-max-steps")),
-     ("seed", lambda s, n: gr.Number(s.seed, precision=0, label="seed", elem_id="set-seed"))],
-    [("bounded", lambda s, n: gr.Checkbox(s.bounded, label="bounded forget loss", elem_id="set-bounded")),
-     ("retain", lambda s, n: gr.Checkbox(s.retain, label="retain term", elem_id="set-retain")),
-     ("consistent_noise", lambda s, n: gr.Checkbox(s.consistent_noise, label="consistent noise",
-                                                   elem_id="set-consistent")),
-     ("normalised", lambda s, n: gr.Checkbox(s.normalised, label="normalised skew", elem_id="set-normalised"))],
-    [("sigma_min", lambda s, n: gr.Number(s.sigma_min, label="σ min of the noise grid", elem_id="set-sigma-min")),
-     ("sigma_max", lambda s, n: gr.Number(s.sigma_max, label="σ max of the noise grid", elem_id="set-sigma-max")),
-     ("train_noise", lambda s, n: gr.Dropdown(list(TRAIN_NOISE_KINDS), value=s.train_noise,
-                                              label="training-time noise (unlearning, L_null)",
-                                              elem_id="set-train-noise")),
-     ("loss_weighting", lambda s, n: gr.Dropdown(list(LOSS_WEIGHTINGS), value=s.loss_weighting,
-                                                 label="loss weighting", elem_id="set-loss-weighting"))],
-]
+# and the training-set size), as each field declares it (mucs.settings.APP_WIDGETS). The page gathers them
+# into ONE dict by field name, the `settings` parameter of /attribute, so a widget added leaves the API's
+# parameters as they are (tests/test_app.py checks it; tests/test_settings_source.py checks the fields).
+def _setting_widget(name: str, w: Widget):
+    """The widget the field declares: a checkbox for a bool, a dropdown for choices, else a number box."""
+    t = field_types()[name]
+    if t is bool:
+        return lambda s, n: gr.Checkbox(getattr(s, name), label=w.label, elem_id=w.elem_id)
+    if name in CHOICES:
+        return lambda s, n: gr.Dropdown(list(CHOICES[name]), value=getattr(s, name), label=w.label, elem_id=w.elem_id)
+    return lambda s, n: gr.Number(getattr(s, name), precision=0 if t is int else None, label=w.label.format(n=n),
+                                  elem_id=w.elem_id)
+
+
+SETTING_WIDGETS = [[(name, _setting_widget(name, w)) for name, w in APP_WIDGETS.items() if w.row == row]
+                   for row in sorted({w.row for w in APP_WIDGETS.values()})]
 
 
 def setting_keys() -> list:
@@ -626,10 +618,12 @@ def build(ex: Explorer) -> gr.Blocks:
         why_btn.click(on_why, [run_box, why_index], why_components, api_name="why")
         methods_btn.click(on_methods, [run_box], [methods_text, methods_html, methods_plot], api_name="compare_methods")
         demo.load(on_refresh, None, history_components, api_name="load_history")
-        wire_batch(ex, batch_tab, SimpleNamespace(
+        shared = SimpleNamespace(
             collections=coll_panel, tabs=tabs, on_settings=on_settings, setting_widgets=setting_widgets,
             settings_box=settings_box, result_outputs=result_outputs, result_components=result_components,
-            history_outputs=history_outputs, history_components=history_components))
+            history_outputs=history_outputs, history_components=history_components)
+        wire_batch(ex, batch_tab, shared)
+        wire_collections(ex, batch_tab, shared)
     return demo
 
 
@@ -658,7 +652,7 @@ def collections_panel(ex: Explorer) -> SimpleNamespace:
 def build_batch_tab(ex: Explorer) -> SimpleNamespace:
     """The "Batch & collections" tab (built inside the page's Tabs): the batch form (class × seeds, or
     several uploads), its progress and per-item status, and the opened collection's summary, overlap
-    figures and downloads. `wire_batch` connects it."""
+    figures and downloads. `wire_batch` and `wire_collections` connect it."""
     conditional = ex.model.num_classes is not None
     choices = ex.class_choices()
     with gr.Tab("Batch & collections", id="batch", elem_id="tab-batch"):
@@ -703,23 +697,26 @@ def build_batch_tab(ex: Explorer) -> SimpleNamespace:
                            summary=summary, data_fmt=data_fmt, dl_data=dl_data, dl_zip=dl_zip, figures=figures)
 
 
+def _collection_view(ex: Explorer, b: SimpleNamespace, coll_id) -> dict:
+    """The batch tab's collection view (id, summary, figures) showing `coll_id`."""
+    o = ex.open_collection(coll_id)
+    return {b.coll_box: coll_id, b.summary: o["summary"], b.figures: o["html"]}
+
+
+def _collection_listing(ex: Explorer, page: SimpleNamespace, select=None) -> dict:
+    """The collections table and chooser, `select` chosen."""
+    ids = ex.collections.ids()
+    panel = page.collections
+    return {panel.table: ex.collection_table(), panel.select: gr.update(choices=ids, value=select)}
+
+
 def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
-    """The batch tab's events: /attribute_batch (one queue job: overall progress, per-item status, time
-    left; /cancel_batch keeps the finished items), /open_collection, /list_collections,
-    /delete_collection, /collection_data, /export_collection, and a click on the map opening a run.
-    `page`: the components and callbacks of `build` they share."""
+    """The batch tab's run events: /attribute_batch (one queue job: overall progress, per-item status, time
+    left; /cancel_batch keeps the finished items) and the kind switch. `page`: the components and
+    callbacks of `build` they share; the collections' events: `wire_collections`."""
     kind, classes, seeds, steps, uploads = b.kind, b.classes, b.seeds, b.steps, b.uploads
-    status, items, job_box, coll_box, summary, figures = b.status, b.items, b.job_box, b.coll_box, b.summary, b.figures
-    panel, tabs = page.collections, page.tabs
-    coll_outputs = [coll_box, summary, figures]
-
-    def view(coll_id):
-        o = ex.open_collection(coll_id)
-        return {coll_box: coll_id, summary: o["summary"], figures: o["html"]}
-
-    def listing(select=None):
-        ids = ex.collections.ids()
-        return {panel.table: ex.collection_table(), panel.select: gr.update(choices=ids, value=select)}
+    status, items, job_box = b.status, b.items, b.job_box
+    lists = [page.collections.table, page.collections.select]
 
     def rows(u):
         return [[n + 1, r["name"], r["source"], r["class_name"], r["status"] + (f": {r['error']}" if r["error"] else ""),
@@ -761,9 +758,9 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
                     u.record["status"], u.record["status"])
                 out = {status: f"**{word}**: {done} of {len(u.items)} items saved in collection `{u.collection_id}` "
                                f"({_secs(u.record.get('seconds'))})", items: rows(u), job_box: job.id,
-                       **listing(u.collection_id), **page.history_outputs()}
+                       **_collection_listing(ex, page, u.collection_id), **page.history_outputs()}
                 if done:
-                    out.update(view(u.collection_id))
+                    out.update(_collection_view(ex, b, u.collection_id))
                 yield out
 
     def on_cancel_batch(job_id: str = "", request: gr.Request = None):
@@ -774,21 +771,44 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
         return ("**cancelling**: the finished items stay saved, the rest will not start" if hit
                 else "**nothing to cancel**")
 
+    def on_kind(k):
+        up = k == "upload"
+        return {seeds: gr.update(visible=not up), steps: gr.update(visible=not up), uploads: gr.update(visible=up),
+                b.run_btn: gr.update(value="Attribute the uploaded images" if up else "Generate and attribute the batch")}
+
+    kind.change(on_kind, [kind], [seeds, steps, uploads, b.run_btn], queue=False, api_visibility="private",
+                show_progress="hidden")
+    b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
+                       api_visibility="private", show_progress="hidden").success(
+        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box, b.prompts],
+        [status, items, job_box, b.coll_box, b.summary, b.figures] + lists + page.history_components,
+        api_name="attribute_batch", concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
+    b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)
+
+
+def wire_collections(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
+    """The collections' events: /open_collection, /list_collections, /delete_collection, /collection_data,
+    /export_collection, and a click on the map opening a run."""
+    coll_box, figures = b.coll_box, b.figures
+    panel, tabs = page.collections, page.tabs
+    coll_outputs = [coll_box, b.summary, figures]
+    lists = [panel.table, panel.select]
+
     @user_errors
     def on_open_collection(coll_id):
         if not coll_id:
             raise MucsError("choose a collection to open")
-        return {**view(coll_id), tabs: gr.Tabs(selected="batch")}
+        return {**_collection_view(ex, b, coll_id), tabs: gr.Tabs(selected="batch")}
 
     def on_list_collections():
-        return listing()
+        return _collection_listing(ex, page)
 
     @user_errors
     def on_delete_collection(coll_id):
         if not coll_id:
             raise MucsError("choose a collection to delete")
         ex.delete_collection(coll_id)
-        return {**listing(), **page.history_outputs()}
+        return {**_collection_listing(ex, page), **page.history_outputs()}
 
     def on_collection_file(coll_id, fmt):
         """Every analysis of the collection as JSON, or its CSV tables in one zip."""
@@ -816,20 +836,6 @@ def wire_batch(ex: Explorer, b: SimpleNamespace, page: SimpleNamespace) -> None:
             raise MucsError("click a point of the map (or a row name of the heatmap) to open its run")
         return {**page.result_outputs(run_id, ex.load_run(run_id)), tabs: gr.Tabs(selected="results")}
 
-    def on_kind(k):
-        up = k == "upload"
-        return {seeds: gr.update(visible=not up), steps: gr.update(visible=not up), uploads: gr.update(visible=up),
-                b.run_btn: gr.update(value="Attribute the uploaded images" if up else "Generate and attribute the batch")}
-
-    lists = [panel.table, panel.select]
-    kind.change(on_kind, [kind], [seeds, steps, uploads, b.run_btn], queue=False, api_visibility="private",
-                show_progress="hidden")
-    b.run_btn.click(page.on_settings, page.setting_widgets, [page.settings_box], queue=False,
-                       api_visibility="private", show_progress="hidden").success(
-        on_batch, [kind, classes, seeds, steps, uploads, page.settings_box, b.prompts],
-        [status, items, job_box] + coll_outputs + lists + page.history_components, api_name="attribute_batch",
-        concurrency_id=HEAVY, concurrency_limit=1, show_progress="hidden")
-    b.cancel_btn.click(on_cancel_batch, [job_box], [status], api_name="cancel_batch", queue=False)
     panel.open_btn.click(on_open_collection, [panel.select], coll_outputs + [tabs], api_name="open_collection")
     panel.refresh_btn.click(on_list_collections, None, lists, api_name="list_collections")
     panel.delete_btn.click(on_delete_collection, [panel.select], lists + page.history_components,

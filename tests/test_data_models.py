@@ -33,7 +33,7 @@ def test_class_folder_dataset_gives_stable_indices_and_labels(tmp_path):
 def test_image_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, monkeypatch):
     """The second load of an image folder reads the decoded cache (memory-mapped, same pixels and
     fingerprint) without decoding any file; a changed file's bytes change the key and it decodes again."""
-    import mucs.sources.data as data_mod
+    import mucs.sources.folder_data as data_mod   # where image folders are decoded
     monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
     images, labels = make_images(n=8, classes=2)
     root = tmp_path / "set"

@@ -68,6 +68,90 @@ def test_every_field_has_help_and_is_reachable_by_flag_or_settings_json():
     assert cli_overrides(_attribute_args([])) == {}
 
 
+def test_settings_tables_are_derived_from_one_declaration_per_field():
+    """Each field declares its help, range or choices and its place in the app once (mucs.settings.setting);
+    HELP, RANGES, the app's widgets, PAPER_KEYS, SCORING_ONLY ... are derived from it, and the code reads
+    those derived tables, not copies of its own."""
+    import mucs.settings as S
+    from mucs.explorer import state, stored_runs
+    from mucs.method import attribute, fragile
+    for f in fields(Settings):
+        m = f.metadata
+        assert m.get("help"), f"{f.name}: declared without a help text"
+        assert ("app" in m) != ("app_hidden" in m), f"{f.name}: declare either its app widget or why it has none"
+        assert "choices" not in m or f.default in m["choices"], f.name
+        assert "range" not in m or f.default is None or f.name in S.CHOICES or \
+            S.check_value(f.name, f.default) is None, f.name
+    t = S.tables()
+    assert (S.HELP, S.FLAG_NAMES, S.CLI_SETTINGS_ONLY, S.RANGES, S.CHOICES, S.APP_EXCLUDED, S.APP_WIDGETS,
+            S.PAPER_KEYS, S.FLOAT_TOLERANCE_ONLY) == \
+        (t["HELP"], t["FLAG_NAMES"], t["CLI_SETTINGS_ONLY"], t["RANGES"], t["CHOICES"], t["APP_EXCLUDED"],
+         t["APP_WIDGETS"], t["PAPER_KEYS"], t["FLOAT_TOLERANCE_ONLY"])
+    assert set(S.SCORING_ONLY) == set(t["SCORING_ONLY_DECLARED"]) | set(t["FLOAT_TOLERANCE_ONLY"])
+    assert set(S.HELP) == set(FIELDS) and set(S.APP_WIDGETS) | set(S.APP_EXCLUDED) == set(FIELDS)
+    assert {"noises", "lam", "bounded", "sigma_min"} <= set(S.PAPER_KEYS) and "top_k" not in S.PAPER_KEYS
+    assert {"top_k", "normalised", "eval_batch_size"} <= set(S.SCORING_ONLY) and "lam" not in S.SCORING_ONLY
+    places = [(w.row, w.col) for w in S.APP_WIDGETS.values()]
+    assert places == sorted(places) and len(set(places)) == len(places), "two app widgets in one place"
+    assert len({w.elem_id for w in S.APP_WIDGETS.values()}) == len(S.APP_WIDGETS)
+    assert state.USER_SETTINGS == tuple(S.APP_WIDGETS) and stored_runs.PAPER_KEYS is S.PAPER_KEYS
+    assert attribute.SCORING_ONLY is S.SCORING_ONLY and fragile.FLOAT_TOLERANCE_ONLY is S.FLOAT_TOLERANCE_ONLY
+    assert _app_setting_keys() == set(S.APP_WIDGETS)
+
+
+def test_a_new_setting_is_declared_in_one_place():
+    """A field added with `setting(...)` gets its flag, help, range, place in the paper's settings and app
+    widget from that one declaration."""
+    from dataclasses import make_dataclass
+    import mucs.settings as S
+    gamma = S.setting(0.5, "γ, a new knob", range=(0, 1, True, True), paper=True,
+                      app=S.Widget(1, 9, "γ", "set-gamma"))
+    chunk = S.setting(4, "a machine knob", flag="--knob", range=(1, S.INF, True, False), float_tolerance=True,
+                      app_hidden="a machine choice")
+    Ext = make_dataclass("Ext", [("gamma", float, gamma), ("knob", int, chunk)], bases=(Settings,))
+    t = S.tables(Ext)
+    assert t["HELP"]["gamma"] == "γ, a new knob" and t["RANGES"]["gamma"] == (0, 1, True, True)
+    page = list(t["APP_WIDGETS"])              # row 1, after the four checkboxes, before row 2
+    assert "gamma" in t["PAPER_KEYS"] and page[page.index("bounded"):page.index("sigma_min")] == \
+        ["bounded", "retain", "consistent_noise", "normalised", "gamma"]
+    assert t["APP_EXCLUDED"]["knob"] == "a machine choice" and "knob" in t["FLOAT_TOLERANCE_ONLY"]
+    assert t["FLAG_NAMES"] == dict(S.FLAG_NAMES, knob="--knob")
+    parser = argparse.ArgumentParser()
+    added = add_cli_options(parser, cls=Ext)
+    assert added[-2:] == ["gamma", "knob"] and set(added) >= set(add_cli_options(argparse.ArgumentParser()))
+    args = parser.parse_args(["--gamma", "0.25", "--knob", "8"])
+    assert (args.gamma, args.knob) == (0.25, 8)
+    assert "γ, a new knob (default 0.5; in [0, 1])" in parser.format_help()
+
+
+def test_no_module_keeps_its_own_list_of_setting_names():
+    """Lists of setting names live in the declarations (mucs/settings.py), not in parallel tables elsewhere.
+    Allowed: plan.KEY_SETTINGS, the settings the evaluation's attribution keys held at one commit (frozen
+    history, not a declaration)."""
+    names = set(FIELDS)
+    allowed = {("mucs/evaluation/plan.py", "KEY_SETTINGS")}
+    paths = ["app.py"] + [os.path.relpath(os.path.join(r, f), ROOT) for r, _, fs in os.walk(os.path.join(ROOT, "mucs"))
+                          for f in fs if f.endswith(".py")]
+    found = []
+    for path in paths:
+        if path == os.path.join("mucs", "settings.py"):
+            continue
+        tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+        targets = {id(n.value): n.targets[0].id for n in ast.walk(tree)
+                   if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                elts = node.elts
+            elif isinstance(node, ast.Dict):
+                elts = [k for k in node.keys if k is not None]
+            else:
+                continue
+            got = [e.value for e in elts if isinstance(e, ast.Constant) and e.value in names]
+            if len(got) >= 3 and (path.replace(os.sep, "/"), targets.get(id(node))) not in allowed:
+                found.append(f"{path}:{node.lineno} {got}")
+    assert not found, f"declare these with the fields in mucs/settings.py and derive the table: {found}"
+
+
 def test_existing_flag_names_are_kept():
     """The flags README and the tests use stay as they were when the parser became generated."""
     opts = build_parser()._subparsers._group_actions[0].choices["attribute"]._option_string_actions

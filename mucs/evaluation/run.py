@@ -48,59 +48,69 @@ class State:
         return out
 
 
-def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_only: bool = False,
-        on_progress: Optional[Callable] = None) -> State:
-    """Measure random removal and every method; `on_progress(state)` after each measurement once two
-    random removals are in. cached_only: submit only what the work folder already holds (nothing
-    is computed; `job.read_only` makes sure) and leave the rest out."""
-    methods, singles = check_methods(methods)
-    T = job.cfg.targets
-    st = State()
-    rnames = random_names(job.cfg)
-    watch = {}                    # handle -> (kind, info)
-    seeds = job.cfg.seeds()
-    a_dir = job.model_dir([])
-    for s in seeds:
-        path = job.model_dir([], s)
-        if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
-            raise MucsError(f"--cached-only: nothing to report yet: model A (training seed {s}) or its generated "
-                            f"items are not in {job.work}")
+class _Run:
+    """One `run` in progress: what was submitted to the engine (`watch`) and what its results fill in
+    (`st`); each phase of the graph (module docstring) is one method."""
 
-    def submit(kind, info, fn, *args, name=""):
-        h = engine.submit(fn, *args, name=name)
-        watch[h] = (kind, info)
+    def __init__(self, job: Job, engine, retrain: Optional[Callable], cached_only: bool,
+                 on_progress: Optional[Callable]):
+        self.job, self.engine, self.retrain, self.cached_only, self.on_progress = \
+            job, engine, retrain, cached_only, on_progress
+        self.st = State()
+        self.rnames = random_names(job.cfg)
+        self.seeds = job.cfg.seeds()
+        self.blocks = job.cfg.blocks()
+        self.watch: dict = {}        # handle -> (kind, info)
+        self.names_of: dict = {}     # model key -> [(name, block, seed)] sharing its chain
+        self.sims_of: dict = {}      # model key -> its measured similarities
+        self.per_block: dict = {}    # name -> {(block, seed): similarities measured on that retrain}
+        self.scores: dict = {}       # method -> {target: scores}
+
+    def submit(self, kind, info, fn, *args, name=""):
+        h = self.engine.submit(fn, *args, name=name)
+        self.watch[h] = (kind, info)
         return h
 
-    def seed_tag(s):
-        return "" if len(seeds) == 1 else f", seed {s}"
-    models_a = {s: submit("train", None, steps.retrained, job, [], f"model A{seed_tag(s)}", retrain, s,
-                          name=f"retrain model A{seed_tag(s)}") for s in seeds}
-    gens_a = {s: submit("generate", None, steps.generated, job, models_a[s], name=f"generate model A{seed_tag(s)}")
-              for s in seeds}
-    a, ga = models_a[seeds[0]], gens_a[seeds[0]]      # the attributed model and its items
-    for s in seeds[1:]:     # how much the training seed alone changes the items (nothing removed)
-        submit("seed", s, steps.measured, job, a, ga, gens_a[s], name=f"measure model A{seed_tag(s)}")
+    def seed_tag(self, s) -> str:
+        return "" if len(self.seeds) == 1 else f", seed {s}"
 
-    names_of: dict = {}
-    sims_of: dict = {}            # model key -> (name, block, seed) sharing its chain / its measured similarities
-    blocks = job.cfg.blocks()
-    per_block: dict = {}          # name -> {(block, seed): similarities measured on that retrain}
+    def missing(self, path) -> bool:
+        """cached_only, and the model in `path` or its generated items are not in the work folder."""
+        return self.cached_only and (self.job.model_record(path) is None or self.job.cached_generation(path) is None)
 
-    def measured_block(name, b, s, val):
-        per_block.setdefault(name, {})[(b, s)] = val
-        if len(per_block[name]) == len(blocks) * len(seeds):
-            st.by_seed[name] = {t: merge_blocks(blocks, {c: per_block[name][(c, t)] for c in range(len(blocks))})
-                                for t in seeds}
+    def start_models(self) -> None:
+        """Model A and its items per training seed, and how much the seed alone changes the items."""
+        job, seeds = self.job, self.seeds
+        for s in seeds:
+            if self.missing(job.model_dir([], s)):
+                raise MucsError(f"--cached-only: nothing to report yet: model A (training seed {s}) or its generated "
+                                f"items are not in {job.work}")
+        self.models_a = {s: self.submit("train", None, steps.retrained, job, [], f"model A{self.seed_tag(s)}",
+                                        self.retrain, s, name=f"retrain model A{self.seed_tag(s)}") for s in seeds}
+        self.gens_a = {s: self.submit("generate", None, steps.generated, job, self.models_a[s],
+                                      name=f"generate model A{self.seed_tag(s)}") for s in seeds}
+        self.a, self.ga = self.models_a[seeds[0]], self.gens_a[seeds[0]]   # the attributed model and its items
+        for s in seeds[1:]:     # how much the training seed alone changes the items (nothing removed)
+            self.submit("seed", s, steps.measured, job, self.a, self.ga, self.gens_a[s],
+                        name=f"measure model A{self.seed_tag(s)}")
+
+    def measured_block(self, name, b, s, val) -> None:
+        self.per_block.setdefault(name, {})[(b, s)] = val
+        blocks, st = self.blocks, self.st
+        if len(self.per_block[name]) == len(blocks) * len(self.seeds):
+            st.by_seed[name] = {t: merge_blocks(blocks, {c: self.per_block[name][(c, t)] for c in range(len(blocks))})
+                                for t in self.seeds}
             st.sims[name] = mean_over_seeds(list(st.by_seed[name].values()))
 
-    def chain(name, sets, why):
+    def chain(self, name, sets, why) -> None:
         """Retrain without the union of `sets` (per block), regenerate, measure."""
+        job, seeds, st = self.job, self.seeds, self.st
         todo = []
-        for b, idx in enumerate(blocks):
+        for b, idx in enumerate(self.blocks):
             removed = union([sets[i] for i in idx])
             for s in seeds:
                 key, path = job.model_key(removed, s), job.model_dir(removed, s)
-                if cached_only and (job.model_record(path) is None or job.cached_generation(path) is None):
+                if self.missing(path):
                     return
                 todo.append((b, s, removed, key, path))
         st.sets[name] = sets
@@ -109,73 +119,97 @@ def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_on
         paths = [t[4] for t in todo if t[1] == seeds[0]]
         st.paths[name] = paths[0] if len(paths) == 1 else paths
         for b, s, removed, key, path in todo:
-            tag = (why if len(blocks) == 1 else f"{why} (block {b})") + seed_tag(s)
-            if key in sims_of:
-                measured_block(name, b, s, sims_of[key])
-            elif key in names_of:
-                names_of[key].append((name, b, s))
+            tag = (why if len(self.blocks) == 1 else f"{why} (block {b})") + self.seed_tag(s)
+            if key in self.sims_of:
+                self.measured_block(name, b, s, self.sims_of[key])
+            elif key in self.names_of:
+                self.names_of[key].append((name, b, s))
             else:
-                names_of[key] = [(name, b, s)]
-                r = submit("train", None, steps.retrained, job, removed, tag, retrain, s, name=f"retrain {tag}")
-                g = submit("generate", None, steps.generated, job, r, name=f"generate {tag}")
-                submit("measure", key, steps.measured, job, models_a[s], gens_a[s], g, name=f"measure {tag}")
+                self.names_of[key] = [(name, b, s)]
+                r = self.submit("train", None, steps.retrained, job, removed, tag, self.retrain, s, name=f"retrain {tag}")
+                g = self.submit("generate", None, steps.generated, job, r, name=f"generate {tag}")
+                self.submit("measure", key, steps.measured, job, self.models_a[s], self.gens_a[s], g,
+                            name=f"measure {tag}")
 
-    for r, name in enumerate(rnames):
-        chain(name, job.random_sets(r), f"random removal {r}")
+    def start_attributions(self, singles) -> set:
+        """Every (single method, target), cached ones only in cached-only mode; returns the methods submitted."""
+        job, T = self.job, self.job.cfg.targets
+        a_dir = job.model_dir([])
+        model_fp: Any = steps.load_model(job, a_dir).fingerprint() if self.cached_only else None   # Any: set when cached_only
+        before: Any = steps.generated(job, a_dir)["images"] if self.cached_only else None
+        available = set(singles)
+        previous_first: list = []
+        for m in singles:
+            if self.cached_only:
+                if not all(job.cached_attribution(m, model_fp, i, before["targets"][i]) is not None for i in range(T)):
+                    available.discard(m)
+                    continue
+            # MUCS-type and the gradient/unlearning baselines: the first target fills the query-independent caches
+            mucs_type = m in baselines.ABLATIONS or m in ("dtrak", "trak", "abu")
+            first = self.submit("attribute", m, steps.attributed, job, m, 0, self.a, self.ga,
+                                *(previous_first if mucs_type else []), name=f"attribute {m} target 0")
+            if mucs_type:
+                previous_first = [first]
+            for i in range(1, T):
+                self.submit("attribute", m, steps.attributed, job, m, i, self.a, self.ga, *([first] if mucs_type else []),
+                            name=f"attribute {m} target {i}")
+        self.scores = {m: {} for m in singles}
+        return available
 
-    # attributions: every (single method, target), cached ones only in cached-only mode
-    model_fp: Any = steps.load_model(job, a_dir).fingerprint() if cached_only else None   # Any: set when cached_only
-    before: Any = steps.generated(job, a_dir)["images"] if cached_only else None
-    available = set(singles)
-    previous_first: list = []
-    for m in singles:
-        if cached_only:
-            if not all(job.cached_attribution(m, model_fp, i, before["targets"][i]) is not None for i in range(T)):
-                available.discard(m)
-                continue
-        # MUCS-type and the gradient/unlearning baselines: the first target fills the query-independent caches
-        mucs_type = m in baselines.ABLATIONS or m in ("dtrak", "trak", "abu")
-        first = submit("attribute", m, steps.attributed, job, m, 0, a, ga, *(previous_first if mucs_type else []),
-                       name=f"attribute {m} target 0")
-        if mucs_type:
-            previous_first = [first]
-        for i in range(1, T):
-            submit("attribute", m, steps.attributed, job, m, i, a, ga, *([first] if mucs_type else []),
-                   name=f"attribute {m} target {i}")
-    scores: dict = {m: {} for m in singles}
-    waiting = [m for m in methods if all(p in available for p in baselines.components(m))]
+    def collect(self, kind, info, val) -> None:
+        """Record one finished step's result."""
+        st = self.st
+        if kind == "train":
+            st.seconds[("train", val["path"])] = val["seconds"]
+            st.computed["retrains"] += val["computed"]
+        elif kind == "generate":
+            st.seconds[("generate", val["path"])] = val["seconds"]
+            st.computed["generations"] += val["computed"]
+        elif kind == "attribute":
+            self.scores[info][val["i"]] = val["scores"]
+            st.seconds[(f"attribute:{info}", val["i"])] = val["seconds"]
+            st.stages[(info, val["i"])] = val.get("stages", {})
+            st.computed["attributions"] += val["computed"]
+        elif kind == "seed":
+            st.seed_sims[info] = val
+        elif kind == "measure":
+            self.sims_of[info] = val
+            for name, b, s in self.names_of[info]:
+                self.measured_block(name, b, s, val)
+            st.random = [n for n in self.rnames if n in st.sims]
+            if self.on_progress is not None and len(st.random) >= 2:
+                self.on_progress(st)
 
-    while watch:
-        for h in engine.ready(list(watch)):
-            kind, info = watch.pop(h)
-            val = engine.get(h)
-            if kind == "train":
-                st.seconds[("train", val["path"])] = val["seconds"]
-                st.computed["retrains"] += val["computed"]
-            elif kind == "generate":
-                st.seconds[("generate", val["path"])] = val["seconds"]
-                st.computed["generations"] += val["computed"]
-            elif kind == "attribute":
-                scores[info][val["i"]] = val["scores"]
-                st.seconds[(f"attribute:{info}", val["i"])] = val["seconds"]
-                st.stages[(info, val["i"])] = val.get("stages", {})
-                st.computed["attributions"] += val["computed"]
-            elif kind == "seed":
-                st.seed_sims[info] = val
-            elif kind == "measure":
-                sims_of[info] = val
-                for name, b, s in names_of[info]:
-                    measured_block(name, b, s, val)
-                st.random = [n for n in rnames if n in st.sims]
-                if on_progress is not None and len(st.random) >= 2:
-                    on_progress(st)
+    def chain_scored(self, waiting: list) -> None:
+        """Submit the chain of each method in `waiting` whose targets are all scored (removed from it)."""
+        T = self.job.cfg.targets
         for m in list(waiting):
             parts = baselines.components(m)
-            if all(len(scores[p]) == T for p in parts):
+            if all(len(self.scores[p]) == T for p in parts):
                 waiting.remove(m)
-                sets = job.top_sets(method_scores([[scores[p][i] for i in range(T)] for p in parts]))
-                chain(m, sets, f"without {m}'s top-k")
-    st.random = [n for n in rnames if n in st.sims]
+                sets = self.job.top_sets(method_scores([[self.scores[p][i] for i in range(T)] for p in parts]))
+                self.chain(m, sets, f"without {m}'s top-k")
+
+
+def run(job: Job, methods, engine, retrain: Optional[Callable] = None, cached_only: bool = False,
+        on_progress: Optional[Callable] = None) -> State:
+    """Measure random removal and every method; `on_progress(state)` after each measurement once two
+    random removals are in. cached_only: submit only what the work folder already holds (nothing
+    is computed; `job.read_only` makes sure) and leave the rest out."""
+    methods, singles = check_methods(methods)
+    r = _Run(job, engine, retrain, cached_only, on_progress)
+    r.start_models()
+    for i, name in enumerate(r.rnames):
+        r.chain(name, job.random_sets(i), f"random removal {i}")
+    available = r.start_attributions(singles)
+    waiting = [m for m in methods if all(p in available for p in baselines.components(m))]
+    while r.watch:
+        for h in engine.ready(list(r.watch)):
+            kind, info = r.watch.pop(h)
+            r.collect(kind, info, engine.get(h))
+        r.chain_scored(waiting)
+    st = r.st
+    st.random = [n for n in r.rnames if n in st.sims]
     if len(st.random) < 2:
         raise MucsError(f"--cached-only: nothing to report yet: fewer than two random removals are in {job.work}")
     return st

@@ -11,6 +11,7 @@ from ..checks import json_default
 from ..errors import MucsError
 from ..progress import BatchOverall, BatchProgress
 from . import collection as coll
+from .collection_store import CollectionStore
 from .history import safe_name
 
 MAX_BATCH = 64          # the most items one batch may ask for in the app
@@ -50,9 +51,9 @@ class BatchOps:
     _baseline_lock: Any
 
     @property
-    def collections(self) -> coll.CollectionStore:
+    def collections(self) -> CollectionStore:
         if getattr(self, "_collections", None) is None:
-            self._collections = coll.CollectionStore(self.store)
+            self._collections = CollectionStore(self.store)
         return self._collections
 
     # --- planning -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Optional
 
 from . import analysis
 from . import collection as coll
+from .collection_store import load_members
 from . import collection_figures as figs
 from .batch import collection_summary, describe_asked
 from .compare import png_uri
@@ -108,7 +109,7 @@ def report_for_folder(folder: str, data_path: Optional[str] = None, model_path: 
     """Render the report of a collection folder, with the training images (and method agreement,
     when the model is found too) from the paths the collection records or the ones given."""
     from ..sources.data import load_dataset
-    record, members = coll.load_members(folder)
+    record, members = load_members(folder)
     record["id"] = record.get("id") or os.path.basename(os.path.normpath(folder))
     path = data_path or _find_data(record.get("data"), folder)
     data, note = None, ""

@@ -148,31 +148,35 @@ def plot_svgs(att: Attribution, class_names=None) -> dict:
     return out
 
 
-def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = None, data=None,
-                  class_names=None, data_note: str = "") -> str:
-    """The report as one HTML string. `data` (the run's training set) supplies the top-k images;
-    without it the report lists them without pictures and says so (`data_note`)."""
-    from .diagnostics import warnings
-    meta = dict(meta or {})
-    names = _class_names(att, data, class_names)
+def _query_label(att: Attribution, names) -> tuple:
+    """(label, class name) of the run's query."""
     q = att.query or {}
-    s = att.settings or {}
-    info = att.info or {}
-    title = f"MUCS report — {run_id}" if run_id else "MUCS report"
     label = q.get("label")
-    cls = q.get("class_name") or _name(label, names)
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>{_e(title)}</h1>",
-             f"<p class='muted'>Which training images made the model generate this image? Query: "
-             f"{_e(q.get('source') or meta.get('source') or 'unknown source')}"
-             + (f", class <b>{_e(cls)}</b> ({_e(label)})" if label is not None else "")
-             + (f", prompt <b>“{_e(q['prompt'])}”</b>" if q.get("prompt") else "")
-             + (f"; run created {_e(meta['created'])}" if meta.get("created") else "")
-             + f"; report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>",
-             f"<details open><summary><b>How to read this</b></summary><p>{METHOD}</p></details>"]
-    # query and the run in brief
+    return label, q.get("class_name") or _name(label, names)
+
+
+def _head(att: Attribution, title: str, meta: dict, names) -> list:
+    """The document's head, title, one-line summary of the query and how to read the report."""
+    q = att.query or {}
+    label, cls = _query_label(att, names)
+    return [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>{_e(title)}</h1>",
+            f"<p class='muted'>Which training images made the model generate this image? Query: "
+            f"{_e(q.get('source') or meta.get('source') or 'unknown source')}"
+            + (f", class <b>{_e(cls)}</b> ({_e(label)})" if label is not None else "")
+            + (f", prompt <b>“{_e(q['prompt'])}”</b>" if q.get("prompt") else "")
+            + (f"; run created {_e(meta['created'])}" if meta.get("created") else "")
+            + f"; report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>",
+            f"<details open><summary><b>How to read this</b></summary><p>{METHOD}</p></details>"]
+
+
+def _query_section(att: Attribution, meta: dict, names) -> list:
+    """The query image beside the run in brief, then the run's warnings in words."""
+    from .diagnostics import warnings
+    q, info = att.query or {}, att.info or {}
+    label, cls = _query_label(att, names)
     stop = ("converged: the forget loss reached (1 − τ)·L<sub>null</sub>" if att.converged
             else "<b>hit the step cap</b> before the query was forgotten")
     brief = [("method", _e(f"{info.get('method', 'mucs')}: {info.get('method_description', 'MUCS')}")),
@@ -189,13 +193,17 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
              ("top-k", _e(len(att.top)))]
     qimg = (f"<img src='{png_data_uri(att.query_image, 192)}' alt='query image'>" if att.query_image is not None
             else "<p class='muted'>(no query image stored)</p>")
-    parts.append(f"<h2>Query</h2><div class='row'><div class='query'>{qimg}</div>{_table(brief)}</div>")
+    parts = [f"<h2>Query</h2><div class='row'><div class='query'>{qimg}</div>{_table(brief)}</div>"]
     for w in warnings(att.scores, att.top, att.labels, label, att.converged, att.steps):
         parts.append(f"<div class='warn'>⚠️ {_e(w)}</div>")
-    # top-k
-    parts.append(f"<h2>The {len(att.top)} most influential training images</h2>"
-                 "<p class='muted'>Best first. Caption: rank · training index · class · skew; below: mean "
-                 "L<sub>o</sub> → L<sub>u</sub>.</p>")
+    return parts
+
+
+def _top_k_section(att: Attribution, data, names, data_note: str) -> list:
+    """The top-k training images as cards (without pictures when the training set is not at hand)."""
+    parts = [f"<h2>The {len(att.top)} most influential training images</h2>"
+             "<p class='muted'>Best first. Caption: rank · training index · class · skew; below: mean "
+             "L<sub>o</sub> → L<sub>u</sub>.</p>"]
     if data_note:
         parts.append(f"<p class='warn'>{_e(data_note)}</p>")
     cards = []
@@ -211,13 +219,13 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
     # whole rows: the top-10 in one row of 10 (two of 5 on narrow screens), never 9 + 1
     cols = max(1, min(len(cards), 10))
     parts.append(f"<div class='grid' id='topk' style='--cols:{cols};--half:{-(-cols // 2)}'>{''.join(cards)}</div>")
-    # plots
-    figs = plot_svgs(att, names)
-    parts.append("<h2>Plots</h2><div class='plots'>" + "".join(
-        f"<figure id='plot-{k}'>{figs[k]}<figcaption>{PLOT_NOTES[k]}</figcaption></figure>"
-        for k in ("hist", "scatter", "curve", "classes")) + "</div>")
-    # settings, timings, noise levels, provenance
-    parts.append("<h2>Settings</h2>" + _table((k, _e(_fmt(v))) for k, v in sorted(s.items())))
+    return parts
+
+
+def _settings_sections(att: Attribution) -> list:
+    """Settings, timings and the noise levels every item was scored at."""
+    info = att.info or {}
+    parts = ["<h2>Settings</h2>" + _table((k, _e(_fmt(v))) for k, v in sorted((att.settings or {}).items()))]
     times = att.stage_times or {}
     parts.append("<h2>Timings</h2>" + _table((k.replace("_", " "), f"{float(v):.1f} s") for k, v in times.items()))
     levels = info.get("noise_levels")
@@ -230,6 +238,12 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
     else:
         parts.append("<h2>Noise levels</h2><p class='muted'>Not recorded: this run was made before the noise "
                      "grid was limited to the sampler's σ range (it spans the scheduler's full range).</p>")
+    return parts
+
+
+def _provenance(att: Attribution, run_id: str, meta: dict) -> str:
+    """Where the run came from: model, training set, their fingerprints, the machine, the version."""
+    info = att.info or {}
     prov = [("run id", _e(run_id)), ("model", _e(info.get("model", meta.get("model", "")))),
             ("model fingerprint (sha256 of weights + scheduler)", f"<code>{_e(info.get('model_fingerprint', ''))}</code>"),
             ("training set", _e(info.get("data", meta.get("data", "")))),
@@ -238,7 +252,24 @@ def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = Non
             ("cache hits", _e(info.get("cache_hits", ""))), ("mucs version", _e(info.get("mucs_version", "")))]
     prov += [(f"query {k}", _e(_fmt(v))) for k, v in meta.items()
              if k in ("kind", "seed", "sampler_steps", "index", "file")]
-    parts.append("<h2>Provenance</h2>" + _table(prov))
+    return "<h2>Provenance</h2>" + _table(prov)
+
+
+def render_report(att: Attribution, run_id: str = "", meta: Optional[dict] = None, data=None,
+                  class_names=None, data_note: str = "") -> str:
+    """The report as one HTML string. `data` (the run's training set) supplies the top-k images;
+    without it the report lists them without pictures and says so (`data_note`)."""
+    meta = dict(meta or {})
+    names = _class_names(att, data, class_names)
+    title = f"MUCS report — {run_id}" if run_id else "MUCS report"
+    parts = _head(att, title, meta, names) + _query_section(att, meta, names)
+    parts += _top_k_section(att, data, names, data_note)
+    figs = plot_svgs(att, names)
+    parts.append("<h2>Plots</h2><div class='plots'>" + "".join(
+        f"<figure id='plot-{k}'>{figs[k]}<figcaption>{PLOT_NOTES[k]}</figcaption></figure>"
+        for k in ("hist", "scatter", "curve", "classes")) + "</div>")
+    parts += _settings_sections(att)
+    parts.append(_provenance(att, run_id, meta))
     parts.append("<p class='muted'>Made by MUCS Explorer. This file is self-contained: images are embedded and "
                  "nothing is fetched from the network.</p></body></html>")
     return "\n".join(parts)

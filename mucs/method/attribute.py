@@ -1,167 +1,39 @@
 """MUCS end to end: noise set → original losses (cached) → null loss (cached) → mirrored
-unlearning → unlearned losses → skew → top-k."""
-import csv
+unlearning → unlearned losses → skew → top-k. The result it returns: mucs.method.result; the
+fragile-item correction: mucs.method.fragile."""
 import hashlib
-import io
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..cache import BoundedMemo, atomic_write_dir, cache_file, cache_key, default_cache_dir, load_arrays
+from ..cache import BoundedMemo, cache_file, cache_key, default_cache_dir, load_arrays
 from ..cache import save_arrays_best_effort as save_arrays
-from ..checks import check_request_memory, dumps_strict, require_finite
+from ..checks import require_finite
 from ..defaults import settings_for
-from ..sources.data import QueryImage, TrainingSet, to_model_range, to_uint8
+from ..sources.data import QueryImage, TrainingSet, to_uint8
 from .distributed import Group
+from .fragile import fragile_correction, reference_skews
 from ..errors import MucsError
+from ..memory import check_request_memory
 from ..sources.inputs import ModelInputs, model_inputs
 from .losses import LOSS_VERSION, loss_matrix, null_loss, screen_columns, train_noise_for, trained_loss
 from ..sources.models import public_config
 from .noise import NoiseSet, make_noise_set
 from ..progress import Reporter
-from ..settings import Settings
+from .result import SCORES_CSV_COLUMNS, Attribution, UnlearnRecord, csv_text  # noqa: F401  (their home before)
+from ..settings import SCORING_ONLY, Settings
 from .unlearn import frozen_names, skew, top_k, unlearn, unlearning_lr
 
 SHIPPED_CACHE = "cache"   # a model folder's read-only, precomputed caches
-# machine choices that change L_o/L_u only to float tolerance: left out of the L_u and reference-skew keys
-# (L_o's key never held them), so a cached matrix serves any batching, memory format or compile backend
-FLOAT_TOLERANCE_ONLY = ("eval_batch_size", "unlearn_chunk", "memory_format", "compile")
 MEMO_ENTRIES, MEMO_BYTES = 4, 1 << 30   # noise sets and L_o matrices kept in memory (the newest always)
 log = logging.getLogger("mucs")
-
-
-@dataclass
-class Attribution:
-    """All scores, the top-k, and everything needed to explain and reproduce the run."""
-    scores: np.ndarray                 # (N,) skew per training item, by stable index
-    top: np.ndarray                    # (k,) indices, best first
-    loss_original: np.ndarray          # (N,) mean over noises of L_o
-    loss_unlearned: np.ndarray         # (N,) mean over noises of L_u
-    loss_null: Optional[float]         # None: a run of a method without L_null (D-TRAK, TRAK, AbU, NN)
-    steps: int
-    converged: bool
-    curve: list
-    stage_times: dict
-    settings: dict
-    query: dict                        # label, class name, conversions, source
-    query_image: Optional[np.ndarray] = None   # (H, W, C) uint8, what the model saw
-    labels: Optional[np.ndarray] = None
-    info: dict = field(default_factory=dict)   # model/data fingerprints, cache hits, lr, version
-    captions: Optional[list] = None            # the training items' captions (text-conditional models)
-
-    def result_json(self) -> dict:
-        return dict(settings=self.settings, query=self.query, loss_null=self.loss_null,
-                    unlearning_steps=self.steps, converged=self.converged, stage_times=self.stage_times,
-                    top_k=[int(i) for i in self.top], top_k_scores=[float(self.scores[i]) for i in self.top],
-                    curve=self.curve, **self.info)
-
-    def scores_csv(self, class_names=None) -> str:
-        """Every training item, best first: rank, index, score, label, class, L_o, L_u (and caption, for
-        a text-conditional model's run) — the run folder's scores.csv and the app's CSV export; the one
-        CSV writer."""
-        order = top_k(self.scores, len(self.scores))
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(SCORES_CSV_COLUMNS + (("caption",) if self.captions is not None else ()))
-        for rank, i in enumerate(order, 1):
-            lab: Any = "" if self.labels is None else int(self.labels[i])   # "" in the CSV when unlabelled
-            name = class_names[lab] if lab != "" and class_names and 0 <= lab < len(class_names) else ""
-            row = [rank, int(i), f"{self.scores[i]:.8g}", lab, csv_text(name), _cell(self.loss_original[i]),
-                   _cell(self.loss_unlearned[i])]
-            w.writerow(row + ([csv_text(self.captions[i])] if self.captions is not None else []))
-        return buf.getvalue()
-
-    def items_json(self, class_names=None) -> list:
-        """Every training item as a dict, best first, with the columns of scores.csv (rank, index,
-        score, label, class, loss_original, loss_unlearned[, caption]): the JSON export's `items`.
-        A value that is not finite (an item screening left out) is null."""
-        def num(v):
-            v = float(v)
-            return v if np.isfinite(v) else None
-        out = []
-        for rank, i in enumerate(top_k(self.scores, len(self.scores)), 1):
-            lab = None if self.labels is None else int(self.labels[i])
-            row = dict(rank=rank, index=int(i), score=num(self.scores[i]), label=lab,
-                       **{"class": class_names[lab] if lab is not None and class_names and 0 <= lab < len(class_names)
-                          else ""},
-                       loss_original=num(self.loss_original[i]), loss_unlearned=num(self.loss_unlearned[i]))
-            if self.captions is not None:
-                row["caption"] = str(self.captions[i])
-            out.append(row)
-        return out
-
-    def save(self, out_dir: str, class_names=None) -> None:
-        """Write scores.csv, result.json, losses.npz and query.png into `out_dir`, atomically."""
-        atomic_write_dir(out_dir, self.files(class_names))
-
-    def files(self, class_names=None) -> dict:
-        """The run files {name: bytes}: scores.csv, result.json, losses.npz and query.png (when known)."""
-        from PIL import Image
-        buf = io.BytesIO()
-        labels = {} if self.labels is None else dict(labels=np.asarray(self.labels, np.int64))
-        if self.captions is not None:
-            labels["captions"] = np.asarray(self.captions, dtype=str)
-        # a method without losses (all NaN: D-TRAK, TRAK, the NN baselines) saves none: every saved number is finite
-        losses = {} if np.isnan(self.loss_original).all() and np.isnan(self.loss_unlearned).all() else dict(
-            loss_original=self.loss_original, loss_unlearned=self.loss_unlearned)
-        arrays = dict(scores=self.scores, **losses, **labels)
-        np.savez(buf, **arrays)   # type: ignore[arg-type]  # numpy's stub types **arrays against savez's own flags
-        files = {"scores.csv": self.scores_csv(class_names).encode(),
-                 "result.json": dumps_strict(self.result_json(), "result.json", indent=1).encode(),
-                 "losses.npz": buf.getvalue()}
-        if self.query_image is not None:
-            png = io.BytesIO()
-            q = self.query_image
-            Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q).save(png, format="PNG")
-            files["query.png"] = png.getvalue()
-        return files
-
-    @classmethod
-    def load(cls, out_dir: str) -> "Attribution":
-        """Reopen a saved run (as written by `save`); every file's shape is checked (mucs.runfiles)."""
-        from ..runfiles import read_run
-        r, arrays, q = read_run(out_dir)
-        scores, lo, lu, labels = (arrays["scores"], arrays["loss_original"], arrays["loss_unlearned"],
-                                  arrays.get("labels"))
-        captions = [str(c) for c in arrays["captions"]] if "captions" in arrays else None
-        keys = ("settings", "query", "loss_null", "unlearning_steps", "converged", "stage_times", "top_k",
-                "top_k_scores", "curve")
-        return cls(scores=scores, top=np.array(r["top_k"], np.int64), loss_original=lo, loss_unlearned=lu,
-                   loss_null=r["loss_null"], steps=r["unlearning_steps"], converged=r["converged"], curve=r["curve"],
-                   stage_times=r["stage_times"], settings=r["settings"], query=r["query"], query_image=q,
-                   labels=labels, info={k: v for k, v in r.items() if k not in keys}, captions=captions)
-
-
 MEMMAP_BYTES = 1 << 30   # loss matrices from this size on (e.g. N = 2.7M items × K = 100) are memory-mapped
-SCORES_CSV_COLUMNS = ("rank", "index", "score", "label", "class", "loss_original", "loss_unlearned")
-
-
-def _cell(v) -> str:
-    """A loss for scores.csv: empty for a method that has none (NaN: D-TRAK, TRAK, the NN baselines)."""
-    return f"{v:.8g}" if np.isfinite(v) else ""
-
-
-@dataclass
-class UnlearnRecord:
-    """What a result keeps of an unlearning run (the weights themselves are not kept)."""
-    steps: int
-    converged: bool
-    curve: list
-    lr: float
-
-
-def csv_text(text) -> str:
-    """A class name or caption for a CSV cell: one starting with = + - @ (or a tab or CR) gets a leading
-    apostrophe, so a spreadsheet shows it as text instead of running it as a formula (CSV injection)."""
-    text = str(text)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _finite_cache(arrays: dict, masked: bool = False) -> bool:
@@ -219,7 +91,7 @@ class Attributor:
         return ns
 
     def check_memory(self, s: Settings) -> dict:
-        """Refuse settings whose estimated memory does not fit (see mucs.checks.check_request_memory)."""
+        """Refuse settings whose estimated memory does not fit (see mucs.memory.check_request_memory)."""
         return check_request_memory(self.model, len(self.data), s, "this attribution")
 
     def loss_matrix(self, unet, ns: NoiseSet, s: Settings, report=None, stage: str = "losses", items=None) -> np.ndarray:
@@ -405,11 +277,6 @@ class Attributor:
         return lu, mask, dict(noises=[int(c) for c in cols], kept=int(len(keep)), forwards=int(forwards),
                               forwards_full=int(N * K), saving=float(N * K / forwards))
 
-    # settings that change only how L_u and L_o are turned into scores, not the unlearned model or L_u, and
-    # the machine choices that change them only to float tolerance (FLOAT_TOLERANCE_ONLY)
-    SCORING_ONLY = ("normalised", "top_k", "fragile_refs", "fragile_seed", "screen_noises", "screen_keep",
-                    *FLOAT_TOLERANCE_ONLY)
-
     def unlearned(self, x: torch.Tensor, label, lnull: float, lo: np.ndarray, s: Settings, report=None,
                   times: Optional[dict] = None, prompt: Optional[str] = None) -> tuple:
         """Unlearn the query `x` (pixels in [-1, 1]; encoded by the VAE for a latent model) with its
@@ -424,7 +291,7 @@ class Attributor:
         key = None
         if self.cache_unlearned:
             lr = unlearning_lr(self.model, s)
-            fields = {k: v for k, v in s.to_dict().items() if k not in self.SCORING_ONLY}
+            fields = {k: v for k, v in s.to_dict().items() if k not in SCORING_ONLY}
             key = cache_key(kind="loss_unlearned", version=LOSS_VERSION, model=self.model.fingerprint(),
                             data=self.data.fingerprint(),
                             noise=ns.params, settings=fields, unlearning_lr=lr, label=label,
@@ -455,47 +322,12 @@ class Attributor:
         return rec, lu, mask, screening
 
     def reference_skews(self, s: Settings, report=None) -> tuple:
-        """Skews of every training item for the fragile-item correction's reference queries: images
-        generated from seeds fragile_seed + j (`fragile_refs` per class, or in total when the model is
-        unconditional), each unlearned and scored like a query. Cached on disk like L_o.
-        Returns ((R, N) skews, (R,) labels or None, was_cached)."""
-        from ..sources.generate import generate
-        if self.model.conditioning == "text":
-            raise MucsError("the fragile-item correction needs a class-conditional or unconditional model "
-                            "(its reference queries are drawn per class): set fragile_refs to 0")
-        C = self.model.num_classes
-        labels = [c for c in range(C) for _ in range(s.fragile_refs)] if C else [None] * s.fragile_refs
-        seeds = [s.fragile_seed + j for j in range(len(labels))]
-        base = s.replace(fragile_refs=0, screen_noises=0)
-        fields = {k: v for k, v in base.to_dict().items() if k not in ("top_k", "screen_keep", *FLOAT_TOLERANCE_ONLY)}
-        lr = unlearning_lr(self.model, base)
-        key = cache_key(kind="reference_skews", version=LOSS_VERSION, model=self.model.fingerprint(),
-                        data=self.data.fingerprint(),
-                        settings=fields, labels=labels, seeds=seeds, unlearning_lr=lr)
-        hit = self._load_cached("reference_skews", key)
-        if hit is not None:
-            return hit["skews"], None if not C else hit["labels"], True
-        lo, _ = self.original_losses(base, report)
-        lnull, _ = self.null_loss(base, report)
-        images = generate(self.model, labels, seeds, steps=50)
-        rows = []
-        for j, (img, y) in enumerate(zip(images, labels)):
-            _, lu, _, _ = self.unlearned(to_model_range(img), y, lnull, lo, base)
-            rows.append(skew(lu, lo, base.normalised))
-            if report is not None:
-                report("reference queries", (j + 1) / len(labels))
-        skews = np.stack(rows)
-        lab = np.array([-1 if y is None else y for y in labels], np.int64)
-        self._save_cached("reference_skews", key, skews=skews, labels=lab)
-        return skews, None if not C else lab, False
+        """The fragile-item correction's reference skews (mucs.method.fragile.reference_skews)."""
+        return reference_skews(self, s, report)
 
     def fragile_correction(self, s: Settings, label, report=None) -> tuple:
-        """(N,) mean skew of each item over the reference queries of other classes (all of them for an
-        unconditional model), and a record for result.json."""
-        refs, labels, cached = self.reference_skews(s, report)
-        use = np.ones(len(refs), bool) if labels is None or label is None else labels != int(label)
-        return refs[use].mean(0), dict(references=int(len(refs)), used=int(use.sum()), cached=cached,
-                                       seeds=[s.fragile_seed, s.fragile_seed + len(refs) - 1])
+        """Each item's mean reference skew over other classes (mucs.method.fragile.fragile_correction)."""
+        return fragile_correction(self, s, label, report)
 
     def _family_info(self) -> dict:
         """What result.json records of the model's family (the pixel UNet2DModel's runs record it too)."""
