@@ -30,6 +30,7 @@ from mucs.explorer import texts
 from mucs.defaults import DATA_REQUIRED  # noqa: E402
 from mucs.sources.data import IMAGE_EXTS, MAX_IMAGE_BYTES  # noqa: E402
 from mucs.errors import Cancelled, MucsError  # noqa: E402
+from mucs.explorer.serving import Views, content_file, png_file, send_file  # noqa: E402
 from mucs.explorer.state import HISTORY_COLUMNS, MAX_REQUEST_SECONDS, MAX_STEPS_LIMIT, Explorer, upscale  # noqa: E402
 from mucs.settings import APP_WIDGETS, CHOICES, Widget, field_types  # noqa: E402
 
@@ -145,12 +146,30 @@ def plot_row(hint: str, *plots_spec) -> list:
         return [gr.Plot(plots.empty(title, hint), label=label, elem_id=elem_id) for title, label, elem_id in plots_spec]
 
 
+def atomic_gradio_images() -> None:
+    """Gradio writes each image it serves (a gallery item, an image output) to <cache>/<hash>/image.webp
+    in place, again for every request showing it, also while another client downloads that very file:
+    that client got it truncated or overlong (issue 21, point 12). Its writer is replaced by one that
+    writes a missing file beside and renames it into place, and leaves an existing one alone."""
+    from gradio import processing_utils as pu
+    if getattr(pu.save_pil_to_cache, "atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir, name="image", format="webp"):
+        return content_file(str(cache_dir), pu.encode_pil_to_bytes(img, format), f"{name}.{format}")
+    save_pil_to_cache.atomic = True   # type: ignore[attr-defined]
+    pu.save_pil_to_cache = save_pil_to_cache
+
+
 def build(ex: Explorer) -> gr.Blocks:
+    atomic_gradio_images()
     s = ex.settings
     conditional = ex.model.num_classes is not None
     text_model = ex.text       # a text-conditional model: prompts instead of classes
     choices = ex.class_choices()
     n_train = len(ex.data)
+
+    views = Views(16)   # run views by (run id, its files' stamp): reopening a run computes nothing again
 
     # --- callbacks: each one calls the library and formats its answer ---------------------------
     def show_query(q, note=""):
@@ -250,19 +269,29 @@ def build(ex: Explorer) -> gr.Blocks:
                            **result_outputs(u.run_id, u.result), **history_outputs(select=u.run_id),
                            tabs: gr.Tabs(selected="results"), job_box: job.id}
 
-    def result_outputs(run_id, att):
+    def run_view(run_id, att):
+        """What a run's results show that depends on its files alone: kept per run (`views`) until they
+        change. Images are immutable content-addressed PNGs (serving.png_file), so Gradio copies them
+        atomically instead of re-encoding them in place, where a client downloading one saw it truncated."""
         ex.check_run(att)
-        tol = att.settings.get("tol")
-        return {run_box: run_id, summary: ex.summary(att, run_id), results_empty: gr.update(visible=False),
-                results_body: gr.update(visible=True),
-                result_query: upscale(att.query_image, 192) if att.query_image is not None else None,
-                top_gallery: ex.top_gallery(att),
-                neighbour_gallery: ex.neighbours(att.query_image) if att.query_image is not None else [],
+        folder = os.path.join(ex.downloads_dir(), "images")
+        files = lambda items: [(png_file(folder, im), caption) for im, caption in items]   # noqa: E731
+        q = att.query_image
+        return {summary: ex.summary(att, run_id),
+                result_query: png_file(folder, upscale(q, 192)) if q is not None else None,
+                top_gallery: files(ex.top_gallery(att)), neighbour_gallery: files(ex.neighbours(q)) if q is not None else [],
                 hist_plot: plots.skew_histogram(att.scores, att.top),
                 scatter_plot: plots.loss_scatter(att.loss_original, att.loss_unlearned, att.scores, att.top,
                                                  att.labels, ex.class_names),
-                curve_plot: plots.unlearning_curve(att.curve, att.loss_null, tol),
-                class_plot: plots.class_breakdown(att.top, att.labels, ex.class_names, att.query.get("label")),
+                curve_plot: plots.unlearning_curve(att.curve, att.loss_null, att.settings.get("tol")),
+                class_plot: plots.class_breakdown(att.top, att.labels, ex.class_names, att.query.get("label"))}
+
+    def result_outputs(run_id, att=None):
+        """A stored run's results (`att`: the run as loaded or just saved), its view computed once per
+        version of its files: opening a run again, or the run an attribution just showed, computes nothing."""
+        view = views.get((run_id, ex.store.stamp(run_id)),
+                         lambda: run_view(run_id, att if att is not None else ex.store.load(run_id)))
+        return {run_box: run_id, **view, results_empty: gr.update(visible=False), results_body: gr.update(visible=True),
                 why_text: WHY_START, why_plot: EMPTY_WHY, why_hist: EMPTY_WHY_HIST, why_neighbours: [],
                 methods_text: METHODS_START, methods_html: "", methods_plot: EMPTY_METHODS}
 
@@ -286,7 +315,7 @@ def build(ex: Explorer) -> gr.Blocks:
     def on_open(run_id):
         if not run_id:
             raise MucsError("choose a run to open")
-        return {**result_outputs(run_id, ex.store.load(run_id)), tabs: gr.Tabs(selected="results")}
+        return {**result_outputs(run_id), tabs: gr.Tabs(selected="results")}
 
     def on_refresh():
         return history_outputs()
@@ -900,6 +929,7 @@ def load_overrides(text):
 PUBLIC_EXACT = {"/", "/login", "/login/", "/favicon.ico", "/manifest.json", "/robots.txt", "/theme.css",
                 "/gradio_api/theme.css", "/config", "/config/", "/pwa_icon"}
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
+FILE_ROUTE = "/gradio_api/file="
 
 
 # Gradio's "Use via API" page asks this route whether an MCP server runs (to show an MCP tab); the app
@@ -910,7 +940,8 @@ MCP_PROBE = "/gradio_api/mcp/schema"
 class LoginWall:
     """ASGI middleware: with --auth, every HTTP and websocket request but the login page's (PUBLIC_*)
     needs the session cookie that POST /login sets. Also refuses `file=` paths to hidden entries
-    (staging folders, the marker) of the run folders `roots`."""
+    (staging folders, the marker) of the run folders `roots`, and sends their other files itself
+    (serving.send_file: Gradio's route measures a file by its path, then opens it again)."""
 
     def __init__(self, app, roots=()):
         self.app, self.roots = app, [os.path.realpath(r) for r in roots if r]
@@ -921,10 +952,15 @@ class LoginWall:
             refusal = None
             if not self._logged_in(scope) and not self._public(scope, path):
                 refusal = (401, "Not authenticated")
-            elif self._hidden_file(path):
-                refusal = (404, "File not found")
             elif path == MCP_PROBE:
                 refusal = (404, "MCP is off in this app: use its Python, JavaScript or HTTP API")
+            else:
+                target = self._run_file(path)
+                if target == "":
+                    refusal = (404, "File not found")
+                elif target and path.startswith(FILE_ROUTE) and scope["type"] == "http" and \
+                        scope.get("method") in ("GET", "HEAD") and await send_file(scope, send, target):
+                    return None   # sent from the inode it opened: a run replaced meanwhile changes nothing
             if refusal is not None:
                 if scope["type"] == "websocket":
                     return await send({"type": "websocket.close", "code": 1008})
@@ -959,14 +995,17 @@ class LoginWall:
         return any(c in cookies and tokens.get(cookies[c].value) is not None
                    for c in (f"access-token-{cid}", f"access-token-unsecure-{cid}"))
 
-    def _hidden_file(self, path: str) -> bool:
+    def _run_file(self, path: str):
+        """For a `file=` request of an entry of the run folders: its real path, or "" for a hidden entry
+        (staging folders, the marker: refused); None for any other path (left to Gradio's checks)."""
         for route in ("/gradio_api/file=", "/gradio_api/file/", "/file="):
-            if path.startswith(route):
+            if path.startswith(route) and "\0" not in path:
                 target = os.path.realpath(path[len(route):])
                 for root in self.roots:
                     if target.startswith(root + os.sep):
-                        return any(part.startswith(".") for part in os.path.relpath(target, root).split(os.sep))
-        return False
+                        hidden = any(part.startswith(".") for part in os.path.relpath(target, root).split(os.sep))
+                        return "" if hidden else target
+        return None
 
 
 def launch(demo, ex, host="127.0.0.1", port=7860, auth=None, **kwargs):

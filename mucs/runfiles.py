@@ -54,6 +54,8 @@ def check_result(r, where: str = "result.json") -> dict:
     curve = r.get("curve", [])
     if not isinstance(curve, list) or not all(isinstance(c, dict) for c in curve):
         raise bad("curve must be a list of objects")
+    if not all(_int(c.get("step")) and _real(c.get("loss_f")) and _real(c.get("loss_r")) for c in curve):
+        raise bad("curve entries must be {step: an integer, loss_f, loss_r: finite numbers}")
     if not all(isinstance(k, str) and _real(v) for k, v in r["stage_times"].items()):
         raise bad("stage_times must map stage names to finite numbers")
     q = r["query"]

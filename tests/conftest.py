@@ -196,6 +196,16 @@ def damaged_runs(good: str, root) -> dict:
         "query-huge": ("query.png", huge_png(), "far larger than a query"),
         "query-text": ("query.png", b"not a png", "not a readable PNG"),
         "query-wrong-size": ("query.png", small.getvalue(), "query.png is 5x5x1"),
+        # issue 21, point 8: more hand edits (missing keys, wrong types inside lists and settings)
+        "curve-no-step": ("result.json", edit_result(result, curve=[{"loss_f": 1.0}]), "curve entries must be"),
+        "curve-text": ("result.json", edit_result(result, curve=[{"step": "a", "loss_f": "b", "loss_r": None}]),
+                       "curve entries must be"),
+        "top-missing": ("result.json", json.dumps({k: v for k, v in result.items() if k != "top_k"}), "top_k must be"),
+        "steps-float": ("result.json", edit_result(result, unlearning_steps=1.5), "unlearning_steps must be"),
+        "tol-text": ("result.json", edit_result(result, settings=dict(result["settings"], tol="x")), "tol must be"),
+        "fingerprint-number": ("result.json", edit_result(result, data_fingerprint=5), "data_fingerprint must be"),
+        "scores-int": ("losses.npz", npz(scores=np.arange(n)), "scores must be a 1-D float array"),
+        "unlearned-inf": ("losses.npz", npz(loss_unlearned=np.full(n, np.inf)), "loss_unlearned holds NaN or inf"),
     }
     out = {}
     for name, (file, body, phrase) in variants.items():

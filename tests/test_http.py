@@ -422,3 +422,110 @@ def test_api_page_names_every_component_and_answers_the_mcp_probe(served):
     status, body, _ = raw(served["port"], "GET", "/gradio_api/mcp/schema", {"Cookie": cookie})
     assert status == 404 and "MCP is off" in json.loads(body)["detail"]
 
+
+# --- issue 21, point 12: files served whole under load, also while runs are opened and rewritten ------------
+def _file_urls(value) -> list:
+    """The /gradio_api/file= URLs of an event's data (gallery items, images)."""
+    if isinstance(value, dict):
+        url = value.get("url")
+        here = [url[url.index("/gradio_api/file="):]] if isinstance(url, str) and "/gradio_api/file=" in url else []
+        return here + [u for v in value.values() for u in _file_urls(v)]
+    if isinstance(value, list):
+        return [u for v in value for u in _file_urls(v)]
+    return []
+
+
+def _download(port, path, cookie):
+    """(status, body, Content-Length) of one GET, or (None, error) when the connection broke mid-body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie})
+        r = conn.getresponse()
+        length = r.getheader("Content-Length")
+        return r.status, r.read(), int(length) if length is not None else None
+    except (http.client.HTTPException, OSError) as e:
+        return None, repr(e), None
+    finally:
+        conn.close()
+
+
+def test_files_are_served_whole_while_runs_are_opened_and_rewritten(served):
+    """Clients open runs and download their files (the galleries' images, a run's scores.csv and
+    query.png) while other runs are opened and one run folder is rewritten over and over (`mucs attribute
+    --out` into the runs folder). Every download is complete: status 200, as many bytes as its
+    Content-Length, the bytes of one whole version of the file; every /open_run succeeds. (Before: Gradio
+    rewrote a gallery image in place for each request showing it, and measured a file by its path before
+    opening it again, so a client got a truncated or overlong body, or none between a rewrite's renames.)"""
+    import dataclasses
+
+    from gradio import processing_utils
+    from PIL import Image
+
+    from mucs.explorer.history import write_run
+    # Gradio's image writer (every gallery and image output) leaves a file it already wrote alone
+    image, cache = Image.new("L", (8, 8), 7), str(served["root"] / "gradio-cache")
+    first = processing_utils.save_pil_to_cache(image, cache, format="png")
+    st = os.stat(first)
+    time.sleep(0.02)
+    assert processing_utils.save_pil_to_cache(image, cache, format="png") == first
+    assert (os.stat(first).st_ino, os.stat(first).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    port, ex = served["port"], served["ex"]
+    _, cookie = login(port)
+    rids = [fake_run(ex, 40 + i) for i in range(3)]
+    rewritten = ex.store.path(rids[2])
+    att = ex.store.load(rids[2])
+    versions = [att, dataclasses.replace(att, scores=att.scores * 1e-7, query_image=255 - att.query_image)]
+    wanted = {name: set() for name in ("scores.csv", "query.png")}
+    for v in versions:
+        for name in wanted:
+            wanted[name].add(v.files(ex.class_names)[name])
+    assert all(len({len(b) for b in bodies}) == 2 for bodies in wanted.values())   # the versions' sizes differ
+    event, data = call(port, "open_run", [rids[0]], cookie, "load-0")
+    urls = _file_urls(data)
+    assert event == "complete" and len(urls) >= 10, data     # query, top-k and neighbours
+    stop, failures, counts = threading.Event(), [], dict(open=0, files=0, run_files=0, rewrites=0)
+
+    def rewrite():
+        i = 0
+        while not stop.is_set():
+            write_run(versions[i % 2], rewritten, dict(kind="test", source="rewritten"), class_names=ex.class_names)
+            i += 1
+            counts["rewrites"] = i
+
+    def opener(k):
+        while not stop.is_set():
+            rid = rids[(k + counts["open"]) % 3]
+            try:
+                event, data = call(port, "open_run", [rid], cookie, f"load-{k}")
+            except AssertionError as e:
+                event, data = "broken", str(e)
+            if event != "complete":
+                failures.append(("open_run", rid, str(data)[:300]))
+            counts["open"] += 1
+
+    def downloader(k):
+        while not stop.is_set():
+            for path in urls[k::3]:
+                status, body, length = _download(port, path, cookie)
+                if status != 200 or length != len(body) or not body:
+                    failures.append((path, status, length, len(body)))
+                counts["files"] += 1
+            for name in wanted:
+                status, body, length = _download(port, f"/gradio_api/file={os.path.join(rewritten, name)}", cookie)
+                if status != 200 or length != len(body) or body not in wanted[name]:
+                    failures.append((name, status, length, len(body) if isinstance(body, bytes) else body))
+                counts["run_files"] += 1
+    threads = [threading.Thread(target=rewrite)] + [threading.Thread(target=opener, args=(k,)) for k in range(3)] + \
+        [threading.Thread(target=downloader, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    enough = dict(open=6, files=30, run_files=20, rewrites=20)    # at least 4 s and this much traffic (30 s at most)
+    t0 = time.time()
+    while time.time() - t0 < 30 and not failures and (time.time() - t0 < 4 or any(counts[k] < n for k, n in enough.items())):
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    print(f"\nload: {counts} in {time.time() - t0:.1f} s, {len(failures)} failures")
+    assert failures == [], failures[:5]
+    assert all(counts[k] >= n for k, n in enough.items()), counts

@@ -5,10 +5,9 @@ import os
 import re
 import stat
 import tempfile
-import time
 from typing import Callable
 
-STALE_SECONDS = 3600.0    # staging leftovers older than this are a crash's, not a writer's at work
+from ..leftovers import OWNER_RE, STALE_SECONDS, abandoned, owner_tag  # noqa: F401  (STALE_SECONDS: re-exported)
 RAND = r"[a-z0-9_]{8}"    # tempfile's random part
 
 
@@ -29,7 +28,7 @@ def atomic_write_with(path: str, write: Callable[[str], None]) -> None:
     (a library's own writer: a large file is streamed to disk instead of being built in memory)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp{owner_tag()}-", suffix=os.path.basename(path))
     try:
         os.close(fd)
         write(tmp)
@@ -49,7 +48,7 @@ def atomic_write_with(path: str, write: Callable[[str], None]) -> None:
 
 def _drop_stale_file_temps(folder: str, base: str) -> None:
     """Remove `.tmp-XXXXXXXX<base>` files that a killed atomic_write left behind (only old ones)."""
-    pat = re.compile(r"\.tmp-" + RAND + re.escape(base) + "$")
+    pat = re.compile(r"\.tmp(?:" + OWNER_RE + ")?-" + RAND + re.escape(base) + "$")
     try:
         names = [n for n in os.listdir(folder) if pat.match(n)]
     except OSError:
@@ -58,5 +57,5 @@ def _drop_stale_file_temps(folder: str, base: str) -> None:
         p = os.path.join(folder, n)
         with contextlib.suppress(OSError):
             st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_SECONDS:
+            if stat.S_ISREG(st.st_mode) and abandoned(p):   # its writer is gone (mucs.leftovers)
                 os.unlink(p)

@@ -6,9 +6,9 @@ import logging
 import os
 import re
 import shutil
-import time
 
 from ..errors import MucsError
+from ..leftovers import OWNER_RE, abandoned
 from .atomic import RAND, STALE_SECONDS
 from .locks import swap_lock
 from .ownership import KEEP
@@ -30,7 +30,7 @@ def staging_prefix(path: str, which: str) -> str:
 
 def leftovers(path: str, which: str) -> list:
     parent = os.path.dirname(os.path.abspath(path))
-    pat = re.compile(re.escape(staging_prefix(path, which)) + RAND + "$")
+    pat = re.compile(re.escape(staging_prefix(path, which)) + RAND + "(?:" + OWNER_RE + ")?$")
     try:
         return [os.path.join(parent, n) for n in os.listdir(parent) if pat.match(n)]
     except OSError:
@@ -52,9 +52,14 @@ def recover_dir(path: str, stale_seconds: float = STALE_SECONDS) -> None:
 
 def recover_for_reading(path: str) -> None:
     """What a reader does first: a folder that an interrupted swap left moved aside (`path` missing,
-    its old copy in .old-<name>-*/x) is moved back, as the next writer would. Never raises: a folder
-    this process cannot write is left for a writer."""
-    if os.path.lexists(path) or not leftovers(path, "old"):
+    its old copy in .old-<name>-*/x) is moved back, as the next writer would, and leftovers of a writer
+    that is gone are removed (mucs.leftovers). Never raises: a folder this process cannot write is left
+    for a writer."""
+    olds = leftovers(path, "old")
+    if os.path.lexists(path):
+        if not any(abandoned(p) for p in olds + leftovers(path, "tmp")):
+            return   # in place, and no leftover of a writer that is gone
+    elif not olds:
         return
     try:
         recover_dir(path)
@@ -63,8 +68,8 @@ def recover_for_reading(path: str) -> None:
 
 
 def recover_moved_aside(folder: str) -> None:
-    """recover_for_reading for every entry of `folder` that an interrupted swap left moved aside."""
-    pat = re.compile(r"\.old-(.+)-" + RAND + "$")
+    """recover_for_reading for every entry of `folder` that an interrupted swap left moved aside or staged."""
+    pat = re.compile(r"\.(?:old|tmp)-(.+)-" + RAND + "(?:" + OWNER_RE + ")?$")
     try:
         names = os.listdir(folder)
     except OSError:
@@ -86,7 +91,7 @@ def recover_locked(path: str, stale_seconds: float) -> None:
             continue   # a kept file could not be moved back: leave the folder for the next try
         shutil.rmtree(old, ignore_errors=True)
     for tmp in leftovers(path, "tmp"):
-        if time.time() - _mtime(tmp) > stale_seconds:
+        if abandoned(tmp, stale_seconds):   # its writer is gone (or unknown, and it is old)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

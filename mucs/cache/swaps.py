@@ -7,6 +7,7 @@ import tempfile
 from typing import Optional
 
 from ..errors import MucsError
+from ..leftovers import owner_tag
 from .atomic import STALE_SECONDS
 from .locks import swap_lock
 from .outputs import check_out_dir
@@ -18,7 +19,7 @@ def staging_dir(path: str) -> str:
     """A new empty folder beside `path` to build its next content in (for move_dir_into_place)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=staging_prefix(path, "tmp"))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=staging_prefix(path, "tmp"), suffix=owner_tag())
     os.chmod(tmp, 0o755)
     return tmp
 
@@ -59,7 +60,7 @@ def move_dir_into_place(tmp: str, path: str, kind: Optional[str] = None, force: 
             kept = kept_entries(path, kind, force, "output folder", os.listdir(tmp)) if kind else []
             if not kind and (not os.path.isdir(path) or os.path.islink(path)):
                 raise MucsError(f"refusing to replace {path}: it is not a folder")
-            old = tempfile.mkdtemp(dir=parent, prefix=staging_prefix(path, "old"))
+            old = tempfile.mkdtemp(dir=parent, prefix=staging_prefix(path, "old"), suffix=owner_tag())
             if kept:
                 with open(os.path.join(old, KEEP), "w") as f:
                     json.dump(kept, f)

@@ -12,17 +12,18 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from datetime import datetime, timezone
 from typing import List, Optional
 
 
 from ..method.attribute import Attribution
-from ..cache import atomic_write, atomic_write_dir, check_writable_dir, recover_moved_aside, write_tree
+from ..cache import (atomic_write, atomic_write_dir, check_writable_dir, recover_for_reading, recover_moved_aside,
+                     write_tree)
 from ..checks import dumps_strict, json_default
 from ..defaults import ASSETS, REPO, default_runs_dir, shown_path  # noqa: F401  (REPO, default_runs_dir: re-exported)
 from ..errors import MucsError
+from ..leftovers import STALE_SECONDS, abandoned, clean_tempdir, owner_tag
 from ..runfiles import read_meta, read_result
 
 META = "meta.json"
@@ -89,6 +90,7 @@ def write_run(att: Attribution, path: str, meta: Optional[dict] = None, force: b
     files (mucs.cache.check_out_dir). Returns the absolute path."""
     path = os.path.abspath(path)
     files = run_files(att, os.path.basename(path), meta, class_names)
+    clean_tempdir()   # staging folders of earlier versions' killed writers (mucs-run-*)
     atomic_write_dir(path, files, kind="run", force=force)
     return path
 
@@ -115,13 +117,19 @@ class RunStore:
         self._summaries: dict = {}   # run folder -> (file stamps, (meta, settings)): see _summary
         self._clean_stale()
 
-    def _clean_stale(self, older_than: float = 3600.0) -> None:
-        """Drop staging folders left by a crash (hidden, so never listed)."""
-        now = time.time()
-        for name in os.listdir(self.root):
+    def _clean_stale(self, older_than: float = STALE_SECONDS) -> None:
+        """Drop staging folders left by a crash (hidden, so never listed): at once when their writer is
+        gone, after `older_than` seconds when it is unknown (mucs.leftovers); and this project's
+        abandoned staging folders in $TMPDIR."""
+        try:
+            names = [n for n in os.listdir(self.root) if n.startswith(".staging-")]
+        except OSError:
+            names = []
+        for name in names:
             p = os.path.join(self.root, name)
-            if name.startswith(".staging-") and os.path.isdir(p) and now - os.path.getmtime(p) > older_than:
+            if os.path.isdir(p) and not os.path.islink(p) and abandoned(p, older_than):
                 shutil.rmtree(p, ignore_errors=True)
+        clean_tempdir()
 
     # --- paths ---------------------------------------------------------------------------------
     def path(self, run_id: str) -> str:
@@ -137,8 +145,21 @@ class RunStore:
             raise MucsError(f"unknown run {run_id!r}")
         p = os.path.join(base, *parts)
         if not _is_run(p):
-            raise MucsError(f"unknown run {run_id!r}")
+            recover_for_reading(p)   # mid-replacement (or a killed one): wait for the swap, or move the old copy back
+            if not _is_run(p):
+                raise MucsError(f"unknown run {run_id!r}")
         return p
+
+    def stamp(self, run_id: str) -> tuple:
+        """What changes whenever a run's files do: the folder's and its files' inode, size and times
+        (a run rewritten in place is a new folder: see mucs.cache.move_dir_into_place)."""
+        p = self.path(run_id)
+        names = RUN_FILES + (("query.png",) if os.path.lexists(os.path.join(p, "query.png")) else ())
+        try:
+            stats = [os.stat(p)] + [os.stat(os.path.join(p, f)) for f in names]
+        except OSError as e:
+            raise MucsError(f"unknown run {run_id!r} ({e.strerror or e})") from None
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
 
     @staticmethod
     def is_example(run_id: str) -> bool:
@@ -150,7 +171,8 @@ class RunStore:
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         files = run_files(att, run_id, meta, class_names, now)
-        staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
+        self._clean_stale()
+        staging = tempfile.mkdtemp(dir=self.root, prefix=".staging-", suffix=owner_tag())
         try:
             inner = os.path.join(staging, "run")
             write_tree(inner, files, kind="run")
@@ -163,7 +185,7 @@ class RunStore:
         if self.is_example(run_id):
             raise MucsError("example runs are read-only")
         p = self.path(run_id)
-        trash = tempfile.mkdtemp(dir=self.root, prefix=".staging-")
+        trash = tempfile.mkdtemp(dir=self.root, prefix=".staging-", suffix=owner_tag())
         os.rename(p, os.path.join(trash, "x"))   # disappears at once, then is removed
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -207,14 +229,22 @@ class RunStore:
 
     def load(self, run_id: str) -> Attribution:
         """The run's Attribution, every file checked; MucsError naming what is wrong for a damaged run."""
-        path = self.path(run_id)
-        self.meta(run_id)   # a run listed as damaged does not open either
-        try:
-            return Attribution.load(path)
-        except MucsError as e:
-            raise MucsError(f"run {run_id} is damaged: {e}") from None
-        except Exception as e:   # a check the run format missed: still one line, never a traceback
-            raise MucsError(f"run {run_id} cannot be read: {type(e).__name__}: {e}") from e
+        for attempt in range(3):   # a run replaced while it is read (a new folder renamed into place) is read again
+            path = self.path(run_id)
+            self.meta(run_id)   # a run listed as damaged does not open either
+            before = _folder_stamp(path)
+            att, error = None, None
+            try:
+                att = Attribution.load(path)
+            except MucsError as e:
+                error = MucsError(f"run {run_id} is damaged: {e}")
+            except Exception as e:   # a check the run format missed: still one line, never a traceback
+                error = MucsError(f"run {run_id} cannot be read: {type(e).__name__}: {e}")
+            if _folder_stamp(path) == before or attempt == 2:   # every file came from one version of the run
+                if error is not None:
+                    raise error from None
+                return att
+        raise AssertionError("not reached")
 
     def list(self) -> list:
         """Metadata of every run, the runs of collections included: user runs newest first (by
@@ -279,6 +309,15 @@ class RunStore:
         else:
             atomic_write(path, att.scores_csv(class_names).encode())
         return path
+
+
+def _folder_stamp(path: str) -> Optional[tuple]:
+    """A run folder's inode and change time: a replaced run is a new folder (it was renamed into place)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
 
 
 def safe_name(run_id: str) -> str:

@@ -16,6 +16,7 @@ from ..method.attribute import Attribution
 from ..method.neighbours import NeighbourIndex, pixel_features
 from ..sources.data import to_model_range
 from ..settings import PAPER_KEYS, Settings
+from ..leftovers import owner_tag
 
 KEEP_UNLEARNED = 2      # unlearned UNets kept in memory (the last runs replayed or attributed here)
 
@@ -308,7 +309,8 @@ class StoredRuns:
     def downloads_dir(self) -> str:
         """This session's folder for downloadable files (a file per run and format, replaced atomically)."""
         if self._downloads is None or not os.path.isdir(self._downloads):
-            self._downloads = tempfile.mkdtemp(prefix="mucs-downloads-")
+            # tagged with this process: once it is gone, the next app or run write removes it (mucs.leftovers)
+            self._downloads = tempfile.mkdtemp(prefix="mucs-downloads-", suffix=owner_tag())
         return self._downloads
 
     def export_file(self, run_id: str, fmt: str) -> str:
