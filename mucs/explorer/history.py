@@ -241,8 +241,8 @@ class RunStore:
             except Exception as e:   # a check the run format missed: still one line, never a traceback
                 error = MucsError(f"run {run_id} cannot be read: {type(e).__name__}: {e}")
             if _folder_stamp(path) == before or attempt == 2:   # every file came from one version of the run
-                if error is not None:
-                    raise error from None
+                if error is not None or att is None:
+                    raise error or MucsError(f"run {run_id} cannot be read") from None
                 return att
         raise AssertionError("not reached")
 
