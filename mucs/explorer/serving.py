@@ -93,12 +93,12 @@ async def send_file(scope, send, path: str) -> bool:
     """Answer the HTTP request `scope` with the file at `path` (ASGI): its length from the opened
     file itself and its bytes read from that same file, so a run folder replaced by rename while it
     is sent changes nothing in this answer. False (nothing sent) when `path` is not a regular file."""
-    import anyio
+    import asyncio
     opened = open_regular(path)
     if opened is None and not os.path.lexists(path):
         # a run folder between the two renames of its replacement: wait for the swap (its lock), read the new one
         from ..cache import recover_for_reading
-        await anyio.to_thread.run_sync(recover_for_reading, os.path.dirname(path))
+        await asyncio.to_thread(recover_for_reading, os.path.dirname(path))
         opened = open_regular(path)
     if opened is None:
         return False
@@ -118,7 +118,7 @@ async def send_file(scope, send, path: str) -> bool:
             return True
         offset = 0
         while offset < st.st_size:
-            chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, st.st_size - offset), offset)
+            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, st.st_size - offset), offset)
             if not chunk:
                 break   # the inode itself was cut short (not by this project's writers): the client sees a short body
             offset += len(chunk)
