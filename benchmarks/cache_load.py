@@ -6,7 +6,6 @@ in the cache format (safetensors, sha256 from the header checked on each read) a
 """
 import argparse
 import glob
-import hashlib
 import os
 import sys
 import tempfile
@@ -16,17 +15,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from mucs.cache import load_arrays, save_arrays  # noqa: E402
+from mucs.cache.arrays import _npz_checksum  # noqa: E402  (the earlier format, as the migration reads it)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
-
-def _npz_checksum(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def save_npz(path: str, key: str, **arrays) -> None:

@@ -153,13 +153,17 @@ class RunStore:
     def stamp(self, run_id: str) -> tuple:
         """What changes whenever a run's files do: the folder's and its files' inode, size and times
         (a run rewritten in place is a new folder: see mucs.cache.move_dir_into_place)."""
-        p = self.path(run_id)
-        names = RUN_FILES + (("query.png",) if os.path.lexists(os.path.join(p, "query.png")) else ())
-        try:
-            stats = [os.stat(p)] + [os.stat(os.path.join(p, f)) for f in names]
-        except OSError as e:
-            raise MucsError(f"unknown run {run_id!r} ({e.strerror or e})") from None
-        return tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
+        for attempt in range(3):   # replaced between path() and the stats: path() waits for the swap, stat again
+            p = self.path(run_id)
+            names = RUN_FILES + (("query.png",) if os.path.lexists(os.path.join(p, "query.png")) else ())
+            try:
+                stats = [os.stat(p)] + [os.stat(os.path.join(p, f)) for f in names]
+            except OSError as e:
+                if attempt < 2:
+                    continue
+                raise MucsError(f"unknown run {run_id!r} ({e.strerror or e})") from None
+            return tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
+        raise AssertionError("not reached")
 
     @staticmethod
     def is_example(run_id: str) -> bool:
@@ -194,22 +198,29 @@ class RunStore:
         """(meta, settings) of a run, both checked (mucs.runfiles); a run whose meta.json or
         result.json is malformed gives ({id, example, damaged: why}, {}). Kept per run until its
         files change, so listing the history reads each run once."""
-        p = self.path(run_id)
-        try:
-            stamp = tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in
-                          (os.stat(os.path.join(p, f)) for f in ("result.json", META)))
-        except OSError:
-            stamp = None
-        hit = self._summaries.get(p)
-        if hit is not None and stamp is not None and hit[0] == stamp:
-            return hit[1]
+        def files_stamp(p):
+            try:
+                return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in
+                             (os.stat(os.path.join(p, f)) for f in ("result.json", META)))
+            except OSError:
+                return None
         base = dict(id=run_id, example=self.is_example(run_id))
         if "/" in run_id:
             base["collection"] = run_id.rsplit("/", 1)[0]
-        try:
-            m, settings = dict(read_meta(p), **base), dict(read_result(p)["settings"])
-        except MucsError as e:
-            m, settings = dict(base, damaged=str(e)), {}
+        for attempt in range(3):
+            p = self.path(run_id)
+            stamp = files_stamp(p)
+            hit = self._summaries.get(p)
+            if hit is not None and stamp is not None and hit[0] == stamp:
+                return hit[1]
+            try:
+                m, settings = dict(read_meta(p), **base), dict(read_result(p)["settings"])
+            except MucsError as e:
+                m, settings = dict(base, damaged=str(e)), {}
+                # replaced while read (its files moved or changed under us): read the new copy, not "damaged"
+                if attempt < 2 and (stamp is None or files_stamp(p) != stamp):
+                    continue
+            break
         if stamp is not None:
             self._summaries[p] = (stamp, (m, settings))
             while len(self._summaries) > 4096:
