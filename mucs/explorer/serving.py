@@ -9,9 +9,10 @@ import io
 import mimetypes
 import os
 import stat
-import tempfile
 import threading
 from typing import Callable, Hashable, Optional
+
+from ..cache import atomic_write
 
 CHUNK = 256 << 10
 # shown in the browser; anything else is sent as a download (no HTML or script of a run folder runs)
@@ -29,17 +30,7 @@ def content_file(folder: str, data: bytes, name: str) -> str:
             return path
     except OSError:
         pass
-    os.makedirs(sub, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=sub, prefix=f".{name}.")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)   # the project's one writer: its temporary file is tagged for the leftovers cleanup
     return path
 
 
