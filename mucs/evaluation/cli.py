@@ -49,6 +49,13 @@ def add_parser(sub):
                    help="counterfactual (default): remove, retrain, measure; exemplars: fine-tune model A on exemplars "
                         "of a held-out class and rank them among the training images (no retraining; "
                         "benchmarks/exemplars.md)")
+    p.add_argument("--exemplar-design", default="removed-class", choices=["removed-class", "known-class"],
+                   help="--protocol exemplars: removed-class (the first design: the base model never saw the "
+                        "exemplars' class, so the label alone ranks them first) or known-class (fair: model A knows "
+                        "the class; λ of D-TRAK/TRAK chosen on development generations)")
+    p.add_argument("--lambda-grid", default=None, metavar="L1,L2,...",
+                   help="--protocol exemplars: D-TRAK/TRAK λ values tried on the development generations "
+                        "(default for known-class: 1e1,…,1e7; removed-class: none, the options' λ)")
     p.add_argument("--control-design", default=None, choices=["shared", "disjoint"],
                    help="shared: controls in the targets' classes; disjoint: controls only in classes no target uses")
     p.add_argument("--engine", default="auto", choices=["auto", "ray", "serial"],

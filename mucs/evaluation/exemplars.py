@@ -1,16 +1,27 @@
 """The exemplar benchmark: a ground truth without retraining from scratch (after Wang et al.,
 *Evaluating data attribution for text-to-image models*, ICCV 2023).
 
-1. Model A' = the evaluation's recipe trained on its training subset *without one class* c (a retrain
-   of the counterfactual work folder, cached there), so A' has never seen class c.
-2. Fine-tune A' on E exemplars of class c that no model saw (images of the source set outside the
+Two designs (`ExemplarConfig.design`):
+
+- ``removed-class`` (the first one): the base model A' is the evaluation's recipe trained *without
+  one class* c, so the exemplars are the only items labelled c and "same label as the query" ranks
+  them first by construction: a confounded design, kept reproducible.
+- ``known-class`` (the fair one): the base is the evaluation's model A itself (all classes), so the
+  model already knows class c from its own training items and the label singles nothing out; the
+  candidates are A's whole subset plus the exemplars.
+
+1. The base model (A' or A; a model of the counterfactual work folder, cached there).
+2. Fine-tune it on E exemplars of class c that no model saw (images of the source set outside the
    subset), mixed half and half with replayed training images, for a few hundred steps.
 3. Generate G items of class c from the fine-tuned model (fixed seeds never used elsewhere).
-4. Every method ranks the candidates — the fine-tuned model's training data: A's subset without
-   class c, plus the E exemplars — for every generation; the exemplars are the ground truth.
+4. Every method ranks the candidates — the fine-tuned model's training data: A's subset (without
+   class c in the removed-class design), plus the E exemplars — for every generation; the exemplars
+   are the ground truth. D-TRAK / TRAK: λ chosen on separate development generations when
+   `lambda_grid` is set (exemplar_checks.choose_lambda).
    Per generation: recall@10 (share of the exemplars in the top 10), mean rank of the exemplars and
    average precision; their means over the generations with percentile bootstrap intervals.
 """
+import hashlib
 import io
 import json
 import os
@@ -37,6 +48,45 @@ class ExemplarConfig:
     finetune_batch: int = 32      # half exemplars (repeated), half replayed training images
     finetune_lr: float = 5e-4
     finetune_seed: int = 0
+    design: str = "removed-class"  # removed-class (confounded by the label) | known-class (fair)
+    dev_generations: int = 0      # development generations (seeds dev_seed + j): λ and the fine-tune are chosen on them
+    dev_seed: int = 6500
+    lambda_grid: tuple = ()       # D-TRAK / TRAK λ values tried on the development generations (empty: the options' λ)
+
+    def validate(self) -> "ExemplarConfig":
+        if self.design not in DESIGNS:
+            raise MucsError(f"exemplar design must be one of {', '.join(DESIGNS)}, got {self.design!r}")
+        if self.lambda_grid and not self.dev_generations:
+            raise MucsError("a λ grid needs development generations (dev_generations ≥ 1)")
+        if any(not (np.isfinite(x) and x > 0) for x in self.lambda_grid):
+            raise MucsError("every λ of the grid must be a finite number > 0")
+        return self
+
+    def finetune_key(self) -> dict:
+        """What the fine-tuned model depends on (removed-class: the first design's whole config, so its
+        cached model is found again)."""
+        if self.design == "removed-class":
+            return {k: getattr(self, k) for k in _LEGACY_FIELDS}
+        return dict(design=self.design, held_out_class=self.held_out_class, exemplars=self.exemplars,
+                    exemplar_seed=self.exemplar_seed, finetune_steps=self.finetune_steps,
+                    finetune_batch=self.finetune_batch, finetune_lr=self.finetune_lr, finetune_seed=self.finetune_seed)
+
+
+DESIGNS = ("removed-class", "known-class")
+_LEGACY_FIELDS = ("held_out_class", "exemplars", "generations", "gen_seed", "exemplar_seed", "finetune_steps",
+                  "finetune_batch", "finetune_lr", "finetune_seed")
+LAMBDA_GRID = tuple(10.0 ** e for e in range(1, 8))     # 1e1 … 1e7 (the kernel's mean ‖φ‖² is 1e3–4e4 here)
+# The known-class design's defaults: steps chosen on development generations
+# (benchmarks/exemplars_finetune_dev.py, benchmarks/results/exemplars_finetune_dev.log)
+KNOWN_CLASS = dict(design="known-class", dev_generations=10, lambda_grid=LAMBDA_GRID, finetune_steps=500)
+
+
+def config_for(design: str, **over) -> ExemplarConfig:
+    """The config of a design with its defaults, then `over`."""
+    base = dict(KNOWN_CLASS) if design == "known-class" else dict(design=design)
+    if over.get("lambda_grid") and "dev_generations" not in over:
+        base.setdefault("dev_generations", 10)
+    return ExemplarConfig(**dict(base, **over)).validate()
 
 
 def _rng_pick(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -47,7 +97,8 @@ def _rng_pick(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def candidates(job, ec: ExemplarConfig) -> tuple:
     """(path of the candidate set .npz, indices of the class-c items removed from A's subset, E).
-    The candidate set: A's subset without class c, then the E exemplars (the last E indices)."""
+    The candidate set: A's subset (removed-class: without class c; known-class: all of it, nothing
+    removed), then the E exemplars (the last E indices)."""
     from ..sources.data import load_dataset
     data = job.data()
     if data.labels is None:
@@ -56,13 +107,16 @@ def candidates(job, ec: ExemplarConfig) -> tuple:
     with np.load(job.data_path) as z:
         used = z["source_indices"] if "source_indices" in z.files else np.arange(len(src))
     c = int(ec.held_out_class)
-    removed = np.flatnonzero(data.labels == c)
+    removed = np.flatnonzero(data.labels == c) if ec.design == "removed-class" else np.zeros(0, np.int64)
+    if not np.any(data.labels == c):
+        raise MucsError(f"class {c} has no training items")
     if src.labels is None:
         raise MucsError("the exemplar benchmark needs a labelled source set")
     pool = np.setdiff1d(np.flatnonzero(src.labels == c), used)
     ex = _rng_pick(pool, ec.exemplars, ec.exemplar_seed)
     keep = np.setdiff1d(np.arange(len(data)), removed)
-    key = cache_key(kind="exemplar_candidates", data=data.fingerprint(), c=c, ex=ex.tolist())
+    key = cache_key(kind="exemplar_candidates", data=data.fingerprint(), c=c, ex=ex.tolist(),
+                    **({} if ec.design == "removed-class" else dict(design=ec.design)))
     path = os.path.join(job.work, "exemplars", f"candidates-{key[:12]}.npz")
     if not os.path.exists(path):
         buf = io.BytesIO()
@@ -74,10 +128,11 @@ def candidates(job, ec: ExemplarConfig) -> tuple:
     return path, removed, ec.exemplars
 
 
-def finetune(base_dir: str, cand, E: int, ec: ExemplarConfig, out: str) -> str:
+def finetune(base_dir: str, cand, E: int, ec: ExemplarConfig, out: str, on_step=None) -> str:
     """Fine-tune the model in `base_dir` on the candidate set, each batch half exemplars (the last E
     items) and half replayed items, with the model's own loss and uniform-t noise; saved to `out`
-    (a copy of the model folder with the new weights), atomically. Cached: an existing `out` is kept."""
+    (a copy of the model folder with the new weights), atomically. Cached: an existing `out` is kept.
+    `on_step(step, model)` after every step (development checks of the fine-tune's strength)."""
     from ..sources.models import alphas_cumprod, load_model, per_item_loss
     if os.path.isfile(os.path.join(out, "finetune.json")):
         return out
@@ -98,6 +153,8 @@ def finetune(base_dir: str, cand, E: int, ec: ExemplarConfig, out: str) -> str:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(step + 1, model)
     tmp = staging_dir(out)
     try:
         shutil.rmtree(tmp)
@@ -105,7 +162,7 @@ def finetune(base_dir: str, cand, E: int, ec: ExemplarConfig, out: str) -> str:
         unet.eval().save_pretrained(os.path.join(tmp, "unet"))
         with open(os.path.join(tmp, "finetune.json"), "w") as f:
             json.dump(dict(base=os.path.basename(base_dir), config=asdict(ec), seconds=time.perf_counter() - t0,
-                           final_loss=float(loss)), f)
+                           final_loss=float(loss.detach())), f)
         move_dir_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -130,82 +187,179 @@ def _boot(values, n_boot=2000, seed=0) -> list:
     return [float(x) for x in np.quantile(v[idx].mean(1), [0.025, 0.975])]
 
 
-def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
-    """The whole benchmark in this process; every artefact cached in the work folder's exemplars/."""
-    from ..method import baselines
-    from ..sources.data import QueryImage, load_dataset, to_model_range
+def generations(job, model, label: int, seeds) -> np.ndarray:
+    """(G, H, W, C) uint8 images of `label` from `model`, one per seed, cached in exemplars/."""
     from ..sources.generate import generate
-    from ..sources.models import load_model
-    from . import steps
-    t_start = time.perf_counter()
-    cand_path, removed, E = candidates(job, ec)
-    base = steps.retrained(job, removed, f"model A without class {ec.held_out_class}")
-    log(f"[{time.strftime('%H:%M:%S')}] model A' (no class {ec.held_out_class}): {base['path']}")
-    cand = load_dataset(cand_path)
-    ft_dir = os.path.join(job.work, "exemplars", "finetuned-" + cache_key(
-        base=os.path.basename(base["path"]), cand=cand.fingerprint(), ec=asdict(ec))[:12])
-    finetune(base["path"], cand, E, ec, ft_dir)
-    model = load_model(ft_dir, "cpu")
-    labels, seeds = [ec.held_out_class] * ec.generations, [ec.gen_seed + j for j in range(ec.generations)]
+    seeds = [int(x) for x in seeds]
     gkey = cache_key(kind="exemplar_generations", model=model.fingerprint(), seeds=seeds, steps=job.cfg.sample_steps)
     gpath = os.path.join(job.work, "exemplars", f"generated-{gkey[:12]}{CACHE_EXT}")
     hit = load_arrays(gpath, gkey)
     if hit is None:
-        hit = dict(images=generate(model, labels, seeds, job.cfg.sample_steps))
+        hit = dict(images=generate(model, [label] * len(seeds), seeds, job.cfg.sample_steps))
         save_arrays(gpath, gkey, **hit)
-    images = hit["images"]
-    log(f"[{time.strftime('%H:%M:%S')}] fine-tuned model {ft_dir}; {len(images)} generations of class {ec.held_out_class}")
+    return hit["images"]
+
+
+def others_of(cand, E: int, c: int) -> np.ndarray:
+    """The candidates that are not exemplars and share their class c (all non-exemplars when none do)."""
+    rest = np.arange(len(cand) - E)
+    same = rest[cand.labels[rest] == c]
+    return same if len(same) else rest
+
+
+def base_model(job, ec: ExemplarConfig, removed) -> dict:
+    from . import steps
+    if ec.design == "known-class":
+        return steps.retrained(job, [], "model A")
+    return steps.retrained(job, removed, f"model A without class {ec.held_out_class}")
+
+
+def finetuned_dir(job, ec: ExemplarConfig, base: dict, cand) -> str:
+    return os.path.join(job.work, "exemplars", "finetuned-" + cache_key(
+        base=os.path.basename(base["path"]), cand=cand.fingerprint(), ec=ec.finetune_key())[:12])
+
+
+def _kernel_inputs(job, ctx, m: str, images, seeds, label, log) -> tuple:
+    """D-TRAK / TRAK: z = Φ·φ(q) per generation (the λ-free part, cached) and its seconds."""
+    from ..method.baselines import check_supported
+    from ..method.dtrak import OUTPUTS, options_from, query_kernel_input
+    from ..sources.data import to_model_range
+    check_supported(m, ctx.model)
+    o = options_from(ctx.options.get(m))
+    zs, secs = [], []
+    for img, seed in zip(images, seeds):
+        key = cache_key(kind="exemplar_kernel_input", method=m, model=ctx.model.fingerprint(), data=ctx.data.fingerprint(),
+                        options=o.key(), seed=int(seed), image=hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest())
+        path = os.path.join(job.work, "exemplars", "scores", m, f"z-{int(seed)}-{key[:16]}{CACHE_EXT}")
+        got = load_arrays(path, key)
+        if got is None:
+            t0 = time.perf_counter()
+            feats = ctx.dtrak_features(OUTPUTS[m], o)
+            z = query_kernel_input(ctx.model, feats, to_model_range(img), label)
+            got = dict(z=np.asarray(z, np.float64), seconds=np.array(time.perf_counter() - t0))
+            save_arrays(path, key, **got)
+            log(f"  {m} seed {int(seed)}: {float(got['seconds']):.1f} s")
+        zs.append(got["z"])
+        secs.append(float(got["seconds"]))
+    return zs, secs, ctx.dtrak_features(OUTPUTS[m], o)
+
+
+def _row(per: list, secs: list, parts=None) -> dict:
+    row: dict = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+    row.update({f"{k}_ci95": _boot([p[k] for p in per]) for k in per[0]})
+    row.update(per_generation=per, seconds_mean=float(np.mean(secs)), seconds_first=secs[0],
+               components=parts if parts and len(parts) > 1 else None)
+    return row
+
+
+def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
+    """The whole benchmark in this process; every artefact cached in the work folder's exemplars/."""
+    from ..method import baselines
+    from ..method.dtrak import solve_scores
+    from ..sources.data import QueryImage, load_dataset, to_model_range
+    from ..sources.models import load_model
+    from .exemplar_checks import choose_lambda, resemblance
+    from .plan import settings_key
+    ec = ec.validate()
+    t_start = time.perf_counter()
+    c = ec.held_out_class
+    cand_path, removed, E = candidates(job, ec)
+    base = base_model(job, ec, removed)
+    log(f"[{time.strftime('%H:%M:%S')}] base model ({ec.design}): {base['path']}")
+    cand = load_dataset(cand_path)
+    ft_dir = finetuned_dir(job, ec, base, cand)
+    finetune(base["path"], cand, E, ec, ft_dir)
+    model = load_model(ft_dir, "cpu")
+    seeds = [ec.gen_seed + j for j in range(ec.generations)]
+    dev_seeds = [ec.dev_seed + j for j in range(ec.dev_generations)]
+    images = generations(job, model, c, seeds)
+    dev_images = generations(job, model, c, dev_seeds) if dev_seeds else None
+    log(f"[{time.strftime('%H:%M:%S')}] fine-tuned model {ft_dir}; {len(images)} generations of class {c}"
+        + (f" (+ {len(dev_seeds)} development)" if dev_seeds else ""))
+    others = cand.images[others_of(cand, E, c)]
+    looks = dict(heldout=resemblance(images, cand.images[-E:], others))
+    if dev_images is not None:
+        looks["development"] = resemblance(dev_images, cand.images[-E:], others)
     ctx = baselines.Context(model=model, data=cand, settings=job.cfg.mucs_settings(),
                             cache_dir=os.path.join(job.work, "cache"), seed=0,
                             options={k: dict(v) for k, v in job.cfg.method_options.items()})
     ctx._attributor = None
     positives = np.arange(len(cand) - E, len(cand))
-    out = {}
+    out: dict = {}
+    lambdas: dict = {}
 
     def result(rows):
-        return _summary(job, [m for m in methods if m in rows], ec, cand, E, removed, rows, ft_dir, base, t_start)
+        return _summary(job, [m for m in methods if m in rows], ec, cand, E, removed, rows, ft_dir, base, t_start,
+                        looks, lambdas, seeds, dev_seeds)
     for m in methods:
         parts = baselines.components(m)
-        per, secs = [], []
-        for j, img in enumerate(images):
-            opts = job.cfg.resolved_options(m)
-            from .plan import settings_key
-            key = cache_key(kind="exemplar_scores", method=m, model=model.fingerprint(), data=cand.fingerprint(),
-                            settings=settings_key(job.cfg.mucs_settings()) if m.startswith("mucs") else None,
-                            options=opts, seed=seeds[j])
-            path = os.path.join(job.work, "exemplars", "scores", m, f"gen{j:03d}-{key[:16]}{CACHE_EXT}")
-            got = load_arrays(path, key)
-            if got is None:
-                t0 = time.perf_counter()
-                sc = baselines.scores(m, ctx, QueryImage(to_model_range(img), []), ec.held_out_class, query_id=10_000 + j)
-                got = dict(scores=np.asarray(sc, np.float64), seconds=np.array(time.perf_counter() - t0))
-                save_arrays(path, key, **got)
-                log(f"  {m} generation {j}: {float(got['seconds']):.1f} s")
-            per.append(ranking_metrics(got["scores"], positives))
-            secs.append(float(got["seconds"]))
-        row: dict = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-        row.update({f"{k}_ci95": _boot([p[k] for p in per]) for k in per[0]})
-        row.update(per_generation=per, seconds_mean=float(np.mean(secs)), seconds_first=secs[0],
-                   components=parts if len(parts) > 1 else None)
-        out[m] = row
+        if m in ("dtrak", "trak") and ec.lambda_grid:
+            from ..method.dtrak import options_from
+            default = options_from(ctx.options.get(m)).lam
+            dz, _, feats = _kernel_inputs(job, ctx, m, dev_images, dev_seeds, c, log)
+            grid = [float(x) for x in ec.lambda_grid]
+            pick = choose_lambda(grid, [[ranking_metrics(solve_scores(feats, z, lam), positives) for z in dz]
+                                        for lam in grid])
+            hz, secs, _ = _kernel_inputs(job, ctx, m, images, seeds, c, log)
+            per = [ranking_metrics(solve_scores(feats, z, pick["chosen"]), positives) for z in hz]
+            at_default = _row([ranking_metrics(solve_scores(feats, z, default), positives) for z in hz], secs)
+            lambdas[m] = dict(pick, default=default, kernel_scale=feats.kernel_scale(),
+                              heldout_at_default={k: at_default[k] for k in ("recall_at_10", "recall_at_10_ci95",
+                                                                            "mean_rank", "mean_rank_ci95", "ap", "ap_ci95")})
+            log(f"  {m}: λ chosen on {len(dev_seeds)} development generations: {pick['chosen']:g} "
+                f"(mean ‖φ‖² {feats.kernel_scale():.3g}; default {default:g})")
+            out[m] = dict(_row(per, secs), lam=pick["chosen"])
+        else:
+            per, secs = [], []
+            for j, img in enumerate(images):
+                opts = job.cfg.resolved_options(m)
+                key = cache_key(kind="exemplar_scores", method=m, model=model.fingerprint(), data=cand.fingerprint(),
+                                settings=settings_key(job.cfg.mucs_settings()) if m.startswith("mucs") else None,
+                                options=opts, seed=seeds[j])
+                path = os.path.join(job.work, "exemplars", "scores", m, f"gen{j:03d}-{key[:16]}{CACHE_EXT}")
+                got = load_arrays(path, key)
+                if got is None:
+                    t0 = time.perf_counter()
+                    sc = baselines.scores(m, ctx, QueryImage(to_model_range(img), []), c, query_id=10_000 + j)
+                    got = dict(scores=np.asarray(sc, np.float64), seconds=np.array(time.perf_counter() - t0))
+                    save_arrays(path, key, **got)
+                    log(f"  {m} generation {j}: {float(got['seconds']):.1f} s")
+                per.append(ranking_metrics(got["scores"], positives))
+                secs.append(float(got["seconds"]))
+            out[m] = _row(per, secs, parts)
         if on_method is not None:       # the table so far, after each method
             on_method(result(out))
     return result(out)
 
 
-def _summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start):
+def _summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, looks, lambdas, seeds, dev_seeds):
+    from .exemplar_checks import same_label_expectation
     from .summary import method_settings
     n = len(cand)
     positives = np.arange(n - E, n)
+    known = ec.design == "known-class"
+    what = ("model A (the evaluation's recipe on ALL classes: class c is known, the label singles nothing out) "
+            "fine-tuned on E unseen exemplars of class c; each method ranks the fine-tuned model's training data "
+            "(A's whole subset + the exemplars)" if known else
+            "model A' (the evaluation's recipe without one class) fine-tuned on E unseen exemplars of that class; "
+            "each method ranks the fine-tuned model's training data (A's subset without the class + the exemplars)")
+    n_same = int(np.sum(cand.labels == ec.held_out_class))
     return dict(
-        description="Exemplar benchmark: model A' (the evaluation's recipe without one class) fine-tuned on E unseen "
-                    "exemplars of that class; each method ranks the fine-tuned model's training data (A's subset "
-                    "without the class + the exemplars) for G generations of the class; the exemplars are the ground "
-                    "truth. recall_at_10 = share of the exemplars in the top 10; mean_rank of the exemplars (1 = best); "
-                    "ap = average precision. Means over the generations, 95 % bootstrap intervals over generations.",
-        config=asdict(ec), scale=dict(job.cfg.to_dict(), candidates=n, exemplars=E, removed_class_items=len(removed)),
+        description=f"Exemplar benchmark ({ec.design} design): {what} for G generations of the class; the exemplars "
+                    "are the ground truth. recall_at_10 = share of the exemplars in the top 10; mean_rank of the "
+                    "exemplars (1 = best); ap = average precision. Means over the generations, 95 % bootstrap "
+                    "intervals over generations. same_label_expectation: ranking the items labelled c first, ties at "
+                    "random (exact expectation).",
+        design=ec.design, config=asdict(ec),
+        split=dict(heldout_seeds=[seeds[0], seeds[-1]] if seeds else [], development_seeds=[dev_seeds[0], dev_seeds[-1]]
+                   if dev_seeds else [], note="λ (and the fine-tune's strength) chosen on the development generations "
+                                             "only; every row is on the held-out generations"),
+        scale=dict(job.cfg.to_dict(), candidates=n, exemplars=E, removed_class_items=len(removed),
+                   same_label_items=n_same),
         random_expectation=dict(recall_at_10=10 / n, mean_rank=(n + 1) / 2, ap=float(np.mean(
             [ranking_metrics(np.random.default_rng(r).random(n), positives)["ap"] for r in range(200)]))),
+        same_label_expectation=same_label_expectation(n_same, E),
+        resemblance=looks, lambda_selection=lambdas,
         methods=out, method_settings={m: method_settings(job.cfg, m) for m in methods},
         finetuned_model=os.path.relpath(ft_dir, job.work), base_model=os.path.relpath(base["path"], job.work),
         timing=dict(this_run_seconds=time.perf_counter() - t_start, torch_threads=torch.get_num_threads()))
@@ -216,8 +370,13 @@ def table(result: dict) -> str:
     lines = ["| method | recall@10 | 95 % interval | mean rank | mAP | 95 % interval | s per generation |",
              "|---|---|---|---|---|---|---|",
              f"| random (expected) | {rnd['recall_at_10']:.3f} | | {rnd['mean_rank']:.0f} | {rnd['ap']:.3f} | | |"]
+    same = result.get("same_label_expectation")
+    if same:
+        lines.append(f"| same label, ties at random (expected; {same['same_label_items']} items) | "
+                     f"{same['recall_at_10']:.3f} | | {same['mean_rank']:.1f} | {same['ap']:.3f} | | |")
     for m, r in result["methods"].items():
-        lines.append(f"| `{m}` | {r['recall_at_10']:.3f} | {r['recall_at_10_ci95'][0]:.3f}–{r['recall_at_10_ci95'][1]:.3f} "
+        lam = f" (λ {r['lam']:g})" if "lam" in r else ""
+        lines.append(f"| `{m}`{lam} | {r['recall_at_10']:.3f} | {r['recall_at_10_ci95'][0]:.3f}–{r['recall_at_10_ci95'][1]:.3f} "
                      f"| {r['mean_rank']:.1f} | {r['ap']:.3f} | {r['ap_ci95'][0]:.3f}–{r['ap_ci95'][1]:.3f} "
                      f"| {r['seconds_mean']:.1f} |")
     return "\n".join(lines)
@@ -242,8 +401,14 @@ def cmd_exemplars(a, method_options: Optional[dict] = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     job = make_job(cfg, work, threads=a.threads)
-    result = run(job, methods, ExemplarConfig(**({} if a.targets is None else dict(generations=a.targets))),
-                 on_method=lambda r: write_json(out, r))
+    over: dict = {} if a.targets is None else dict(generations=a.targets)
+    if getattr(a, "lambda_grid", None) is not None:
+        try:
+            over["lambda_grid"] = tuple(float(x) for x in a.lambda_grid.split(",") if x.strip())
+        except ValueError:
+            raise MucsError(f"--lambda-grid takes comma-separated numbers, got {a.lambda_grid!r}") from None
+    ec = config_for(getattr(a, "exemplar_design", None) or "removed-class", **over)
+    result = run(job, methods, ec, on_method=lambda r: write_json(out, r))
     write_json(out, result)
     print(table(result))
     print(f"wrote {out}")

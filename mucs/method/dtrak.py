@@ -279,20 +279,14 @@ def training_features(model, data, output: str, o: DTrakOptions, cache_dir: str,
 
 
 class KernelSolver:
-    """s = (ΦΦᵀ + λI)⁻¹ z, through the smaller of the two Gram matrices (exact either way)."""
+    """s = (ΦΦᵀ + λI)⁻¹ z, through the smaller of the two Gram matrices (exact either way). `gram`: that
+    Gram matrix without λ, when already computed (a λ grid then costs one factorisation per λ)."""
 
-    def __init__(self, phi: np.ndarray, lam: float):
+    def __init__(self, phi: np.ndarray, lam: float, gram: Optional[np.ndarray] = None):
         N, d = phi.shape
         self.lam, self.phi = float(lam), phi
         self.small_n = N <= d
-        gram = np.zeros((N, N) if self.small_n else (d, d), np.float64)
-        for r in range(0, N, 4096):
-            blk = np.asarray(phi[r:r + 4096], np.float64)
-            if self.small_n:
-                for c in range(0, N, 4096):
-                    gram[r:r + len(blk), c:c + 4096] = blk @ np.asarray(phi[c:c + 4096], np.float64).T
-            else:
-                gram += blk.T @ blk
+        gram = (gram_matrix(phi) if gram is None else gram).copy()
         gram[np.diag_indices_from(gram)] += self.lam
         if self.lam == 0:   # λ = 0: a pseudo-inverse instead of an error on a singular Gram matrix
             self.inv = np.linalg.pinv(gram)
@@ -317,26 +311,53 @@ class KernelSolver:
                                     for r in range(0, len(phi), 4096)])) / self.lam
 
 
-def query_scores(model, feats: Features, x: torch.Tensor, label, lam: Optional[float] = None) -> np.ndarray:
-    """(N,) D-TRAK / TRAK scores of the query image `x` (C, H, W) in [-1, 1]: its gradient with the
-    same output function, timesteps and noise seed, then φ(q)ᵀ (ΦᵀΦ + λI)⁻¹ Φᵀ."""
+def gram_matrix(phi: np.ndarray) -> np.ndarray:
+    """ΦΦᵀ (N ≤ d) or ΦᵀΦ (N > d) in float64, read in row blocks (Φ may be memory-mapped)."""
+    N, d = phi.shape
+    small_n = N <= d
+    gram = np.zeros((N, N) if small_n else (d, d), np.float64)
+    for r in range(0, N, 4096):
+        blk = np.asarray(phi[r:r + 4096], np.float64)
+        if small_n:
+            for c in range(0, N, 4096):
+                gram[r:r + len(blk), c:c + 4096] = blk @ np.asarray(phi[c:c + 4096], np.float64).T
+        else:
+            gram += blk.T @ blk
+    return gram
+
+
+def query_kernel_input(model, feats: Features, x: torch.Tensor, label) -> np.ndarray:
+    """z = Φ·φ(q) (N,) of the query image `x` (C, H, W) in [-1, 1]: its gradient with the same output
+    function, timesteps and noise seed, projected. The costly, λ-free part of a query's scores."""
     o = feats.options
     dev = model.device
     y = torch.tensor([int(label)], device=dev) if (label is not None and model.num_classes) else None
     g = item_gradients(model, x[None].to(dev), y, ["query"], o.timesteps, o.seed, feats.output)[0].cpu().numpy()
     if o.dim == 0:
-        z = np.concatenate([np.asarray(feats.phi[r:r + 4096], np.float64) @ g for r in range(0, len(feats.phi), 4096)])
-    elif feats.back is not None:
-        z = np.concatenate([np.asarray(feats.back[r:r + 2048], np.float64) @ g for r in range(0, len(feats.back), 2048)])
-    else:
-        phi_q = projector(len(g), o).project(torch.from_numpy(g[None]), model_id=0)[0].numpy().astype(np.float64)
-        z = np.concatenate([np.asarray(feats.phi[r:r + 4096], np.float64) @ phi_q
-                            for r in range(0, len(feats.phi), 4096)])
-    lam = o.lam if lam is None else float(lam)
+        return np.concatenate([np.asarray(feats.phi[r:r + 4096], np.float64) @ g for r in range(0, len(feats.phi), 4096)])
+    if feats.back is not None:
+        return np.concatenate([np.asarray(feats.back[r:r + 2048], np.float64) @ g for r in range(0, len(feats.back), 2048)])
+    phi_q = projector(len(g), o).project(torch.from_numpy(g[None]), model_id=0)[0].numpy().astype(np.float64)
+    return np.concatenate([np.asarray(feats.phi[r:r + 4096], np.float64) @ phi_q for r in range(0, len(feats.phi), 4096)])
+
+
+def solve_scores(feats: Features, z: np.ndarray, lam: float) -> np.ndarray:
+    """(N,) scores φ(q)ᵀ(ΦᵀΦ + λI)⁻¹Φᵀ from z = Φ·φ(q): only this depends on λ (the Gram matrix is built
+    once per features, factorised once per λ)."""
+    lam = float(lam)
     solvers = feats._solvers = feats._solvers or {}
-    if lam not in solvers:       # the Gram matrix once per features and λ
-        solvers[lam] = KernelSolver(feats.phi, lam)
+    if lam not in solvers:
+        if "gram" not in solvers:
+            solvers["gram"] = gram_matrix(feats.phi)
+        solvers[lam] = KernelSolver(feats.phi, lam, solvers["gram"])
     s = solvers[lam](z)
     if not np.isfinite(s).all():
         raise MucsError("D-TRAK scores are not finite")
     return s
+
+
+def query_scores(model, feats: Features, x: torch.Tensor, label, lam: Optional[float] = None) -> np.ndarray:
+    """(N,) D-TRAK / TRAK scores of the query image `x` (C, H, W) in [-1, 1]: φ(q)ᵀ (ΦᵀΦ + λI)⁻¹ Φᵀ
+    (λ: the options' unless given)."""
+    z = query_kernel_input(model, feats, x, label)
+    return solve_scores(feats, z, feats.options.lam if lam is None else lam)
