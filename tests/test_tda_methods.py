@@ -209,3 +209,35 @@ def test_dtrak_trak_abu_refuse_a_text_model_with_one_line(tiny_text_dir, tiny_ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "pixel UNet2DModel" in err[0]
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_dtrak_lambda_grid_changes_only_the_solve(tiny, tmp_path, monkeypatch):
+    """A λ grid (the exemplar benchmark's development choice) costs one feature pass, one query gradient
+    and one Gram matrix: z = Φ·φ(q) is λ-free, and every λ's scores equal the plain per-λ query_scores."""
+    model, data = tiny
+    o = dtrak.DTrakOptions(timesteps=1, dim=16, seed=2, block=8)
+    calls = dict(grad=0, gram=0)
+    item_gradients, gram_matrix = dtrak.item_gradients, dtrak.gram_matrix
+
+    def counting_grads(*a, **k):
+        calls["grad"] += 1
+        return item_gradients(*a, **k)
+
+    def counting_gram(*a, **k):
+        calls["gram"] += 1
+        return gram_matrix(*a, **k)
+    monkeypatch.setattr(dtrak, "item_gradients", counting_grads)
+    monkeypatch.setattr(dtrak, "gram_matrix", counting_gram)
+    feats = dtrak.training_features(model, data, "mean-squared-l2-norm", o, str(tmp_path))
+    batches = calls["grad"]                                   # the one feature pass
+    x, label = data.tensor([3])[0], int(data.labels[3])
+    z = dtrak.query_kernel_input(model, feats, x, label)
+    grid = [1e-2, 1.0, 1e2, 1e4]
+    got = [dtrak.solve_scores(feats, z, lam) for lam in grid]
+    assert calls == dict(grad=batches + 1, gram=1)            # one query gradient, one Gram for four λ
+    phi = np.asarray(feats.phi, np.float64)
+    for lam, s in zip(grid, got):                             # the kernel by hand, per λ
+        np.testing.assert_allclose(s, np.linalg.solve(phi @ phi.T + lam * np.eye(len(phi)), z), rtol=1e-6,
+                                   atol=1e-9 * np.abs(s).max())
+        np.testing.assert_allclose(dtrak.query_scores(model, feats, x, label, lam), s, rtol=1e-6)
+    assert not np.allclose(got[0] / np.abs(got[0]).max(), got[-1] / np.abs(got[-1]).max())   # λ matters here
