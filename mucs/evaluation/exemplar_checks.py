@@ -29,7 +29,7 @@ def resemblance(generations: np.ndarray, exemplars: np.ndarray, others: np.ndarr
     def nearest(g, bag, fn, best):
         vals = fn(np.repeat(g[None], len(bag), 0), bag)
         return float(best(vals))
-    out = dict(generations=len(generations), exemplars=len(exemplars), others=len(others))
+    out: dict = dict(generations=len(generations), exemplars=len(exemplars), others=len(others))
     for name, fn, best, better in (("ssim", ssim, np.max, np.greater), ("mse", mse, np.min, np.less)):
         ex = np.array([nearest(g, exemplars, fn, best) for g in generations])
         ot = np.array([nearest(g, others, fn, best) for g in generations])

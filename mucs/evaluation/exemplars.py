@@ -83,7 +83,7 @@ KNOWN_CLASS = dict(design="known-class", dev_generations=10, lambda_grid=LAMBDA_
 
 def config_for(design: str, **over) -> ExemplarConfig:
     """The config of a design with its defaults, then `over`."""
-    base = dict(KNOWN_CLASS) if design == "known-class" else dict(design=design)
+    base: dict = dict(KNOWN_CLASS) if design == "known-class" else dict(design=design)
     if over.get("lambda_grid") and "dev_generations" not in over:
         base.setdefault("dev_generations", 10)
     return ExemplarConfig(**dict(base, **over)).validate()
