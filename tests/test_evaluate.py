@@ -500,3 +500,13 @@ def test_exemplar_known_class_items_and_the_same_label_control(tmp_path):
     assert same_label_expectation(8, 8) == dict(recall_at_10=1.0, mean_rank=4.5, ap=1.0, same_label_items=8)
     pick = choose_lambda([1.0, 10.0, 100.0], [[dict(ap=0.2)], [dict(ap=0.5)], [dict(ap=0.5)]])
     assert pick["chosen"] == 10.0 and [r["ap"] for r in pick["grid"]] == [0.2, 0.5, 0.5]
+
+
+def test_exemplar_paired_difference_is_per_generation():
+    from mucs.evaluation.exemplars import paired
+    rows = {"mucs": {"per_generation": [dict(ap=0.5, recall_at_10=0.5), dict(ap=0.7, recall_at_10=1.0)]},
+            "dtrak": {"per_generation": [dict(ap=0.4, recall_at_10=0.5), dict(ap=0.2, recall_at_10=0.5)]}}
+    d = paired(rows)["dtrak"]
+    assert d["ap_difference"] == pytest.approx(0.3) and d["recall_at_10_difference"] == pytest.approx(0.25)
+    assert d["ap_difference_ci95"][0] == pytest.approx(0.1) and d["ap_difference_ci95"][1] == pytest.approx(0.5)
+    assert paired({"dtrak": rows["dtrak"]}) == {}

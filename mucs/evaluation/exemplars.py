@@ -288,6 +288,13 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
     out: dict = {}
     lambdas: dict = {}
 
+    def metrics(scores):
+        """The ranking metrics, and the share of the top 10 labelled c (how much the label drives it)."""
+        from ..method.unlearn import top_k
+        assert cand.labels is not None      # candidates() refuses an unlabelled set
+        return dict(ranking_metrics(scores, positives), same_label_top10=float(np.mean(cand.labels[top_k(
+            np.asarray(scores, np.float64), 10)] == c)))
+
     def result(rows):
         return _summary(job, [m for m in methods if m in rows], ec, cand, E, removed, rows, ft_dir, base, t_start,
                         looks, lambdas, seeds, dev_seeds)
@@ -298,11 +305,11 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
             default = options_from(ctx.options.get(m)).lam
             dz, _, feats = _kernel_inputs(job, ctx, m, dev_images, dev_seeds, c, log)
             grid = [float(x) for x in ec.lambda_grid]
-            pick = choose_lambda(grid, [[ranking_metrics(solve_scores(feats, z, lam), positives) for z in dz]
+            pick = choose_lambda(grid, [[metrics(solve_scores(feats, z, lam)) for z in dz]
                                         for lam in grid])
             hz, secs, _ = _kernel_inputs(job, ctx, m, images, seeds, c, log)
-            per = [ranking_metrics(solve_scores(feats, z, pick["chosen"]), positives) for z in hz]
-            at_default = _row([ranking_metrics(solve_scores(feats, z, default), positives) for z in hz], secs)
+            per = [metrics(solve_scores(feats, z, pick["chosen"])) for z in hz]
+            at_default = _row([metrics(solve_scores(feats, z, default)) for z in hz], secs)
             lambdas[m] = dict(pick, default=default, kernel_scale=feats.kernel_scale(),
                               heldout_at_default={k: at_default[k] for k in ("recall_at_10", "recall_at_10_ci95",
                                                                             "mean_rank", "mean_rank_ci95", "ap", "ap_ci95")})
@@ -324,12 +331,28 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
                     got = dict(scores=np.asarray(sc, np.float64), seconds=np.array(time.perf_counter() - t0))
                     save_arrays(path, key, **got)
                     log(f"  {m} generation {j}: {float(got['seconds']):.1f} s")
-                per.append(ranking_metrics(got["scores"], positives))
+                per.append(metrics(got["scores"]))
                 secs.append(float(got["seconds"]))
             out[m] = _row(per, secs, parts)
         if on_method is not None:       # the table so far, after each method
             on_method(result(out))
     return result(out)
+
+
+def paired(rows: dict, ref: str = "mucs") -> dict:
+    """Per generation, `ref` − each other method in AP and recall@10: means and bootstrap intervals over
+    the generations (the generations are shared, so the paired interval is the one that resolves)."""
+    if ref not in rows:
+        return {}
+    out: dict = {}
+    for m, r in rows.items():
+        if m == ref:
+            continue
+        d = {k: [a[k] - b[k] for a, b in zip(rows[ref]["per_generation"], r["per_generation"])]
+             for k in ("ap", "recall_at_10")}
+        out[m] = {f"{k}_difference": float(np.mean(v)) for k, v in d.items()}
+        out[m].update({f"{k}_difference_ci95": _boot(v) for k, v in d.items()})
+    return out
 
 
 def _summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, looks, lambdas, seeds, dev_seeds):
@@ -358,7 +381,7 @@ def _summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, loo
                    same_label_items=n_same),
         random_expectation=dict(recall_at_10=10 / n, mean_rank=(n + 1) / 2, ap=float(np.mean(
             [ranking_metrics(np.random.default_rng(r).random(n), positives)["ap"] for r in range(200)]))),
-        same_label_expectation=same_label_expectation(n_same, E),
+        same_label_expectation=same_label_expectation(n_same, E), paired=paired(out),
         resemblance=looks, lambda_selection=lambdas,
         methods=out, method_settings={m: method_settings(job.cfg, m) for m in methods},
         finetuned_model=os.path.relpath(ft_dir, job.work), base_model=os.path.relpath(base["path"], job.work),
@@ -367,18 +390,20 @@ def _summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, loo
 
 def table(result: dict) -> str:
     rnd = result["random_expectation"]
-    lines = ["| method | recall@10 | 95 % interval | mean rank | mAP | 95 % interval | s per generation |",
-             "|---|---|---|---|---|---|---|",
-             f"| random (expected) | {rnd['recall_at_10']:.3f} | | {rnd['mean_rank']:.0f} | {rnd['ap']:.3f} | | |"]
+    lab = "top 10 labelled like the query"
+    lines = [f"| method | recall@10 | 95 % interval | mean rank | mAP | 95 % interval | {lab} | s per generation |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| random (expected) | {rnd['recall_at_10']:.3f} | | {rnd['mean_rank']:.0f} | {rnd['ap']:.3f} | | | |"]
     same = result.get("same_label_expectation")
     if same:
         lines.append(f"| same label, ties at random (expected; {same['same_label_items']} items) | "
-                     f"{same['recall_at_10']:.3f} | | {same['mean_rank']:.1f} | {same['ap']:.3f} | | |")
+                     f"{same['recall_at_10']:.3f} | | {same['mean_rank']:.1f} | {same['ap']:.3f} | | 1.00 | |")
     for m, r in result["methods"].items():
         lam = f" (λ {r['lam']:g})" if "lam" in r else ""
+        share = f"{r['same_label_top10']:.2f}" if "same_label_top10" in r else ""
         lines.append(f"| `{m}`{lam} | {r['recall_at_10']:.3f} | {r['recall_at_10_ci95'][0]:.3f}–{r['recall_at_10_ci95'][1]:.3f} "
                      f"| {r['mean_rank']:.1f} | {r['ap']:.3f} | {r['ap_ci95'][0]:.3f}–{r['ap_ci95'][1]:.3f} "
-                     f"| {r['seconds_mean']:.1f} |")
+                     f"| {share} | {r['seconds_mean']:.1f} |")
     return "\n".join(lines)
 
 
