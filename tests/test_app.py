@@ -545,12 +545,13 @@ def test_adding_a_setting_keeps_clients_working(env, tmp_path, monkeypatch):
     with launched(ex, tmp_path) as c:
         before_params, before = attribute_parameters(c), client_calls(c)
     rho = ("rho", lambda s, n: gr.Number(s.rho, label="ρ of the noise grid", elem_id="set-rho"))
-    monkeypatch.setattr(app, "SETTING_WIDGETS", [[rho] + app.SETTING_WIDGETS[0]] + app.SETTING_WIDGETS[1:])
+    from mucs.ui import settings_panel
+    monkeypatch.setattr(settings_panel, "SETTING_WIDGETS", [[rho] + app.SETTING_WIDGETS[0]] + app.SETTING_WIDGETS[1:])
     monkeypatch.setattr(state, "USER_SETTINGS", state.USER_SETTINGS + ("rho",))
     demo = app.build(ex)
     page = {f.api_name: f for f in demo.fns.values()}["page_settings"]
     widgets = [b.value for b in page.inputs]
-    assert len(page.inputs) == len(app.setting_keys()) and page.fn(*widgets)["rho"] == ex.settings.rho
+    assert len(page.inputs) == len(settings_panel.setting_keys()) and page.fn(*widgets)["rho"] == ex.settings.rho
     with launched(ex, tmp_path) as c:
         assert attribute_parameters(c) == before_params
         after = client_calls(c)

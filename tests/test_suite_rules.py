@@ -23,7 +23,7 @@ def test_missing_prerequisite_skips_locally_and_fails_in_ci(tmp_path):
 
 
 # The layout's layers, lowest first (docs/code-map.md): a module may import its own layer and the ones below.
-LAYERS = {"shared": 0, "sources": 1, "method": 2, "explorer": 3, "evaluation": 3}
+LAYERS = {"shared": 0, "sources": 1, "method": 2, "explorer": 3, "evaluation": 3, "cli": 4, "ui": 4}
 
 
 def _layer(module: str) -> str:
@@ -54,8 +54,8 @@ def _imports(path: str, module: str):
 
 
 def test_imports_point_downwards_only():
-    """No module imports from a higher layer or a sibling one (explorer and evaluation are siblings),
-    and nothing in mucs/ imports the CLI; the public API (mucs/__init__.py) and the CLI sit on top."""
+    """No module imports from a higher layer or a sibling one (explorer and evaluation are siblings; so are
+    the CLI, mucs/cli, and the app's views, mucs/ui, on top); the public API (mucs/__init__.py) re-exports."""
     root = os.path.join(os.path.dirname(HERE), "mucs")
     bad, seen = [], 0
     for dp, _, files in os.walk(root):
@@ -71,7 +71,7 @@ def test_imports_point_downwards_only():
             for line, target in _imports(path, module):
                 seen += 1
                 other = _layer(target)
-                if target.startswith(("mucs.__main__", "mucs.evaluation.cli")) or \
+                if target.startswith("mucs.__main__") or (target.startswith("mucs.evaluation.cli") and own != "cli") or \
                         (other != own and LAYERS[other] >= LAYERS[own]):
                     bad.append(f"{module}:{line} imports {target}")
     assert seen > 50, "the import scan found too few imports to be checking anything"
@@ -119,3 +119,39 @@ def test_no_import_circle_between_mucs_modules():
         if m not in state:
             visit(m)
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_BUILDER_LINES = 400, 80, 150
+
+
+def long_code(paths) -> list:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES (the app's view builders
+    in mucs/ui: MAX_BUILDER_LINES), as 'path:line name (n lines)'."""
+    import ast
+    found = []
+    for path in paths:
+        text = open(path, encoding="utf-8").read()
+        rel = os.path.relpath(path, os.path.dirname(HERE))
+        if text.count("\n") > MAX_MODULE_LINES:
+            found.append(f"{rel} ({text.count(chr(10))} lines)")
+        limit = MAX_BUILDER_LINES if rel.startswith(os.path.join("mucs", "ui")) else MAX_FUNCTION_LINES
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    found.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_no_long_module_or_function(tmp_path):
+    """Short files that read top to bottom: no module of mucs/ (or app.py) over 400 lines, no function over 80
+    (the app's view builders: 150). The checker itself finds a long function and a long module."""
+    root = os.path.dirname(HERE)
+    paths = [os.path.join(root, "app.py")] + [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, "mucs"))
+                                              for f in fs if f.endswith(".py")]
+    assert len(paths) > 80
+    assert not long_code(paths), "too long (split along the concepts it holds):\n" + "\n".join(long_code(paths))
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n" + "    x = 1\n" * 81 + "\n" * 330)
+    found = long_code([str(probe)])
+    assert len(found) == 2 and found[0].endswith("probe.py (412 lines)") and found[1].endswith(":1 f (82 lines)"), found
