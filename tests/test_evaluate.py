@@ -503,7 +503,7 @@ def test_exemplar_known_class_items_and_the_same_label_control(tmp_path):
 
 
 def test_exemplar_paired_difference_is_per_generation():
-    from mucs.evaluation.exemplars import paired
+    from mucs.evaluation.exemplar_report import paired
     rows = {"mucs": {"per_generation": [dict(ap=0.5, recall_at_10=0.5), dict(ap=0.7, recall_at_10=1.0)]},
             "dtrak": {"per_generation": [dict(ap=0.4, recall_at_10=0.5), dict(ap=0.2, recall_at_10=0.5)]}}
     d = paired(rows)["dtrak"]

@@ -46,3 +46,20 @@ def choose_lambda(grid, dev_metrics: list) -> dict:
             for lam, per in zip(grid, dev_metrics)]
     best = max(range(len(rows)), key=lambda i: (rows[i]["ap"], -i))
     return dict(grid=rows, chosen=rows[best]["lam"], criterion="mean development AP (ties: smaller λ)")
+
+
+def ranking_metrics(scores: np.ndarray, positives: np.ndarray, k: int = 10) -> dict:
+    """recall@k, mean rank (1 = best) and average precision of the positives under `scores`."""
+    from ..method.unlearn import top_k
+    order = top_k(np.asarray(scores, np.float64), len(scores))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    r = np.sort(rank[positives])
+    return dict(recall_at_10=float(np.mean(r <= k)), mean_rank=float(r.mean()),
+                ap=float(np.mean(np.arange(1, len(r) + 1) / r)))
+
+
+def boot_ci(values, n_boot=2000, seed=0) -> list:
+    v = np.asarray(values, np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))
+    return [float(x) for x in np.quantile(v[idx].mean(1), [0.025, 0.975])]

@@ -35,6 +35,8 @@ import torch
 
 from ..cache import CACHE_EXT, atomic_write, cache_key, load_arrays, move_dir_into_place, save_arrays, staging_dir
 from ..errors import MucsError
+from .exemplar_checks import ranking_metrics
+from .exemplar_report import row, summary, table
 
 
 @dataclass
@@ -170,23 +172,6 @@ def finetune(base_dir: str, cand, E: int, ec: ExemplarConfig, out: str, on_step=
     return out
 
 
-def ranking_metrics(scores: np.ndarray, positives: np.ndarray, k: int = 10) -> dict:
-    """recall@k, mean rank (1 = best) and average precision of the positives under `scores`."""
-    from ..method.unlearn import top_k
-    order = top_k(np.asarray(scores, np.float64), len(scores))
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(1, len(order) + 1)
-    r = np.sort(rank[positives])
-    return dict(recall_at_10=float(np.mean(r <= k)), mean_rank=float(r.mean()),
-                ap=float(np.mean(np.arange(1, len(r) + 1) / r)))
-
-
-def _boot(values, n_boot=2000, seed=0) -> list:
-    v = np.asarray(values, np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))
-    return [float(x) for x in np.quantile(v[idx].mean(1), [0.025, 0.975])]
-
-
 def generations(job, model, label: int, seeds) -> np.ndarray:
     """(G, H, W, C) uint8 images of `label` from `model`, one per seed, cached in exemplars/."""
     from ..sources.generate import generate
@@ -244,22 +229,57 @@ def _kernel_inputs(job, ctx, m: str, images, seeds, label, log) -> tuple:
     return zs, secs, ctx.dtrak_features(OUTPUTS[m], o)
 
 
-def _row(per: list, secs: list, parts=None) -> dict:
-    row: dict = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-    row.update({f"{k}_ci95": _boot([p[k] for p in per]) for k in per[0]})
-    row.update(per_generation=per, seconds_mean=float(np.mean(secs)), seconds_first=secs[0],
-               components=parts if parts and len(parts) > 1 else None)
-    return row
+def _lambda_row(job, ctx, m: str, c: int, metrics, dev: tuple, heldout: tuple, grid, log) -> tuple:
+    """D-TRAK / TRAK for generations of class c: λ chosen on the development generations `dev` =
+    (images, seeds) by mean AP, then the `heldout` ones scored with it (and with the options' default
+    λ, for the record): (row, record)."""
+    from ..method.dtrak import options_from, solve_scores
+    from .exemplar_checks import choose_lambda
+    default = options_from(ctx.options.get(m)).lam
+    dz, _, feats = _kernel_inputs(job, ctx, m, dev[0], dev[1], c, log)
+    grid = [float(x) for x in grid]
+    pick = choose_lambda(grid, [[metrics(solve_scores(feats, z, lam)) for z in dz] for lam in grid])
+    hz, secs, _ = _kernel_inputs(job, ctx, m, heldout[0], heldout[1], c, log)
+    per = [metrics(solve_scores(feats, z, pick["chosen"])) for z in hz]
+    at_default = row([metrics(solve_scores(feats, z, default)) for z in hz], secs)
+    log(f"  {m}: λ chosen on {len(dev[1])} development generations: {pick['chosen']:g} "
+        f"(mean ‖φ‖² {feats.kernel_scale():.3g}; default {default:g})")
+    keep = ("recall_at_10", "recall_at_10_ci95", "mean_rank", "mean_rank_ci95", "ap", "ap_ci95", "same_label_top10")
+    return (dict(row(per, secs), lam=pick["chosen"]),
+            dict(pick, default=default, kernel_scale=feats.kernel_scale(),
+                 heldout_at_default={k: at_default[k] for k in keep}))
+
+
+def _plain_row(job, ctx, m: str, c: int, metrics, images, seeds, log) -> dict:
+    """Any method through baselines.scores, per generation, scores cached in exemplars/scores/<m>/."""
+    from ..method import baselines
+    from ..sources.data import QueryImage, to_model_range
+    from .plan import settings_key
+    per, secs = [], []
+    for j, img in enumerate(images):
+        key = cache_key(kind="exemplar_scores", method=m, model=ctx.model.fingerprint(), data=ctx.data.fingerprint(),
+                        settings=settings_key(job.cfg.mucs_settings()) if m.startswith("mucs") else None,
+                        options=job.cfg.resolved_options(m), seed=seeds[j])
+        path = os.path.join(job.work, "exemplars", "scores", m, f"gen{j:03d}-{key[:16]}{CACHE_EXT}")
+        got = load_arrays(path, key)
+        if got is None:
+            t0 = time.perf_counter()
+            sc = baselines.scores(m, ctx, QueryImage(to_model_range(img), []), c, query_id=10_000 + j)
+            got = dict(scores=np.asarray(sc, np.float64), seconds=np.array(time.perf_counter() - t0))
+            save_arrays(path, key, **got)
+            log(f"  {m} generation {j}: {float(got['seconds']):.1f} s")
+        per.append(metrics(got["scores"]))
+        secs.append(float(got["seconds"]))
+    return row(per, secs, baselines.components(m))
 
 
 def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
     """The whole benchmark in this process; every artefact cached in the work folder's exemplars/."""
     from ..method import baselines
-    from ..method.dtrak import solve_scores
-    from ..sources.data import QueryImage, load_dataset, to_model_range
+    from ..method.unlearn import top_k
+    from ..sources.data import load_dataset
     from ..sources.models import load_model
-    from .exemplar_checks import choose_lambda, resemblance
-    from .plan import settings_key
+    from .exemplar_checks import resemblance
     ec = ec.validate()
     t_start = time.perf_counter()
     c = ec.held_out_class
@@ -285,126 +305,24 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
                             options={k: dict(v) for k, v in job.cfg.method_options.items()})
     ctx._attributor = None
     positives = np.arange(len(cand) - E, len(cand))
+    labels = np.asarray(cand.labels)    # candidates() refuses an unlabelled set
     out: dict = {}
     lambdas: dict = {}
 
     def metrics(scores):
         """The ranking metrics, and the share of the top 10 labelled c (how much the label drives it)."""
-        from ..method.unlearn import top_k
-        assert cand.labels is not None      # candidates() refuses an unlabelled set
-        return dict(ranking_metrics(scores, positives), same_label_top10=float(np.mean(cand.labels[top_k(
-            np.asarray(scores, np.float64), 10)] == c)))
-
-    def result(rows):
-        return _summary(job, [m for m in methods if m in rows], ec, cand, E, removed, rows, ft_dir, base, t_start,
-                        looks, lambdas, seeds, dev_seeds)
+        top = top_k(np.asarray(scores, np.float64), 10)
+        return dict(ranking_metrics(scores, positives), same_label_top10=float(np.mean(labels[top] == c)))
     for m in methods:
-        parts = baselines.components(m)
         if m in ("dtrak", "trak") and ec.lambda_grid:
-            from ..method.dtrak import options_from
-            default = options_from(ctx.options.get(m)).lam
-            dz, _, feats = _kernel_inputs(job, ctx, m, dev_images, dev_seeds, c, log)
-            grid = [float(x) for x in ec.lambda_grid]
-            pick = choose_lambda(grid, [[metrics(solve_scores(feats, z, lam)) for z in dz]
-                                        for lam in grid])
-            hz, secs, _ = _kernel_inputs(job, ctx, m, images, seeds, c, log)
-            per = [metrics(solve_scores(feats, z, pick["chosen"])) for z in hz]
-            at_default = _row([metrics(solve_scores(feats, z, default)) for z in hz], secs)
-            lambdas[m] = dict(pick, default=default, kernel_scale=feats.kernel_scale(),
-                              heldout_at_default={k: at_default[k] for k in ("recall_at_10", "recall_at_10_ci95",
-                                                                            "mean_rank", "mean_rank_ci95", "ap", "ap_ci95")})
-            log(f"  {m}: λ chosen on {len(dev_seeds)} development generations: {pick['chosen']:g} "
-                f"(mean ‖φ‖² {feats.kernel_scale():.3g}; default {default:g})")
-            out[m] = dict(_row(per, secs), lam=pick["chosen"])
+            out[m], lambdas[m] = _lambda_row(job, ctx, m, c, metrics, (dev_images, dev_seeds), (images, seeds),
+                                             ec.lambda_grid, log)
         else:
-            per, secs = [], []
-            for j, img in enumerate(images):
-                opts = job.cfg.resolved_options(m)
-                key = cache_key(kind="exemplar_scores", method=m, model=model.fingerprint(), data=cand.fingerprint(),
-                                settings=settings_key(job.cfg.mucs_settings()) if m.startswith("mucs") else None,
-                                options=opts, seed=seeds[j])
-                path = os.path.join(job.work, "exemplars", "scores", m, f"gen{j:03d}-{key[:16]}{CACHE_EXT}")
-                got = load_arrays(path, key)
-                if got is None:
-                    t0 = time.perf_counter()
-                    sc = baselines.scores(m, ctx, QueryImage(to_model_range(img), []), c, query_id=10_000 + j)
-                    got = dict(scores=np.asarray(sc, np.float64), seconds=np.array(time.perf_counter() - t0))
-                    save_arrays(path, key, **got)
-                    log(f"  {m} generation {j}: {float(got['seconds']):.1f} s")
-                per.append(metrics(got["scores"]))
-                secs.append(float(got["seconds"]))
-            out[m] = _row(per, secs, parts)
+            out[m] = _plain_row(job, ctx, m, c, metrics, images, seeds, log)
         if on_method is not None:       # the table so far, after each method
-            on_method(result(out))
-    return result(out)
-
-
-def paired(rows: dict, ref: str = "mucs") -> dict:
-    """Per generation, `ref` − each other method in AP and recall@10: means and bootstrap intervals over
-    the generations (the generations are shared, so the paired interval is the one that resolves)."""
-    if ref not in rows:
-        return {}
-    out: dict = {}
-    for m, r in rows.items():
-        if m == ref:
-            continue
-        d = {k: [a[k] - b[k] for a, b in zip(rows[ref]["per_generation"], r["per_generation"])]
-             for k in ("ap", "recall_at_10")}
-        out[m] = {f"{k}_difference": float(np.mean(v)) for k, v in d.items()}
-        out[m].update({f"{k}_difference_ci95": _boot(v) for k, v in d.items()})
-    return out
-
-
-def _summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, looks, lambdas, seeds, dev_seeds):
-    from .exemplar_checks import same_label_expectation
-    from .summary import method_settings
-    n = len(cand)
-    positives = np.arange(n - E, n)
-    known = ec.design == "known-class"
-    what = ("model A (the evaluation's recipe on ALL classes: class c is known, the label singles nothing out) "
-            "fine-tuned on E unseen exemplars of class c; each method ranks the fine-tuned model's training data "
-            "(A's whole subset + the exemplars)" if known else
-            "model A' (the evaluation's recipe without one class) fine-tuned on E unseen exemplars of that class; "
-            "each method ranks the fine-tuned model's training data (A's subset without the class + the exemplars)")
-    n_same = int(np.sum(cand.labels == ec.held_out_class))
-    return dict(
-        description=f"Exemplar benchmark ({ec.design} design): {what} for G generations of the class; the exemplars "
-                    "are the ground truth. recall_at_10 = share of the exemplars in the top 10; mean_rank of the "
-                    "exemplars (1 = best); ap = average precision. Means over the generations, 95 % bootstrap "
-                    "intervals over generations. same_label_expectation: ranking the items labelled c first, ties at "
-                    "random (exact expectation).",
-        design=ec.design, config=asdict(ec),
-        split=dict(heldout_seeds=[seeds[0], seeds[-1]] if seeds else [], development_seeds=[dev_seeds[0], dev_seeds[-1]]
-                   if dev_seeds else [], note="λ (and the fine-tune's strength) chosen on the development generations "
-                                             "only; every row is on the held-out generations"),
-        scale=dict(job.cfg.to_dict(), candidates=n, exemplars=E, removed_class_items=len(removed),
-                   same_label_items=n_same),
-        random_expectation=dict(recall_at_10=10 / n, mean_rank=(n + 1) / 2, ap=float(np.mean(
-            [ranking_metrics(np.random.default_rng(r).random(n), positives)["ap"] for r in range(200)]))),
-        same_label_expectation=same_label_expectation(n_same, E), paired=paired(out),
-        resemblance=looks, lambda_selection=lambdas,
-        methods=out, method_settings={m: method_settings(job.cfg, m) for m in methods},
-        finetuned_model=os.path.relpath(ft_dir, job.work), base_model=os.path.relpath(base["path"], job.work),
-        timing=dict(this_run_seconds=time.perf_counter() - t_start, torch_threads=torch.get_num_threads()))
-
-
-def table(result: dict) -> str:
-    rnd = result["random_expectation"]
-    lab = "top 10 labelled like the query"
-    lines = [f"| method | recall@10 | 95 % interval | mean rank | mAP | 95 % interval | {lab} | s per generation |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| random (expected) | {rnd['recall_at_10']:.3f} | | {rnd['mean_rank']:.0f} | {rnd['ap']:.3f} | | | |"]
-    same = result.get("same_label_expectation")
-    if same:
-        lines.append(f"| same label, ties at random (expected; {same['same_label_items']} items) | "
-                     f"{same['recall_at_10']:.3f} | | {same['mean_rank']:.1f} | {same['ap']:.3f} | | 1.00 | |")
-    for m, r in result["methods"].items():
-        lam = f" (λ {r['lam']:g})" if "lam" in r else ""
-        share = f"{r['same_label_top10']:.2f}" if "same_label_top10" in r else ""
-        lines.append(f"| `{m}`{lam} | {r['recall_at_10']:.3f} | {r['recall_at_10_ci95'][0]:.3f}–{r['recall_at_10_ci95'][1]:.3f} "
-                     f"| {r['mean_rank']:.1f} | {r['ap']:.3f} | {r['ap_ci95'][0]:.3f}–{r['ap_ci95'][1]:.3f} "
-                     f"| {share} | {r['seconds_mean']:.1f} |")
-    return "\n".join(lines)
+            on_method(summary(job, [x for x in methods if x in out], ec, cand, E, removed, out, ft_dir, base,
+                              t_start, looks, lambdas, seeds, dev_seeds))
+    return summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, looks, lambdas, seeds, dev_seeds)
 
 
 def cmd_exemplars(a, method_options: Optional[dict] = None) -> None:
