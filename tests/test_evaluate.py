@@ -510,3 +510,6 @@ def test_exemplar_paired_difference_is_per_generation():
     assert d["ap_difference"] == pytest.approx(0.3) and d["recall_at_10_difference"] == pytest.approx(0.25)
     assert d["ap_difference_ci95"][0] == pytest.approx(0.1) and d["ap_difference_ci95"][1] == pytest.approx(0.5)
     assert paired({"dtrak": rows["dtrak"]}) == {}
+    from mucs.evaluation.exemplar_report import _settings
+    got = _settings(dict(options=dict(lam=5e6, dim=16)), dict(chosen=1e4, default=5e6))
+    assert got["options"] == dict(lam=1e4, dim=16) and "5e+06" in got["lam_source"]    # the row's λ is the one recorded

@@ -62,9 +62,17 @@ def summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, look
             [ranking_metrics(np.random.default_rng(r).random(n), positives)["ap"] for r in range(200)]))),
         same_label_expectation=same_label_expectation(n_same, E), paired=paired(out),
         resemblance=looks, lambda_selection=lambdas,
-        methods=out, method_settings={m: method_settings(job.cfg, m) for m in methods},
+        methods=out, method_settings={m: _settings(method_settings(job.cfg, m), lambdas.get(m)) for m in methods},
         finetuned_model=os.path.relpath(ft_dir, job.work), base_model=os.path.relpath(base["path"], job.work),
         timing=dict(this_run_seconds=time.perf_counter() - t_start, torch_threads=torch.get_num_threads()))
+
+
+def _settings(resolved: dict, lam_pick) -> dict:
+    """A method's resolved settings, with the λ its row was scored with when λ was chosen on development data."""
+    if lam_pick:
+        resolved = dict(resolved, options=dict(resolved["options"], lam=lam_pick["chosen"]),
+                        lam_source=f"chosen on the development generations (options' default {lam_pick['default']:g})")
+    return resolved
 
 
 def table(result: dict) -> str:
