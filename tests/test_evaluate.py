@@ -513,3 +513,13 @@ def test_exemplar_paired_difference_is_per_generation():
     from mucs.evaluation.exemplar_report import _settings
     got = _settings(dict(options=dict(lam=5e6, dim=16)), dict(chosen=1e4, default=5e6))
     assert got["options"] == dict(lam=1e4, dim=16) and "5e+06" in got["lam_source"]    # the row's λ is the one recorded
+
+
+@pytest.mark.parametrize("grid, why", [("1e3,abc", "comma-separated numbers"), ("1e3,-1", "finite number > 0")])
+def test_exemplar_bad_lambda_grid_is_one_error_line_before_any_work(tmp_path, capsys, grid, why):
+    from mucs.__main__ import main
+    work = tmp_path / "w"
+    assert main(["evaluate", "--protocol", "exemplars", "--exemplar-design", "known-class", "--work", str(work),
+                 "--lambda-grid", grid]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and why in err and err.count("\n") == 1 and not work.exists()

@@ -326,13 +326,20 @@ def run(job, methods, ec: ExemplarConfig, log=print, on_method=None) -> dict:
 
 
 def cmd_exemplars(a, method_options: Optional[dict] = None) -> None:
-    """`mucs evaluate --protocol exemplars`."""
+    """`mucs evaluate --protocol exemplars` (every option checked before anything is written)."""
     from ..defaults import DEFAULT_DATA
     from .config import preset
     from .plan import make_job
     from .report import check_out, write_json
     cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  method_options=method_options).validate()
+    over: dict = {} if a.targets is None else dict(generations=a.targets)
+    if getattr(a, "lambda_grid", None) is not None:
+        try:
+            over["lambda_grid"] = tuple(float(x) for x in a.lambda_grid.split(",") if x.strip())
+        except ValueError:
+            raise MucsError(f"--lambda-grid takes comma-separated numbers, got {a.lambda_grid!r}") from None
+    ec = config_for(getattr(a, "exemplar_design", None) or "removed-class", **over)
     methods = [m.strip() for m in a.methods.split(",") if m.strip() and m.strip() != "random"]
     from ..method import baselines
     for m in methods:
@@ -344,13 +351,6 @@ def cmd_exemplars(a, method_options: Optional[dict] = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     job = make_job(cfg, work, threads=a.threads)
-    over: dict = {} if a.targets is None else dict(generations=a.targets)
-    if getattr(a, "lambda_grid", None) is not None:
-        try:
-            over["lambda_grid"] = tuple(float(x) for x in a.lambda_grid.split(",") if x.strip())
-        except ValueError:
-            raise MucsError(f"--lambda-grid takes comma-separated numbers, got {a.lambda_grid!r}") from None
-    ec = config_for(getattr(a, "exemplar_design", None) or "removed-class", **over)
     result = run(job, methods, ec, on_method=lambda r: write_json(out, r))
     write_json(out, result)
     print(table(result))
