@@ -53,6 +53,8 @@ def add_parser(sub):
                    help="--protocol exemplars: removed-class (the first design: the base model never saw the "
                         "exemplars' class, so the label alone ranks them first) or known-class (fair: model A knows "
                         "the class; λ of D-TRAK/TRAK chosen on development generations)")
+    p.add_argument("--exemplar-class", type=int, default=None,
+                   help="--protocol exemplars: the class of the exemplars (default 8, bags)")
     p.add_argument("--lambda-grid", default=None, metavar="L1,L2,...",
                    help="--protocol exemplars: D-TRAK/TRAK λ values tried on the development generations "
                         "(default for known-class: 1e1,…,1e7; removed-class: none, the options' λ)")

@@ -334,6 +334,8 @@ def cmd_exemplars(a, method_options: Optional[dict] = None) -> None:
     cfg = preset(a.preset, data=a.data or DEFAULT_DATA, n_train=a.n_train, train_steps=a.train_steps,
                  method_options=method_options).validate()
     over: dict = {} if a.targets is None else dict(generations=a.targets)
+    if getattr(a, "exemplar_class", None) is not None:
+        over["held_out_class"] = a.exemplar_class
     if getattr(a, "lambda_grid", None) is not None:
         try:
             over["lambda_grid"] = tuple(float(x) for x in a.lambda_grid.split(",") if x.strip())
