@@ -232,3 +232,20 @@ def assert_same_unlearning(whole, parts, model, moved_at_least: float = 1e-5):
     for (n, p), q in zip(whole.unet.named_parameters(), parts.unet.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
     assert max((p - q).abs().max().item() for p, q in zip(whole.unet.parameters(), model.unet.parameters())) > moved_at_least
+
+
+@pytest.fixture()
+def fast_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    set_settings_defaults(monkeypatch, null_batches=3, null_batch_size=16)
+    from mucs.settings import Settings
+    assert Settings().null_batches == 3
+
+
+@pytest.fixture()
+def work(tmp_path):
+    """A folder with a precious user file, a query image and an empty place for outputs."""
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "thesis.tex").write_text("precious")
+    return w
