@@ -249,3 +249,34 @@ def work(tmp_path):
     w.mkdir()
     (w / "thesis.tex").write_text("precious")
     return w
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_model_dir, tiny_npz):
+    """The app under test (tests/test_app*.py): an Explorer on the tiny model, its page, its events by
+    API name, and its folder."""
+    import app
+    from app_fixtures import FAST
+    from mucs.explorer import Explorer
+    root = tmp_path_factory.mktemp("app")
+    old = os.environ.get("MUCS_CACHE_DIR")
+    os.environ["MUCS_CACHE_DIR"] = str(root / "cache")
+    ex = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(root / "runs"), examples_dir=None)
+    demo = app.build(ex)
+    fns = {f.api_name: f for f in demo.fns.values()}
+    yield ex, demo, fns, root
+    if old is None:
+        os.environ.pop("MUCS_CACHE_DIR", None)
+    else:
+        os.environ["MUCS_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def two_runs(env):
+    """Two stored runs of the app under test (training items 3 and 7 as queries)."""
+    ex, _, _, _ = env
+    ids = []
+    for i in (3, 7):
+        rid, _ = ex.attribute(ex.training_item(i))
+        ids.append(rid)
+    return ids
