@@ -280,3 +280,26 @@ def two_runs(env):
         rid, _ = ex.attribute(ex.training_item(i))
         ids.append(rid)
     return ids
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app on 127.0.0.1 with --auth (tests/test_http*.py), its Explorer, base URL, port and folder."""
+    import app
+    from http_helpers import AUTH, SECRET, SMALL, free_port
+    from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL
+    from mucs.explorer import Explorer
+    root = tmp_path_factory.mktemp("http")
+    (root / "secret.txt").write_text(SECRET)           # next to the runs folder, not in it
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MUCS_CACHE_DIR", str(root / "cache"))
+    ex = Explorer(DEFAULT_MODEL, DEFAULT_DATA, SMALL, runs_dir=str(root / "runs"), examples_dir=None)
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, auth=AUTH, prevent_thread_lock=True, quiet=True)
+    try:
+        yield dict(ex=ex, url=f"http://127.0.0.1:{port}/", port=port, root=root, demo=demo,
+                   fns={f.api_name: f for f in demo.fns.values()})
+    finally:
+        demo.close()
+        mp.undo()
