@@ -138,8 +138,6 @@ def damaged_runs(good: str, root) -> dict:
     hostile user would break it (issue 21): {run id: a phrase the refusal names}."""
     import io
     import json
-    import shutil
-    import zlib
 
     def edit_result(r, **changes):
         r = dict(r)
@@ -155,14 +153,6 @@ def damaged_runs(good: str, root) -> dict:
         np.savez(buf, **{k: v for k, v in dict(arrays, **changes).items() if v is not None})
         return buf.getvalue()
 
-    def huge_png(w=12000, h=12000):          # a 1-bit PNG of w×h: ~20 KB on disk
-        import struct
-
-        def chunk(kind, data):
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        raw = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-                + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
     small = io.BytesIO()
     from PIL import Image
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(small, format="PNG")
@@ -207,6 +197,12 @@ def damaged_runs(good: str, root) -> dict:
         "scores-int": ("losses.npz", npz(scores=np.arange(n)), "scores must be a 1-D float array"),
         "unlearned-inf": ("losses.npz", npz(loss_unlearned=np.full(n, np.inf)), "loss_unlearned holds NaN or inf"),
     }
+    return _write_variants(good, root, variants)
+
+
+def _write_variants(good: str, root, variants: dict) -> dict:
+    """Each variant (run id: (file, its new bytes or text, phrase)) as a copy of `good` in `root`."""
+    import shutil
     out = {}
     for name, (file, body, phrase) in variants.items():
         d = os.path.join(str(root), name)
@@ -219,6 +215,18 @@ def damaged_runs(good: str, root) -> dict:
             f.write(body if isinstance(body, bytes) else body.encode())
         out[name] = phrase
     return out
+
+
+def huge_png(w=12000, h=12000) -> bytes:
+    """A 1-bit PNG of w×h: ~20 KB on disk, far larger decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
 def assert_same_unlearning(whole, parts, model, moved_at_least: float = 1e-5):
