@@ -87,15 +87,7 @@ def main():
             rows.append(row)
         print(f"median time per attribution: {statistics.median(totals):.1f} s over {a.queries} queries "
               f"(min {min(totals):.1f}, max {max(totals):.1f})")
-        summary = dict(recommended=dict(median_seconds=statistics.median(totals)))
-        for name in ("fast", "seed_floor"):
-            if rows and name in rows[0]:
-                secs, agr = [r_[name]["seconds"] for r_ in rows], [r_[name]["agreement"] for r_ in rows]
-                summary[name] = dict(median_seconds=statistics.median(secs), min_seconds=min(secs),
-                                     max_seconds=max(secs), mean_agreement=statistics.mean(agr), min_agreement=min(agr))
-                print(f"{name}: median {statistics.median(secs):.1f} s (min {min(secs):.1f}, max {max(secs):.1f}); "
-                      f"top-{s.top_k} agreement with the recommended run: mean {statistics.mean(agr):.2f}, "
-                      f"min {min(agr):.2f}")
+        summary = _summary(rows, totals, s.top_k)
         if a.out:
             out = dict(date=time.strftime("%Y-%m-%d"), torch=torch.__version__, threads=torch.get_num_threads(),
                        settings=s.to_dict(), fast=fast.to_dict(), per_query=rows, summary=summary,
@@ -114,6 +106,20 @@ def main():
                       f"(converged={p.converged}); top-{s.top_k} overlap with the defaults "
                       f"{overlap(r.top, p.top):.0%}; Spearman rank correlation of all scores {rho:.3f}; "
                       f"top-5 {p.top[:5].tolist()}")
+
+
+def _summary(rows, totals, top_k) -> dict:
+    """Median seconds of the recommended runs, and of each compared profile with its top-k agreement."""
+    summary = dict(recommended=dict(median_seconds=statistics.median(totals)))
+    for name in ("fast", "seed_floor"):
+        if rows and name in rows[0]:
+            secs, agr = [r_[name]["seconds"] for r_ in rows], [r_[name]["agreement"] for r_ in rows]
+            summary[name] = dict(median_seconds=statistics.median(secs), min_seconds=min(secs),
+                                 max_seconds=max(secs), mean_agreement=statistics.mean(agr), min_agreement=min(agr))
+            print(f"{name}: median {statistics.median(secs):.1f} s (min {min(secs):.1f}, max {max(secs):.1f}); "
+                  f"top-{top_k} agreement with the recommended run: mean {statistics.mean(agr):.2f}, "
+                  f"min {min(agr):.2f}")
+    return summary
 
 
 def _record(r, seconds, agreement=None) -> dict:

@@ -138,8 +138,6 @@ def damaged_runs(good: str, root) -> dict:
     hostile user would break it (issue 21): {run id: a phrase the refusal names}."""
     import io
     import json
-    import shutil
-    import zlib
 
     def edit_result(r, **changes):
         r = dict(r)
@@ -155,14 +153,6 @@ def damaged_runs(good: str, root) -> dict:
         np.savez(buf, **{k: v for k, v in dict(arrays, **changes).items() if v is not None})
         return buf.getvalue()
 
-    def huge_png(w=12000, h=12000):          # a 1-bit PNG of w×h: ~20 KB on disk
-        import struct
-
-        def chunk(kind, data):
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        raw = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-                + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
     small = io.BytesIO()
     from PIL import Image
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(small, format="PNG")
@@ -207,6 +197,12 @@ def damaged_runs(good: str, root) -> dict:
         "scores-int": ("losses.npz", npz(scores=np.arange(n)), "scores must be a 1-D float array"),
         "unlearned-inf": ("losses.npz", npz(loss_unlearned=np.full(n, np.inf)), "loss_unlearned holds NaN or inf"),
     }
+    return _write_variants(good, root, variants)
+
+
+def _write_variants(good: str, root, variants: dict) -> dict:
+    """Each variant (run id: (file, its new bytes or text, phrase)) as a copy of `good` in `root`."""
+    import shutil
     out = {}
     for name, (file, body, phrase) in variants.items():
         d = os.path.join(str(root), name)
@@ -221,6 +217,18 @@ def damaged_runs(good: str, root) -> dict:
     return out
 
 
+def huge_png(w=12000, h=12000) -> bytes:
+    """A 1-bit PNG of w×h: ~20 KB on disk, far larger decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
 def assert_same_unlearning(whole, parts, model, moved_at_least: float = 1e-5):
     """Two unlearning runs (e.g. whole batch vs micro-batches) took the same steps: curves and weights
     equal to float tolerance, and the weights did move from `model`'s (so the comparison means something)."""
@@ -232,3 +240,74 @@ def assert_same_unlearning(whole, parts, model, moved_at_least: float = 1e-5):
     for (n, p), q in zip(whole.unet.named_parameters(), parts.unet.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
     assert max((p - q).abs().max().item() for p, q in zip(whole.unet.parameters(), model.unet.parameters())) > moved_at_least
+
+
+@pytest.fixture()
+def fast_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUCS_CACHE_DIR", str(tmp_path / "cache"))
+    set_settings_defaults(monkeypatch, null_batches=3, null_batch_size=16)
+    from mucs.settings import Settings
+    assert Settings().null_batches == 3
+
+
+@pytest.fixture()
+def work(tmp_path):
+    """A folder with a precious user file, a query image and an empty place for outputs."""
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "thesis.tex").write_text("precious")
+    return w
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_model_dir, tiny_npz):
+    """The app under test (tests/test_app*.py): an Explorer on the tiny model, its page, its events by
+    API name, and its folder."""
+    import app
+    from app_fixtures import FAST
+    from mucs.explorer import Explorer
+    root = tmp_path_factory.mktemp("app")
+    old = os.environ.get("MUCS_CACHE_DIR")
+    os.environ["MUCS_CACHE_DIR"] = str(root / "cache")
+    ex = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(root / "runs"), examples_dir=None)
+    demo = app.build(ex)
+    fns = {f.api_name: f for f in demo.fns.values()}
+    yield ex, demo, fns, root
+    if old is None:
+        os.environ.pop("MUCS_CACHE_DIR", None)
+    else:
+        os.environ["MUCS_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def two_runs(env):
+    """Two stored runs of the app under test (training items 3 and 7 as queries)."""
+    ex, _, _, _ = env
+    ids = []
+    for i in (3, 7):
+        rid, _ = ex.attribute(ex.training_item(i))
+        ids.append(rid)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app on 127.0.0.1 with --auth (tests/test_http*.py), its Explorer, base URL, port and folder."""
+    import app
+    from http_helpers import AUTH, SECRET, SMALL, free_port
+    from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL
+    from mucs.explorer import Explorer
+    root = tmp_path_factory.mktemp("http")
+    (root / "secret.txt").write_text(SECRET)           # next to the runs folder, not in it
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MUCS_CACHE_DIR", str(root / "cache"))
+    ex = Explorer(DEFAULT_MODEL, DEFAULT_DATA, SMALL, runs_dir=str(root / "runs"), examples_dir=None)
+    demo = app.build(ex)
+    port = free_port()
+    app.launch(demo, ex, port=port, auth=AUTH, prevent_thread_lock=True, quiet=True)
+    try:
+        yield dict(ex=ex, url=f"http://127.0.0.1:{port}/", port=port, root=root, demo=demo,
+                   fns={f.api_name: f for f in demo.fns.values()})
+    finally:
+        demo.close()
+        mp.undo()

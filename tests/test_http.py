@@ -1,96 +1,23 @@
-"""The app over HTTP on 127.0.0.1 (issue 14), on the embedded default model (nothing is trained):
-every API route behind the login, nothing outside the run folders served through
-/gradio_api/file=, run ids made after start-up accepted without a list call, cancel by job id from
-another client, the per-request time and step limits, and a bounded load test (no timing asserts)."""
-import http.client
+"""The app over HTTP on 127.0.0.1, on the embedded default model (nothing is trained): every API route
+behind the login, nothing outside the run folders served through /gradio_api/file=, run ids made after
+start-up accepted without a list call, cancel by job id from another client, the per-request time and
+step limits (the load tests: tests/test_http_load.py)."""
 import json
 import os
 import re
-import socket
-import statistics
 import threading
 import time
 import urllib.parse
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
 import gradio as gr  # noqa: E402
 
 import app  # noqa: E402
-from mucs.method.attribute import Attribution  # noqa: E402
-from mucs.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
-from mucs.explorer import Explorer  # noqa: E402
+from mucs.defaults import DEFAULT_MODEL  # noqa: E402
 
-AUTH = ("alice", "s3cret-pass")
-SMALL = dict(noises=8, null_batches=2, null_batch_size=16, batch_size=16, max_steps=4, top_k=5)
-LONG = dict(top_k=5, noises=16, tol=0.0, max_steps=10_000)    # the settings dict of /attribute: τ = 0, a long run
-SECRET = "top secret: never served"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The app on 127.0.0.1 with --auth, its Explorer, base URL, port and folder."""
-    root = tmp_path_factory.mktemp("http")
-    (root / "secret.txt").write_text(SECRET)           # next to the runs folder, not in it
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MUCS_CACHE_DIR", str(root / "cache"))
-    ex = Explorer(DEFAULT_MODEL, DEFAULT_DATA, SMALL, runs_dir=str(root / "runs"), examples_dir=None)
-    demo = app.build(ex)
-    port = free_port()
-    app.launch(demo, ex, port=port, auth=AUTH, prevent_thread_lock=True, quiet=True)
-    try:
-        yield dict(ex=ex, url=f"http://127.0.0.1:{port}/", port=port, root=root, demo=demo,
-                   fns={f.api_name: f for f in demo.fns.values()})
-    finally:
-        demo.close()
-        mp.undo()
-
-
-def raw(port, method, path, headers=None, body=None):
-    """One HTTP request sent exactly as written (no URL normalisation): (status, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.read(), r.getheaders()
-    finally:
-        conn.close()
-
-
-def login(port, user=AUTH[0], password=AUTH[1]):
-    """POST /login; the session cookies as one Cookie header ('' when refused) and the status."""
-    body = urllib.parse.urlencode(dict(username=user, password=password))
-    status, _, headers = raw(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body)
-    cookies = [v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie"]
-    return status, "; ".join(cookies)
-
-
-def client(served):
-    from gradio_client import Client
-    return Client(served["url"], auth=AUTH, verbose=False)
-
-
-def fake_run(ex, seed=0) -> str:
-    """A complete run written straight into the run store (as another process or session would)."""
-    rng = np.random.default_rng(seed)
-    n = len(ex.data)
-    scores = rng.normal(size=n)
-    att = Attribution(scores=scores, top=np.argsort(-scores)[:5], loss_original=rng.random(n) + 0.1,
-                      loss_unlearned=rng.random(n) + 0.1, loss_null=1.0, steps=3, converged=True,
-                      curve=[dict(step=i, loss_f=0.2 * i, loss_r=0.3) for i in range(3)],
-                      stage_times=dict(total=1.0), settings=ex.settings.to_dict(),
-                      query=dict(label=1, class_name=ex.class_name(1), conversions=[], source="test"),
-                      query_image=ex.data.images[0], labels=ex.data.labels,
-                      info=dict(data_fingerprint=ex.data.fingerprint(), num_train=n))
-    return ex.store.save(att, dict(kind="test", source="test"))
+from http_helpers import AUTH, LONG, SECRET, SMALL, call, client, fake_run, login, raw  # noqa: E402
 
 
 # --- auth -----------------------------------------------------------------------------------------
@@ -222,17 +149,6 @@ def test_run_ids_made_after_start_up_work_without_a_list_call(served):
 
 
 # --- /attribute over plain HTTP (the curl example of docs/api.md) -------------------------------------------
-def call(port, api, data, cookie, session, every=False):
-    """One call as the curl example of docs/api.md makes it: POST /gradio_api/call/<api> with the data and a
-    session of the caller's choosing, then GET its event stream. (last event, its data), or with `every`
-    the list of (event, raw data) of the whole stream."""
-    h = {"Cookie": cookie, "Content-Type": "application/json"}
-    status, body, _ = raw(port, "POST", f"/gradio_api/call/{api}", h, json.dumps(dict(data=data, session_hash=session)))
-    assert status == 200, body[:300]
-    status, body, _ = raw(port, "GET", f"/gradio_api/call/{api}/{json.loads(body)['event_id']}", h)
-    events = [e for e in re.findall(r"event: (\w+)\ndata: (.*)", body.decode()) if e[0] != "heartbeat"]
-    assert status == 200 and events, body[:300]
-    return events if every else (events[-1][0], json.loads(events[-1][1]))
 
 
 def test_attribute_over_plain_http_takes_a_settings_dict(served):
@@ -332,200 +248,3 @@ def test_job_registry_stays_bounded(served):
     with ex.job("s", None) as j:
         assert [r["id"] for r in ex.running_jobs()] == [j.id]
     assert ex.running_jobs() == []
-
-
-# --- bounded load test ------------------------------------------------------------------------------------
-def test_bounded_load_on_list_runs(served):
-    """50 /list_runs calls through the REST API (POST + event stream: 100 requests) from 5 threads,
-    all must succeed; the latencies are printed, not asserted (this machine is shared)."""
-    port = served["port"]
-    _, cookie = login(port)
-    h = {"Cookie": cookie, "Content-Type": "application/json"}
-    times, errors = [], []
-
-    def one():
-        t0 = time.perf_counter()
-        status, body, _ = raw(port, "POST", "/gradio_api/call/list_runs", h, json.dumps({"data": []}))
-        if status != 200:
-            return errors.append((status, body[:200]))
-        event = json.loads(body)["event_id"]
-        status, body, _ = raw(port, "GET", f"/gradio_api/call/list_runs/{event}", h)
-        if status != 200 or b"event: complete" not in body:
-            return errors.append((status, body[:300]))
-        times.append(time.perf_counter() - t0)
-
-    def worker():
-        for _ in range(10):
-            one()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    wall = time.perf_counter() - t0
-    assert errors == [] and len(times) == 50
-    q = statistics.quantiles(times, n=20)
-    print(f"\nload: 50 /list_runs calls (100 HTTP requests), 5 threads, {wall:.2f} s; "
-          f"p50 {statistics.median(times) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
-
-
-# --- issue 21, point 2: malformed run folders are listed as damaged, for every client -----------------------
-def test_list_runs_survives_malformed_run_folders(served):
-    import shutil
-
-    from conftest import damaged_runs
-    ex = served["ex"]
-    good = fake_run(ex, 21)
-    broken = damaged_runs(ex.store.path(good), ex.store.root)
-    try:
-        c = client(served)
-        table, choices, _ = c.predict(api_name="/list_runs")
-        rows = {r[0]: r for r in table["data"]}
-        assert set(broken) <= set(rows) and good in rows
-        for name in ("result-list", "settings-list", "meta-list", "result-deep", "meta-deep"):
-            assert rows[name][2] == "damaged" and broken[name] in rows[name][3]
-        for name in ("result-deep", "scores-nan", "query-huge"):
-            with pytest.raises(Exception, match="damaged"):
-                c.predict(name, api_name="/open_run")
-        assert good in c.predict(good, api_name="/open_run")
-    finally:
-        for name in broken:
-            shutil.rmtree(os.path.join(ex.store.root, name), ignore_errors=True)
-
-
-def test_generate_and_pick_with_bad_values_are_clean_errors(served):
-    """Issue 21, point 8: a seed of 10^30 or None, steps NaN, a pick without a selection: one clean
-    message each (over HTTP and as app functions), never a traceback."""
-    with pytest.raises(Exception, match=r"the seed must be an integer in 0\.\."):
-        client(served).predict(1, 10**30, 1, 5, api_name="/generate")
-    fns = served["fns"]
-    for seed, steps, expect in ((None, 5, "the seed must be an integer"), (3, float("nan"), "sampler steps must be"),
-                                (3, 2.5, "sampler steps must be"), (-1, 5, "the seed must be")):
-        with pytest.raises(gr.Error, match=expect):
-            fns["generate"].fn(1, seed, 1, steps, request=gr.Request())
-    assert client(served).predict("", api_name="/cancel") == "**nothing to cancel**: nothing of yours is running"
-    q = served["ex"].training_item(5)
-    for evt in (None, gr.SelectData(None, {"index": 7, "value": None})):
-        with pytest.raises(gr.Error, match="pick one of the 1 generated images"):
-            fns["pick_generated"].fn([q], evt)
-
-
-def test_api_page_names_every_component_and_answers_the_mcp_probe(served):
-    """"Use via API" lists each endpoint's outputs by label (an unlabelled one showed as `value_106`), and
-    its probe for an MCP server gets the app's answer (MCP is off), not a missing route."""
-    info = served["demo"].get_api_info()["named_endpoints"]
-    unnamed = [(api, r.get("label")) for api, ep in info.items() for r in ep["parameters"] + ep["returns"]
-               if not r.get("label") or re.fullmatch(r"(value|param)_\d+", str(r.get("label")))]
-    assert not unnamed, unnamed
-    _, cookie = login(served["port"])
-    status, body, _ = raw(served["port"], "GET", "/gradio_api/mcp/schema", {"Cookie": cookie})
-    assert status == 404 and "MCP is off" in json.loads(body)["detail"]
-
-
-# --- issue 21, point 12: files served whole under load, also while runs are opened and rewritten ------------
-def _file_urls(value) -> list:
-    """The /gradio_api/file= URLs of an event's data (gallery items, images)."""
-    if isinstance(value, dict):
-        url = value.get("url")
-        here = [url[url.index("/gradio_api/file="):]] if isinstance(url, str) and "/gradio_api/file=" in url else []
-        return here + [u for v in value.values() for u in _file_urls(v)]
-    if isinstance(value, list):
-        return [u for v in value for u in _file_urls(v)]
-    return []
-
-
-def _download(port, path, cookie):
-    """(status, body, Content-Length) of one GET, or (None, error) when the connection broke mid-body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("GET", path, headers={"Cookie": cookie})
-        r = conn.getresponse()
-        length = r.getheader("Content-Length")
-        return r.status, r.read(), int(length) if length is not None else None
-    except (http.client.HTTPException, OSError) as e:
-        return None, repr(e), None
-    finally:
-        conn.close()
-
-
-def test_files_are_served_whole_while_runs_are_opened_and_rewritten(served):
-    """Clients open runs and download their files (the galleries' images, a run's scores.csv and
-    query.png) while other runs are opened and one run folder is rewritten over and over (`mucs attribute
-    --out` into the runs folder). Every download is complete: status 200, as many bytes as its
-    Content-Length, the bytes of one whole version of the file; every /open_run succeeds. (Before: Gradio
-    rewrote a gallery image in place for each request showing it, and measured a file by its path before
-    opening it again, so a client got a truncated or overlong body, or none between a rewrite's renames.)"""
-    import dataclasses
-
-    from gradio import processing_utils
-    from PIL import Image
-
-    from mucs.explorer.history import write_run
-    # Gradio's image writer (every gallery and image output) leaves a file it already wrote alone
-    image, cache = Image.new("L", (8, 8), 7), str(served["root"] / "gradio-cache")
-    first = processing_utils.save_pil_to_cache(image, cache, format="png")
-    st = os.stat(first)
-    time.sleep(0.02)
-    assert processing_utils.save_pil_to_cache(image, cache, format="png") == first
-    assert (os.stat(first).st_ino, os.stat(first).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
-    port, ex = served["port"], served["ex"]
-    _, cookie = login(port)
-    rids = [fake_run(ex, 40 + i) for i in range(3)]
-    rewritten = ex.store.path(rids[2])
-    att = ex.store.load(rids[2])
-    versions = [att, dataclasses.replace(att, scores=att.scores * 1e-7, query_image=255 - att.query_image)]
-    wanted = {name: set() for name in ("scores.csv", "query.png")}
-    for v in versions:
-        for name in wanted:
-            wanted[name].add(v.files(ex.class_names)[name])
-    assert all(len({len(b) for b in bodies}) == 2 for bodies in wanted.values())   # the versions' sizes differ
-    event, data = call(port, "open_run", [rids[0]], cookie, "load-0")
-    urls = _file_urls(data)
-    assert event == "complete" and len(urls) >= 10, data     # query, top-k and neighbours
-    stop, failures, counts = threading.Event(), [], dict(open=0, files=0, run_files=0, rewrites=0)
-
-    def rewrite():
-        i = 0
-        while not stop.is_set():
-            write_run(versions[i % 2], rewritten, dict(kind="test", source="rewritten"), class_names=ex.class_names)
-            i += 1
-            counts["rewrites"] = i
-
-    def opener(k):
-        while not stop.is_set():
-            rid = rids[(k + counts["open"]) % 3]
-            try:
-                event, data = call(port, "open_run", [rid], cookie, f"load-{k}")
-            except AssertionError as e:
-                event, data = "broken", str(e)
-            if event != "complete":
-                failures.append(("open_run", rid, str(data)[:300]))
-            counts["open"] += 1
-
-    def downloader(k):
-        while not stop.is_set():
-            for path in urls[k::3]:
-                status, body, length = _download(port, path, cookie)
-                if status != 200 or length != len(body) or not body:
-                    failures.append((path, status, length, len(body)))
-                counts["files"] += 1
-            for name in wanted:
-                status, body, length = _download(port, f"/gradio_api/file={os.path.join(rewritten, name)}", cookie)
-                if status != 200 or length != len(body) or body not in wanted[name]:
-                    failures.append((name, status, length, len(body) if isinstance(body, bytes) else body))
-                counts["run_files"] += 1
-    threads = [threading.Thread(target=rewrite)] + [threading.Thread(target=opener, args=(k,)) for k in range(3)] + \
-        [threading.Thread(target=downloader, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
-    enough = dict(open=6, files=30, run_files=20, rewrites=20)    # at least 4 s and this much traffic (30 s at most)
-    t0 = time.time()
-    while time.time() - t0 < 30 and not failures and (time.time() - t0 < 4 or any(counts[k] < n for k, n in enough.items())):
-        time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join(120)
-    print(f"\nload: {counts} in {time.time() - t0:.1f} s, {len(failures)} failures")
-    assert failures == [], failures[:5]
-    assert all(counts[k] >= n for k, n in enough.items()), counts

@@ -58,6 +58,24 @@ def shoot_collection(page, ex, path):
     page.locator("#collection-figures").screenshot(path=path("14-collection-figures.png"))
 
 
+def shoot_phone_and_report(ctx, path, report):
+    """10-: the example run on a 390 px phone; 11-: the downloaded report opened from disk."""
+    phone = ctx.new_page()
+    phone.set_viewport_size({"width": 390, "height": 844})
+    phone.set_default_timeout(120_000)
+    phone.goto("http://127.0.0.1:7899/")
+    phone.locator("#generate-btn").wait_for()
+    open_run(phone, RUN)
+    phone.locator("#topk-gallery").scroll_into_view_if_needed()
+    phone.wait_for_timeout(500)
+    phone.screenshot(path=path("10-phone-results.png"))
+    offline = ctx.new_page()
+    offline.set_viewport_size({"width": 1200, "height": 1600})
+    offline.goto("file://" + report)
+    offline.wait_for_timeout(500)
+    offline.screenshot(path=path("11-report.png"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "screenshots"))
@@ -123,20 +141,7 @@ def main(argv=None):
             scroll_all(page)
             page.screenshot(path=path("09-runs-side-by-side.png"), full_page=True)
             shoot_collection(page, ex, path)
-            phone = ctx.new_page()
-            phone.set_viewport_size({"width": 390, "height": 844})
-            phone.set_default_timeout(120_000)
-            phone.goto("http://127.0.0.1:7899/")
-            phone.locator("#generate-btn").wait_for()
-            open_run(phone, RUN)
-            phone.locator("#topk-gallery").scroll_into_view_if_needed()
-            phone.wait_for_timeout(500)
-            phone.screenshot(path=path("10-phone-results.png"))
-            offline = ctx.new_page()
-            offline.set_viewport_size({"width": 1200, "height": 1600})
-            offline.goto("file://" + report)
-            offline.wait_for_timeout(500)
-            offline.screenshot(path=path("11-report.png"))
+            shoot_phone_and_report(ctx, path, report)
             browser.close()
     finally:
         demo.close()

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 def cmd_generate(a):
     from mucs.cache import check_out_file
     from mucs.sources.generate import (check_guidance, check_steps, default_guidance, generate, is_generated_png,
-                                   save_generated_png)
+                                       save_generated_png)
     from mucs.sources.models import load_model
     from mucs.progress import TextBar
     check_device(a.device)

@@ -9,7 +9,8 @@ from mucs.cli.common import check_numbers, error, setup_logging
 from mucs.errors import MucsError
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """The `mucs` parser: each command's options (attribute's generated from mucs.settings.Settings)."""
     from mucs import __version__
     ap = argparse.ArgumentParser(prog="mucs", description="MUCS training-data attribution for diffusion models")
     ap.add_argument("-v", "--verbose", action="count", default=0,
@@ -70,7 +71,9 @@ def _add_unavailable_evaluate(sub, error: ImportError) -> None:
     ev.set_defaults(fn=unavailable)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run one command (`argv`, default sys.argv[1:]); returns the exit status: 0, 2 after a one-line
+    error (bad input, a full disk), 1 after an unexpected one (-v shows its traceback)."""
     a = build_parser().parse_args(argv)
     undo_logging = setup_logging(a.verbose)
     try:
@@ -83,7 +86,7 @@ def main(argv=None):
         return error(f"{e.strerror or e}{where}", verbose=a.verbose)
     except Exception as e:   # a bug: one line still (-v shows the traceback), not a wall of text
         return error(f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
-                      "(please report it; -v shows the traceback)", verbose=a.verbose, status=1)
+                     "(please report it; -v shows the traceback)", verbose=a.verbose, status=1)
     finally:
         undo_logging()
     return 0

@@ -2,7 +2,6 @@
 seeds, or several uploads), run it as one job with the Explorer's one Attributor (noise set, L_o,
 L_null, model, data and faiss indexes shared; nothing reloaded per query), stream its overall
 progress, per-item status and time left, and open, export or delete the collections it writes."""
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -13,6 +12,7 @@ from ..progress import BatchOverall, BatchProgress
 from . import collection as coll
 from .collection_store import CollectionStore
 from .history import safe_name
+from .worker import stream_in_worker
 
 MAX_BATCH = 64          # the most items one batch may ask for in the app
 
@@ -145,51 +145,23 @@ class BatchOps:
         generator cancels the batch: finished items stay saved, the rest are not started."""
         s = settings or self.settings
         cancel = cancel or threading.Event()
-        events: queue.Queue = queue.Queue()
-        out: dict = {}
         bp = BatchProgress(len(items), max_steps=s.max_steps, expected_steps=getattr(self, "_last_steps", None),
                            stage_seconds=None)
         rows = [_row(it, self) for it in items]
         cid, path, record = self._begin_batch(items, s, name)   # a refusal here: nothing was made
         state = dict(index=-1, stage="starting", curve=[], loss_null=None, cid=cid)
 
-        def work():
-            try:
-                out["result"] = cid, self._run_batch(cid, path, record, items, s, events.put, cancel)
-            except BaseException as e:   # handed to the caller's thread
-                out["error"] = e
-            finally:
-                events.put(None)
+        def snapshot() -> BatchUpdate:
+            return BatchUpdate(state["cid"], [dict(r) for r in rows], state["index"], state["stage"],
+                               list(state["curve"]), state["loss_null"], bp())
 
-        t = threading.Thread(target=work, name="mucs-batch", daemon=True)
-        t.start()
-        try:
-            done = False
-            while not done:
-                try:
-                    ev = events.get(timeout=every)
-                    while True:
-                        if ev is None:
-                            done = True
-                            break
-                        self._apply_batch(state, rows, bp, ev)
-                        ev = events.get_nowait()
-                except queue.Empty:
-                    pass
-                if not done:
-                    yield BatchUpdate(state["cid"], [dict(r) for r in rows], state["index"], state["stage"],
-                                      list(state["curve"]), state["loss_null"], bp())
-            if "error" in out:
-                raise out["error"]
-            cid, record = out["result"]
-            for r, it in zip(rows, record["items"]):
-                r.update(status=it["status"], error=it.get("error"))
-            yield BatchUpdate(cid, [dict(r) for r in rows], len(items), record["status"], list(state["curve"]),
-                              state["loss_null"], bp(), record=record)
-        finally:
-            if t.is_alive():
-                cancel.set()
-                t.join(timeout=30)
+        final = yield from stream_in_worker(lambda put: self._run_batch(cid, path, record, items, s, put, cancel),
+                                            lambda ev: self._apply_batch(state, rows, bp, ev), snapshot, cancel,
+                                            "mucs-batch", every)
+        for r, it in zip(rows, final["items"]):
+            r.update(status=it["status"], error=it.get("error"))
+        yield BatchUpdate(cid, [dict(r) for r in rows], len(items), final["status"], list(state["curve"]),
+                          state["loss_null"], bp(), record=final)
 
     def _apply_batch(self, state, rows, bp, ev) -> None:
         item = ev.item

@@ -13,7 +13,7 @@ from .collection_store import load_members
 from . import collection_figures as figs
 from .batch import collection_summary, describe_asked
 from .compare import png_uri
-from .report import CSS as RUN_CSS, _find_data
+from .report import CSS as RUN_CSS, _find_data, training_set_for
 from ..errors import MucsError
 
 CSS = RUN_CSS + """
@@ -108,20 +108,12 @@ def _md(line: str) -> str:
 def report_for_folder(folder: str, data_path: Optional[str] = None, model_path: Optional[str] = None) -> str:
     """Render the report of a collection folder, with the training images (and method agreement,
     when the model is found too) from the paths the collection records or the ones given."""
-    from ..sources.data import load_dataset
     record, members = load_members(folder)
     record["id"] = record.get("id") or os.path.basename(os.path.normpath(folder))
-    path = data_path or _find_data(record.get("data"), folder)
-    data, note = None, ""
-    if path is None or not os.path.exists(path):
-        if data_path:
-            raise MucsError(f"training set not found: {data_path}")
-        note = (f"The collection's training set ({record.get('data') or 'not recorded'}) was not found: the images are "
-                "left out and so is method agreement; pass --data PATH to include them.")
-    else:
-        data = load_dataset(path)
-        if record.get("data_fingerprint") and data.fingerprint() != record["data_fingerprint"]:
-            raise MucsError(f"{path} is not the training set this collection was made with")
+    fp = record.get("data_fingerprint")
+    data, note = training_set_for(data_path or None, record.get("data"), folder, "collection",
+                                  "so the images are left out and so is method agreement",
+                                  lambda d: not fp or d.fingerprint() == fp)
     agree = None
     if data is not None and members:
         mpath = model_path or _find_data(record.get("model"), folder)

@@ -310,24 +310,33 @@ def load_run(run_dir: str) -> tuple:
     return att, meta
 
 
+def training_set_for(data_path: Optional[str], recorded: Optional[str], folder: str, what: str, left_out: str,
+                     matches, detail: str = "") -> tuple:
+    """The training set a report shows: `data_path` when given (missing: an error), else the one the
+    run or collection (`what`) records, found as _find_data finds it; (data or None, a note saying what is
+    `left_out` when none was found). A set that does not `match` the results is an error."""
+    from ..sources.data import load_dataset
+    path = data_path if data_path is not None else _find_data(recorded, folder)
+    if path is None or not os.path.exists(path):
+        if data_path is not None:
+            raise MucsError(f"training set not found: {data_path}")
+        return None, (f"The {what}'s training set ({recorded or 'not recorded'}) was not found, {left_out}; pass "
+                      "--data PATH to include them.")
+    data = load_dataset(path)
+    if not matches(data):
+        raise MucsError(f"{path} is not the training set this {what} was made with{detail}")
+    return data, ""
+
+
 def report_for_dir(run_dir: str, data_path: Optional[str] = None) -> str:
     """Render the report of a run folder, with the training images when its training set is found
     (and matches the run's fingerprint)."""
-    from ..sources.data import load_dataset
     att, meta = load_run(run_dir)
-    given = data_path is not None
-    path = data_path if given else _find_data(att.info.get("data"), run_dir)
-    data, note = None, ""
-    if path is None or not os.path.exists(path):
-        if given:
-            raise MucsError(f"training set not found: {data_path}")
-        note = (f"The run's training set ({att.info.get('data') or 'not recorded'}) was not found, so the top-k are "
-                "listed without their images; pass --data PATH to include them.")
-    else:
-        data = load_dataset(path)
-        fp = att.info.get("data_fingerprint")
-        if len(data) != len(att.scores) or (fp and fp != data.fingerprint()):
-            raise MucsError(f"{path} is not the training set this run was made with (different size or content)")
+    fp = att.info.get("data_fingerprint")
+    data, note = training_set_for(
+        data_path, att.info.get("data"), run_dir, "run",
+        "so the top-k are listed without their images",
+        lambda d: len(d) == len(att.scores) and not (fp and fp != d.fingerprint()), " (different size or content)")
     run_id = meta.get("id") or os.path.basename(os.path.normpath(run_dir))
     return render_report(att, run_id, meta, data, data_note=note)
 

@@ -2,7 +2,6 @@
 store. Every app callback calls one method here; nothing here knows about Gradio."""
 import logging
 import os
-import queue
 import secrets
 import threading
 import time
@@ -18,6 +17,7 @@ from .batch import BatchOps
 from .queries import Query, QueryOps  # noqa: F401 (Query re-exported)
 from .stored_runs import KEEP_UNLEARNED, StoredRuns, paper_mark, upscale  # noqa: F401 (re-exported)
 from .history import RunStore
+from .worker import stream_in_worker
 from ..sources.models import class_names_for, load_model
 from ..method.neighbours import NeighbourIndex
 from ..progress import Overall, OverallProgress, ProgressEvent
@@ -251,53 +251,25 @@ class Explorer(QueryOps, StoredRuns, BatchOps):
         """`attribute` in a worker thread, yielding an Update at most every `every` seconds and
         a final one with the result. Closing the generator cancels the run; nothing is stored then."""
         cancel = cancel or threading.Event()
-        events: queue.Queue = queue.Queue()
-        out: dict = {}
         state: dict[str, Any] = dict(stage="starting", fraction=0.0, curve=[], loss_null=None, info={}, overall=None)
         overall = OverallProgress.from_times(self._last_times)
 
-        def on_progress(ev: ProgressEvent):
-            events.put(ev)
+        def apply(ev: ProgressEvent):
+            _apply(state, ev)
+            state["overall"] = overall(ev)
 
-        def work():
-            try:
-                out["result"] = self.attribute(q, settings, on_progress, cancel)
-            except BaseException as e:   # handed to the caller's thread
-                out["error"] = e
-            finally:
-                events.put(None)
+        def snapshot() -> Update:
+            o = state["overall"]
+            if o is not None:   # the time left keeps counting down between events
+                o = Overall(o.fraction, o.stage, o.stage_fraction, o.elapsed, overall.remaining())
+            return Update(state["stage"], state["fraction"], list(state["curve"]), state["loss_null"],
+                          dict(state["info"]), overall=o)
 
-        t = threading.Thread(target=work, name="mucs-attribute", daemon=True)
-        t.start()
-        try:
-            done = False
-            while not done:
-                try:
-                    ev = events.get(timeout=every)
-                    while True:
-                        if ev is None:
-                            done = True
-                            break
-                        _apply(state, ev)
-                        state["overall"] = overall(ev)
-                        ev = events.get_nowait()
-                except queue.Empty:
-                    pass
-                if not done:
-                    o = state["overall"]
-                    if o is not None:   # the time left keeps counting down between events
-                        o = Overall(o.fraction, o.stage, o.stage_fraction, o.elapsed, overall.remaining())
-                    yield Update(state["stage"], state["fraction"], list(state["curve"]), state["loss_null"],
-                                 dict(state["info"]), overall=o)
-            if "error" in out:
-                raise out["error"]
-            run_id, att = out["result"]
-            yield Update("done", 1.0, att.curve, att.loss_null, {}, result=att, run_id=run_id,
-                         overall=overall(ProgressEvent("done", 1.0)))
-        finally:
-            if t.is_alive():
-                cancel.set()
-                t.join(timeout=30)
+        run_id, att = yield from stream_in_worker(lambda put: self.attribute(q, settings, put, cancel), apply, snapshot,
+                                                  cancel, "mucs-attribute", every)
+        yield Update("done", 1.0, att.curve, att.loss_null, {}, result=att, run_id=run_id,
+                     overall=overall(ProgressEvent("done", 1.0)))
+
 
 class _JobContext:
     def __init__(self, ex: Explorer, session: str, limit):

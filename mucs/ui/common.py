@@ -1,4 +1,5 @@
 """What every view of the app shares: the heavy queue slot, error handling, the page's look, small formats."""
+import contextlib
 import functools
 import inspect
 import logging
@@ -31,6 +32,19 @@ def _unexpected(fn, e) -> gr.Error:
                     title="Something went wrong", print_exception=False)
 
 
+@contextlib.contextmanager
+def _page_errors(fn):
+    """MucsError and Cancelled as a clean gr.Error; a gr.Error as it is; any other exception is a bug."""
+    try:
+        yield
+    except (MucsError, Cancelled) as e:
+        raise user_error(fn, e) from None
+    except gr.Error:
+        raise
+    except Exception as e:
+        raise _unexpected(fn, e) from None
+
+
 def user_errors(fn):
     """Turn the library's MucsError (a bad input or setting) and Cancelled into a visible gr.Error,
     logged as one line (for plain and generator callbacks); any other exception is a bug: its traceback
@@ -38,26 +52,14 @@ def user_errors(fn):
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
-            try:
+            with _page_errors(fn):
                 yield from fn(*args, **kwargs)
-            except (MucsError, Cancelled) as e:
-                raise user_error(fn, e) from None
-            except gr.Error:
-                raise
-            except Exception as e:
-                raise _unexpected(fn, e) from None
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _page_errors(fn):
             return fn(*args, **kwargs)
-        except (MucsError, Cancelled) as e:
-            raise user_error(fn, e) from None
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise _unexpected(fn, e) from None
     return wrapper
 
 
