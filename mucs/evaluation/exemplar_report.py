@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .exemplar_checks import boot_ci, ranking_metrics
+from .summary import shown_path
 
 
 def row(per: list, secs: list, parts=None) -> dict:
@@ -56,7 +57,8 @@ def summary(job, methods, ec, cand, E, removed, out, ft_dir, base, t_start, look
         split=dict(heldout_seeds=[seeds[0], seeds[-1]] if seeds else [], development_seeds=[dev_seeds[0], dev_seeds[-1]]
                    if dev_seeds else [], note="λ (and the fine-tune's strength) chosen on the development generations "
                                              "only; every row is on the held-out generations"),
-        scale=dict(job.cfg.to_dict(), candidates=n, exemplars=E, removed_class_items=len(removed),
+        scale=dict(job.cfg.to_dict(), data=shown_path(job.cfg.data), candidates=n, exemplars=E,
+                   removed_class_items=len(removed),
                    same_label_items=n_same),
         random_expectation=dict(recall_at_10=10 / n, mean_rank=(n + 1) / 2, ap=float(np.mean(
             [ranking_metrics(np.random.default_rng(r).random(n), positives)["ap"] for r in range(200)]))),
