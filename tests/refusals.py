@@ -1,6 +1,10 @@
 """Shared by the reliability tests: the fast settings, a query file, and "refused with one line,
 nothing changed"."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -48,3 +52,19 @@ def one_error(capsys, expect):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expect in lines[0] and "Traceback" not in err, err
     return lines[0]
+
+
+def kill_when_ready(script: str, args, ready) -> None:
+    """Run `script` (python -c, with `args`) until it creates the file `ready` (the point it was told
+    to reach), then SIGKILL it: a crash at that exact point."""
+    p = subprocess.Popen([sys.executable, "-c", script, *map(str, args)])
+    try:
+        t0 = time.time()
+        while not ready.exists():
+            assert p.poll() is None and time.time() - t0 < 120, "the writer never reached the point"
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()

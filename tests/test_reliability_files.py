@@ -15,7 +15,7 @@ from PIL import Image
 from mucs.__main__ import main
 from mucs.cache import (MARKER, atomic_write_dir, check_out_dir, folder_kind, recover_dir)
 from mucs.errors import MucsError
-from refusals import FAST, REPO, query_png, refused, snapshot
+from refusals import FAST, REPO, kill_when_ready, query_png, refused, snapshot
 
 
 # --- data loss ----------------------------------------------------------------------------------
@@ -229,17 +229,7 @@ def test_kill_while_writing_beside_foreign_files_loses_none_of_them(tmp_path, st
     ready = tmp_path / "ready"
     script = KILL_WHILE_CARRYING if stop == "carrying" else KILL_IN_SWAP.replace(
         '{"result.json": b"new"})', '{"result.json": b"new"}, force=True)')
-    p = subprocess.Popen([sys.executable, "-c", script, REPO, str(out), str(ready)])
-    try:
-        t0 = time.time()
-        while not ready.exists():
-            assert p.poll() is None and time.time() - t0 < 120, "the writer never reached the point"
-            time.sleep(0.05)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    kill_when_ready(script, [REPO, str(out), str(ready)], ready)
     recover_dir(str(out), stale_seconds=0)                     # what any later command does first
     assert (out / "mine.txt").read_text() == "mine.txt" and (out / "zz.txt").read_text() == "zz.txt"
     assert sorted(os.listdir(tmp_path)) == ["folder", "ready"]
@@ -265,17 +255,7 @@ def test_kill_between_the_two_renames_is_recovered(tmp_path):
     out = tmp_path / "run"
     atomic_write_dir(str(out), {"result.json": b"old"})
     ready = tmp_path / "ready"
-    p = subprocess.Popen([sys.executable, "-c", KILL_IN_SWAP, REPO, str(out), str(ready)])
-    try:
-        t0 = time.time()
-        while not ready.exists():
-            assert p.poll() is None and time.time() - t0 < 120, "the writer never reached the swap"
-            time.sleep(0.05)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    kill_when_ready(KILL_IN_SWAP, [REPO, str(out), str(ready)], ready)
     assert not out.exists()                                    # the state a kill leaves: target missing
     assert any(n.startswith(".old-run-") for n in os.listdir(tmp_path))
     check_out_dir(str(out), "run")                             # any command's start recovers it

@@ -2,18 +2,17 @@
 the next write or read that meets them, at once, not after an hour; a leftover of an unknown writer
 (no owner in its name: another host, an earlier version) still waits the hour (mucs.leftovers)."""
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
+from refusals import REPO, kill_when_ready
 
 from mucs import leftovers
 from mucs.cache import atomic_write, atomic_write_dir, recover_for_reading
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a writer stopped at a chosen point (then killed): after the first rename of a folder swap, before the
 # removal of the moved-aside folder, or before the rename of an atomic file write
@@ -50,17 +49,7 @@ else:
 
 def _kill_at(where, target, tmp_path):
     ready = tmp_path / f"ready-{where}"
-    p = subprocess.Popen([sys.executable, "-c", STOPPED_WRITER, REPO, where, str(target), str(ready)])
-    try:
-        t0 = time.time()
-        while not ready.exists():
-            assert p.poll() is None and time.time() - t0 < 120, "the writer never reached the point"
-            time.sleep(0.05)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    kill_when_ready(STOPPED_WRITER, [REPO, where, str(target), str(ready)], ready)
     ready.unlink()
 
 
