@@ -33,13 +33,9 @@ def _file_path(value):
 
 
 def test_client_generate_attribute_overlap_export(env, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     ex, _, _, root = env
-    demo = app.build(ex)
-    port = free_port()
-    app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+    with launched(ex, tmp_path) as c:
         run_ids = []
         for label, seed in ((0, 1), (3, 2)):
             gallery, query_png, info, cls, prompt = c.predict(label, seed, 2, 10, api_name="/generate")
@@ -96,8 +92,6 @@ def test_client_generate_attribute_overlap_export(env, tmp_path):
             time.sleep(0.1)
         assert not [t for t in threading.enumerate() if t.name == "mucs-attribute"]
         assert runs_on_disk(ex) == before
-    finally:
-        demo.close()
 
 
 @contextlib.contextmanager
@@ -198,13 +192,8 @@ def test_baselines_run_on_a_private_copy_of_the_unet(env, two_runs):
 def test_batch_collection_endpoints_over_the_client(env, tmp_path):
     """/attribute_batch takes the same settings dict as /attribute; /list_collections, /open_collection,
     /collection_data, /export_collection and /delete_collection work on what it wrote."""
-    from gradio_client import Client
     ex, _, _, _ = env
-    demo = app.build(ex)
-    port = free_port()
-    app.launch(demo, ex, port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+    with launched(ex, tmp_path) as c:
         out = c.predict("generate", [1, 2], "4", 5, None, dict(ATTR, max_steps=2, top_k=3), api_name="/attribute_batch")
         status, items, job_id, coll_id, summary, figures = out[:6]
         assert status.startswith("**done**: 2 of 2 items saved") and coll_id in status
@@ -224,8 +213,6 @@ def test_batch_collection_endpoints_over_the_client(env, tmp_path):
             c.predict("generate", [1], "0", 5, None, {"nosies": 3}, api_name="/attribute_batch")
         c.predict(coll_id, api_name="/delete_collection")
         assert coll_id not in ex.collections.ids()
-    finally:
-        demo.close()
 
 
 # --- issue 21, point 2: one malformed run folder never takes the app down -----------------------------
