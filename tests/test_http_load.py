@@ -5,6 +5,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import threading
 import time
 
@@ -13,7 +14,8 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
 import gradio as gr  # noqa: E402
 
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from open_run_speed import file_urls  # noqa: E402  (the benchmark's, shared: the URLs of an event's files)
 from http_helpers import call, client, fake_run, login, raw  # noqa: E402
 
 
@@ -107,15 +109,6 @@ def test_api_page_names_every_component_and_answers_the_mcp_probe(served):
 
 
 # --- issue 21, point 12: files served whole under load, also while runs are opened and rewritten ------------
-def _file_urls(value) -> list:
-    """The /gradio_api/file= URLs of an event's data (gallery items, images)."""
-    if isinstance(value, dict):
-        url = value.get("url")
-        here = [url[url.index("/gradio_api/file="):]] if isinstance(url, str) and "/gradio_api/file=" in url else []
-        return here + [u for v in value.values() for u in _file_urls(v)]
-    if isinstance(value, list):
-        return [u for v in value for u in _file_urls(v)]
-    return []
 
 
 def _download(port, path, cookie):
@@ -164,7 +157,7 @@ def test_files_are_served_whole_while_runs_are_opened_and_rewritten(served):
             wanted[name].add(v.files(ex.class_names)[name])
     assert all(len({len(b) for b in bodies}) == 2 for bodies in wanted.values())   # the versions' sizes differ
     event, data = call(port, "open_run", [rids[0]], cookie, "load-0")
-    urls = _file_urls(data)
+    urls = file_urls(data)
     assert event == "complete" and len(urls) >= 10, data     # query, top-k and neighbours
     stop, failures, counts = threading.Event(), [], dict(open=0, files=0, run_files=0, rewrites=0)
 
