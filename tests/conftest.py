@@ -1,4 +1,5 @@
 """Tiny data and tiny models made here, so the suite runs fast on 2 CPU cores."""
+import contextlib
 import os
 
 import numpy as np
@@ -267,16 +268,21 @@ def env(tmp_path_factory, tiny_model_dir, tiny_npz):
     from app_fixtures import FAST
     from mucs.explorer import Explorer
     root = tmp_path_factory.mktemp("app")
-    old = os.environ.get("MUCS_CACHE_DIR")
-    os.environ["MUCS_CACHE_DIR"] = str(root / "cache")
-    ex = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(root / "runs"), examples_dir=None)
-    demo = app.build(ex)
-    fns = {f.api_name: f for f in demo.fns.values()}
-    yield ex, demo, fns, root
-    if old is None:
-        os.environ.pop("MUCS_CACHE_DIR", None)
-    else:
-        os.environ["MUCS_CACHE_DIR"] = old
+    with cache_dir_env(root / "cache"):
+        ex = Explorer(tiny_model_dir, tiny_npz, FAST, runs_dir=str(root / "runs"), examples_dir=None)
+        demo = app.build(ex)
+        yield ex, demo, {f.api_name: f for f in demo.fns.values()}, root
+
+
+@contextlib.contextmanager
+def cache_dir_env(path):
+    """$MUCS_CACHE_DIR set to `path` while a (module-scoped) fixture's objects live, then restored."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MUCS_CACHE_DIR", str(path))
+    try:
+        yield
+    finally:
+        mp.undo()
 
 
 @pytest.fixture(scope="module")

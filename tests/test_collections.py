@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import cache_dir_env
 from PIL import Image
 
 from mucs.errors import MucsError
@@ -20,15 +21,8 @@ TINY = dict(noises=8, batch_size=16, null_batches=5, null_batch_size=16, max_ste
 @pytest.fixture(scope="module")
 def explorer(tiny_model_dir, tiny_npz, tmp_path_factory):
     root = tmp_path_factory.mktemp("coll")
-    old = os.environ.get("MUCS_CACHE_DIR")
-    os.environ["MUCS_CACHE_DIR"] = str(root / "cache")     # a fresh cache: L_o and L_null are computed here
-    try:
+    with cache_dir_env(root / "cache"):     # a fresh cache: L_o and L_null are computed here
         yield Explorer(tiny_model_dir, tiny_npz, TINY, runs_dir=str(root / "runs"), examples_dir=None)
-    finally:
-        if old is None:
-            os.environ.pop("MUCS_CACHE_DIR", None)
-        else:
-            os.environ["MUCS_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")
